@@ -1,0 +1,252 @@
+"""The run store: results kept under a key made from their whole configuration, written atomically.
+
+A run is a folder ``<runs_dir>/<kind>/<key>/`` holding its files and a ``manifest.json`` with the
+configuration, the seed, the git revision, the creation time and the SHA-256 of every file. A run is
+published by renaming a finished temporary folder into place, so a crash never leaves a half-written
+run under a valid key; a folder whose manifest is missing or whose files do not match their hashes
+is reported as corrupt (:class:`CorruptRunError`) and never used silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from safcore import paths
+
+MANIFEST = "manifest.json"
+
+
+class CorruptRunError(RuntimeError):
+    """A stored run is partial or its files do not match the manifest."""
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_save_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Save ``tensors`` as safetensors at ``path`` atomically (contiguous CPU copies)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(
+            {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+            tmp,
+            metadata=dict(metadata) if metadata else None,
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def git_revision() -> str:
+    """The checkout's ``git describe --always --dirty`` revision, or ``"unknown"`` outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=paths.repo_root(),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    raise TypeError(f"run configuration value {value!r} of type {type(value).__name__} is not JSON-serialisable")
+
+
+def config_key(config: Mapping[str, Any] | Any) -> str:
+    """A 16-hex-digit key: SHA-256 of the canonical JSON of ``config`` (a mapping or dataclass)."""
+    canonical = json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A published, verified run: its folder and its manifest."""
+
+    path: Path
+    manifest: dict
+
+    def file(self, name: str) -> Path:
+        """The path of one of the run's files; ``KeyError`` if the manifest does not list it."""
+        if name not in self.manifest["files"]:
+            raise KeyError(f"run {self.path} has no file {name!r}; it has {sorted(self.manifest['files'])}")
+        return self.path / name
+
+    @property
+    def config(self) -> dict:
+        return self.manifest["config"]
+
+
+class RunStore:
+    """Runs keyed by ``(kind, config)`` under ``root`` (default :func:`safcore.paths.runs_dir`).
+
+    >>> store = RunStore()
+    >>> run = store.find("score_model", config)            # None if never made
+    >>> with store.create("score_model", config, seed=0) as tmp:
+    ...     (tmp / "weights.safetensors").write_bytes(...)  # published on success only
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root).expanduser().resolve() if root is not None else paths.runs_dir()
+
+    def path(self, kind: str, config: Mapping[str, Any] | Any) -> Path:
+        """Where the run for ``(kind, config)`` lives (whether or not it exists)."""
+        if not kind or "/" in kind or kind.startswith("."):
+            raise ValueError(f"run kind {kind!r} must be a plain folder name")
+        return self.root / kind / config_key(config)
+
+    def scratch_dir(self, kind: str, config: Mapping[str, Any] | Any) -> Path:
+        """A persistent work folder for an unfinished run (checkpoints to resume from)."""
+        final = self.path(kind, config)
+        scratch = final.with_name(final.name + ".partial")
+        scratch.mkdir(parents=True, exist_ok=True)
+        return scratch
+
+    def find(self, kind: str, config: Mapping[str, Any] | Any) -> Run | None:
+        """The verified run for ``(kind, config)``, ``None`` if there is none.
+
+        Raises :class:`CorruptRunError` if the folder exists but its manifest is missing or
+        unreadable, its configuration differs, or a file is missing or does not match its hash.
+        """
+        path = self.path(kind, config)
+        if not path.exists():
+            return None
+        manifest_path = path / MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise CorruptRunError(
+                f"run {path} has no readable {MANIFEST} ({error}); it is partial or corrupt. "
+                f"Delete the folder to recompute it."
+            ) from error
+        if manifest.get("config") != _jsonable(config):
+            raise CorruptRunError(f"run {path} was stored for another configuration; delete it to recompute")
+        for name, expected in manifest.get("files", {}).items():
+            file = path / name
+            if not file.is_file():
+                raise CorruptRunError(f"run {path} lacks {name}, listed in its manifest; delete the folder")
+            if _sha256(file) != expected:
+                raise CorruptRunError(
+                    f"run {path}: {name} does not match its SHA-256 in the manifest (corrupt); delete the folder"
+                )
+        return Run(path=path, manifest=manifest)
+
+    @contextlib.contextmanager
+    def create(
+        self, kind: str, config: Mapping[str, Any] | Any, *, seed: int | None = None, extra: Mapping | None = None
+    ) -> Iterator[Path]:
+        """Yield a temporary folder; on success write the manifest and publish it atomically.
+
+        On an exception the temporary folder is removed and nothing is published.
+        """
+        final = self.path(kind, config)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        try:
+            yield tmp
+            files = {
+                str(p.relative_to(tmp)): _sha256(p)
+                for p in sorted(tmp.rglob("*"))
+                if p.is_file() and p.name != MANIFEST
+            }
+            manifest = {
+                "kind": kind,
+                "key": final.name,
+                "config": _jsonable(config),
+                "seed": seed,
+                "revision": git_revision(),
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "torch": torch.__version__,
+                "files": files,
+                "extra": _jsonable(dict(extra or {})),
+            }
+            atomic_write(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        scratch = final.with_name(final.name + ".partial")
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    def manifest_for(self, kind: str, config: Mapping[str, Any] | Any) -> dict:
+        """The manifest of an existing run (verified)."""
+        run = self.find(kind, config)
+        if run is None:
+            raise FileNotFoundError(f"no {kind} run for this configuration under {self.root}")
+        return run.manifest
+
+
+def write_manifest(path: str | os.PathLike, *, config: Any, seed: int | None = None, extra: Mapping | None = None) -> Path:
+    """Write a ``<path>.json`` manifest beside an output file (figures, reports)."""
+    path = Path(path)
+    manifest = {
+        "file": path.name,
+        "config": _jsonable(config),
+        "seed": seed,
+        "revision": git_revision(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "extra": _jsonable(dict(extra or {})),
+    }
+    return atomic_write(path.with_suffix(path.suffix + ".json"), json.dumps(manifest, indent=2, sort_keys=True))
