@@ -1,0 +1,185 @@
+"""The score network: a diffusers ``UNet2DModel`` for 28×28 images wrapped as ``s_θ(x, t) = -ε̂(x, 999 t) / σ_t``.
+
+The U-Net predicts the noise ε̂ that was added (continuous denoising score matching, Song et al.
+2020, Eq. 7 with the ε-parameterisation of score_sde's ``get_score_fn``): for a perturbation
+``x_t = mean_t + σ_t z`` the score is ``∇log p_0t(x_t | x_0) = -z / σ_t``, hence ``score = -ε̂ / σ_t``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DModel
+
+from safcore.runs import atomic_write
+from safcore.sde import SDE, SubVPSDE, VPSDE, get_sde
+
+__all__ = ["UNetPreset", "UNET_PRESETS", "build_unet", "ScoreModel", "TIME_LABEL_SCALE", "SDE_CONFIG_NAME"]
+
+#: The network sees the time label ``999 · t`` (score_sde's continuous sub-VP/VP convention).
+TIME_LABEL_SCALE = 999.0
+#: File written next to diffusers' ``config.json`` by :meth:`ScoreModel.save_pretrained`.
+SDE_CONFIG_NAME = "safcore_sde.json"
+
+
+@dataclass(frozen=True)
+class UNetPreset:
+    """Size of a three-level (28 → 14 → 7) ``UNet2DModel``.
+
+    ``attention`` marks, per resolution level (28, 14, 7), whether its blocks use self-attention;
+    ``norm_num_groups`` must divide every entry of ``block_out_channels``.
+    """
+
+    block_out_channels: tuple[int, int, int]
+    layers_per_block: int
+    attention: tuple[bool, bool, bool]
+    norm_num_groups: int
+    attention_head_dim: int = 8
+    mid_attention: bool = True
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.block_out_channels) != 3 or len(self.attention) != 3:
+            raise ValueError(
+                "a 28×28 UNet2DModel needs exactly three resolution levels (28→14→7; four fail at 7→4→8); "
+                f"got block_out_channels={self.block_out_channels!r}, attention={self.attention!r}"
+            )
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(
+                f"norm_num_groups={self.norm_num_groups} must divide every block width, not {bad}"
+            )
+        if self.layers_per_block < 1:
+            raise ValueError(f"layers_per_block must be >= 1, got {self.layers_per_block}")
+
+
+UNET_PRESETS: dict[str, UNetPreset] = {
+    # ~71 k parameters: unit tests (a forward pass on 4 images takes milliseconds).
+    "tiny": UNetPreset((8, 16, 16), 1, (False, False, True), norm_num_groups=4),
+    # ~1.1 M parameters: the CPU profile that memorizes a few dozen images (issue 3, item 7).
+    "small": UNetPreset((32, 64, 64), 1, (False, False, True), norm_num_groups=16),
+    # ~27 M parameters: paper scale for a GPU (Song et al.'s DDPM++-like widths, attention at 14 and 7).
+    "paper": UNetPreset((128, 256, 256), 2, (False, True, True), norm_num_groups=32),
+}
+
+
+def _preset(name: str) -> UNetPreset:
+    if name not in UNET_PRESETS:
+        raise ValueError(f"unknown U-Net preset {name!r}; allowed: {', '.join(map(repr, UNET_PRESETS))}")
+    return UNET_PRESETS[name]
+
+
+def build_unet(preset: str | UNetPreset, channels: int, image_size: int = 28) -> UNet2DModel:
+    """A fresh ``UNet2DModel`` of the named size with ``channels`` input/output channels.
+
+    Uses ``time_embedding_type="positional"`` (labels ``999·t``; the ``"fourier"`` variant divides
+    its output by the timestep, the VE convention, wrong for sub-VP). ``image_size`` must be
+    divisible by 4 (two down-samplings).
+    """
+    p = preset if isinstance(preset, UNetPreset) else _preset(preset)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    if image_size < 4 or image_size % 4:
+        raise ValueError(f"image_size must be a positive multiple of 4 (28→14→7), got {image_size!r}")
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in p.attention)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(p.attention))
+    return UNet2DModel(
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        time_embedding_type="positional",
+        block_out_channels=p.block_out_channels,
+        layers_per_block=p.layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=p.norm_num_groups,
+        attention_head_dim=p.attention_head_dim,
+        add_attention=p.mid_attention,
+        dropout=p.dropout,
+    )
+
+
+def _sde_to_config(sde: SDE) -> dict:
+    if isinstance(sde, SubVPSDE):
+        name = "subvp"
+    elif isinstance(sde, VPSDE):
+        name = "vp"
+    else:
+        raise ValueError(f"cannot save SDE {sde!r}: only SubVPSDE and VPSDE are serialisable")
+    return {"name": name, "beta_min": sde.beta_0, "beta_max": sde.beta_1}
+
+
+class ScoreModel(torch.nn.Module):
+    """Score function ``s_θ(x, t) ≈ ∇_x log p_t(x)`` built on an ε-predicting ``UNet2DModel``.
+
+    Args:
+        unet: any ``diffusers.UNet2DModel`` (input and output channels equal).
+        sde: the forward SDE whose marginal std ``σ_t`` turns ε̂ into a score (default sub-VP).
+    """
+
+    def __init__(self, unet: UNet2DModel, sde: SDE | None = None) -> None:
+        super().__init__()
+        if unet.config.in_channels != unet.config.out_channels:
+            raise ValueError(
+                f"the U-Net must map C channels to C channels, got in={unet.config.in_channels}, "
+                f"out={unet.config.out_channels}"
+            )
+        self.unet = unet
+        self.sde = sde if sde is not None else SubVPSDE()
+
+    @property
+    def channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Network output ε̂ for ``x`` (B, C, H, W, model range) at times ``t`` (B,) → (B, C, H, W)."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        return self.unet(x, t * TIME_LABEL_SCALE).sample
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Score ``-ε̂(x, t) / σ_t`` (score_sde ``get_score_fn`` for continuous sub-VP/VP), shape of ``x``."""
+        t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        eps = self.eps(x, t)
+        _, std = self.sde.marginal_prob(torch.zeros_like(t), t)
+        return -eps / std.to(eps.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write the U-Net with diffusers' ``save_pretrained`` (safetensors + ``config.json``) and
+        the SDE to ``safcore_sde.json``. Each file is moved into place atomically."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path, prefix=".save-") as tmp:
+            self.unet.save_pretrained(tmp, safe_serialization=True)
+            for item in Path(tmp).iterdir():
+                os.replace(item, path / item.name)
+        atomic_write(path / SDE_CONFIG_NAME, json.dumps(_sde_to_config(self.sde), indent=2))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, sde: SDE | None = None) -> ScoreModel:
+        """Load any ``UNet2DModel`` saved by diffusers' ``save_pretrained`` at ``path``.
+
+        The SDE is, in order: ``sde`` if given, the saved ``safcore_sde.json``, else sub-VP.
+        """
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{str(path)!r} holds no diffusers config.json: not a saved UNet2DModel")
+        unet = UNet2DModel.from_pretrained(path, use_safetensors=True)
+        if sde is None and (path / SDE_CONFIG_NAME).is_file():
+            cfg = json.loads((path / SDE_CONFIG_NAME).read_text())
+            sde = get_sde(cfg["name"], beta_min=cfg["beta_min"], beta_max=cfg["beta_max"])
+        return cls(unet, sde)
+
