@@ -1,0 +1,112 @@
+"""Score model on a diffusers UNet2DModel: presets, score = -ε̂/σ_t, save/load (issue 3, items 2 and 9)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import UNet2DModel
+
+from safcore.models import TIME_LABEL_SCALE, UNET_PRESETS, ScoreModel, UNetPreset, build_unet
+from safcore.sde import VPSDE, SubVPSDE
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread (and OpenMP spinning on a loaded 2-core box costs 100×)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.fixture(scope="module")
+def tiny() -> ScoreModel:
+    torch.manual_seed(0)
+    return ScoreModel(build_unet("tiny", channels=1)).eval()
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(2, 1, 28, 28, generator=g), torch.tensor([0.1, 0.9])
+
+
+def test_presets_have_the_documented_sizes():
+    assert set(UNET_PRESETS) >= {"tiny", "small", "paper"}
+    assert 50_000 <= _n_params(build_unet("tiny", 1)) <= 150_000
+    small = build_unet("small", 1)
+    assert 1_000_000 <= _n_params(small) <= 1_200_000
+    assert small.config.time_embedding_type == "positional"
+    assert len(small.config.down_block_types) == 3  # 28 → 14 → 7
+
+
+def test_pinned_output_after_manual_seed(tiny: ScoreModel):
+    x, t = _inputs()
+    with torch.no_grad():
+        eps, score = tiny.eps(x, t), tiny(x, t)
+    assert abs(eps.sum().item() - 551.4454) < 1e-2
+    assert abs(score.sum().item() - (-2879.047)) < 5e-2
+
+
+def test_score_is_minus_eps_over_std_with_label_999t(tiny: ScoreModel):
+    x, t = _inputs()
+    with torch.no_grad():
+        raw = tiny.unet(x, t * TIME_LABEL_SCALE).sample
+        score = tiny(x, t)
+    std = 1.0 - torch.exp(2 * (-0.25 * t**2 * 19.9 - 0.05 * t))  # sub-VP std, no square root
+    assert torch.allclose(score, -raw / std.reshape(2, 1, 1, 1), rtol=1e-5, atol=1e-4)
+    assert torch.allclose(tiny.eps(x, t), raw)
+
+
+def test_rgb_and_scalar_time():
+    torch.manual_seed(0)
+    m = ScoreModel(build_unet("tiny", channels=3))
+    with torch.no_grad():
+        out = m(torch.randn(2, 3, 28, 28), torch.tensor(0.5))
+    assert out.shape == (2, 3, 28, 28) and bool(torch.isfinite(out).all())
+
+
+def test_save_and_load_round_trip(tiny: ScoreModel, tmp_path):
+    x, t = _inputs()
+    tiny.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").is_file()
+    back = ScoreModel.from_pretrained(tmp_path / "m").eval()
+    assert isinstance(back.sde, SubVPSDE)
+    with torch.no_grad():
+        assert torch.equal(back(x, t), tiny(x, t))
+    vp = ScoreModel(tiny.unet, VPSDE(beta_min=0.2, beta_max=10.0))
+    vp.save_pretrained(tmp_path / "vp")
+    back_vp = ScoreModel.from_pretrained(tmp_path / "vp")
+    assert isinstance(back_vp.sde, VPSDE) and back_vp.sde.beta_1 == 10.0
+
+
+def test_any_diffusers_unet_loads(tmp_path):
+    torch.manual_seed(1)
+    unet = UNet2DModel(
+        sample_size=28, in_channels=1, out_channels=1, block_out_channels=(8, 8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3, norm_num_groups=4,
+    )
+    unet.save_pretrained(tmp_path / "plain")  # written by diffusers itself, no safcore file
+    model = ScoreModel.from_pretrained(tmp_path / "plain", sde=VPSDE())
+    assert isinstance(model.sde, VPSDE)
+    x, t = _inputs()
+    with torch.no_grad():
+        assert torch.equal(model.eps(x, t), unet(x, t * 999).sample)
+
+
+def test_bad_parameters_raise(tmp_path):
+    with pytest.raises(ValueError, match="unknown U-Net preset 'huge'.*'tiny'.*'small'.*'paper'"):
+        build_unet("huge", 1)
+    with pytest.raises(ValueError, match="channels"):
+        build_unet("tiny", 2)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        build_unet("tiny", 1, image_size=30)
+    with pytest.raises(ValueError, match="three resolution levels"):
+        UNetPreset((8, 16, 16, 16), 1, (False, False, False), 4)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="norm_num_groups"):
+        UNetPreset((8, 16, 24), 1, (False, False, False), 16)
+    with pytest.raises(ValueError, match="config.json"):
+        ScoreModel.from_pretrained(tmp_path)
