@@ -1,0 +1,121 @@
+"""Named scales of the whole audit: ``smoke`` (CI, seconds), ``cpu`` (a laptop demo), ``paper`` (GPU).
+
+A :class:`Profile` groups the settings of every stage — score-model training, sampling, the two
+classifiers and Algorithm 1 — so a notebook or the command line switches all of them with one name;
+``dataclasses.replace`` varies one setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from safcore.classifiers import ClassifierConfig
+from safcore.probe import ProbeConfig
+from safcore.train import TrainConfig
+
+ProfileName = Literal["smoke", "cpu", "paper"]
+SamplerMethod = Literal["euler_maruyama", "pc", "ode"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Every setting of one audit scale.
+
+    Args:
+        name: the profile's name.
+        channels: image channels the models see (the paper repeats grey three times; 1 is cheaper).
+        n_dataset: the default ``N_D``.
+        train: score-model training (:class:`safcore.train.TrainConfig`).
+        sampler, sample_steps: how audit samples are drawn (:func:`safcore.sampling.sample`).
+        n_samples: images sampled for the audit (paper: 150 000 for Tab. 1, 50 000 for Tab. 2).
+        sample_batch: images per sampler call.
+        classifier: ``c_p`` and ``c_id`` settings (:class:`safcore.classifiers.ClassifierConfig`).
+        probe: Algorithm 1's settings (:class:`safcore.probe.ProbeConfig`).
+        n_fid: images per side for FID.
+    """
+
+    name: ProfileName
+    channels: int
+    n_dataset: int
+    train: TrainConfig
+    sampler: SamplerMethod
+    sample_steps: int
+    n_samples: int
+    sample_batch: int
+    classifier: ClassifierConfig
+    probe: ProbeConfig
+    n_fid: int
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"Profile.channels = {self.channels!r}: allowed 1 or 3")
+        for name in ("n_dataset", "sample_steps", "n_samples", "sample_batch", "n_fid"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Profile.{name} = {value!r}: must be an integer ≥ 1")
+
+
+def _grid(top: float, bottom: float, step: float) -> tuple[float, ...]:
+    count = int(round((top - bottom) / step)) + 1
+    return tuple(round(top - i * step, 6) for i in range(count))
+
+
+SMOKE = Profile(
+    name="smoke",
+    channels=1,
+    n_dataset=8,
+    train=TrainConfig(preset="tiny", steps=400, batch_size=16, lr=2e-3, warmup_steps=20, ema_decay=0.99,
+                      checkpoint_every=200, keep_steps=(100, 200, 400), bf16=True),
+    sampler="euler_maruyama",
+    sample_steps=50,
+    n_samples=32,
+    sample_batch=64,
+    classifier=ClassifierConfig(arch="resnet18", stem_stride=2, norm="group", epochs=4, patience=2, epoch_size=256,
+                                batch_size=64, augmix=True),
+    probe=ProbeConfig(M=4, grid=_grid(0.9, 0.1, 0.1), steps_full=50, coarse_step=0.4, batch_size=64),
+    n_fid=64,
+)
+
+CPU = Profile(
+    name="cpu",
+    channels=1,
+    n_dataset=32,
+    train=TrainConfig(preset="small", steps=1500, batch_size=32, lr=2e-4, warmup_steps=100, ema_decay=0.999,
+                      checkpoint_every=250, keep_steps=(250, 500, 750, 1000, 1250, 1500), bf16=True),
+    sampler="euler_maruyama",
+    sample_steps=200,
+    n_samples=128,
+    sample_batch=128,
+    classifier=ClassifierConfig(arch="resnet18", stem_stride=1, norm="group", epochs=20, patience=5, epoch_size=1024,
+                                batch_size=64, augmix=True),
+    probe=ProbeConfig(M=8, grid=_grid(0.95, 0.05, 0.05), steps_full=200, coarse_step=0.2, batch_size=128),
+    n_fid=512,
+)
+
+PAPER = Profile(
+    name="paper",
+    channels=3,
+    n_dataset=1000,
+    train=TrainConfig(preset="paper", steps=30000, batch_size=128, lr=2e-4, warmup_steps=5000, ema_decay=0.9999,
+                      checkpoint_every=2000, keep_steps=tuple(range(2000, 30001, 2000)), bf16=True),
+    sampler="euler_maruyama",
+    sample_steps=1000,
+    n_samples=150_000,
+    sample_batch=1024,
+    classifier=ClassifierConfig(arch="resnet50", stem_stride=1, norm="batch", epochs=200, patience=20, batch_size=128,
+                                augmix=True),
+    probe=ProbeConfig(M=16, steps_full=1000, coarse_step=0.2, batch_size=1024),
+    n_fid=50_000,
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, CPU, PAPER)}
+
+
+def get_profile(name: str | Profile) -> Profile:
+    """The profile called ``name`` (``"smoke"``, ``"cpu"``, ``"paper"``); a :class:`Profile` passes through."""
+    if isinstance(name, Profile):
+        return name
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; allowed: {', '.join(PROFILES)}")
+    return PROFILES[name]
