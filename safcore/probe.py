@@ -42,6 +42,8 @@ __all__ = [
     "q_curve",
     "find_t_prime",
     "darboux_upper_sum",
+    "PointMixtureScore",
+    "probe_at",
 ]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -275,6 +277,75 @@ class ProbeResult:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class PointMixtureScore:
+    """Exact score of data made of point masses, ``p_0 = Σ_k w_k δ(x - c_k)``: a model whose t' is known.
+
+    Under a linear-drift SDE ``p_t = Σ_k w_k N(a_t c_k, σ_t² I)`` with ``(a_t, σ_t)`` from
+    ``sde.marginal_prob``, so (Song Eq. 29 marginal, mixture of Gaussians)
+
+        ∇ log p_t(x) = -(x - Σ_k r_k a_t c_k) / σ_t²,   r_k = softmax_k(log w_k - ||x - a_t c_k||² / (2σ_t²)).
+
+    The exact reverse process from ``x_t`` ends at ``c_k`` with probability ``r_k(x_t, t)``. One
+    point at ``x_p``: every reverse sample comes back as ``x_p`` (q = 1 at every t); one point
+    elsewhere: never (q = 0); two points: q falls with t (:meth:`q_exact`).
+
+    Args:
+        sde: the forward SDE.
+        centers: the points ``c_k`` in unit range, (K, C, H, W).
+        log_weights: unnormalised ``log w_k`` (K,); default equal weights.
+    """
+
+    sde: SDE
+    centers: torch.Tensor
+    log_weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.centers.ndim != 4 or self.centers.shape[0] < 1:
+            raise ValueError(f"centers must have shape (K, C, H, W) with K >= 1, got {tuple(self.centers.shape)}")
+        if self.log_weights is not None and len(self.log_weights) != self.centers.shape[0]:
+            raise ValueError(
+                f"log_weights has {len(self.log_weights)} entries for {self.centers.shape[0]} centers"
+            )
+
+    def _log_w(self, like: torch.Tensor) -> torch.Tensor:
+        k = self.centers.shape[0]
+        lw = self.log_weights if self.log_weights is not None else (0.0,) * k
+        return torch.as_tensor(lw, dtype=like.dtype, device=like.device)
+
+    def _a_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        one = torch.ones_like(t)
+        return self.sde.marginal_prob(one, t)  # a_t·1 and σ_t, each (B,)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Score at ``x`` (B, C, H, W) model range, ``t`` (B,) → (B, C, H, W)."""
+        t = t.to(x.dtype)
+        c = to_model_range(self.centers.to(x.device, x.dtype))  # (K, C, H, W)
+        a, s = self._a_sigma(t)
+        means = a.reshape(-1, 1, 1, 1, 1) * c.unsqueeze(0)  # (B, K, C, H, W)
+        d2 = (x.unsqueeze(1) - means).flatten(2).pow(2).sum(-1)  # (B, K)
+        r = torch.softmax(self._log_w(x).unsqueeze(0) - d2 / (2 * s.reshape(-1, 1) ** 2), dim=1)
+        mix = (r.reshape(*r.shape, 1, 1, 1) * means).sum(1)
+        return -(x - mix) / s.reshape(-1, 1, 1, 1) ** 2
+
+    def q_exact(self, t: float, k: int = 0, n_quad: int = 80) -> float:
+        """Exact ``q(t)``: probability that the exact reverse process from ``x_t ~ p(x_t | c_k)`` ends at
+        ``c_k``, i.e. ``E[r_k(x_t, t)]``; two components only (Gauss–Hermite quadrature over the
+        one-dimensional projection of the noise on ``c_k - c_j``)."""
+        if self.centers.shape[0] != 2:
+            raise ValueError("q_exact needs exactly two centers")
+        j = 1 - k
+        c = to_model_range(self.centers.double())
+        dist2 = float((c[k] - c[j]).pow(2).sum())
+        a, s = (float(v) for v in self._a_sigma(torch.tensor([float(t)], dtype=torch.float64)))
+        lw = self._log_w(c)
+        u = a * a * dist2 / (s * s)  # squared distance between the two means in noise units
+        # log r_k/r_j = log w_k/w_j + u/2 + sqrt(u)·ξ with ξ ~ N(0, 1)
+        xi, wq = np.polynomial.hermite_e.hermegauss(n_quad)
+        logit = float(lw[k] - lw[j]) + u / 2 + math.sqrt(u) * xi
+        return float(np.sum(wq * (1.0 / (1.0 + np.exp(-logit)))) / math.sqrt(2 * math.pi))
+
+
 # --------------------------------------------------------------------------------------------------
 # building blocks
 # --------------------------------------------------------------------------------------------------
@@ -425,6 +496,46 @@ def _run_batch(
     vp = _classify(c_p, x_unit, "c_p")
     vid = _classify(c_id, x_unit, "c_id")
     return _Batch(query.detach(), x_unit.to("cpu"), vp, vid, int(res.nfe))
+
+
+def probe_at(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x_p: torch.Tensor,
+    c_p: Classifier,
+    c_id: Classifier,
+    t: float,
+    M: int = 8,
+    *,
+    method: SamplerMethod = "euler_maruyama",
+    steps_full: int = 1000,
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> tuple[ProbeExample, int]:
+    """One step of Algorithm 1 at a single t: M queries ``x_{t,p}``, their reverse samples, verdicts.
+
+    Args: as in :func:`q_curve`; ``t`` in (eps, 1].
+
+    Returns:
+        (:class:`ProbeExample` with all M images, NFE spent = ``M · steps(t)`` for Euler–Maruyama).
+    """
+    if isinstance(M, bool) or not isinstance(M, (int, np.integer)) or M < 1:
+        raise ValueError(f"M={M!r}: the number of reverse samples must be an int >= 1")
+    (t,) = _check_grid((t,), eps)
+    x_p = _as_single_image(x_p)
+    t_vec = torch.full((M,), t, dtype=torch.float32, device=x_p.device)
+    b = _run_batch(
+        score_fn, sde, x_p, c_p, c_id, t_vec,
+        method=method, steps=_steps_for(t, steps_full, eps), eps=eps, generator=generator,
+    )  # fmt: skip
+    ex = ProbeExample(
+        t=t,
+        query=from_model_range(b.query).clamp(0.0, 1.0).to("cpu"),
+        samples=b.samples,
+        c_p=b.c_p,
+        c_id=b.c_id,
+    )
+    return ex, M * b.nfe_each
 
 
 def _proportion_ci(k: int, n: int) -> tuple[float, float]:
