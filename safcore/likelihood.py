@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -43,7 +43,7 @@ Hutchinson = Literal["rademacher", "gaussian"]
 HUTCHINSON_TYPES: tuple[str, ...] = ("rademacher", "gaussian")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LikelihoodResult:
     """Output of :func:`ode_log_likelihood`.
 
@@ -55,7 +55,7 @@ class LikelihoodResult:
     """
 
     logp: torch.Tensor
-    z: torch.Tensor
+    z: torch.Tensor = field(repr=False)
     nfe: int
 
 
@@ -92,8 +92,29 @@ def ode_log_likelihood(
         raise ValueError(f"eps must lie in (0, {sde.T}), got {eps!r}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be None or >= 1, got {batch_size!r}")
+    # the divergence needs autograd: leave any caller's inference_mode (clone: not an inference tensor)
+    with torch.inference_mode(False):
+        return _ode_log_likelihood(
+            score_fn, sde, y.detach().clone(), hutchinson=hutchinson, generator=generator, rtol=rtol,
+            atol=atol, eps=eps, batch_size=batch_size, progress=progress,
+        )
+
+
+def _ode_log_likelihood(
+    score_fn: ScoreFn,
+    sde: SDE,
+    y: torch.Tensor,
+    *,
+    hutchinson: Hutchinson,
+    generator: torch.Generator | None,
+    rtol: float,
+    atol: float,
+    eps: float,
+    batch_size: int | None,
+    progress: bool,
+) -> LikelihoodResult:
     device = _device_of(score_fn, y)
-    y = y.detach().to(device, torch.float32)
+    y = y.to(device, torch.float32)
     rsde = sde.reverse(score_fn, probability_flow=True)
     size = y.shape[0] if batch_size is None else batch_size
 
@@ -181,7 +202,7 @@ def bits_per_dim(
     return (-res.logp.cpu() / (d * math.log(2.0)) + offset).float()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NLLComparison:
     """Bits/dim of the private image ``x_p`` next to other training images.
 

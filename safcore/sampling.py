@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -28,7 +28,7 @@ METHODS: tuple[str, ...] = ("euler_maruyama", "pc", "ode")
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SampleResult:
     """Samples and what they cost.
 
@@ -41,7 +41,7 @@ class SampleResult:
         steps: time steps taken (ODE: accepted RK45 steps, the largest over batches).
     """
 
-    images: torch.Tensor
+    images: torch.Tensor = field(repr=False)
     nfe: int
     n_images: int
     method: str

@@ -70,6 +70,15 @@ def test_gaussian_hutchinson_is_unbiased_on_average():
     assert float((bpd - ref).abs().max()) > 1e-3  # a Gaussian probe is noisy, unlike Rademacher here
 
 
+def test_works_inside_inference_mode():
+    sde = SubVPSDE()
+    gs = GaussianDataScore(sde, MU, S)
+    with torch.inference_mode():
+        x = _gaussian_unit_images(2)
+        bpd = bits_per_dim(gs, sde, x, dequantize=False, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(bpd, _closed_form_bpd(gs, x, offset=-1.0), atol=2e-3)
+
+
 def test_nll_comparison_singles_out_the_most_likely_image():
     sde = SubVPSDE()
     gs = GaussianDataScore(sde, MU, S)
