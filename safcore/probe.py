@@ -25,6 +25,7 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
+from scipy.special import expit
 from scipy.stats import binomtest
 from tqdm.auto import tqdm
 
@@ -44,6 +45,8 @@ __all__ = [
     "darboux_upper_sum",
     "PointMixtureScore",
     "probe_at",
+    "adaptive_search",
+    "chunk_sizes",
 ]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -343,7 +346,7 @@ class PointMixtureScore:
         # log r_k/r_j = log w_k/w_j + u/2 + sqrt(u)·ξ with ξ ~ N(0, 1)
         xi, wq = np.polynomial.hermite_e.hermegauss(n_quad)
         logit = float(lw[k] - lw[j]) + u / 2 + math.sqrt(u) * xi
-        return float(np.sum(wq * (1.0 / (1.0 + np.exp(-logit)))) / math.sqrt(2 * math.pi))
+        return float(np.sum(wq * expit(logit)) / math.sqrt(2 * math.pi))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -814,6 +817,54 @@ def find_t_prime(
     )
 
 
+def chunk_sizes(M: int, first_chunk: int = 1) -> list[int]:
+    """The adaptive search's chunks at one t: cumulative sizes ``first_chunk, 2·first_chunk, …, M``.
+
+    >>> chunk_sizes(16)
+    [1, 1, 2, 4, 8]
+    """
+    sizes, done, target = [], 0, first_chunk
+    while done < M:
+        sizes.append(min(target, M) - done)
+        done += sizes[-1]
+        target *= 2
+    return sizes
+
+
+def adaptive_search(
+    grid: Sequence[float], positive_at: Callable[[int], bool], coarse_step: float = 0.2
+) -> int | None:
+    """The adaptive t' search on a grid sorted HIGH → LOW; returns the index of t' (None: no positive).
+
+    (1) Coarse pass from ``grid[0]`` down, visiting points at least ``coarse_step`` apart and the last
+    grid point, until ``positive_at(i)`` is True. (2) Bisection on indices between that point and the
+    coarse point before it (False there). Exact on a curve where q > 0 exactly below some t; with a
+    random q_M see :func:`find_t_prime`. ``positive_at`` is whatever decides "some positive at
+    grid[i]" (the probe's early-exit evaluation, or a simulation on a known curve).
+    """
+    coarse = [0]
+    for i in range(1, len(grid)):
+        if grid[i] <= grid[coarse[-1]] - coarse_step + 1e-9:
+            coarse.append(i)
+    if coarse[-1] != len(grid) - 1:
+        coarse.append(len(grid) - 1)
+    lo: int | None = None  # the last coarse point without a positive
+    hi: int | None = None  # the first coarse point with one
+    for i in coarse:
+        if positive_at(i):
+            hi = i
+            break
+        lo = i
+    if hi is not None and lo is not None:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if positive_at(mid):
+                hi = mid
+            else:
+                lo = mid
+    return hi
+
+
 def _adaptive(
     score_fn: ScoreFn,
     sde: SDE,
@@ -824,7 +875,7 @@ def _adaptive(
     gen: torch.Generator,
     progress: bool,
 ) -> tuple[QCurve, float | None]:
-    """Coarse pass + bisection on the grid with early exit at the first positive per t."""
+    """:func:`adaptive_search` with the early-exit evaluation of :func:`chunk_sizes` at each t."""
     grid = cfg.grid
     tally = _Tally(cfg.n_examples)
     device = x_p.device
@@ -833,9 +884,7 @@ def _adaptive(
     def positive_at(i: int) -> bool:
         t = grid[i]
         steps = cfg.steps(t)
-        done, target = 0, cfg.first_chunk
-        while done < cfg.M:
-            m = min(target, cfg.M) - done
+        for m in chunk_sizes(cfg.M, cfg.first_chunk):
             for j in range(0, m, cfg.batch_size):  # respect batch_size inside a chunk
                 mm = min(cfg.batch_size, m - j)
                 t_vec = torch.full((mm,), t, dtype=torch.float32, device=device)
@@ -844,36 +893,13 @@ def _adaptive(
                     method=cfg.method, steps=steps, eps=cfg.eps, generator=gen,
                 )  # fmt: skip
                 tally.add(t, b, slice(0, mm))
-            done += m
-            target *= 2
             if tally.k[t] > 0:
                 break
         bar.update(1)
         bar.set_postfix(t=f"{t:.3f}", positive=tally.k[t] > 0)
         return tally.k[t] > 0
 
-    # (1) coarse pass, high -> low
-    coarse = [0]
-    for i in range(1, len(grid)):
-        if grid[i] <= grid[coarse[-1]] - cfg.coarse_step + 1e-9:
-            coarse.append(i)
-    if coarse[-1] != len(grid) - 1:
-        coarse.append(len(grid) - 1)
-    lo: int | None = None  # index of the last coarse point without a positive
-    hi: int | None = None  # index of the first coarse point with one
-    for i in coarse:
-        if positive_at(i):
-            hi = i
-            break
-        lo = i
-    # (2) bisection between lo (no positive) and hi (positive)
-    if hi is not None and lo is not None:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if positive_at(mid):
-                hi = mid
-            else:
-                lo = mid
+    hi = adaptive_search(grid, positive_at, cfg.coarse_step)
     bar.close()
     t_prime = grid[hi] if hi is not None else None
     evaluated = sorted(tally.n)

@@ -18,6 +18,8 @@ from safcore.probe import (
     DEFAULT_GRID,
     PointMixtureScore,
     ProbeConfig,
+    adaptive_search,
+    chunk_sizes,
     darboux_upper_sum,
     diffuse,
     find_t_prime,
@@ -172,6 +174,29 @@ def test_author_bug_single_positive_gives_its_own_t(sde, images, classifiers):
     res = find_t_prime(score, sde, x_p, c_p, c_id_once, cfg, progress=False)
     assert res.k.sum() == 1
     assert res.t_prime == 0.5
+
+
+@pytest.mark.parametrize("coarse_step", [0.05, 0.2, 0.33, 1.0])
+def test_adaptive_search_is_exact_on_a_step_curve(coarse_step):
+    """q > 0 exactly for t <= grid[c]: the search returns c for every c, visiting few points."""
+    n = len(DEFAULT_GRID)
+    for c in range(n + 1):
+        visited = []
+
+        def positive_at(i):
+            visited.append(i)
+            return i >= c
+
+        got = adaptive_search(DEFAULT_GRID, positive_at, coarse_step)
+        assert got == (c if c < n else None)
+        assert len(set(visited)) == len(visited) <= 25
+
+
+def test_chunk_sizes():
+    assert chunk_sizes(16) == [1, 1, 2, 4, 8]
+    assert chunk_sizes(16, 4) == [4, 4, 8]
+    assert chunk_sizes(5, 2) == [2, 2, 1]
+    assert chunk_sizes(1) == [1]
 
 
 # ------------------------------------------------------------------------------------------------
