@@ -183,7 +183,7 @@ def bits_per_dim(
     if x_unit.ndim != 4:
         raise ValueError(f"x_unit must have shape (B, C, H, W), got {tuple(x_unit.shape)}")
     lo, hi = x_unit.min().item(), x_unit.max().item()
-    if lo < 0.0 or hi > 1.0:
+    if not bool(torch.isfinite(x_unit).all()) or lo < 0.0 or hi > 1.0:
         raise ValueError(f"x_unit must be unit-range images in [0, 1], got values in [{lo:g}, {hi:g}]")
     x = x_unit.detach().float()
     if dequantize:

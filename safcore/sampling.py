@@ -10,6 +10,7 @@ from the prior at ``t = 1`` or from given noisy images ``x_t`` at a per-sample t
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -256,13 +257,13 @@ def sample(
     """
     if method not in METHODS:
         raise ValueError(f"unknown sampler method {method!r}; allowed: {', '.join(map(repr, METHODS))}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not (0.0 < eps < 1.0):
         raise ValueError(f"eps (the end time) must lie in (0, 1), got {eps!r}")
     if not snr > 0:
         raise ValueError(f"snr must be > 0, got {snr!r}")
-    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) or corrector_steps < 1:
+    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, numbers.Integral) or corrector_steps < 1:
         raise ValueError(f"corrector_steps must be an integer >= 1, got {corrector_steps!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
@@ -289,6 +290,7 @@ def sample(
     score = _wrap_score(score_fn, autocast_bf16)
 
     chunks = list(_chunks(n, batch_size))
+    steps, corrector_steps = int(steps), int(corrector_steps)
     per_traj = steps * (1 if method == "euler_maruyama" else 1 + corrector_steps)
     total = None if method == "ode" else per_traj * len(chunks)
     bar = tqdm(total=total, desc=f"sampling ({method})", unit="nfe", disable=not progress, leave=False)
