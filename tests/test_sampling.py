@@ -49,6 +49,20 @@ def test_samples_of_gaussian_data_have_its_moments(method, sde):
         assert 10 < res.nfe < 500 and 1 <= res.steps < res.nfe
 
 
+@pytest.mark.parametrize("method", ["euler_maruyama", "pc"])
+def test_tweedie_final_step_returns_a_memorised_point(method):
+    """Data = one point (std 1e-4): the sub-VP plain last step amplifies the leftover noise
+    (g²h/σ² > 2 near t = 0), Tweedie's E[x_0|x_t] lands on the point: what a memorising model does."""
+    sde = SubVPSDE()
+    gs = GaussianDataScore(sde, MU, 1e-4)
+    kw = dict(shape=(64, 1, 8, 8), method=method, steps=50, progress=False)
+    tw = sample(gs, sde, generator=torch.Generator().manual_seed(0), **kw)
+    plain = sample(gs, sde, final_step="noise_free", generator=torch.Generator().manual_seed(0), **kw)
+    assert (tw.images - MU).abs().max().item() < 1e-3
+    assert plain.images.std().item() > 0.05
+    assert tw.nfe == plain.nfe
+
+
 def test_without_score_the_moments_are_wrong():
     """Guards the moment test above: a zero score leaves mostly prior noise."""
     sde = SubVPSDE()
@@ -130,5 +144,7 @@ def test_bad_parameters_raise():
         sample(gs, sde, shape=(2, 1, 4, 4), t_start=0.5)
     with pytest.raises(ValueError, match="batch_size"):
         sample(gs, sde, shape=(2, 1, 4, 4), batch_size=0)
+    with pytest.raises(ValueError, match="unknown final_step 'none'"):
+        sample(gs, sde, shape=(2, 1, 4, 4), final_step="none")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="snr"):
         sample(gs, sde, shape=(2, 1, 4, 4), method="pc", snr=0.0)
