@@ -241,8 +241,9 @@ class ProbeResult:
             search, which does not measure q below t', the conservative value with ``q = 1`` on every
             grid t <= t' and 0 above.
         nfe: image-network evaluations actually spent (summed over all trajectories).
-        nfe_exhaustive: what an exhaustive search on the same grid costs, ``Σ_t M · steps(t)``
-            (no batching overhead) — the reference for the adaptive search's saving.
+        nfe_exhaustive: what an exhaustive Euler–Maruyama search on the same grid costs,
+            ``Σ_t M · steps(t)`` (no batching overhead) — the reference for the adaptive search's
+            saving (PC multiplies every count by ``1 + corrector steps``; for the ODE it is nominal).
         search: ``"exhaustive"`` or ``"adaptive"``.
         grid: the full grid (high → low).
         examples: images of a few t (Fig. 4), ascending in t.
@@ -650,7 +651,11 @@ def q_curve(
     size ``(t - eps)/steps``, never coarser than a full trajectory's). A t joins a call only if that
     costs it at most ``batch_waste`` extra steps (``steps(max t) <= (1 + batch_waste) · steps(t)``),
     so ``Σ_t M · steps(t) <= nfe <= (1 + batch_waste) · Σ_t M · steps(t)``; with
-    ``batch_waste = 0`` (or ``batch_size < 2 M``) the NFE is exactly ``Σ_t M · steps(t)``.
+    ``batch_waste = 0`` (or ``batch_size < 2 M``) the NFE is exactly ``Σ_t M · steps(t)``
+    (Euler–Maruyama; PC costs ``1 + corrector steps`` evaluations per step; the ODE's count is the
+    solver's ``nfev`` per trajectory). ``steps_full`` must be large enough for the smallest t:
+    a reverse process of very few steps cannot carry a query far from ``x_p``, so too coarse a
+    sampler reports positives at low t that the model would not produce.
 
     Args:
         score_fn: ``(x (B,C,H,W) model range, t (B,)) -> score``; any model the sampler accepts.
