@@ -1,7 +1,7 @@
 """Bits/dim through the probability-flow ODE (Song et al. 2020, Sec. 4.3 and App. D.2; paper Eq. 5).
 
 The probability-flow ODE ``dx/dt = f̃(x, t) = f(x, t) - ½ g(t)² s(x, t)`` (Song Eq. 13) is a
-continuous normalising flow, so (instantaneous change of variables, Song Eq. 39)
+continuous normalising flow, so (instantaneous change of variables, Song App. D.2)
 
     log p_0(x(0)) = log p_T(x(T)) + ∫_0^T ∇·f̃(x(t), t) dt,
 
@@ -79,7 +79,8 @@ def ode_log_likelihood(
     batch_size: int | None = None,
     progress: bool = False,
 ) -> LikelihoodResult:
-    """``log p_eps(y)`` in nats for model-range images ``y`` (B, C, H, W) via Song Eq. 39.
+    """``log p_eps(y)`` in nats for model-range images ``y`` (B, C, H, W), shape ``(B,)``, by the
+    instantaneous change of variables (Song App. D.2).
 
     Integrates ``[x, Δlogp]`` from ``t = eps`` to ``T`` with RK45 (``rtol``, ``atol``), then
     ``log p = prior_logp(x(T)) + Δlogp``. One Hutchinson probe per image (drawn from ``generator``).

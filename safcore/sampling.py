@@ -2,7 +2,7 @@
 
 Song et al. 2020 (score_sde_pytorch ``sampling.py``): the reverse SDE (Song Eq. 6 / paper Eq. 3) is
 integrated by Euler–Maruyama or by the reverse-diffusion predictor + Langevin corrector (Song
-Alg. 2/4), the probability-flow ODE (Song Eq. 13 / paper Eq. 5) by RK45. Every sampler can start
+Sec. 4.2), the probability-flow ODE (Song Eq. 13 / paper Eq. 5) by RK45. Every sampler can start
 from the prior at ``t = 1`` or from given noisy images ``x_t`` at a per-sample time ``t_start``
 (Algorithm 1 of the paper diffuses ``x_p`` to ``t`` and denoises it back).
 """
@@ -122,7 +122,7 @@ def _langevin_step(
     snr: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """One Langevin corrector step (Song Alg. 4): ``x + ε s(x,t) + sqrt(2ε) z`` with
+    """One Langevin corrector step (Song Sec. 4.2): ``x + ε s(x,t) + sqrt(2ε) z`` with
     ``ε = 2α (snr·‖z‖ / ‖s‖)²`` per sample (norms per sample, not batch means as in score_sde,
     because one batch may mix very different ``t``)."""
     grad = score(x, t)
@@ -165,7 +165,7 @@ def _sample_sde(
     for k in range(steps):
         t = ts - k * h
         last = k == steps - 1
-        if method == "pc":  # Langevin corrector(s) at t before the predictor (Song Alg. 2)
+        if method == "pc":  # Langevin corrector(s) at t before the predictor (Song Sec. 4.2)
             for _ in range(corrector_steps):
                 x = _langevin_step(score, sde, x, t, h, snr, generator)
         if last and final_step == "tweedie":
@@ -175,7 +175,7 @@ def _sample_sde(
             drift, diffusion = rsde.sde(x, t)
             x_mean = x - _bcast(h, x) * drift
             x = x_mean if last else x_mean + _bcast(diffusion * sqrt_h, x) * _randn(x, generator)
-        else:  # "pc" predictor: reverse diffusion x - rev_f + rev_G z (Song Eq. 46)
+        else:  # "pc" predictor: reverse diffusion x - rev_f + rev_G z (Song App. E)
             rev_f, rev_g = rsde.discretize(x, t, h)
             x_mean = x - rev_f
             x = x_mean if last else x_mean + _bcast(rev_g, x) * _randn(x, generator)

@@ -117,7 +117,7 @@ class ReverseSDE:
     def discretize(
         self, x: torch.Tensor, t: torch.Tensor, dt: torch.Tensor | float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reverse-diffusion discretisation (Song App. E, Eq. 46): ``x_{t-dt} = x - rev_f + rev_G z``.
+        """Reverse-diffusion discretisation (Song App. E): ``x_{t-dt} = x - rev_f + rev_G z``.
 
         ``rev_f = f - G² s(x, t)`` (× ½ for the ODE) with ``f, G`` from the forward
         :meth:`SDE.discretize`; ``rev_G = G`` (0 for the ODE), shape ``(B,)``.
@@ -154,7 +154,7 @@ class _LinearBetaSDE(SDE):
 
 
 class SubVPSDE(_LinearBetaSDE):
-    """Sub-VP SDE (Song Eq. 29): ``dx = -½β(t) x dt + sqrt(β(t)(1 - e^{-2∫_0^t β})) dw``.
+    """Sub-VP SDE (Song Sec. 3.4): ``dx = -½β(t) x dt + sqrt(β(t)(1 - e^{-2∫_0^t β})) dw``.
 
     Marginal ``p_0t(x(t)|x(0)) = N(e^{lmc} x(0), (1 - e^{2 lmc})² I)``: the std is
     ``1 - e^{2 lmc}`` with NO square root (its variance is bounded by the VP one, hence "sub").
@@ -192,7 +192,7 @@ class VPSDE(_LinearBetaSDE):
     def discretize(
         self, x: torch.Tensor, t: torch.Tensor, dt: torch.Tensor | float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """DDPM discretisation (Song Eq. 47 with ``β_i = β(t) dt``): ``f = (sqrt(1-β_i) - 1) x``, ``G = sqrt(β_i)``."""
+        """DDPM discretisation (the DDPM chain of Song Sec. 3.4 with ``β_i = β(t) dt``): ``f = (sqrt(1-β_i) - 1) x``, ``G = sqrt(β_i)``."""
         beta_i = self.beta(t) * torch.as_tensor(dt, dtype=x.dtype, device=x.device)
         f = _bcast(torch.sqrt(1.0 - beta_i) - 1.0, x) * x
         return f, torch.sqrt(beta_i)
