@@ -126,10 +126,12 @@ def _ode_log_likelihood(
             x = y[start : start + size]
             shape, b = x.shape, x.shape[0]
             n = x.numel()
+            gen_dev = generator.device if generator is not None else device
             if hutchinson == "rademacher":
-                v = torch.randint(0, 2, shape, generator=generator, device=device).float() * 2 - 1
+                v = torch.randint(0, 2, shape, generator=generator, device=gen_dev).float() * 2 - 1
             else:
-                v = torch.randn(shape, generator=generator, device=device)
+                v = torch.randn(shape, generator=generator, device=gen_dev)
+            v = v.to(device)
 
             def ode_func(t: float, state: np.ndarray, shape=shape, b=b, n=n, v=v) -> np.ndarray:
                 xs = torch.from_numpy(state[:n].astype(np.float32)).to(device).reshape(shape)
@@ -189,8 +191,8 @@ def bits_per_dim(
     x = x_unit.detach().float()
     if dequantize:
         k = torch.round(x * 255.0).clamp(0, 255)
-        u = torch.rand(x.shape, generator=generator, device=x.device)
-        x = (k + u) / 256.0
+        u = torch.rand(x.shape, generator=generator, device=generator.device if generator is not None else x.device)
+        x = (k + u.to(x.device)) / 256.0
         offset = math.log2(256) - 1.0
     else:
         offset = -1.0

@@ -83,7 +83,10 @@ def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    """N(0, I) like ``x``, drawn on the generator's device (a CPU generator also drives GPU sampling)."""
+    if generator is None or generator.device == x.device:
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device).to(x.device)
 
 
 def _wrap_score(score_fn: ScoreFn, autocast_bf16: bool) -> ScoreFn:
@@ -307,7 +310,8 @@ def sample(
                 "(pass x_t= to start from noisy images at another time)"
             )
         dev = torch.device(device) if device is not None else _default_device(score_fn, generator)
-        x0 = sde.prior_sampling(tuple(int(s) for s in shape), generator=generator, device=dev).float()
+        gen_dev = generator.device if generator is not None else dev
+        x0 = sde.prior_sampling(tuple(int(s) for s in shape), generator=generator, device=gen_dev).float().to(dev)
     n = x0.shape[0]
     ts_all = _check_time_start(t_start, eps, n, dev)
     score = _wrap_score(score_fn, autocast_bf16)
