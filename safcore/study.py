@@ -1,0 +1,257 @@
+"""One audit end to end — data → SAF → score model → classifiers → samples → audit → t' — with reuse.
+
+A :class:`Study` names one experiment (dataset, ``N_D``, seed, SAF, profile). Each stage is computed
+on first use and kept in the run store (:class:`safcore.runs.RunStore`) under a key made from every
+setting it depends on, so notebooks and the command line share trained models instead of training
+again, and a changed setting never reuses a stale result.
+
+>>> study = Study("breastmnist", n_dataset=32, profile="cpu")
+>>> study.audit()          # trains the score model and both classifiers on first use
+>>> study.probe()          # Algorithm 1, t'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file
+
+from safcore import data as data_lib
+from safcore import paths, plotting
+from safcore.audit import AuditResult, audit
+from safcore.classifiers import Classifier, id_accuracy, saf_accuracy, train_id_classifier, train_saf_classifier
+from safcore.fingerprint import PrivateDataset, SAFConfig, make_private_dataset
+from safcore.models import ScoreModel
+from safcore.probe import ProbeConfig, ProbeResult, find_t_prime
+from safcore.profiles import Profile, get_profile
+from safcore.runs import RunStore, atomic_save_safetensors, atomic_write, write_manifest
+from safcore.sampling import sample
+from safcore.train import TrainResult, load_kept, train
+
+Split = Literal["train", "val", "test"]
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _without_device(config) -> dict:
+    values = dataclasses.asdict(config)
+    values.pop("device", None)
+    return values
+
+
+class Study:
+    """One experiment of the paper, computed lazily and cached in the run store.
+
+    Args:
+        dataset: a 2D MedMNIST flag or the path of a MedMNIST-layout ``.npz``.
+        n_dataset: ``N_D``, drawn from the train split with ``seed``; ``None`` → the profile's.
+        profile: ``"smoke"``, ``"cpu"``, ``"paper"`` or a :class:`~safcore.profiles.Profile`.
+        seed: draws the subset, ``x_i`` and the SAF's place (the models' own seeds are in the profile).
+        saf: the fingerprint's look.
+        data_root: where the flags' files are (see :func:`safcore.data.load_dataset`).
+        store: the run store (default ``safcore.paths.runs_dir()``).
+        progress: progress bars.
+    """
+
+    def __init__(
+        self,
+        dataset: str | os.PathLike = "breastmnist",
+        n_dataset: int | None = None,
+        *,
+        profile: str | Profile = "smoke",
+        seed: int = 0,
+        saf: SAFConfig = SAFConfig(),
+        data_root: str | os.PathLike | None = None,
+        store: RunStore | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.dataset = dataset
+        self.profile = get_profile(profile)
+        self.n_dataset = self.profile.n_dataset if n_dataset is None else n_dataset
+        self.seed = seed
+        self.saf = saf
+        self.data_root = data_root
+        self.store = store or RunStore()
+        self.progress = progress
+
+    def __repr__(self) -> str:
+        return f"Study({self.data.name!r}, N_D={self.n_dataset}, profile={self.profile.name!r}, seed={self.seed})"
+
+    # ------------------------------------------------------------------ data and the SAF
+    @functools.cached_property
+    def data(self) -> data_lib.MedMNISTData:
+        return data_lib.load_dataset(self.dataset, root=self.data_root)
+
+    @functools.cached_property
+    def private(self) -> PrivateDataset:
+        """``D_p``: ``N_D`` seeded training images with ``x_p`` in place of ``x_i``."""
+        clean, _ = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+        images = data_lib.to_unit_tensor(clean, channels=self.profile.channels)
+        return make_private_dataset(images, seed=self.seed, config=self.saf)
+
+    def images(self, split: Split) -> torch.Tensor:
+        """All images of ``split`` as unit-range tensors with the profile's channels."""
+        return data_lib.to_unit_tensor(self.data.split(split), channels=self.profile.channels)
+
+    @functools.cached_property
+    def data_config(self) -> dict:
+        """What the private dataset depends on (the data file's content, not its location)."""
+        return {
+            "dataset": self.data.name,
+            "data_sha256": _file_digest(self.data.source),
+            "n_dataset": self.n_dataset,
+            "seed": self.seed,
+            "saf": self.private.parameters(),
+            "channels": self.profile.channels,
+        }
+
+    # ------------------------------------------------------------------ the score model
+    def model_config(self) -> dict:
+        return {**self.data_config, "train": _without_device(self.profile.train)}
+
+    def _train(self) -> TrainResult | None:
+        config = self.model_config()
+        if self.store.find("score_model", config) is not None:
+            return None
+        work_dir = self.store.scratch_dir("score_model", config)
+        result = train(self.private.images, self.profile.train, work_dir, progress=self.progress)
+        with self.store.create("score_model", config, seed=self.profile.train.seed,
+                               extra={"seconds_per_step": result.seconds_per_step}) as tmp:
+            result.model.save_pretrained(tmp / "model")
+            (tmp / "kept").mkdir()
+            for step, path in result.kept.items():
+                shutil.copy2(path, tmp / "kept" / path.name)
+            atomic_write(tmp / "losses.json", json.dumps(list(result.losses)))
+        return result
+
+    @functools.cached_property
+    def score_model(self) -> ScoreModel:
+        """The EMA score model after the profile's training steps (trained once, then reused)."""
+        self._train()
+        run = self.store.find("score_model", self.model_config())
+        return ScoreModel.from_pretrained(run.path / "model").eval()
+
+    @property
+    def losses(self) -> list[float]:
+        """The training loss of every step."""
+        self.score_model  # noqa: B018 — make sure it exists
+        run = self.store.find("score_model", self.model_config())
+        return json.loads(run.file("losses.json").read_text())
+
+    def model_at(self, step: int) -> ScoreModel:
+        """The EMA score model kept at training ``step`` (one of the profile's ``keep_steps``)."""
+        if step == self.profile.train.steps:
+            return self.score_model
+        self.score_model  # noqa: B018
+        run = self.store.find("score_model", self.model_config())
+        file = run.path / "kept" / f"ema_step{step:06d}.safetensors"
+        if not file.is_file():
+            raise ValueError(f"training step {step} was not kept; kept steps: {list(self.profile.train.keep_steps)}")
+        return load_kept(file, step).eval()
+
+    # ------------------------------------------------------------------ the adversary
+    def classifier_config(self, kind: str) -> dict:
+        return {**self.data_config, "kind": kind, "classifier": _without_device(self.profile.classifier)}
+
+    def _classifier(self, kind: Literal["c_p", "c_id"]) -> Classifier:
+        config = self.classifier_config(kind)
+        run = self.store.find(kind, config)
+        if run is None:
+            if kind == "c_p":
+                clf = train_saf_classifier(self.private.others, self.images("val"), self.saf, self.profile.classifier,
+                                           progress=self.progress)
+            else:
+                clf = train_id_classifier(self.private, self.profile.classifier, progress=self.progress,
+                                          val_images=self.images("val"))
+            with self.store.create(kind, config, seed=self.profile.classifier.seed) as tmp:
+                clf.save(tmp / "classifier")
+            run = self.store.find(kind, config)
+        return Classifier.load(run.path / "classifier")
+
+    @functools.cached_property
+    def c_p(self) -> Classifier:
+        """The SAF detector ``c_p``."""
+        return self._classifier("c_p")
+
+    @functools.cached_property
+    def c_id(self) -> Classifier:
+        """The identity classifier ``c_id`` (is this ``x_p``?)."""
+        return self._classifier("c_id")
+
+    def classifier_accuracies(self) -> dict[str, float]:
+        """Tab. 2's "SAF (%)" (test split) and "ID (%)" (training set), as fractions."""
+        return {
+            "saf_accuracy": saf_accuracy(self.c_p, self.images("test"), self.saf, seed=self.seed),
+            "id_accuracy": id_accuracy(self.c_id, self.private),
+        }
+
+    # ------------------------------------------------------------------ sampling and the audit
+    def samples(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> torch.Tensor:
+        """``n`` generated images ``(n, C, 28, 28)`` in ``[0, 1]`` (cached), from the model at ``step``."""
+        n = self.profile.n_samples if n is None else n
+        step = self.profile.train.steps if step is None else step
+        config = {"model": self.model_config(), "step": step, "method": self.profile.sampler,
+                  "steps": self.profile.sample_steps, "n": n, "seed": seed}
+        run = self.store.find("samples", config)
+        if run is None:
+            model = self.model_at(step)
+            generator = torch.Generator(device=model.device).manual_seed(seed)
+            shape = (n, self.profile.channels, *self.private.images.shape[-2:])
+            result = sample(model, model.sde, shape=shape, method=self.profile.sampler, steps=self.profile.sample_steps,
+                            generator=generator, batch_size=self.profile.sample_batch, progress=self.progress)
+            images = data_lib.from_model_range(result.images.float().cpu())
+            with self.store.create("samples", config, seed=seed, extra={"nfe": result.nfe}) as tmp:
+                atomic_save_safetensors({"images": images}, tmp / "samples.safetensors")
+            run = self.store.find("samples", config)
+        return load_file(run.file("samples.safetensors"))["images"]
+
+    def audit(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> AuditResult:
+        """Sample ``n`` images and count ``|c_p+|``, ``|c_id+|``, ``|q|`` against ``E|q| = n/N_D``."""
+        images = self.samples(n, step=step, seed=seed)
+        return audit(images, self.c_p, self.c_id, self.private.x_p, self.n_dataset)
+
+    # ------------------------------------------------------------------ Algorithm 1
+    def probe_config(self, **changes) -> ProbeConfig:
+        """The profile's :class:`~safcore.probe.ProbeConfig`, with ``changes`` applied."""
+        return dataclasses.replace(self.profile.probe, **changes)
+
+    def probe(self, config: ProbeConfig | None = None, *, step: int | None = None) -> ProbeResult:
+        """Algorithm 1: ``q_M(t)`` and ``t'`` for ``x_p`` under the score model at ``step``."""
+        model = self.model_at(self.profile.train.steps if step is None else step)
+        return find_t_prime(model, model.sde, self.private.x_p, self.c_p, self.c_id, config or self.profile.probe,
+                            progress=self.progress)
+
+    # ------------------------------------------------------------------ figures
+    def save_figure(self, figure, name: str) -> Path:
+        """Save ``figure`` as ``figures/<name>_<profile>.png`` with a manifest of this study's settings."""
+        path = paths.figures_dir() / f"{name}_{self.profile.name}.png"
+        plotting.save_figure(figure, path)
+        write_manifest(path, config={**self.model_config(), "profile": self.profile.name}, seed=self.seed)
+        return path
+
+    # ------------------------------------------------------------------ image quality
+    def fid(self, split: Split = "train", *, extractor: str = "auto") -> "FIDResult":
+        """FID between ``split`` and ``profile.n_fid`` samples (Tab. 2's FID_train / FID_test).
+
+        Inception when its weights are available locally, otherwise safcore's domain feature
+        extractor trained on this dataset's labels (cached in the run store); the result names it.
+        """
+        from safcore.metrics import fid
+
+        real = self.images(split)
+        return fid(real, self.samples(self.profile.n_fid), extractor, dataset=self.data,
+                   cache_dir=self.store.root / "fid_extractors", progress=self.progress)

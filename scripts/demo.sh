@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: make .venv, install safcore, run the demo audit (cpu profile,
+# real BreastMNIST) and print where its report is. Extra arguments go to `python -m safcore demo`,
+# e.g. `bash scripts/demo.sh --profile smoke`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+export SAFCORE_DATA_ROOT="${SAFCORE_DATA_ROOT:-$PWD/../shared/data/medmnist}"
+exec .venv/bin/python -m safcore demo "$@"
