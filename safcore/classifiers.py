@@ -46,6 +46,7 @@ KINDS: tuple[str, ...] = ("saf", "id")
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "classifier.json"
 FORMAT_VERSION = 1
+BN_RECALIBRATION_BATCHES = 8
 
 ImageClassifier = Callable[[torch.Tensor], torch.Tensor]
 """Any callable ``(B, C, H, W)`` unit-range float images → bool ``(B,)`` (the audit/probe boundary)."""
@@ -466,6 +467,31 @@ def choose_threshold(probabilities: torch.Tensor, labels: torch.Tensor) -> float
     return float(tied[(tied - 0.5).abs().argmin()])
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Recompute every BatchNorm's running mean/variance as the plain average over ``batches``
+    (model-range inputs) with the current weights ("precise BN").
+
+    The usual running averages (momentum 0.1) lag behind weights that change quickly, which on small
+    data sets makes eval-mode predictions useless (e.g. ``c_id`` scoring ``x_p`` 0.27 in eval mode and
+    0.92 in train mode); recalibrated statistics fix that. No-op for a model without BatchNorm.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not batches:
+        return
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for batch in batches:
+        model(batch)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+
+
 def _fit(
     model: nn.Module,
     train_batches: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]],
@@ -477,7 +503,11 @@ def _fit(
     progress: bool,
 ) -> tuple[list[dict], int, float]:
     """AdamW on BCE-with-logits with early stopping on the validation loss; loads the best weights
-    into ``model`` and returns ``(history, best_epoch, threshold)``."""
+    into ``model`` and returns ``(history, best_epoch, threshold)``.
+
+    Before each validation the BatchNorm statistics are recomputed on the epoch's last
+    ``BN_RECALIBRATION_BATCHES`` training batches (:func:`recalibrate_batchnorm`).
+    """
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history: list[dict] = []
@@ -487,16 +517,19 @@ def _fit(
     for epoch in bar:
         model.train()
         total, correct, count = 0.0, 0, 0
+        recent: list[torch.Tensor] = []
         for images, labels in train_batches(epoch):
-            images, labels = images.to(device), labels.to(device)
-            logits = model(to_model_range(images)).squeeze(1)
+            inputs, labels = to_model_range(images.to(device)), labels.to(device)
+            logits = model(inputs).squeeze(1)
             loss = F.binary_cross_entropy_with_logits(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * labels.shape[0]
-            correct += int(((logits > 0).float() == labels).sum())
+            correct += int(((logits.detach() > 0).float() == labels).sum())
             count += labels.shape[0]
+            recent = (recent + [inputs])[-BN_RECALIBRATION_BATCHES:]
+        recalibrate_batchnorm(model, recent)
         model.eval()
         logits = []
         with torch.inference_mode():
