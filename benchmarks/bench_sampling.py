@@ -5,7 +5,7 @@ network evaluations, interleaved round by round (side by side, so load from othe
 all of them alike); the best round of each is reported. Target (issue 3, item 8): sampler ≥ 1.3×
 the plain loop.
 
-    .venv/bin/python benchmarks/bench_sampling.py --preset small --images 32 --steps 50
+    .venv/bin/python benchmarks/bench_sampling.py --preset small --images 32 --steps 50 --threads 1  # ~2.5 min
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--preset", default="small", choices=sorted(UNET_PRESETS))
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds; the best of each is kept")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best of each is kept")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
