@@ -1,0 +1,155 @@
+"""Every figure builds with the expected panels and saves as a PNG (Agg backend, no display)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from safcore import plotting  # noqa: E402
+from safcore.classifiers import AugmentedExamples  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+
+def _frames(ax) -> int:
+    return sum(isinstance(p, Rectangle) and p.get_edgecolor()[:3] == matplotlib.colors.to_rgb(plotting.HIGHLIGHT_COLOUR)
+               for p in ax.patches)
+
+
+def test_save_figure_writes_a_png_atomically(tmp_path, images):
+    figure = plotting.image_grid(images[:3], ncols=3)
+    path = plotting.save_figure(figure, tmp_path / "sub" / "grid.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert sorted(p.name for p in path.parent.iterdir()) == ["grid.png"]  # no temporary file left
+    with pytest.raises(ValueError, match=r"\.png"):
+        plotting.save_figure(figure, tmp_path / "grid.pdf")
+
+
+def test_image_grid_frames_the_highlighted_images(images):
+    figure = plotting.image_grid(images, ncols=5, highlight={2, 7}, highlight_label="q")
+    assert len(figure.axes) == 12
+    assert [i for i, ax in enumerate(figure.axes) if _frames(ax)] == [2, 7]
+    assert any(t.get_text() == "q" for t in figure.axes[2].texts)
+    colour = plotting.image_grid(images[:4].repeat(1, 3, 1, 1), ncols=8, titles=list("abcd"))
+    assert len(colour.axes) == 4 and colour.axes[3].get_title() == "d"
+    assert colour.axes[0].images[0].get_array().shape == (28, 28, 3)  # C=3 shown as HWC
+    grey = figure.axes[0].images[0]
+    assert grey.get_cmap().name == "gray" and grey.get_clim() == (0.0, 1.0)
+    with pytest.raises(ValueError, match="titles"):
+        plotting.image_grid(images[:3], titles=["a"])
+
+
+def test_saf_construction_has_three_panels_and_eq10(images):
+    mask = torch.zeros(28, 28)
+    mask[10:14, 10:14] = 1
+    figure = plotting.saf_construction(images[0], mask, images[1])
+    assert len(figure.axes) == 3
+    assert "Eq. 10" in figure._suptitle.get_text()
+
+
+def test_samples_vs_nearest_pairs_each_sample_with_its_neighbour(images):
+    indices = torch.arange(5)[:, None].repeat(1, 3)
+    distances = torch.linspace(0, 1, 15).reshape(5, 3)
+    figure = plotting.samples_vs_nearest(images[:5], images, indices, distances, pairs_per_row=2)
+    assert len(figure.axes) == 10
+    assert "train 4" in figure.axes[9].get_title()
+
+
+def test_samples_by_group_and_augmented_examples(images):
+    figure = plotting.samples_by_group({"N_D = 32": images[:4], "N_D = 546": images[4:6]}, highlight={"N_D = 32": {1}})
+    assert len(figure.axes) == 6
+    assert [i for i, ax in enumerate(figure.axes) if _frames(ax)] == [1]
+    examples = AugmentedExamples(
+        saf_images=images[:4], saf_labels=torch.tensor([1, 0, 1, 0]).bool(),
+        id_images=images[4:7], id_labels=torch.tensor([0, 1, 0]).bool(),
+    )
+    figure = plotting.augmented_examples(examples)
+    assert len(figure.axes) == 7
+    assert [i for i, ax in enumerate(figure.axes) if _frames(ax)] == [0, 2, 5]
+
+
+def test_training_curves_single_and_several_histories():
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_acc": 0.5 + e / 10, "val_acc": 0.4 + e / 10}
+               for e in (1, 2, 3)]
+    figure = plotting.training_curves(history)
+    assert len(figure.axes) == 2
+    assert len(figure.axes[0].lines) == 2 and len(figure.axes[1].lines) == 2
+    several = plotting.training_curves({"c_p": history, "c_id": history[:2]})
+    assert len(several.axes[0].lines) == 4
+    columns = plotting.training_curves({"train_loss": [1.0, 0.5], "val_loss": [1.1, 0.7]})
+    assert len(columns.axes[0].lines) == 2 and len(columns.axes[1].lines) == 0
+    with pytest.raises(ValueError, match="train_loss"):
+        plotting.training_curves([{"epoch": 1}])
+
+
+def test_loss_curve():
+    figure = plotting.loss_curve(np.linspace(2, 1, 100), smooth=10)
+    assert len(figure.axes) == 1 and len(figure.axes[0].lines) == 2
+
+
+def test_q_curve_one_or_several_curves_with_t_prime():
+    ts = np.linspace(0, 0.5, 11)
+    q = np.clip(1 - 2 * ts, 0, 1)
+    figure = plotting.q_curve(ts, q, q * 0.8, np.minimum(q * 1.2, 1), 0.45, "N_D = 32")
+    ax = figure.axes[0]
+    assert len(figure.axes) == 1
+    assert len(ax.lines) == 2  # the curve and the t' line
+    curve = ax.lines[0]
+    assert curve.get_xdata().max() == pytest.approx(0.45)  # stops at t' like the paper
+    several = plotting.q_curve([ts, ts], [q, q / 2], [q * 0.8] * 2, [q] * 2, [0.45, None], ["a", "b"])
+    assert len(several.axes[0].lines) == 3  # two curves, one t' line (None draws none)
+    with pytest.raises(ValueError, match="differ in length"):
+        plotting.q_curve(ts, q[:-1], q, q, 0.4, "x")
+
+
+def test_reverse_examples_two_rows_per_t(images):
+    figure = plotting.reverse_examples({0.5: images[:2], 0.1: images[2]}, {0.1: images[3], 0.5: images[4:6]}, per_t=2)
+    assert len(figure.axes) == 2 * 3  # t = 0.1 (one image) + t = 0.5 (two), queries above samples
+    assert figure.axes[0].get_title() == "t = 0.10"
+    with pytest.raises(ValueError, match="samples"):
+        plotting.reverse_examples({0.1: images[0]}, {0.2: images[0]})
+
+
+def test_audit_gallery_shows_x_p_and_each_group(images):
+    groups = {"q-positives": [1, 2, 3], "c_p+ only": [], "c_id+ only": torch.tensor([4])}
+    figure = plotting.audit_gallery(images, groups, images[0])
+    assert len(figure.axes) == 1 + 3 + 1 + 1
+    assert "x" in figure.axes[0].get_title()
+    assert any("none" == t.get_text() for ax in figure.axes for t in ax.texts)
+    capped = plotting.audit_gallery(images, {"q": list(range(12))}, images[0], max_per_group=4)
+    assert len(capped.axes) == 5
+    with pytest.raises(ValueError, match="outside"):
+        plotting.audit_gallery(images, {"q": [12]}, images[0])
+
+
+def test_memorization_vs_steps_and_error_map(images):
+    figure = plotting.memorization_vs_steps([1000, 2000, 3000], [0, 3, 10], [np.nan, 1e-2, 1e-3], [np.nan, 1e-3, 1e-5])
+    assert len(figure.axes) == 2
+    assert figure.axes[1].get_yscale() == "log"
+    with pytest.raises(ValueError, match="equally long"):
+        plotting.memorization_vs_steps([1], [1, 2], [0.1], [0.1])
+    x_p = torch.zeros(1, 28, 28)
+    sample = x_p.clone()
+    sample[0, 5, 5] = 1.0
+    figure = plotting.error_map(x_p, sample[None])
+    assert len(figure.axes) == 4  # x_p, sample, error, colour bar
+    error = figure.axes[2].images[0].get_array()
+    assert error[5, 5] == 1.0 and error.sum() == 1.0
