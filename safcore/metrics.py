@@ -18,7 +18,9 @@ torchmetrics' :class:`~torchmetrics.image.fid.FrechetInceptionDistance`,
   (global average pool) replace Inception's. It is trained once per
   dataset and configuration and cached as safetensors in a folder the caller chooses. Its FID values
   are comparable with each other (same dataset, same extractor), **not** with Inception FIDs
-  published elsewhere.
+  published elsewhere: as a baseline, train vs test split of the real data gives 0.17 on
+  BreastMNIST and 0.66 on PneumoniaMNIST, train vs test with Gaussian noise (σ = 0.1) 101 and 78
+  (default :class:`DomainExtractorConfig`, seed 0). Training takes ~35–40 s on two CPU cores.
 - ``"auto"`` — Inception when its weights are available, else the domain extractor.
 
 :class:`FIDResult` records which extractor was used, so a table can say so.
