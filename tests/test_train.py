@@ -1,0 +1,195 @@
+"""safcore.train: DSM loss falls, resume is bit-identical, checkpoints are pickle-free safetensors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from safcore.models import ScoreModel
+from safcore.train import TrainConfig, Trainer, kept_path, latest_checkpoint, load_kept, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they lose ~30× to spinning."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _images(n: int = 4) -> torch.Tensor:
+    """(n, 1, 28, 28) unit-range images: left/right halves and top/bottom halves, bright and dark."""
+    torch.manual_seed(0)
+    base = torch.zeros(4, 1, 28, 28)
+    base[0, :, :, :14] = 1.0
+    base[1, :, :, 14:] = 1.0
+    base[2, :, :14] = 1.0
+    base[3, :, 14:] = 1.0
+    return (0.1 + 0.8 * base[:n]).clamp(0, 1)
+
+
+def _config(**changes) -> TrainConfig:
+    base = TrainConfig(preset="tiny", steps=10, batch_size=4, lr=2e-3, warmup_steps=2, checkpoint_every=3,
+                       keep_steps=(5, 10), ema_decay=0.9, seed=0, device="cpu")
+    return dataclasses.replace(base, **changes)
+
+
+def _params(model: ScoreModel) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_loss_finite_and_falling(tmp_path):
+    images = _images()
+    config = _config(steps=40, batch_size=8, checkpoint_every=40, keep_steps=())
+    # A fixed evaluation batch: the same (x0, t, z) before and after training.
+    probe = Trainer(images, config)
+    g = torch.Generator().manual_seed(123)
+    x0 = probe.data[torch.arange(16) % 4]
+    t = torch.rand(16, generator=g) * 0.98 + 0.01
+    z = torch.randn(x0.shape, generator=g)
+    with torch.no_grad():
+        before = probe.loss(x0, t, z).item()
+    result = train(images, config, tmp_path, progress=False)
+    assert len(result.losses) == 40 and all(math.isfinite(v) for v in result.losses)
+    assert abs(result.losses[0] - 1.0) < 0.5  # an untrained ε-network has loss ≈ E‖z‖²/D = 1
+    probe.model.load_state_dict(result.model.state_dict())  # EMA weights (decay 0.9)
+    with torch.no_grad():
+        after = probe.loss(x0, t, z).item()
+    assert after < 0.7 * before, (before, after)
+    assert sum(result.losses[-10:]) / 10 < sum(result.losses[:10]) / 10
+    assert result.steps_done == 40 and result.resumed_from == 0 and result.seconds_per_step > 0
+
+
+PINNED_FIRST_LOSS = 1.27334  # seed 0, tiny preset, fp32 on CPU (torch 2.14.1, diffusers 0.42.1)
+
+
+def test_first_loss_is_pinned(tmp_path):
+    """Seed 0 fixes the initial weights and the first (idx, t, z) draw: the first loss is a known number."""
+    result = train(_images(), _config(steps=1, keep_steps=(), checkpoint_every=1), tmp_path, progress=False)
+    assert abs(result.losses[0] - PINNED_FIRST_LOSS) < 1e-4, result.losses[0]
+
+
+def test_resume_after_crash_is_bit_identical(tmp_path):
+    images, config = _images(), _config()
+    full = train(images, config, tmp_path / "full", progress=False)
+    crashed = train(images, config, tmp_path / "resumed", progress=False, stop_after=7)
+    assert crashed.steps_done == 7
+    assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint_step000006.safetensors"
+    resumed = train(images, config, tmp_path / "resumed", progress=False)
+    assert resumed.resumed_from == 6 and resumed.steps_done == 10
+    a, b = _params(full.model), _params(resumed.model)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert full.losses == resumed.losses
+    # the raw (non-EMA) weights and Adam moments in the final checkpoints agree too
+    ca = load_file(latest_checkpoint(tmp_path / "full"))
+    cb = load_file(latest_checkpoint(tmp_path / "resumed"))
+    assert ca.keys() == cb.keys()
+    for key in ca:
+        if key != "rng.torch":  # the global RNG is not used by training; only restored
+            assert torch.equal(ca[key], cb[key]), key
+
+
+def test_finished_run_is_reused_without_training(tmp_path):
+    images, config = _images(), _config(steps=3, keep_steps=())
+    first = train(images, config, tmp_path, progress=False)
+    again = train(images, config, tmp_path, progress=False)
+    assert again.resumed_from == 3 and again.steps_done == 3 and math.isnan(again.seconds_per_step)
+    for name, value in _params(first.model).items():
+        assert torch.equal(value, _params(again.model)[name])
+
+
+def test_checkpoints_are_pickle_free_safetensors(tmp_path):
+    train(_images(), _config(), tmp_path, progress=False)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["checkpoint_step000010.safetensors", "ema_step000005.safetensors", "ema_step000010.safetensors"]
+    path = latest_checkpoint(tmp_path)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        keys = set(handle.keys())
+    assert metadata["format"] == "safcore-train-checkpoint/1" and metadata["step"] == "10"
+    assert json.loads(metadata["config"])["preset"] == "tiny"
+    groups = json.loads(metadata["param_groups"])
+    assert groups[0]["lr"] == pytest.approx(2e-3) and groups[0]["betas"] == [0.9, 0.999]
+    assert {"rng.generator", "rng.torch", "losses"} <= keys
+    assert any(k.startswith("model.unet.") for k in keys) and any(k.startswith("ema.unet.") for k in keys)
+    assert any(k.endswith(".exp_avg_sq") for k in keys) and any(k.startswith("optim.0.step") for k in keys)
+    raw = path.read_bytes()
+    assert b"\x80\x04" not in raw[:8 + int.from_bytes(raw[:8], "little")]  # header is JSON, no pickle opcode
+
+
+def test_kept_steps_load_as_score_models(tmp_path):
+    result = train(_images(), _config(), tmp_path, progress=False)
+    assert sorted(result.kept) == [5, 10]
+    assert all(p.is_file() for p in result.kept.values())
+    final = load_kept(tmp_path, 10)
+    assert isinstance(final, ScoreModel) and not final.training
+    for name, value in _params(result.model).items():
+        assert torch.equal(value, _params(final)[name]), name
+    early = load_kept(kept_path(tmp_path, 5), 5)
+    assert not torch.equal(next(early.parameters()), next(final.parameters()))
+    x = torch.zeros(2, 1, 28, 28)
+    assert early(x, torch.full((2,), 0.5)).shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="kept steps: \\[5, 10\\]"):
+        load_kept(tmp_path, 7)
+    with pytest.raises(ValueError, match="not the requested step 10"):
+        load_kept(kept_path(tmp_path, 5), 10)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"steps": 0}, "steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": -1.0}, "lr"),
+        ({"lr": float("nan")}, "lr"),
+        ({"grad_clip": -0.5}, "grad_clip"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"eps": 0.0}, "eps"),
+        ({"eps": 1.5}, "eps"),
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"checkpoint_every": 0}, "checkpoint_every"),
+        ({"keep_steps": (0,)}, "keep_steps"),
+        ({"keep_steps": (11,)}, "keep_steps"),
+        ({"keep_steps": [5]}, "keep_steps"),
+        ({"keep_steps": (5, 5)}, "duplicates"),
+        ({"device": "tpu"}, "device"),
+        ({"bf16": 1}, "bf16"),
+        ({"steps": 2.5}, "steps"),
+    ],
+)
+def test_bad_config_raises(changes, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**changes)
+
+
+def test_bad_inputs_raise(tmp_path):
+    with pytest.raises(ValueError, match="unknown U-Net preset 'huge'"):
+        Trainer(_images(), _config(preset="huge"))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        Trainer(_images() * 2 - 1, _config())
+    with pytest.raises(ValueError, match="shape"):
+        Trainer(torch.rand(1, 28, 28), _config())
+    with pytest.raises(ValueError, match="stop_after"):
+        train(_images(), _config(), tmp_path, progress=False, stop_after=11)
+
+
+def test_resume_refuses_another_configuration_or_data(tmp_path):
+    images, config = _images(), _config(steps=3, keep_steps=(), checkpoint_every=1)
+    train(images, config, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="lr: saved 0.002 vs now 0.001"):
+        train(images, dataclasses.replace(config, lr=1e-3, steps=4), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other training images"):
+        train(images.flip(-1), dataclasses.replace(config, steps=4), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="beyond steps=2"):
+        train(images, dataclasses.replace(config, steps=2), tmp_path, progress=False)
+    longer = train(images, dataclasses.replace(config, steps=4), tmp_path, progress=False)  # training on is allowed
+    assert longer.resumed_from == 3 and longer.steps_done == 4
