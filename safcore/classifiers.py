@@ -64,6 +64,8 @@ class ClassifierConfig:
             running statistics: train and eval behave alike, which helps with a handful of images).
         epochs: maximum number of epochs.
         patience: stop after this many epochs without a lower validation loss (paper: 20).
+        min_delta: a validation loss counts as lower only when it drops by more than this (so a
+            ``c_id`` whose loss is already ~0 stops instead of chasing 1e-6 improvements).
         epoch_size: training samples per epoch; ``None`` → one pass over the training images
             (``c_p``) or over the one-against-all stream (``c_id``). With a small ``N_D`` a larger
             value gives each epoch enough optimiser steps (images are reused with new augmentations).
@@ -92,6 +94,7 @@ class ClassifierConfig:
     norm: Literal["batch", "group"] = "batch"
     epochs: int = 100
     patience: int = 20
+    min_delta: float = 1e-4
     epoch_size: int | None = None
     batch_size: int = 64
     lr: float = 1e-3
@@ -118,6 +121,8 @@ class ClassifierConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} = {value!r} must be an integer ≥ 1")
+        if not self.min_delta >= 0:
+            raise ValueError(f"min_delta = {self.min_delta!r} must be ≥ 0")
         if self.epoch_size is not None and (not isinstance(self.epoch_size, int) or self.epoch_size < 1):
             raise ValueError(f"epoch_size = {self.epoch_size!r} must be None or an integer ≥ 1")
         if not 1 <= self.augmix_severity <= 10:
@@ -433,7 +438,7 @@ def augmented_examples(private: PrivateDataset, config: ClassifierConfig, *, n: 
             others[pick], config.saf_p_train, private.radius, private.grey, generator,
             augmix=config.augmix, severity=config.augmix_severity,
         )
-        stream, id_labels = id_samples(private, others, config.id_p_train, generator)
+        stream, id_labels = id_samples(private, others, config.id_p_train, generator, min_slots=n)
         pick = torch.randperm(stream.shape[0], generator=generator)[:n]
         id_images = id_augment(
             stream[pick], private.radius, private.grey, generator, mask_probability=config.mask_probability,
@@ -545,7 +550,7 @@ def _fit(
              "val_loss": val_loss, "val_acc": val_acc}
         )
         bar.set_postfix(train_loss=f"{total / max(count, 1):.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
-        if val_loss < best_loss:
+        if val_loss < best_loss - config.min_delta:
             best_loss, best_epoch, best_probs = val_loss, epoch, torch.sigmoid(logits)
             best_state = copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= config.patience:

@@ -174,3 +174,19 @@ def test_load_images_errors(tmp_path):
         load_images(tmp_path)
     with pytest.raises(ValueError, match="cannot read"):
         load_images(tmp_path / "missing.txt")
+
+
+def test_sample_images_from_a_diffusers_unet(tmp_path):
+    from safcore.audit import sample_images_from_unet
+    from safcore.models import ScoreModel, build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet("tiny", channels=1)
+    images = sample_images_from_unet(unet, 3, steps=2, batch_size=2, seed=0, progress=False)
+    assert images.shape == (3, 1, 28, 28) and images.dtype == torch.float32
+    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    ScoreModel(unet).save_pretrained(tmp_path / "unet")
+    again = sample_images_from_unet(tmp_path / "unet", 3, steps=2, batch_size=2, seed=0, progress=False)
+    assert torch.allclose(images, again, atol=1e-5)  # same weights, same seed
+    with pytest.raises(ValueError, match="n = 0"):
+        sample_images_from_unet(unet, 0)

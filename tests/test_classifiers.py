@@ -95,8 +95,8 @@ def test_augmentations_keep_shape_and_range(private):
     assert (grey_pixels >= math.floor(0.7 * math.pi * private.radius**2)).all()  # every image got a disc
     noisy = id_augment(images, private.radius, private.grey, g, mask_probability=0.0, noise_std=0.1, augmix=False)
     assert 0 <= float(noisy.min()) and float(noisy.max()) <= 1 and not torch.equal(noisy, images)
-    ex = augmented_examples(private, ClassifierConfig(), n=6)
-    assert ex.saf_images.shape == ex.id_images.shape == (6, 1, 28, 28)
+    ex = augmented_examples(private, ClassifierConfig(), n=20)  # more than D_p's 12 images
+    assert ex.saf_images.shape == ex.id_images.shape == (20, 1, 28, 28)
     assert ex.saf_labels.dtype == ex.id_labels.dtype == torch.bool
 
 
@@ -171,7 +171,7 @@ def test_c_p_detects_the_saf_on_held_out_images(trained):
     assert saf_accuracy(c_p, test, saf, seed=0) >= 0.75  # chance: 0.5
     assert len(c_p.history) >= 1 and 1 <= c_p.best_epoch <= len(c_p.history)
     best = c_p.history[c_p.best_epoch - 1]["val_loss"]
-    assert best == min(h["val_loss"] for h in c_p.history)
+    assert best <= min(h["val_loss"] for h in c_p.history) + c_p.config.min_delta
     assert bool(c_p(private.x_p[None])[0])
 
 
