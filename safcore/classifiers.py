@@ -75,6 +75,8 @@ class ClassifierConfig:
         augmix_severity: AugMix's ``severity`` (1–10, torchvision default 3).
         noise_std: ``c_id`` only: each training image gets Gaussian noise of a std drawn uniformly
             from ``[0, noise_std]`` (robustness to diffusion artefacts, paper §5.2); 0 turns it off.
+        saf_noise_std: the same noise for ``c_p``'s training images (not in the paper, hence 0 by
+            default); makes ``c_p`` accept slightly noisy SAFs as generated images have them.
         mask_probability: ``c_id`` only: probability that a training image gets one disc of the SAF's
             shape at a random place, filled with the SAF's grey (paper §5.2, "random masking with
             the same circular patches"). The grey fill is our choice: it makes a grey disc useless as
@@ -102,6 +104,7 @@ class ClassifierConfig:
     augmix: bool = True
     augmix_severity: int = 3
     noise_std: float = 0.05
+    saf_noise_std: float = 0.0
     mask_probability: float = 0.5
     saf_p_train: float = 0.5
     saf_p_val: float = 0.1
@@ -131,8 +134,9 @@ class ClassifierConfig:
             raise ValueError(f"lr = {self.lr!r} must be > 0")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay = {self.weight_decay!r} must be ≥ 0")
-        if not self.noise_std >= 0:
-            raise ValueError(f"noise_std = {self.noise_std!r} must be ≥ 0")
+        for name in ("noise_std", "saf_noise_std"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} = {getattr(self, name)!r} must be ≥ 0")
         for name in ("mask_probability", "saf_p_train", "saf_p_val"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -318,6 +322,16 @@ def augmix_images(images: torch.Tensor, severity: int = 3) -> torch.Tensor:
     return out.to(images.device, torch.float32) / 255.0
 
 
+def add_noise(images: torch.Tensor, noise_std: float, generator: torch.Generator) -> torch.Tensor:
+    """``images + σ·ε`` with ``σ ~ U(0, noise_std)`` per image and ``ε ~ N(0, I)``, clamped to ``[0, 1]``
+    (``(B, C, H, W)``; unchanged when ``noise_std`` is 0)."""
+    if noise_std <= 0:
+        return images
+    std = torch.rand(images.shape[0], 1, 1, 1, generator=generator) * noise_std
+    noise = torch.randn(images.shape, generator=generator)
+    return (images + (std * noise).to(images.device)).clamp(0.0, 1.0)
+
+
 def saf_batch(
     images: torch.Tensor,
     probability: float,
@@ -327,12 +341,14 @@ def saf_batch(
     *,
     augmix: bool = False,
     severity: int = 3,
+    noise_std: float = 0.0,
     exact: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``c_p``'s input: each image gets the SAF (Eq. 10, disc at a random place) with ``probability``.
 
     Args:
         images: ``(B, C, H, W)`` unit range.
+        noise_std: Gaussian noise of a std drawn from ``U(0, noise_std)`` per image, after AugMix.
         exact: paint exactly ``max(1, round(probability · B))`` images (validation) instead of
             drawing each independently (training).
     Returns:
@@ -349,7 +365,7 @@ def saf_batch(
     out = apply_saf(images, masks.to(images.device), grey)
     if augmix:
         out = augmix_images(out, severity)
-    return out, labels
+    return add_noise(out, noise_std, generator), labels
 
 
 def id_augment(
@@ -372,10 +388,7 @@ def id_augment(
     out = apply_saf(images, masks.to(images.device), grey)
     if augmix:
         out = augmix_images(out, severity)
-    if noise_std > 0:
-        std = torch.rand(n, 1, 1, 1, generator=generator) * noise_std
-        out = out + std.to(out.device) * torch.randn(out.shape, generator=generator).to(out.device)
-    return out.clamp(0.0, 1.0)
+    return add_noise(out, noise_std, generator)
 
 
 def id_samples(
@@ -436,7 +449,7 @@ def augmented_examples(private: PrivateDataset, config: ClassifierConfig, *, n: 
         pick = torch.randint(others.shape[0], (n,), generator=generator)
         saf_images, saf_labels = saf_batch(
             others[pick], config.saf_p_train, private.radius, private.grey, generator,
-            augmix=config.augmix, severity=config.augmix_severity,
+            augmix=config.augmix, severity=config.augmix_severity, noise_std=config.saf_noise_std,
         )
         stream, id_labels = id_samples(private, others, config.id_p_train, generator, min_slots=n)
         pick = torch.randperm(stream.shape[0], generator=generator)[:n]
@@ -606,7 +619,7 @@ def train_saf_classifier(
             for batch in _batches(train_cpu[order], config.batch_size):
                 yield saf_batch(
                     batch, config.saf_p_train, radius, saf.grey, generator,
-                    augmix=config.augmix, severity=config.augmix_severity,
+                    augmix=config.augmix, severity=config.augmix_severity, noise_std=config.saf_noise_std,
                 )
 
         history, best_epoch, threshold = _fit(model, train_batches, val_x, val_y, config, device, "c_p", progress)

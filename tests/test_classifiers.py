@@ -45,6 +45,8 @@ def test_config_rejects_bad_values():
         ClassifierConfig(device="abacus")
     with pytest.raises(ValueError, match="norm"):
         ClassifierConfig(norm="layer")
+    with pytest.raises(ValueError, match="saf_noise_std"):
+        ClassifierConfig(saf_noise_std=-0.1)
     assert dataclasses.replace(ClassifierConfig(), arch="resnet50").arch == "resnet50"
 
 
