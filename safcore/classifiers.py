@@ -12,7 +12,9 @@ the paper) with one logit trained with ``BCEWithLogits``. Training follows appen
   :class:`ClassifierConfig`), AugMix, and Gaussian noise against diffusion artefacts.
 
 Both use AugMix (torchvision, per image), early stopping on the validation loss with the best
-weights kept, and a decision threshold chosen on the validation data. A trained :class:`Classifier`
+weights kept (BatchNorm statistics are recomputed before every validation: with few images the
+running averages lag and eval-mode predictions break), and a decision threshold chosen on the
+validation data (maximal balanced accuracy). A trained :class:`Classifier`
 is a callable ``(B, C, H, W)`` unit-range images → bool ``(B,)``: the audit/probe boundary.
 """
 
