@@ -177,7 +177,7 @@ class ScoreModel(torch.nn.Module):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise ValueError(f"{str(path)!r} holds no diffusers config.json: not a saved UNet2DModel")
-        unet = UNet2DModel.from_pretrained(path, use_safetensors=True)
+        unet = UNet2DModel.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False)
         if sde is None and (path / SDE_CONFIG_NAME).is_file():
             cfg = json.loads((path / SDE_CONFIG_NAME).read_text())
             sde = get_sde(cfg["name"], beta_min=cfg["beta_min"], beta_max=cfg["beta_max"])

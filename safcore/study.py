@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from safcore import data as data_lib
-from safcore import paths, plotting
+from safcore import paths
 from safcore.audit import AuditResult, audit
 from safcore.classifiers import Classifier, id_accuracy, saf_accuracy, train_id_classifier, train_saf_classifier
 from safcore.fingerprint import PrivateDataset, SAFConfig, make_private_dataset
@@ -212,7 +212,8 @@ class Study:
             generator = torch.Generator(device=model.device).manual_seed(seed)
             shape = (n, self.profile.channels, *self.private.images.shape[-2:])
             result = sample(model, model.sde, shape=shape, method=self.profile.sampler, steps=self.profile.sample_steps,
-                            generator=generator, batch_size=self.profile.sample_batch, progress=self.progress)
+                            generator=generator, batch_size=self.profile.sample_batch, autocast_bf16=self.profile.train.bf16,
+                            progress=self.progress)
             images = data_lib.from_model_range(result.images.float().cpu())
             with self.store.create("samples", config, seed=seed, extra={"nfe": result.nfe}) as tmp:
                 atomic_save_safetensors({"images": images}, tmp / "samples.safetensors")
@@ -238,6 +239,8 @@ class Study:
     # ------------------------------------------------------------------ figures
     def save_figure(self, figure, name: str) -> Path:
         """Save ``figure`` as ``figures/<name>_<profile>.png`` with a manifest of this study's settings."""
+        from safcore import plotting
+
         path = paths.figures_dir() / f"{name}_{self.profile.name}.png"
         plotting.save_figure(figure, path)
         write_manifest(path, config={**self.model_config(), "profile": self.profile.name}, seed=self.seed)
