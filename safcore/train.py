@@ -41,7 +41,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from safcore.data import to_model_range
-from safcore.models import ScoreModel, build_unet
+from safcore.models import UNET_PRESETS, ScoreModel, build_unet
 from safcore.runs import atomic_save_safetensors
 from safcore.sde import SubVPSDE
 
@@ -113,8 +113,10 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} = {value!r}: must be an integer ≥ {low}")
             return value
 
-        if not isinstance(self.preset, str) or not self.preset:
-            raise ValueError(f"TrainConfig.preset = {self.preset!r}: must be a preset name such as 'tiny', 'small', 'paper'")
+        if self.preset not in UNET_PRESETS:
+            raise ValueError(
+                f"TrainConfig.preset = {self.preset!r}: unknown U-Net preset; allowed: {', '.join(map(repr, UNET_PRESETS))}"
+            )
         steps = _int("steps", 1)
         _int("batch_size", 1)
         _int("warmup_steps", 0)

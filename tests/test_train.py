@@ -70,6 +70,15 @@ def test_loss_finite_and_falling(tmp_path):
 PINNED_FIRST_LOSS = 1.27334  # seed 0, tiny preset, fp32 on CPU (torch 2.14.1, diffusers 0.42.1)
 
 
+def test_bf16_autocast_trains_and_differs_from_fp32(tmp_path):
+    config = _config(steps=3, keep_steps=(), checkpoint_every=3)
+    fp32 = train(_images(), config, tmp_path / "fp32", progress=False)
+    bf16 = train(_images(), dataclasses.replace(config, bf16=True), tmp_path / "bf16", progress=False)
+    assert all(math.isfinite(v) for v in bf16.losses)
+    assert abs(bf16.losses[0] - fp32.losses[0]) < 0.05 and bf16.losses[0] != fp32.losses[0]
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+
+
 def test_first_loss_is_pinned(tmp_path):
     """Seed 0 fixes the initial weights and the first (idx, t, z) draw: the first loss is a known number."""
     result = train(_images(), _config(steps=1, keep_steps=(), checkpoint_every=1), tmp_path, progress=False)
@@ -172,7 +181,7 @@ def test_bad_config_raises(changes, message):
 
 
 def test_bad_inputs_raise(tmp_path):
-    with pytest.raises(ValueError, match="unknown U-Net preset 'huge'"):
+    with pytest.raises(ValueError, match="unknown U-Net preset; allowed: 'tiny', 'small', 'paper'"):
         Trainer(_images(), _config(preset="huge"))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         Trainer(_images() * 2 - 1, _config())
