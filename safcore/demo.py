@@ -74,8 +74,11 @@ def run_demo(study: Study, out_dir: str | Path, *, progress: bool = True) -> Dem
             results[name] = run()
             done_weight += STAGE_WEIGHTS[name]
             elapsed = time.perf_counter() - start
-            left = elapsed * (total_weight - done_weight) / done_weight if done_weight else float("nan")
-            bar.set_postfix_str(f"done: {name}, ≈{left / 60:.1f} min left")
+            if done_weight >= STAGE_WEIGHTS["data and SAF"] + STAGE_WEIGHTS["score model"]:
+                left = elapsed * (total_weight - done_weight) / done_weight
+                bar.set_postfix_str(f"done: {name}, ≈{left / 60:.1f} min left")
+            else:  # the score model's own bar shows its time left; the rest is known once it is done
+                bar.set_postfix_str(f"done: {name}")
             bar.update(1)
     samples = results["audit samples"]
     audit_result = study.audit()

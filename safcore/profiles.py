@@ -73,7 +73,7 @@ SMOKE = Profile(
     sample_steps=50,
     n_samples=32,
     sample_batch=64,
-    classifier=ClassifierConfig(arch="resnet18", stem_stride=2, norm="batch", epochs=12, patience=12, epoch_size=256,
+    classifier=ClassifierConfig(arch="resnet18", stem_stride=2, norm="batch", epochs=20, patience=20, epoch_size=256,
                                 batch_size=32, augmix=False, saf_noise_std=0.05),
     probe=ProbeConfig(M=4, grid=_grid(0.9, 0.1, 0.1), steps_full=50, coarse_step=0.4, batch_size=64),
     n_fid=64,

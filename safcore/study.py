@@ -164,15 +164,22 @@ class Study:
         return load_kept(file, step).eval()
 
     # ------------------------------------------------------------------ the adversary
-    def classifier_config(self, kind: str) -> dict:
-        return {**self.data_config, "kind": kind, "classifier": _without_device(self.profile.classifier)}
+    def classifier_config(self, kind: Literal["c_p", "c_id"]) -> dict:
+        """What a classifier depends on. ``c_p`` knows only the SAF's look and the dataset, so one
+        ``c_p`` serves every ``N_D`` and seed; ``c_id`` is trained on this ``D_p``."""
+        classifier = _without_device(self.profile.classifier)
+        if kind == "c_p":
+            saf = {"radius": self.private.radius, "grey": self.private.grey}
+            return {"dataset": self.data.name, "data_sha256": self.data_config["data_sha256"], "saf": saf,
+                    "channels": self.profile.channels, "kind": kind, "classifier": classifier}
+        return {**self.data_config, "kind": kind, "classifier": classifier}
 
     def _classifier(self, kind: Literal["c_p", "c_id"]) -> Classifier:
         config = self.classifier_config(kind)
         run = self.store.find(kind, config)
         if run is None:
-            if kind == "c_p":
-                clf = train_saf_classifier(self.private.others, self.images("val"), self.saf, self.profile.classifier,
+            if kind == "c_p":  # the attacker paints SAFs on the dataset's real training images
+                clf = train_saf_classifier(self.images("train"), self.images("val"), self.saf, self.profile.classifier,
                                            progress=self.progress)
             else:
                 clf = train_id_classifier(self.private, self.profile.classifier, progress=self.progress,

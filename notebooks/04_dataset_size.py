@@ -1,0 +1,60 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Dataset size decides whether x_p comes back (paper §5.3, Tab. 1, Fig. 5)
+#
+# For each training-set size `N_D` we train a score model on `D_p`, sample `n` images and audit them with
+# the same kind of adversary. An unbiased model that reproduces its training images would return `x_p`
+# `E|q| = n / N_D` times; the one-sided binomial test asks whether `|q|` is significantly lower
+# (H0: p = 1/N_D, H1: p < 1/N_D). Small `N_D` memorize (`|q|` near `E|q|`), large ones do not (`|q| = 0`).
+
+# %% tags=["parameters"]
+DATASET = "breastmnist"  # a 2D MedMNIST flag, or the path of your own MedMNIST-layout .npz
+N_DS = [8, 64]  # training-set sizes; cpu: [32, 128, 546] on BreastMNIST (up to 4708 on PneumoniaMNIST); paper: [1000, 5000, 10000, 20000, 50000]
+PROFILE = "smoke"  # smoke (CI, seconds) | cpu (laptop, minutes) | paper (GPU)
+N_SAMPLES = 256  # images sampled per model (paper: 150 000); ≥ 3·max(N_DS) lets the test reject H0 when |q| = 0
+SEED = 0  # draws the subsets, x_i and the SAF's place
+
+# %%
+import pandas as pd
+
+from safcore import plotting
+from safcore.study import Study
+
+studies = {n_d: Study(DATASET, n_d, profile=PROFILE, seed=SEED) for n_d in N_DS}
+audits = {n_d: study.audit(N_SAMPLES) for n_d, study in studies.items()}
+
+# %% [markdown]
+# **Table 1** — positives of each classifier and of both, against `E|q|`, with the binomial test's p-value.
+
+# %%
+table = pd.DataFrame([result.to_row() for result in audits.values()]).set_index("N_D")
+table[["n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p"]].T
+
+# %% [markdown]
+# **Figure 1** — representative samples per `N_D` (the paper's Fig. 5); q-positives framed.
+
+# %%
+figure = plotting.samples_by_group(
+    {f"N_D = {n_d}": study.samples(N_SAMPLES)[:16] for n_d, study in studies.items()},
+    highlight={f"N_D = {n_d}": {i for i in audits[n_d].q_indices if i < 16} for n_d in N_DS},
+)
+studies[N_DS[0]].save_figure(figure, "04_samples_by_dataset_size")
+
+# %% [markdown]
+# What Tab. 1 shows, asserted: the largest `N_D` does not hand `x_p` back (`|q| = 0`, H0 rejected), and —
+# from the `cpu` profile on, whose models are large enough to memorize (committed run:
+# `reports/cpu/04_dataset_size.ipynb`) — the smallest does, with `|q|` near `E|q|`.
+
+# %%
+small, large = audits[min(N_DS)], audits[max(N_DS)]
+assert large.n_q == 0 and large.rejects_h0(), f"large N_D does not hand x_p back: {large}"
+assert small.n_q >= large.n_q
+if PROFILE != "smoke":
+    assert small.n_q > 0 and small.n_q >= 0.25 * small.expected_q, f"small N_D memorizes: {small}"
