@@ -56,8 +56,8 @@ table
 
 # %%
 assert (table["saf_accuracy"] >= 0.75).all() and (table["id_accuracy"] >= 0.9).all(), table
-assert (table["t'"] > 0).all(), "every model hands x_p back from a little noise"
-if PROFILE != "smoke":  # cpu run: reports/cpu/07_medmnist_table.ipynb
+if PROFILE != "smoke":  # the smoke U-Net is too small to memorize
+    assert (table["t'"] > 0).all(), "every model hands x_p back from a little noise"
     assert (table["|q|"] > 0).all(), table
     assert (table["FID_train"] < table["FID_test"]).all(), table
 table.to_csv(paths.figures_dir() / f"07_medmnist_table_{PROFILE}.csv")

@@ -25,6 +25,8 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
+from safcore.data import match_channels
+
 if TYPE_CHECKING:
     from diffusers import UNet2DModel
 
@@ -282,12 +284,7 @@ def load_images(source: torch.Tensor | np.ndarray | str | os.PathLike, channels:
     tensor = _to_nchw(_to_unit(raw, what), what)
     if tensor.shape[0] == 0:
         raise ValueError(f"{what}: the set is empty (0 images)")
-    have = tensor.shape[1]
-    if channels is None or channels == have:
-        return tensor.contiguous()
-    if have == 1 and channels == 3:
-        return tensor.repeat(1, 3, 1, 1)
-    raise ValueError(f"cannot turn {have}-channel images into channels={channels!r}; allowed: None, {have}, or 3 from grey")
+    return match_channels(tensor, channels)
 
 
 def sample_images_from_unet(

@@ -241,11 +241,16 @@ def to_unit_tensor(images: np.ndarray, channels: int | None = None) -> torch.Ten
     if array.ndim != 4:
         raise ValueError(f"images of shape {np.shape(images)} are neither (N, H, W) nor (N, H, W, C)")
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float() / 255.0
-    have = tensor.shape[1]
+    return match_channels(tensor, channels)
+
+
+def match_channels(images: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """``(N, C, H, W)`` → ``channels`` channels: ``None`` or ``C`` keeps them, 3 repeats a grey channel."""
+    have = images.shape[1]
     if channels is None or channels == have:
-        return tensor.contiguous()
+        return images.contiguous()
     if have == 1 and channels == 3:
-        return tensor.repeat(1, 3, 1, 1)
+        return images.repeat(1, 3, 1, 1)
     raise ValueError(f"cannot turn {have}-channel images into channels={channels!r}; allowed: None, {have}, or 3 from grey")
 
 

@@ -111,7 +111,8 @@ def config_key(config: Mapping[str, Any] | Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file's content."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -185,7 +186,7 @@ class RunStore:
             file = path / name
             if not file.is_file():
                 raise CorruptRunError(f"run {path} lacks {name}, listed in its manifest; delete the folder")
-            if _sha256(file) != expected:
+            if file_sha256(file) != expected:
                 raise CorruptRunError(
                     f"run {path}: {name} does not match its SHA-256 in the manifest (corrupt); delete the folder"
                 )
@@ -205,7 +206,7 @@ class RunStore:
         try:
             yield tmp
             files = {
-                str(p.relative_to(tmp)): _sha256(p)
+                str(p.relative_to(tmp)): file_sha256(p)
                 for p in sorted(tmp.rglob("*"))
                 if p.is_file() and p.name != MANIFEST
             }

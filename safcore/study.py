@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -32,19 +31,11 @@ from safcore.fingerprint import PrivateDataset, SAFConfig, make_private_dataset
 from safcore.models import ScoreModel
 from safcore.probe import ProbeConfig, ProbeResult, find_t_prime
 from safcore.profiles import Profile, get_profile
-from safcore.runs import RunStore, atomic_save_safetensors, atomic_write, write_manifest
+from safcore.runs import RunStore, atomic_save_safetensors, atomic_write, file_sha256, write_manifest
 from safcore.sampling import sample
 from safcore.train import TrainResult, load_kept, train
 
 Split = Literal["train", "val", "test"]
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def _without_device(config) -> dict:
@@ -112,7 +103,7 @@ class Study:
         """What the private dataset depends on (the data file's content, not its location)."""
         return {
             "dataset": self.data.name,
-            "data_sha256": _file_digest(self.data.source),
+            "data_sha256": file_sha256(self.data.source)[:16],
             "n_dataset": self.n_dataset,
             "seed": self.seed,
             "saf": self.private.parameters(),
