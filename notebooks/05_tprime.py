@@ -29,7 +29,7 @@ SEED = 0  # draws the subset, x_i and the SAF's place
 N_D_LARGE = 64  # a larger training set for comparison: t' should fall as N_D grows
 
 # %%
-from safcore import paths, plotting
+from safcore import plotting
 from safcore.study import Study
 
 study = Study(DATASET, N_D, profile=PROFILE, seed=SEED)
@@ -49,14 +49,14 @@ print(result)
 
 # %%
 figure = plotting.q_curve(result.ts, result.q, result.ci_low, result.ci_high, result.t_prime, label=f"N_D = {N_D}")
-plotting.save_figure(figure, paths.figures_dir() / f"05_q_curve_{PROFILE}.png")
+study.save_figure(figure, "05_q_curve")
 
 # %% [markdown]
 # **Figure 2** — query images `x_{t,p}` beside the reverse samples they lead to (the paper's Fig. 4).
 
 # %%
 figure = plotting.reverse_examples({e.t: e.query for e in result.examples}, {e.t: e.samples for e in result.examples})
-plotting.save_figure(figure, paths.figures_dir() / f"05_reverse_examples_{PROFILE}.png")
+study.save_figure(figure, "05_reverse_examples")
 
 # %% [markdown]
 # The same probe on a model trained on a larger `D_p` (same seed, same SAF): its `t'` is lower.
