@@ -48,13 +48,16 @@ figure = plotting.samples_by_group(
 studies[N_DS[0]].save_figure(figure, "04_samples_by_dataset_size")
 
 # %% [markdown]
-# What Tab. 1 shows, asserted: the largest `N_D` does not hand `x_p` back (`|q| = 0`, H0 rejected), and —
+# What Tab. 1 shows, asserted: the largest `N_D` does not hand `x_p` back (`|q| = 0`; H0 rejected where
+# `n` is large enough for the test to have power), and —
 # from the `cpu` profile on, whose models are large enough to memorize (committed run:
 # `reports/cpu/04_dataset_size.ipynb`) — the smallest does, with `|q|` near `E|q|`.
 
 # %%
 small, large = audits[min(N_DS)], audits[max(N_DS)]
-assert large.n_q == 0 and large.rejects_h0(), f"large N_D does not hand x_p back: {large}"
+assert large.n_q == 0, f"large N_D does not hand x_p back: {large}"
+if large.expected_q >= 3:  # with E|q| < 3 even |q| = 0 is no evidence against H0 (p = (1 - 1/N_D)^n > 0.05)
+    assert large.rejects_h0(), f"|q| = 0 is significantly below E|q|: {large}"
 assert small.n_q >= large.n_q
 if PROFILE != "smoke":
     assert small.n_q > 0 and small.n_q >= 0.25 * small.expected_q, f"small N_D memorizes: {small}"
