@@ -105,7 +105,7 @@ def _write_report(study, out_dir, audit_result, probe_result, accuracies, copies
         "",
         "Will this model hand back the fingerprinted training image x_p?",
         "",
-        "| " + " | ".join(row) + " |",
+        "| " + " | ".join(k.replace("|", "\\|") for k in row) + " |",
         "| " + " | ".join("---" for _ in row) + " |",
         "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |",
         "",

@@ -1,0 +1,32 @@
+"""The demo command end to end at the smoke profile (the README's main job, scaled down).
+
+It uses the default run store (``runs/``), so the notebooks that nbval runs afterwards reuse the
+smoke models instead of training them again.
+"""
+
+import json
+
+from safcore.__main__ import main
+
+
+def test_demo_command_writes_a_report(tmp_path, data_root, capsys):
+    out = tmp_path / "report"
+    assert main(["demo", "--profile", "smoke", "--data-root", str(data_root), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "E|q|" in printed and "t' = " in printed
+    for name in ("report.md", "report.md.json", "summary.json", "q_curve.png", "q_positives.png", "samples.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["audit"]["N_D"] == 8 and summary["audit"]["n"] == 32
+    assert summary["audit"]["|q|"] <= min(summary["audit"]["|c_p+|"], summary["audit"]["|c_id+|"])
+    assert 0.0 <= summary["id_accuracy"] <= 1.0 and summary["nfe"] > 0
+    manifest = json.loads((out / "report.md.json").read_text())
+    assert manifest["config"]["profile"] == "smoke" and manifest["seed"] == 0 and manifest["revision"]
+
+
+def test_demo_rejects_unknown_profile(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--profile", "huge"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
