@@ -67,6 +67,15 @@ result_large = large.probe(large.probe_config(**changes))
 print(result_large)
 
 # %% [markdown]
+# **Figure 3** — both curves together: the larger training set lets `x_p` go at a lower `t`.
+
+# %%
+pair = (result, result_large)
+figure = plotting.q_curve([r.ts for r in pair], [r.q for r in pair], [r.ci_low for r in pair], [r.ci_high for r in pair],
+                          [r.t_prime for r in pair], [f"N_D = {N_D}", f"N_D = {N_D_LARGE}"])
+study.save_figure(figure, "05_q_curve_by_dataset_size")
+
+# %% [markdown]
 # What this notebook shows, asserted:
 
 # %%
