@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Shared by test.sh and demo.sh: make .venv and install safcore with its test extras into it.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
