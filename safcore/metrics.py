@@ -153,13 +153,6 @@ class InceptionFeatureExtractor(FeatureExtractor):
 
     def __init__(self, weights_path: str | os.PathLike | None = None):
         super().__init__()
-        try:
-            import torch_fidelity  # noqa: F401
-        except ImportError as error:
-            raise InceptionUnavailableError(
-                "Inception FID needs the torch-fidelity package (`pip install torch-fidelity`) and its "
-                "InceptionV3 weights on disk. " + _inception_help()
-            ) from error
         path = Path(weights_path).expanduser() if weights_path is not None else inception_weights_path()
         if path is None or not path.is_file():
             where = path if path is not None else (
@@ -173,6 +166,12 @@ class InceptionFeatureExtractor(FeatureExtractor):
         except Exception as error:  # noqa: BLE001 - any failure means the file is unusable
             raise InceptionUnavailableError(
                 f"{path} is not a plain PyTorch state dict of tensors ({error}). " + _inception_help()
+            ) from error
+        try:
+            import torch_fidelity  # noqa: F401
+        except ImportError as error:
+            raise InceptionUnavailableError(
+                f"Inception FID needs the torch-fidelity package (`pip install safcore[inception]`) to read {path}. " + _inception_help()
             ) from error
         from torchmetrics.image.fid import NoTrainInceptionV3
 
