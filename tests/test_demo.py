@@ -30,3 +30,18 @@ def test_demo_rejects_unknown_profile(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--profile", "huge"])
     assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_study_reuses_the_stored_models(data_root):
+    """After the demo, a new Study of the same experiment loads every stage from the run store."""
+    from safcore.study import Study
+
+    Study("breastmnist", profile="smoke", data_root=data_root, progress=False).audit()  # made by the demo test
+    study = Study("breastmnist", profile="smoke", data_root=data_root, progress=False)
+    kinds = ("score_model", "c_p", "c_id", "samples")
+    before = {kind: sorted(p.name for p in (study.store.root / kind).iterdir()) for kind in kinds}
+    result = study.audit()
+    assert {kind: sorted(p.name for p in (study.store.root / kind).iterdir()) for kind in kinds} == before
+    manifest = study.store.find("score_model", study.model_config()).manifest
+    assert manifest["config"]["train"]["steps"] == study.profile.train.steps and manifest["revision"]
+    assert result.n == study.profile.n_samples and result.n_dataset == 8
