@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from scipy import stats
-from tqdm.auto import tqdm
 
 from safcore.data import match_channels
+from safcore.progress import progress_bar
 
 if TYPE_CHECKING:
     from diffusers import UNet2DModel
@@ -120,7 +120,7 @@ def binomial_p_value(n_q: int, n: int, n_dataset: int) -> float:
 
 def _predict(classifier: ImageClassifier, images: torch.Tensor, batch_size: int, name: str, progress: bool) -> torch.Tensor:
     out = []
-    for start in tqdm(range(0, images.shape[0], batch_size), desc=name, disable=not progress, leave=False):
+    for start in progress_bar(range(0, images.shape[0], batch_size), desc=name, enabled=progress, leave=False):
         batch = images[start : start + batch_size]
         pred = torch.as_tensor(classifier(batch))
         if pred.shape != (batch.shape[0],):

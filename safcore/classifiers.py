@@ -35,10 +35,10 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
 from safcore.data import to_model_range
 from safcore.fingerprint import PrivateDataset, SAFConfig, apply_saf, random_circle_masks
+from safcore.progress import progress_bar
 from safcore.runs import atomic_save_safetensors, atomic_write
 
 Arch = Literal["resnet18", "resnet50"]
@@ -534,7 +534,7 @@ def _fit(
     history: list[dict] = []
     best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
     best_probs = None
-    bar = tqdm(range(1, config.epochs + 1), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(1, config.epochs + 1), desc=desc, enabled=progress, leave=False)
     for epoch in bar:
         model.train()
         total, correct, count = 0.0, 0, 0

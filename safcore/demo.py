@@ -13,12 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from safcore import plotting
 from safcore.audit import AuditResult
 from safcore.metrics import carlini_copies
 from safcore.probe import ProbeResult
+from safcore.progress import progress_bar
 from safcore.runs import atomic_write, write_manifest
 from safcore.study import Study
 
@@ -67,7 +66,7 @@ def run_demo(study: Study, out_dir: str | Path, *, progress: bool = True) -> Dem
     results: dict[str, object] = {}
     stages = _stages(study)
     total_weight = sum(STAGE_WEIGHTS.values())
-    with tqdm(total=len(stages), desc="safcore demo", unit="stage", disable=not progress, position=0) as bar:
+    with progress_bar(total=len(stages), desc="safcore demo", unit="stage", enabled=progress, position=0) as bar:
         done_weight = 0.0
         for name, run in stages:
             bar.set_postfix_str(f"now: {name}")

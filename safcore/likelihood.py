@@ -32,8 +32,8 @@ from typing import Literal
 import numpy as np
 import torch
 from scipy import integrate
-from tqdm.auto import tqdm
 
+from safcore.progress import progress_bar
 from safcore.sde import SDE
 
 __all__ = ["bits_per_dim", "ode_log_likelihood", "LikelihoodResult", "NLLComparison", "nll_comparison"]
@@ -120,7 +120,7 @@ def _ode_log_likelihood(
     size = y.shape[0] if batch_size is None else batch_size
 
     logps, zs, nfes = [], [], []
-    bar = tqdm(desc="likelihood ODE", unit="nfe", disable=not progress, leave=False)
+    bar = progress_bar(desc="likelihood ODE", unit="nfe", enabled=progress, leave=False)
     try:
         for start in range(0, y.shape[0], size):
             x = y[start : start + size]

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.resnet import BasicBlock
-from tqdm.auto import tqdm
+from safcore.progress import progress_bar
 
 if TYPE_CHECKING:
     from safcore.data import MedMNISTData
@@ -473,7 +473,7 @@ def train_domain_extractor(
             optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=0.15, anneal_strategy="cos"
         )
         history: list[dict[str, float]] = []
-        bar = tqdm(total=total_steps, desc=f"domain extractor [{dataset_name}]", disable=not progress)
+        bar = progress_bar(total=total_steps, desc=f"domain extractor [{dataset_name}]", enabled=progress)
         step = 0
         epoch = 0
         while step < total_steps:
@@ -733,7 +733,7 @@ def fid(
     with (
         _intra_op_threads(num_threads),
         torch.inference_mode(),
-        tqdm(total=total, desc=f"FID [{network.name}]", disable=not progress) as bar,
+        progress_bar(total=total, desc=f"FID [{network.name}]", enabled=progress) as bar,
     ):
         for images, is_real in batches:
             for i in range(0, len(images), batch_size):

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from scipy.special import expit
 from scipy.stats import binomtest
-from tqdm.auto import tqdm
 
 from safcore.data import from_model_range, to_model_range
+from safcore.progress import progress_bar
 from safcore.sde import SDE
 
 __all__ = [
@@ -705,7 +705,7 @@ def q_curve(
             jobs += [((t,), min(batch_size, M - j)) for j in range(0, M, batch_size)]
 
     device = x_p.device
-    for group, m in tqdm(jobs, desc="q_M(t)", disable=not progress, leave=False):
+    for group, m in progress_bar(jobs, desc="q_M(t)", enabled=progress, leave=False):
         t_vec = torch.tensor(group, dtype=torch.float32, device=device).repeat_interleave(m)
         b = _run_batch(
             score_fn, sde, x_p, c_p, c_id, t_vec,
@@ -884,7 +884,7 @@ def _adaptive(
     grid = cfg.grid
     tally = _Tally(cfg.n_examples)
     device = x_p.device
-    bar = tqdm(desc="adaptive t'", unit="t", disable=not progress, leave=False)
+    bar = progress_bar(desc="adaptive t'", unit="t", enabled=progress, leave=False)
 
     def positive_at(i: int) -> bool:
         t = grid[i]

@@ -20,6 +20,8 @@ import torch
 from scipy import integrate
 from tqdm.auto import tqdm
 
+from safcore.progress import progress_bar
+
 from safcore.sde import SDE, VPSDE, ReverseSDE
 
 __all__ = ["SampleResult", "sample", "tweedie_denoise", "METHODS", "Method", "FINAL_STEPS", "FinalStep"]
@@ -320,7 +322,7 @@ def sample(
     steps, corrector_steps = int(steps), int(corrector_steps)
     per_traj = steps * (1 if method == "euler_maruyama" else 1 + corrector_steps)
     total = None if method == "ode" else per_traj * len(chunks)
-    bar = tqdm(total=total, desc=f"sampling ({method})", unit="nfe", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=f"sampling ({method})", unit="nfe", enabled=progress, leave=False)
     outs, nfes, taken = [], [], []
     try:
         with torch.inference_mode():

@@ -37,10 +37,10 @@ from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
 from safetensors import safe_open
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from safcore.data import to_model_range
 from safcore.models import UNET_PRESETS, ScoreModel, build_unet
+from safcore.progress import progress_bar
 from safcore.runs import atomic_save_safetensors
 from safcore.sde import SubVPSDE
 
@@ -465,7 +465,7 @@ def train(
     resumed_from = trainer.step_count
     target = config.steps if stop_after is None else stop_after
     keep = set(config.keep_steps)
-    bar = tqdm(total=target, initial=resumed_from, disable=not progress, desc=f"train {config.preset}", unit="step")
+    bar = progress_bar(total=target, initial=resumed_from, enabled=progress, desc=f"train {config.preset}", unit="step")
     start = time.perf_counter()
     try:
         while trainer.step_count < target:

@@ -5,5 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export SAFCORE_DATA_ROOT="${SAFCORE_DATA_ROOT:-$PWD/../shared/data/medmnist}"
-export MPLBACKEND=Agg PYTHONHASHSEED=0
+# nbval does not read a kernel's output while a cell runs: thousands of progress-bar redraws in one long
+# cell overflow ZeroMQ's queue, the "idle" message is lost and nbval fails with "Timeout ... waiting for
+# output". Bars are off under test (safcore/progress.py).
+export MPLBACKEND=Agg PYTHONHASHSEED=0 SAFCORE_PROGRESS=0
 exec .venv/bin/python -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 "$@"
