@@ -10,13 +10,13 @@
 # # 04 · Dataset size decides whether x_p comes back (paper §5.3, Tab. 1, Fig. 5)
 #
 # For each training-set size `N_D` we train a score model on `D_p`, sample `n` images and audit them with
-# the same kind of adversary. An unbiased model that reproduces its training images would return `x_p`
+# the same kind of adversary, and probe how much noise `x_p` survives (`t'`, Algorithm 1; notebook 05). An unbiased model that reproduces its training images would return `x_p`
 # `E|q| = n / N_D` times; the one-sided binomial test asks whether `|q|` is significantly lower
 # (H0: p = 1/N_D, H1: p < 1/N_D). Small `N_D` memorize (`|q|` near `E|q|`), large ones do not (`|q| = 0`).
 
 # %% tags=["parameters"]
 DATASET = "breastmnist"  # a 2D MedMNIST flag, or the path of your own MedMNIST-layout .npz
-N_DS = [8, 64]  # training-set sizes; cpu: [32, 128, 546] on BreastMNIST (up to 4708 on PneumoniaMNIST); paper: [1000, 5000, 10000, 20000, 50000]
+N_DS = [8, 64]  # training-set sizes; cpu: [16, 64, 546] on BreastMNIST (up to 4708 on PneumoniaMNIST); paper: [1000, 5000, 10000, 20000, 50000]
 PROFILE = "smoke"  # smoke (CI, seconds) | cpu (laptop, minutes) | paper (GPU)
 N_SAMPLES = 256  # images sampled per model (paper: 150 000); ≥ 3·max(N_DS) lets the test reject H0 when |q| = 0
 SEED = 0  # draws the subsets, x_i and the SAF's place
@@ -29,13 +29,16 @@ from safcore.study import Study
 
 studies = {n_d: Study(DATASET, n_d, profile=PROFILE, seed=SEED) for n_d in N_DS}
 audits = {n_d: study.audit(N_SAMPLES) for n_d, study in studies.items()}
+probes = {n_d: study.probe() for n_d, study in studies.items()}
 
 # %% [markdown]
-# **Table 1** — positives of each classifier and of both, against `E|q|`, with the binomial test's p-value.
+# **Table 1** — positives of each classifier and of both, against `E|q|`, with the binomial test's p-value,
+# and `t'` from the same model.
 
 # %%
 table = pd.DataFrame([result.to_row() for result in audits.values()]).set_index("N_D")
-table[["n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p"]].T
+table["t'"] = [probes[n_d].t_prime_or_zero for n_d in table.index]
+table[["n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "t'"]].T
 
 # %% [markdown]
 # **Figure 1** — representative samples per `N_D` (the paper's Fig. 5); q-positives framed.
@@ -51,7 +54,8 @@ studies[N_DS[0]].save_figure(figure, "04_samples_by_dataset_size")
 # What Tab. 1 shows, asserted: the largest `N_D` does not hand `x_p` back (`|q| = 0`; H0 rejected where
 # `n` is large enough for the test to have power), and —
 # from the `cpu` profile on, whose models are large enough to memorize (committed run:
-# `reports/cpu/04_dataset_size.ipynb`) — the smallest does, with `|q|` near `E|q|`.
+# `reports/cpu/04_dataset_size.ipynb`) — the smallest does, with `|q|` near `E|q|`, and hands `x_p` back
+# from more noise than the largest: `t'` falls as `N_D` grows.
 
 # %%
 small, large = audits[min(N_DS)], audits[max(N_DS)]
@@ -61,3 +65,5 @@ if large.expected_q >= 3:  # with E|q| < 3 even |q| = 0 is no evidence against H
 assert small.n_q >= large.n_q
 if PROFILE != "smoke":
     assert small.n_q > 0 and small.n_q >= 0.25 * small.expected_q, f"small N_D memorizes: {small}"
+    t_prime_small, t_prime_large = probes[min(N_DS)].t_prime_or_zero, probes[max(N_DS)].t_prime_or_zero
+    assert t_prime_small > t_prime_large, f"t' falls as N_D grows: {t_prime_small} vs {t_prime_large}"

@@ -17,14 +17,16 @@
 
 # %% tags=["parameters"]
 DATASETS = ["breastmnist", "pneumoniamnist", "../shared/data/extra/pneumonia_subset.npz"]  # flags or .npz paths (relative paths: from the repo root)
-N_D = 8  # training-set size per dataset; smoke: 8, cpu: 32; paper: the whole train split (e.g. 546, 4708)
+N_D = 8  # training-set size per dataset; smoke: 8, cpu: 16; paper: the whole train split (e.g. 546, 4708)
 PROFILE = "smoke"  # smoke (CI, seconds) | cpu (laptop, minutes) | paper (GPU)
 SEED = 0  # draws the subsets, x_i and the SAF's place
 
 # %%
 import pandas as pd
+import torch
 
-from safcore import paths
+from safcore import paths, plotting
+from safcore.runs import atomic_write, write_manifest
 from safcore.study import Study
 
 
@@ -60,4 +62,21 @@ if PROFILE != "smoke":  # the smoke U-Net is too small to memorize
     assert (table["t'"] > 0).all(), "every model hands x_p back from a little noise"
     assert (table["|q|"] > 0).all(), table
     assert (table["FID_train"] < table["FID_test"]).all(), table
-table.to_csv(paths.figures_dir() / f"07_medmnist_table_{PROFILE}.csv")
+
+# %% [markdown]
+# Per dataset: `x_p` (first panel), then its q-positives (framed, `q`), then other samples — a model
+# that memorizes hands `x_p` back with its fingerprint.
+
+# %%
+rows_of_images = {}
+for study in studies:
+    audit, samples = study.audit(), study.samples()
+    order = list(audit.q_indices) + [i for i in range(len(samples)) if i not in set(audit.q_indices)]
+    rows_of_images[study.data.name] = torch.cat([study.private.x_p[None], samples[order[:11]]])
+highlight = {study.data.name: range(1, 1 + min(11, study.audit().n_q)) for study in studies}
+figure = plotting.samples_by_group(rows_of_images, highlight)
+settings = {"datasets": DATASETS, "N_D": N_D, "profile": PROFILE}
+figure_path = plotting.save_figure(figure, paths.figures_dir() / f"07_xp_and_samples_{PROFILE}.png")
+table_path = atomic_write(paths.figures_dir() / f"07_medmnist_table_{PROFILE}.csv", table.to_csv())
+for path in (figure_path, table_path):
+    write_manifest(path, config=settings, seed=SEED)
