@@ -75,6 +75,18 @@ def atomic_save_safetensors(
     return path
 
 
+def compute_environment() -> dict[str, Any]:
+    """What a manifest records beside the seed for reproducing a run: the torch build, the CPU threads
+    and the CUDA device. The same seed reproduces a run bit for bit only with the same three: another
+    thread count sums floats in another order (bf16 most visibly), and training amplifies the difference.
+    """
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
 def git_revision() -> str:
     """The checkout's ``git describe --always --dirty`` revision, or ``"unknown"`` outside git."""
     try:
@@ -217,7 +229,7 @@ class RunStore:
                 "seed": seed,
                 "revision": git_revision(),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "torch": torch.__version__,
+                **compute_environment(),
                 "files": files,
                 "extra": _jsonable(dict(extra or {})),
             }
@@ -248,6 +260,7 @@ def write_manifest(path: str | os.PathLike, *, config: Any, seed: int | None = N
         "seed": seed,
         "revision": git_revision(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **compute_environment(),
         "extra": _jsonable(dict(extra or {})),
     }
     return atomic_write(path.with_suffix(path.suffix + ".json"), json.dumps(manifest, indent=2, sort_keys=True))

@@ -32,6 +32,7 @@ def test_create_find_and_manifest(run_store):
         atomic_save_safetensors({"w": torch.arange(3.0)}, tmp / "weights.safetensors")
     run = run_store.find("model", config)
     assert run.manifest["seed"] == 0 and run.config == config and "revision" in run.manifest
+    assert run.manifest["threads"] == torch.get_num_threads() and run.manifest["torch"] == torch.__version__
     assert torch.equal(load_file(run.file("weights.safetensors"))["w"], torch.arange(3.0))
 
 
@@ -60,3 +61,13 @@ def test_atomic_write_replaces(tmp_path):
     target = atomic_write(tmp_path / "f.json", json.dumps({"a": 1}))
     atomic_write(target, "new")
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_output_manifest_records_config_seed_and_environment(tmp_path):
+    from safcore.runs import write_manifest
+
+    figure = atomic_write(tmp_path / "figure.png", b"png")
+    manifest = json.loads(write_manifest(figure, config={"N_D": 16}, seed=3).read_text())
+    assert manifest["file"] == "figure.png" and manifest["config"] == {"N_D": 16} and manifest["seed"] == 3
+    assert manifest["threads"] == torch.get_num_threads()
+    assert manifest["cuda_device"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else None)
