@@ -559,13 +559,14 @@ def q_curve(
         ax.plot(t[keep], qq[keep], marker="o", markersize=3, color=colour, label=name or None)
         if tp is not None:
             ax.axvline(tp, color=colour, linestyle="--", linewidth=1.2)
-            ax.annotate(f"t' = {tp:.2f}", (tp, 1.0), xytext=(3, -12), textcoords="offset points", color=colour,
-                        fontsize=8)
+            right_edge = tp > 0.8 * float(np.max(t))  # write the label left of a line near the right border
+            ax.annotate(f"t' = {tp:.2f}", (tp, 1.0), xytext=(-3 if right_edge else 3, -12), textcoords="offset points",
+                        ha="right" if right_edge else "left", color=colour, fontsize=8)
     ax.set(xlabel="t", ylabel=r"$q_M(p \mid x_{t,p})$", ylim=(-0.02, 1.05),
            title="probability of reproducing $x_p$ from $x_{t,p}$ (Clopper–Pearson band)")
     ax.title.set_fontsize(10)
-    if any(labels):
-        ax.legend(fontsize=8)
+    if any(labels):  # below the axes, where it hides neither a curve nor a t' label
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(curves), frameon=False)
     fig.tight_layout()
     return fig
 
