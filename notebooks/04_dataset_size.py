@@ -25,6 +25,7 @@ SEED = 0  # draws the subsets, x_i and the SAF's place
 import pandas as pd
 
 from safcore import plotting
+from safcore.metrics import carlini_copies
 from safcore.study import Study
 
 studies = {n_d: Study(DATASET, n_d, profile=PROFILE, seed=SEED) for n_d in N_DS}
@@ -33,12 +34,13 @@ probes = {n_d: study.probe() for n_d, study in studies.items()}
 
 # %% [markdown]
 # **Table 1** — positives of each classifier and of both, against `E|q|`, with the binomial test's p-value,
-# and `t'` from the same model.
+# `t'` from the same model, and how many samples copy *some* training image (Carlini et al. 2023).
 
 # %%
 table = pd.DataFrame([result.to_row() for result in audits.values()]).set_index("N_D")
 table["t'"] = [probes[n_d].t_prime_or_zero for n_d in table.index]
-table[["n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "t'"]].T
+table["copies"] = [int(carlini_copies(studies[n_d].samples(N_SAMPLES), studies[n_d].private.images).sum()) for n_d in table.index]
+table[["n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "t'", "copies"]].T
 
 # %% [markdown]
 # **Figure 1** — representative samples per `N_D` (the paper's Fig. 5); q-positives framed.
