@@ -5,7 +5,7 @@
 # reused from runs/ when they exist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export SAFCORE_DATA_ROOT="${SAFCORE_DATA_ROOT:-$PWD/../shared/data/medmnist}" MPLBACKEND=Agg
+export SAFCORE_DATA_ROOT="${SAFCORE_DATA_ROOT:-$PWD/../shared/data/medmnist}" MPLBACKEND=Agg SAFCORE_PROGRESS=0
 pm() { .venv/bin/papermill --cwd notebooks "notebooks/$1.ipynb" "reports/cpu/$1.ipynb" -p PROFILE cpu "${@:2}"; }
 pm 05_tprime -p N_D 16 -p N_D_LARGE 546
 pm 04_dataset_size -y "N_DS: [16, 64, 546]" -p N_SAMPLES 256
