@@ -10,9 +10,10 @@
 # # 04 · Dataset size decides whether x_p comes back (paper §5.3, Tab. 1, Fig. 5)
 #
 # For each training-set size `N_D` we train a score model on `D_p`, sample `n` images and audit them with
-# the same kind of adversary, and probe how much noise `x_p` survives (`t'`, Algorithm 1; notebook 05). An unbiased model that reproduces its training images would return `x_p`
-# `E|q| = n / N_D` times; the one-sided binomial test asks whether `|q|` is significantly lower
-# (H0: p = 1/N_D, H1: p < 1/N_D). Small `N_D` memorize (`|q|` near `E|q|`), large ones do not (`|q| = 0`).
+# the same kind of adversary, and probe how much noise `x_p` survives (`t'`, Algorithm 1; notebook 05).
+# An unbiased model that reproduces its training images would return `x_p` `E|q| = n / N_D` times; the
+# one-sided binomial test asks whether `|q|` is significantly lower (H0: p = 1/N_D, H1: p < 1/N_D).
+# Small `N_D` memorize (`|q|` near `E|q|`), large ones do not (`|q| = 0`).
 
 # %% tags=["parameters"]
 DATASET = "breastmnist"  # a 2D MedMNIST flag, or the path of your own MedMNIST-layout .npz
@@ -25,7 +26,6 @@ SEED = 0  # draws the subsets, x_i and the SAF's place
 import pandas as pd
 
 from safcore import plotting
-from safcore.metrics import carlini_copies
 from safcore.study import Study
 
 studies = {n_d: Study(DATASET, n_d, profile=PROFILE, seed=SEED) for n_d in N_DS}
@@ -39,7 +39,7 @@ probes = {n_d: study.probe() for n_d, study in studies.items()}
 # %%
 table = pd.DataFrame([result.to_row() for result in audits.values()]).set_index("N_D")
 table["t'"] = [probes[n_d].t_prime_or_zero for n_d in table.index]
-table["copies"] = [int(carlini_copies(studies[n_d].samples(N_SAMPLES), studies[n_d].private.images).sum()) for n_d in table.index]
+table["copies"] = [studies[n_d].copies(N_SAMPLES) for n_d in table.index]
 table[["n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "t'", "copies"]].T
 
 # %% [markdown]

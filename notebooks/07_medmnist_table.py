@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 
 from safcore import paths, plotting
-from safcore.metrics import carlini_copies
 from safcore.runs import atomic_write, write_manifest
 from safcore.study import Study
 
@@ -52,7 +51,7 @@ for study in studies:
                  "FID_train": fid_train.value, "FID_test": fid_test.value, "E|q|": audit.expected_q,
                  "|q|": audit.n_q, "t'": probe.t_prime_or_zero, "FID features": fid_train.extractor_name,
                  "c_p(x_p)": bool(study.c_p(study.private.x_p[None])),
-                 "copies": int(carlini_copies(study.samples(), study.private.images).sum())})
+                 "copies": study.copies()})
 table = pd.DataFrame(rows).set_index("dataset")
 table
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from safcore import plotting
 from safcore.audit import AuditResult
-from safcore.metrics import carlini_copies
 from safcore.probe import ProbeResult
 from safcore.progress import progress_bar
 from safcore.runs import atomic_write, write_manifest
@@ -83,7 +82,7 @@ def run_demo(study: Study, out_dir: str | Path, *, progress: bool = True) -> Dem
     audit_result = study.audit()
     probe_result: ProbeResult = results["t' probe"]  # type: ignore[assignment]
     accuracies = study.classifier_accuracies()
-    copies = int(carlini_copies(samples, study.private.images).sum())
+    copies = study.copies()
     seconds = time.perf_counter() - start
     _write_report(study, out_dir, audit_result, probe_result, accuracies, copies, samples, seconds)
     return DemoReport(repr(study), audit_result, probe_result, accuracies, copies, seconds, out_dir)

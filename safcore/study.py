@@ -223,6 +223,12 @@ class Study:
         images = self.samples(n, step=step, seed=seed)
         return audit(images, self.c_p, self.c_id, self.private.x_p, self.n_dataset)
 
+    def copies(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> int:
+        """How many of the ``n`` samples copy some image of ``D_p`` (Carlini et al. 2023 criterion)."""
+        from safcore.metrics import carlini_copies
+
+        return int(carlini_copies(self.samples(n, step=step, seed=seed), self.private.images).sum())
+
     # ------------------------------------------------------------------ Algorithm 1
     def probe_config(self, **changes) -> ProbeConfig:
         """The profile's :class:`~safcore.probe.ProbeConfig`, with ``changes`` applied."""
