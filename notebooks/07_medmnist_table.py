@@ -43,9 +43,10 @@ studies = [Study(resolve(d), N_D, profile=PROFILE, seed=SEED) for d in DATASETS]
 # fingerprint it sees — and how many samples copy *some* training image (Carlini et al. 2023).
 
 # %%
-rows = []
+rows, audits = [], {}
 for study in studies:
     audit, probe = study.audit(), study.probe()
+    audits[study.data.name] = audit
     fid_train, fid_test = study.fid("train"), study.fid("test")
     rows.append({"dataset": study.data.name, "|N_D|": study.n_dataset, **study.classifier_accuracies(),
                  "FID_train": fid_train.value, "FID_test": fid_test.value, "E|q|": audit.expected_q,
@@ -76,12 +77,12 @@ if PROFILE != "smoke":  # the smoke U-Net is too small to memorize
 # that memorizes hands `x_p` back with its fingerprint.
 
 # %%
-rows_of_images = {}
-for study in studies:
-    audit, samples = study.audit(), study.samples()
-    order = list(audit.q_indices) + [i for i in range(len(samples)) if i not in set(audit.q_indices)]
-    rows_of_images[study.data.name] = torch.cat([study.private.x_p[None], samples[order[:11]]])
-highlight = {study.data.name: range(1, 1 + min(11, study.audit().n_q)) for study in studies}
+rows_of_images, highlight = {}, {}
+for study in studies:  # the audits of the table above, not new ones
+    q, samples = list(audits[study.data.name].q_indices), study.samples()
+    others = [i for i in range(len(samples)) if i not in set(q)]
+    rows_of_images[study.data.name] = torch.cat([study.private.x_p[None], samples[(q + others)[:11]]])
+    highlight[study.data.name] = range(1, 1 + min(11, len(q)))
 figure = plotting.samples_by_group(rows_of_images, highlight)
 settings = {"datasets": DATASETS, "N_D": N_D, "profile": PROFILE}
 figure_path = plotting.save_figure(figure, paths.figures_dir() / f"07_xp_and_samples_{PROFILE}.png")

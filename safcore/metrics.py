@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.resnet import BasicBlock
+
 from safcore.progress import progress_bar
 
 if TYPE_CHECKING:

@@ -21,7 +21,6 @@ from scipy import integrate
 from tqdm.auto import tqdm
 
 from safcore.progress import progress_bar
-
 from safcore.sde import SDE, VPSDE, ReverseSDE
 
 __all__ = ["SampleResult", "sample", "tweedie_denoise", "METHODS", "Method", "FINAL_STEPS", "FinalStep"]
