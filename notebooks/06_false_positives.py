@@ -21,7 +21,7 @@ N_SAMPLES = None  # images to audit; None → the profile's (paper: 150 000)
 SEED = 0  # draws the subset, x_i and the SAF's place
 
 # %%
-from safcore import metrics, plotting
+from safcore import memorization, plotting
 from safcore.study import Study
 
 study = Study(DATASET, N_D, profile=PROFILE, seed=SEED)
@@ -44,7 +44,7 @@ study.save_figure(figure, "06_false_positives")
 # `x_p` does. The two lists of single-classifier positives are disjoint from `q`.
 
 # %%
-nearest, distance = metrics.nearest_neighbours(samples, study.private.images, k=1)
+nearest, distance = memorization.nearest_neighbours(samples, study.private.images, k=1)
 mask = study.private.mask.bool()
 for i in result.q_indices:
     assert int(nearest[i, 0]) == study.private.index, f"q-positive {i} is closest to training image {int(nearest[i, 0])}, not x_p"

@@ -201,7 +201,7 @@ def samples_vs_nearest(
     Args:
         samples: (B, C, H, W) generated images.
         train: (N, C, H, W) training images.
-        indices, distances: from :func:`safcore.metrics.nearest_neighbours`, (B, k) or (B,); the first
+        indices, distances: from :func:`safcore.memorization.nearest_neighbours`, (B, k) or (B,); the first
             column is used.
         pairs_per_row: pairs side by side in one row.
         max_pairs: show at most the first this many samples.

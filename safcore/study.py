@@ -225,7 +225,7 @@ class Study:
 
     def copies(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> int:
         """How many of the ``n`` samples copy some image of ``D_p`` (Carlini et al. 2023 criterion)."""
-        from safcore.metrics import carlini_copies
+        from safcore.memorization import carlini_copies
 
         return int(carlini_copies(self.samples(n, step=step, seed=seed), self.private.images).sum())
 
