@@ -20,10 +20,22 @@ torchmetrics' :class:`~torchmetrics.image.fid.FrechetInceptionDistance`,
   are comparable with each other (same dataset, same extractor), **not** with Inception FIDs
   published elsewhere: as a baseline, train vs test split of the real data gives 0.17 on
   BreastMNIST and 0.66 on PneumoniaMNIST, train vs test with Gaussian noise (σ = 0.1) 101 and 78
-  (default :class:`DomainExtractorConfig`, seed 0). Training takes ~35–40 s on two CPU cores.
+  (default :class:`DomainExtractorConfig`, seed 0; measured on the whole splits, before the equal-size
+  draw below became the default). Training takes ~35–40 s on two CPU cores.
 - ``"auto"`` — Inception when its weights are available, else the domain extractor.
 
-:class:`FIDResult` records which extractor was used, so a table can say so.
+:class:`FIDResult` records which extractor was used, so a table can say so. **A domain-extractor FID
+in safcore's Tab. 2 is not comparable with the Inception FIDs in the paper's Tab. 2**: it is a
+distance between other features (64-d, trained by safcore on the dataset's labels) and has its own
+scale, so only its order across models and splits of one dataset means something.
+
+**Equal sizes.** FID is biased upwards by small samples, and by an amount that depends on the number
+of images on each side, so two FIDs are comparable only when they are computed from the same numbers
+of images. :func:`fid` therefore by default (``equal_sizes=True``) draws the larger side down to the
+size of the smaller one (or both sides down to ``n_per_side``) with :func:`subsample`: a seeded draw
+without replacement, never an up-sampling. ``FID_train`` and ``FID_test`` are computed with the same
+``n`` on both sides for this reason (see :meth:`safcore.study.Study.fid`); :class:`FIDResult` records
+the sizes used, the sizes drawn from and the seed.
 
 Memorization (nearest neighbours, Carlini copies, MAE/MSE) lives in :mod:`safcore.memorization`.
 """
@@ -628,8 +640,12 @@ class FIDResult:
     Attributes:
         value: the FID (lower is closer).
         extractor_name: ``"inception-v3"`` or ``"domain-resnet8[<dataset>]"`` (or a custom name).
-        n_real, n_fake: images on each side.
+        n_real, n_fake: images on each side that the FID was computed from (after any draw).
         note: why ``"auto"`` chose the extractor it did (empty otherwise).
+        n_real_given, n_fake_given: images handed in on each side, before the draw (``None``: not
+            recorded, i.e. the same as ``n_real`` / ``n_fake``).
+        seed: the seed of the draw (:func:`subsample`) when a side was drawn down, ``None`` when
+            every image given was used.
     """
 
     value: float
@@ -637,9 +653,55 @@ class FIDResult:
     n_real: int
     n_fake: int
     note: str = ""
+    n_real_given: int | None = None
+    n_fake_given: int | None = None
+    seed: int | None = None
 
     def __str__(self) -> str:
-        return f"FID {self.value:.2f} ({self.extractor_name}; {self.n_real} real vs {self.n_fake} generated)"
+        def side(n: int, given: int | None, what: str) -> str:
+            return f"{n} {what}" if given is None or given == n else f"{n} of {given} {what}"
+
+        drawn = "" if self.seed is None else f", drawn with seed {self.seed}"
+        return (
+            f"FID {self.value:.2f} ({self.extractor_name}; {side(self.n_real, self.n_real_given, 'real')} vs "
+            f"{side(self.n_fake, self.n_fake_given, 'generated')}{drawn})"
+        )
+
+
+FIDSide = Literal["real", "fake"]
+_SIDE_STREAM = {"real": 0, "fake": 1}
+
+
+def subsample(images: torch.Tensor, n: int, *, seed: int = 0, side: FIDSide = "real") -> torch.Tensor:
+    """``n`` of ``images`` drawn without replacement, reproducibly; never more than are given.
+
+    The draw is the first ``n`` entries of a permutation from ``numpy.random.default_rng((seed, s))``
+    with ``s`` = 0 for ``side="real"`` and 1 for ``"fake"`` (two independent streams, so the
+    generated subset does not depend on the size of the real set it is compared with), kept in the
+    images' original order. With ``n == len(images)`` the images are returned unchanged.
+
+    Args:
+        images: (N, ...) any tensor indexed along its first axis.
+        n: how many to keep, ``2 <= n <= N``.
+        seed: seeds the draw (same seed, size and side → same subset).
+        side: which stream to draw from.
+
+    Raises:
+        ValueError: ``n`` outside ``[2, N]`` (a set is never up-sampled), or an unknown ``side``.
+    """
+    if side not in _SIDE_STREAM:
+        raise ValueError(f"side={side!r}; allowed: 'real', 'fake'")
+    total = len(images)
+    if not isinstance(n, int) or isinstance(n, bool) or not 2 <= n <= total:
+        raise ValueError(
+            f"n={n!r} must be an integer in [2, {total}]: FID needs 2 images per side and a set of {total} "
+            f"is never up-sampled"
+        )
+    if n == total:
+        return images
+    order = np.random.default_rng((int(seed), _SIDE_STREAM[side])).permutation(total)[:n]
+    keep = torch.from_numpy(np.sort(order))
+    return images[keep.to(images.device)]
 
 
 def resolve_extractor(
@@ -688,6 +750,9 @@ def fid(
     dataset: str | os.PathLike | MedMNISTData | None = None,
     cache_dir: str | os.PathLike | None = None,
     domain_config: DomainExtractorConfig = DomainExtractorConfig(),
+    equal_sizes: bool = True,
+    n_per_side: int | None = None,
+    seed: int = 0,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     num_threads: int = 1,
@@ -695,11 +760,22 @@ def fid(
 ) -> FIDResult:
     """Fréchet distance between the feature distributions of two image sets (torchmetrics FID).
 
+    By default both sides have the same number of images (FID's small-sample bias depends on both
+    sizes, see the module docstring): the larger side is drawn down to the size of the smaller with
+    :func:`subsample` (seeded, without replacement; the smaller side is used whole, never
+    up-sampled). :class:`FIDResult` records the sizes used and given and the seed of the draw.
+
     Args:
         real_unit: (N_r, C, 28, 28) in [0, 1], the reference (e.g. the train or test split).
         fake_unit: (N_f, C, 28, 28) in [0, 1], the generated samples.
         extractor: a :class:`FeatureExtractor`, or ``"inception"``, ``"domain"``, ``"auto"``
             (see the module docstring).
+        equal_sizes: draw the larger side down to ``min(N_r, N_f)`` images (``False``: use every
+            image on both sides, as given).
+        n_per_side: draw both sides down to this many images instead (``2 <= n_per_side <=
+            min(N_r, N_f)``); this is how FIDs against different references are made comparable
+            (:meth:`safcore.study.Study.fid`). Overrides ``equal_sizes``.
+        seed: seeds the draw (see :func:`subsample`).
         dataset, cache_dir: what the domain extractor is trained on and where it is cached.
         domain_config: its training settings.
         batch_size: images per forward pass.
@@ -709,7 +785,8 @@ def fid(
         progress: progress bar over the batches (and the extractor's training).
 
     Raises:
-        ValueError: shapes that are not (N, C, H, W) with C in {1, 3}, fewer than 2 images on a side.
+        ValueError: shapes that are not (N, C, H, W) with C in {1, 3}, fewer than 2 images on a side,
+            ``n_per_side`` outside ``[2, min(N_r, N_f)]``.
         InceptionUnavailableError: ``extractor="inception"`` without local weights.
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -719,6 +796,21 @@ def fid(
             raise ValueError(f"{label} must have shape (N, 1|3, H, W); got {tuple(images.shape)}")
         if len(images) < 2:
             raise ValueError(f"{label} has {len(images)} image(s); FID needs at least 2 on each side")
+    n_real_given, n_fake_given = len(real_unit), len(fake_unit)
+    if n_per_side is not None:
+        smaller = min(n_real_given, n_fake_given)
+        if not isinstance(n_per_side, int) or isinstance(n_per_side, bool) or not 2 <= n_per_side <= smaller:
+            raise ValueError(
+                f"n_per_side={n_per_side!r} must be an integer in [2, {smaller}] "
+                f"({n_real_given} real and {n_fake_given} generated images given; none is up-sampled)"
+            )
+        target: int | None = n_per_side
+    else:
+        target = min(n_real_given, n_fake_given) if equal_sizes else None
+    drawn = target is not None and (n_real_given != target or n_fake_given != target)
+    if target is not None:
+        real_unit = subsample(real_unit, target, seed=seed, side="real")
+        fake_unit = subsample(fake_unit, target, seed=seed, side="fake")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     if num_threads < 0:
@@ -745,4 +837,7 @@ def fid(
         n_real=len(real_unit),
         n_fake=len(fake_unit),
         note=note,
+        n_real_given=n_real_given,
+        n_fake_given=n_fake_given,
+        seed=int(seed) if drawn else None,
     )

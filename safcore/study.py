@@ -251,14 +251,26 @@ class Study:
         return path
 
     # ------------------------------------------------------------------ image quality
-    def fid(self, split: Split = "train", *, extractor: str = "auto") -> "FIDResult":
-        """FID between ``split`` and ``profile.n_fid`` samples (Tab. 2's FID_train / FID_test).
+    def fid(self, split: Split = "train", *, extractor: str = "auto", seed: int = 0) -> "FIDResult":
+        """FID between ``split`` and the model's samples (Tab. 2's FID_train / FID_test), same ``n`` on both sides.
+
+        FID's small-sample bias depends on the number of images on each side, so FID_train and
+        FID_test are computed from the same ``n = min(profile.n_fid, |train split|, |test split|)``
+        real and generated images: when the test split is smaller than ``n_fid`` (BreastMNIST's 156,
+        PneumoniaMNIST's 624 test images under the paper profile), both FIDs use the test split's
+        size. ``n`` real images are drawn from ``split`` and ``n`` of the ``profile.n_fid`` cached
+        samples with :func:`safcore.metrics.subsample` (seeded by ``seed``, without replacement, the
+        whole set when it has ``n``); FID_train and FID_test share the same generated subset.
+        ``split="val"`` uses ``min(n, |val split|)``, which is smaller than ``n`` where the val split
+        is (then not comparable with the other two). The result records ``n`` and the sizes drawn from.
 
         Inception when its weights are available locally, otherwise safcore's domain feature
         extractor trained on this dataset's labels (cached in the run store); the result names it.
+        Domain-extractor FIDs are not comparable with the paper's Inception FIDs.
         """
         from safcore.metrics import fid
 
-        real = self.images(split)
-        return fid(real, self.samples(self.profile.n_fid), extractor, dataset=self.data,
-                   cache_dir=self.store.root / "fid_extractors", progress=self.progress)
+        n = min(self.profile.n_fid, len(self.data.split("train")), len(self.data.split("test")),
+                len(self.data.split(split)))
+        return fid(self.images(split), self.samples(self.profile.n_fid), extractor, n_per_side=n, seed=seed,
+                   dataset=self.data, cache_dir=self.store.root / "fid_extractors", progress=self.progress)

@@ -84,6 +84,114 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(tiny_extractor):
     assert shifted > values[0]
 
 
+class _PoolFeatures(metrics.FeatureExtractor):
+    """A fixed, untrained extractor: 4×4 average pool of the grey image (16 features), for FID arithmetic."""
+
+    name = "pool4"
+    num_features = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x.mean(dim=1, keepdim=True), 4).flatten(1) * 10
+
+
+def test_subsample_is_seeded_without_replacement_and_never_up_samples():
+    images = torch.arange(50.0)[:, None, None, None].expand(-1, 1, 28, 28)
+    first = metrics.subsample(images, 20, seed=3)
+    ids = first[:, 0, 0, 0].long()
+    assert first.shape == (20, 1, 28, 28)
+    assert len(set(ids.tolist())) == 20 and bool((ids[1:] > ids[:-1]).all())  # distinct, original order
+    assert torch.equal(metrics.subsample(images, 20, seed=3), first)  # reproducible
+    assert not torch.equal(metrics.subsample(images, 20, seed=4), first)  # another seed, another draw
+    assert not torch.equal(metrics.subsample(images, 20, seed=3, side="fake"), first)  # its own stream
+    assert metrics.subsample(images, 50, seed=3) is images  # the whole set: used as given
+    with pytest.raises(ValueError, match=r"never up-sampled"):
+        metrics.subsample(images, 51)
+    with pytest.raises(ValueError, match=r"\[2, 50\]"):
+        metrics.subsample(images, 1)
+    with pytest.raises(ValueError, match="allowed"):
+        metrics.subsample(images, 10, side="test")  # type: ignore[arg-type]
+
+
+def test_fid_draws_the_larger_side_down_to_the_smaller_one():
+    pool = _PoolFeatures()
+    real, _ = _blobs(64, seed=5)
+    fake = real[:40]  # a subset of the same set: the real side is drawn down, the fake one kept whole
+    result = metrics.fid(real, fake, pool, seed=2)
+    assert (result.n_real, result.n_fake) == (40, 40)
+    assert (result.n_real_given, result.n_fake_given, result.seed) == (64, 40, 2)
+    assert str(result).endswith("(pool4; 40 of 64 real vs 40 generated, drawn with seed 2)")
+    by_hand = metrics.fid(metrics.subsample(real, 40, seed=2), fake, pool, equal_sizes=False)
+    assert by_hand.seed is None and (by_hand.n_real, by_hand.n_fake) == (40, 40)
+    assert result.value == pytest.approx(by_hand.value, rel=1e-6)
+    assert metrics.fid(real, fake, pool, seed=2).value == result.value  # reproducible
+    assert metrics.fid(real, fake, pool, seed=3).value != result.value  # another draw
+    # the other way round: the generated side is drawn down
+    swapped = metrics.fid(fake, real, pool, seed=2)
+    assert (swapped.n_real, swapped.n_fake, swapped.n_real_given, swapped.n_fake_given) == (40, 40, 40, 64)
+    # equal sizes given: nothing is drawn, a set against itself is 0
+    same = metrics.fid(real, real, pool)
+    assert same.seed is None and abs(same.value) < 1e-3
+    assert str(same) == f"FID {same.value:.2f} (pool4; 64 real vs 64 generated)"
+    # the old behaviour on request
+    unequal = metrics.fid(real, fake, pool, equal_sizes=False)
+    assert (unequal.n_real, unequal.n_fake, unequal.seed) == (64, 40, None)
+
+
+def test_fid_n_per_side_and_its_limits():
+    pool = _PoolFeatures()
+    big, _ = _blobs(120, seed=10)
+    small, _ = _blobs(30, seed=11)
+    fake, _ = _blobs(64, seed=12)
+    a = metrics.fid(big, fake, pool, n_per_side=30)
+    b = metrics.fid(small, fake, pool, n_per_side=30)
+    assert (a.n_real, a.n_fake, b.n_real, b.n_fake) == (30, 30, 30, 30)
+    assert (a.n_real_given, b.n_real_given, a.n_fake_given) == (120, 30, 64)
+    # both compare with the same 30 generated images (the fake draw does not depend on the real side)
+    fake_30 = metrics.subsample(fake, 30, seed=0, side="fake")
+    assert b.value == pytest.approx(metrics.fid(small, fake_30, pool, equal_sizes=False).value, rel=1e-6)
+    assert a.value == pytest.approx(
+        metrics.fid(metrics.subsample(big, 30, seed=0), fake_30, pool, equal_sizes=False).value, rel=1e-6
+    )
+    for bad in (31, 1, 2.5):
+        with pytest.raises(ValueError, match=r"n_per_side=.*\[2, 30\]"):
+            metrics.fid(small, fake, pool, n_per_side=bad)  # type: ignore[arg-type]
+
+
+def test_study_fid_uses_the_same_n_for_train_and_test(monkeypatch, tmp_path):
+    """Study.fid on a stand-in study: n = min(n_fid, |train|, |test|) real and generated images for both."""
+    from types import SimpleNamespace
+
+    from safcore.study import Study
+
+    splits = {"train": _blobs(100, seed=20)[0], "val": _blobs(12, seed=21)[0], "test": _blobs(30, seed=22)[0]}
+    generated = _blobs(64, seed=23)[0]
+    asked = []
+
+    def samples(n):
+        asked.append(n)
+        return generated[:n]
+
+    def study(n_fid):
+        return SimpleNamespace(
+            profile=SimpleNamespace(n_fid=n_fid),
+            data=SimpleNamespace(split=lambda s: np.zeros((len(splits[s]), 28, 28), np.uint8)),
+            images=lambda s: splits[s], samples=samples, store=SimpleNamespace(root=tmp_path), progress=False,
+        )
+
+    pool = _PoolFeatures()
+    train, test = (Study.fid(study(64), split, extractor=pool) for split in ("train", "test"))  # type: ignore[arg-type]
+    assert asked == [64, 64]
+    assert (train.n_real, train.n_fake, test.n_real, test.n_fake) == (30, 30, 30, 30)  # the test split's size
+    assert (train.n_real_given, test.n_real_given, train.n_fake_given) == (100, 30, 64)
+    fake_30 = metrics.subsample(generated, 30, seed=0, side="fake")
+    expected = metrics.fid(metrics.subsample(splits["train"], 30, seed=0), fake_30, pool, equal_sizes=False)
+    assert train.value == pytest.approx(expected.value, rel=1e-6)
+    small = Study.fid(study(20), "train", extractor=pool, seed=1)  # type: ignore[arg-type]
+    assert (small.n_real, small.n_fake, small.seed) == (20, 20, 1)  # n_fid smaller than both splits
+    val = Study.fid(study(64), "val", extractor=pool)  # type: ignore[arg-type]
+    assert (val.n_real, val.n_fake) == (12, 12)
+
+
 def test_fid_rejects_bad_input(tiny_extractor):
     real, _ = _blobs(4, seed=0)
     with pytest.raises(ValueError, match="at least 2"):
