@@ -7,39 +7,281 @@ hypothesis that ``x_p`` is generated as often as any training image, with a one-
 result keeps every index so galleries can show the q-positives and each classifier's false positives
 (Fig. 8).
 
-Images come from anywhere: :func:`load_images` reads arrays, ``.npy``/``.npz`` files and folders of
-PNGs; :func:`sample_images_from_unet` draws them from any diffusers ``UNet2DModel``.
+``|q|`` counts only the copies that both classifiers catch. Given the training set ``D_p``, the audit
+also counts copies of ``x_p`` independently of the adversary (:class:`CopyCheck`: each sample's nearest
+training image in pixel space and the Carlini et al. 2023 ratio), measures the adversary's recall on
+those copies and its firing rate on everything else, and how evenly the model copies its training
+images. :meth:`AuditResult.verdict` turns this into the sentence a report may print: an adversary that
+misses copies, fires on most samples, does not see ``x_p``'s own fingerprint or detects the SAF poorly
+makes the verdict *inconclusive* instead of "fewer than E|q|". Every count comes with its exact
+(Clopper–Pearson) 95 % upper bound (:mod:`safcore.bounds`).
+
+Images to audit come from :mod:`safcore.images` (arrays, files, PNG folders, a diffusers U-Net).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import numpy as np
 import torch
 from scipy import stats
 
-from safcore.data import match_channels
+from safcore.bounds import binomial_p_value, samples_to_bound, upper_bound
+from safcore.images import load_images, sample_images_from_unet
+from safcore.memorization import carlini_ratio, nearest_neighbours
 from safcore.progress import progress_bar
 
-if TYPE_CHECKING:
-    from diffusers import UNet2DModel
-
-    from safcore.models import ScoreModel
-    from safcore.sampling import Method
-    from safcore.sde import SDE
+__all__ = [
+    "AdversaryRequirements",
+    "AuditResult",
+    "CopyCheck",
+    "Verdict",
+    "audit",
+    "binomial_p_value",
+    "copy_check",
+    "load_images",
+    "sample_images_from_unet",
+]
 
 ImageClassifier = Callable[[torch.Tensor], torch.Tensor]
+VerdictKind = Literal["inconclusive", "reproduces", "not_observed"]
+
+
+# --------------------------------------------------------------------------------------------
+# The independent copy count
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyCheck:
+    """Copies of training images found by nearest neighbour, beside the adversary's verdicts.
+
+    A sample *copies* training image ``j`` when ``j`` is its nearest training image (ℓ2 in pixel
+    space) and the Carlini et al. 2023 ratio ``ℓ2(nearest) / mean ℓ2(next k)`` is below ``threshold``.
+    A copy of ``x_p`` is found whether or not it carries the SAF, so it checks both classifiers.
+
+    Attributes:
+        x_p_index: position of ``x_p`` in ``D_p``.
+        threshold, k: the Carlini criterion's settings.
+        nearest: each sample's nearest training image, ``(n,)`` indices into ``D_p``.
+        ratio: each sample's Carlini ratio, ``(n,)``.
+        copy_indices: samples that copy some training image, ascending.
+        xp_copy_indices: samples that copy ``x_p``, ascending.
+        per_image: copies of each training image, ``(N_D,)`` (how evenly the model copies).
+        cp_hits, cid_hits, q_hits: how many of the ``x_p`` copies ``c_p``, ``c_id`` and both caught.
+        q_not_copies: q-positives that are not copies of ``x_p``, ascending.
+        cp_others, cid_others: how many samples that are NOT copies of ``x_p`` each classifier fires on.
+        evenness_p: χ² test (``scipy.stats.chisquare``) that the copies fall uniformly on the ``N_D``
+            training images (NaN with fewer than 2 copies or ``N_D = 1``); small: the model copies
+            some images far more often than others, and ``|q| < E|q|`` may say that, not privacy.
+    """
+
+    x_p_index: int
+    threshold: float
+    k: int
+    nearest: tuple[int, ...]
+    ratio: tuple[float, ...]
+    copy_indices: tuple[int, ...]
+    xp_copy_indices: tuple[int, ...]
+    per_image: tuple[int, ...]
+    cp_hits: int
+    cid_hits: int
+    q_hits: int
+    q_not_copies: tuple[int, ...]
+    cp_others: int
+    cid_others: int
+    evenness_p: float
+
+    @property
+    def n(self) -> int:
+        return len(self.nearest)
+
+    @property
+    def n_copies(self) -> int:
+        """Samples that copy some training image."""
+        return len(self.copy_indices)
+
+    @property
+    def n_xp_copies(self) -> int:
+        """Samples that copy ``x_p`` (nearest neighbour + Carlini criterion)."""
+        return len(self.xp_copy_indices)
+
+    @property
+    def n_nearest_xp(self) -> int:
+        """Samples whose nearest training image is ``x_p`` (copies or not)."""
+        return sum(1 for j in self.nearest if j == self.x_p_index)
+
+    @property
+    def copy_rate(self) -> float:
+        """Fraction of samples that copy some training image."""
+        return self.n_copies / self.n
+
+    def _recall(self, hits: int) -> float:
+        return hits / self.n_xp_copies if self.n_xp_copies else math.nan
+
+    @property
+    def cp_recall(self) -> float:
+        """Fraction of ``x_p`` copies on which ``c_p`` fires (NaN without copies)."""
+        return self._recall(self.cp_hits)
+
+    @property
+    def cid_recall(self) -> float:
+        """Fraction of ``x_p`` copies on which ``c_id`` fires."""
+        return self._recall(self.cid_hits)
+
+    @property
+    def q_recall(self) -> float:
+        """Fraction of ``x_p`` copies that are q-positives (both classifiers fire)."""
+        return self._recall(self.q_hits)
+
+    @property
+    def n_others(self) -> int:
+        return self.n - self.n_xp_copies
+
+    @property
+    def cp_rate_others(self) -> float:
+        """Fraction of the samples that are not ``x_p`` copies on which ``c_p`` fires (NaN if none)."""
+        return self.cp_others / self.n_others if self.n_others else math.nan
+
+    @property
+    def cid_rate_others(self) -> float:
+        """Fraction of the samples that are not ``x_p`` copies on which ``c_id`` fires."""
+        return self.cid_others / self.n_others if self.n_others else math.nan
+
+
+def copy_check(
+    images: torch.Tensor,
+    train_images: torch.Tensor,
+    x_p_index: int,
+    cp: torch.Tensor,
+    cid: torch.Tensor,
+    *,
+    threshold: float = 0.5,
+    k: int = 50,
+) -> CopyCheck:
+    """Count copies of ``x_p`` by nearest neighbour and compare them with the classifiers' verdicts.
+
+    Args:
+        images: ``(n, C, H, W)`` audited images in ``[0, 1]``.
+        train_images: ``D_p`` ``(N_D, C, H, W)``, with ``x_p`` (and its SAF) at ``x_p_index``.
+        x_p_index: where ``x_p`` is in ``train_images``.
+        cp, cid: the classifiers' verdicts on ``images``, bool ``(n,)``.
+        threshold, k: Carlini et al.'s criterion (0.5, the next 50 neighbours; ``k`` clipped to ``N_D − 1``).
+    """
+    if train_images.ndim != 4 or tuple(train_images.shape[1:]) != tuple(images.shape[1:]):
+        raise ValueError(
+            f"train_images must be (N_D, C, H, W) like the images {tuple(images.shape[1:])}, "
+            f"got {tuple(train_images.shape)}"
+        )
+    n_dataset = int(train_images.shape[0])
+    if isinstance(x_p_index, bool) or not isinstance(x_p_index, (int, np.integer)) or not 0 <= x_p_index < n_dataset:
+        raise ValueError(f"x_p_index = {x_p_index!r} must be an integer in [0, {n_dataset - 1}] (N_D = {n_dataset})")
+    images = images.detach().float().cpu()
+    train = train_images.detach().float().cpu()
+    nearest = nearest_neighbours(images, train, k=1)[0][:, 0]
+    if n_dataset >= 2:
+        ratio = carlini_ratio(images, train, k)
+    else:  # one training image: every sample is nearest to it; the criterion has nothing to compare with
+        ratio = torch.zeros(len(images))
+    is_copy = ratio < threshold
+    is_xp = is_copy & (nearest == int(x_p_index))
+    cp, cid = cp.bool().cpu(), cid.bool().cpu()
+    q = cp & cid
+    per_image = torch.bincount(nearest[is_copy], minlength=n_dataset)
+    n_copies = int(is_copy.sum())
+    if n_copies >= 2 and n_dataset >= 2:
+        evenness_p = float(stats.chisquare(per_image.double().numpy()).pvalue)
+    else:
+        evenness_p = math.nan
+    idx = lambda mask: tuple(int(i) for i in torch.nonzero(mask).flatten())  # noqa: E731
+    return CopyCheck(
+        x_p_index=int(x_p_index),
+        threshold=float(threshold),
+        k=int(min(k, max(n_dataset - 1, 1))),
+        nearest=tuple(int(j) for j in nearest),
+        ratio=tuple(float(r) for r in ratio),
+        copy_indices=idx(is_copy),
+        xp_copy_indices=idx(is_xp),
+        per_image=tuple(int(c) for c in per_image),
+        cp_hits=int((cp & is_xp).sum()),
+        cid_hits=int((cid & is_xp).sum()),
+        q_hits=int((q & is_xp).sum()),
+        q_not_copies=idx(q & ~is_xp),
+        cp_others=int((cp & ~is_xp).sum()),
+        cid_others=int((cid & ~is_xp).sum()),
+        evenness_p=evenness_p,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# What the audit may conclude
+
+
+@dataclasses.dataclass(frozen=True)
+class AdversaryRequirements:
+    """What the adversary must achieve before an audit may say anything but "inconclusive".
+
+    Args:
+        min_saf_accuracy: ``c_p``'s accuracy on held-out images with and without an SAF.
+        min_recall: fraction of the nearest-neighbour copies of ``x_p`` that must be q-positives.
+        max_cp_rate_others: largest fraction of the other samples on which ``c_p`` may fire.
+        max_cid_rate_others: the same for ``c_id``.
+        confidence: of the Clopper–Pearson bounds.
+    """
+
+    min_saf_accuracy: float = 0.95
+    min_recall: float = 0.90
+    max_cp_rate_others: float = 0.5
+    max_cid_rate_others: float = 0.5
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        for name in ("min_saf_accuracy", "min_recall", "max_cp_rate_others", "max_cid_rate_others"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"AdversaryRequirements.{name} = {value!r} must lie in [0, 1]")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"AdversaryRequirements.confidence = {self.confidence!r} must lie in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What an audit may say, in words.
+
+    Attributes:
+        kind: ``"inconclusive"`` (the adversary is too weak for a statement about ``|q|``),
+            ``"reproduces"`` (``x_p`` with its SAF was generated) or ``"not_observed"`` (it was not).
+        headline: one sentence for the top of a report.
+        reasons: why the verdict is inconclusive (empty otherwise).
+        warnings: what a reader must know besides (classifier false positives, uneven copying, …).
+    """
+
+    kind: VerdictKind
+    headline: str
+    reasons: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    def __str__(self) -> str:
+        lines = [self.headline]
+        lines += [f"  - not conclusive: {r}" for r in self.reasons]
+        lines += [f"  - warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2g} %" if x < 0.1 else f"{100 * x:.0f} %"
+
+
+# --------------------------------------------------------------------------------------------
+# The audit
 
 
 @dataclasses.dataclass(frozen=True)
 class AuditResult:
-    """Counts of one audit, as a row of the paper's Tab. 1 / Tab. 2.
+    """Counts of one audit, as a row of the paper's Tab. 1 / Tab. 2, with the checks beside them.
 
     Attributes:
         n: number of audited (generated) images.
@@ -53,6 +295,9 @@ class AuditResult:
             ``c_p`` positives and the ``c_id`` positives, ascending.
         mae, mse: mean absolute / squared error of the q-positives to ``x_p`` over all their pixels
             (NaN when ``n_q = 0``).
+        copies: the independent copy count (:class:`CopyCheck`), when the training set was given.
+        cp_on_x_p, cid_on_x_p: whether each classifier fires on ``x_p`` itself.
+        saf_accuracy: ``c_p``'s accuracy on held-out images, when the caller measured it.
     """
 
     n: int
@@ -67,6 +312,10 @@ class AuditResult:
     cid_indices: tuple[int, ...]
     mae: float
     mse: float
+    copies: CopyCheck | None = None
+    cp_on_x_p: bool | None = None
+    cid_on_x_p: bool | None = None
+    saf_accuracy: float | None = None
 
     @property
     def cp_false_positives(self) -> tuple[int, ...]:
@@ -84,9 +333,106 @@ class AuditResult:
         """Whether the test rejects H0 at level ``alpha``: ``x_p`` is generated less often than 1/N_D."""
         return self.p_value < alpha
 
+    # ---------------------------------------------------------------- bounds
+    def q_upper(self, confidence: float = 0.95) -> float:
+        """Exact (Clopper–Pearson) upper bound on P(sample is ``x_p`` with its SAF) from ``|q|``."""
+        return upper_bound(self.n_q, self.n, confidence)
+
+    def copies_upper(self, confidence: float = 0.95) -> float | None:
+        """The same bound from the nearest-neighbour count of ``x_p`` copies (None without it)."""
+        return None if self.copies is None else upper_bound(self.copies.n_xp_copies, self.n, confidence)
+
+    def samples_to_bound(self, confidence: float = 0.95) -> int | None:
+        """Samples needed to bound P(``x_p``) below ``1/N_D`` at the rate seen here (None: never —
+        the observed rate is at or above ``1/N_D``). Uses the larger of ``|q|`` and the NN copy count."""
+        k = self.n_q if self.copies is None else max(self.n_q, self.copies.n_xp_copies)
+        return samples_to_bound(k, self.n, 1.0 / self.n_dataset, confidence) if self.n_dataset > 1 else None
+
+    @property
+    def p_value_copy_rate(self) -> float | None:
+        """The binomial test with H0 at the measured copy rate, ``p0 = (copies / n) / N_D``: the
+        paper's ``1/N_D`` assumes every sample is a copy. None without the copy check or copies."""
+        if self.copies is None or self.copies.n_copies == 0:
+            return None
+        return binomial_p_value(self.n_q, self.n, self.n_dataset, rate=self.copies.copy_rate)
+
+    # ---------------------------------------------------------------- the verdict
+    def verdict(self, requirements: AdversaryRequirements = AdversaryRequirements()) -> Verdict:
+        """What this audit may conclude (see :class:`Verdict`), judged by ``requirements``."""
+        req, c = requirements, self.copies
+        reasons: list[str] = []
+        warnings: list[str] = []
+        if self.saf_accuracy is not None and self.saf_accuracy < req.min_saf_accuracy:
+            reasons.append(
+                f"c_p detects the SAF on held-out images with {self.saf_accuracy:.1%} accuracy "
+                f"(required ≥ {req.min_saf_accuracy:.0%})"
+            )
+        if self.cp_on_x_p is False:
+            reasons.append("c_p does not fire on x_p itself: it cannot see this fingerprint")
+        if self.cid_on_x_p is False:
+            reasons.append("c_id does not recognise x_p itself")
+        if c is None:
+            warnings.append("no independent copy count (the training set was not given): copies the classifiers miss are not checked")
+        else:
+            if c.n_xp_copies and c.q_recall < req.min_recall:
+                reasons.append(
+                    f"the adversary caught {c.q_hits} of the {c.n_xp_copies} samples that copy x_p by nearest "
+                    f"neighbour (recall {c.q_recall:.0%}, required ≥ {req.min_recall:.0%}; c_p {c.cp_hits}, "
+                    f"c_id {c.cid_hits})"
+                )
+            for name, rate, limit in (("c_p", c.cp_rate_others, req.max_cp_rate_others),
+                                      ("c_id", c.cid_rate_others, req.max_cid_rate_others)):  # fmt: skip
+                count = c.cp_others if name == "c_p" else c.cid_others
+                if c.n_others and rate > limit:
+                    reasons.append(f"{name} fires on {count} of the {c.n_others} samples that are not copies of x_p ({rate:.0%})")
+                elif count:
+                    warnings.append(f"{name} fires on {count} of the {c.n_others} samples that are not copies of x_p ({rate:.0%})")
+            if c.q_not_copies:
+                warnings.append(f"{len(c.q_not_copies)} q-positive(s) are not nearest-neighbour copies of x_p")
+            if not math.isnan(c.evenness_p) and c.evenness_p < 0.05:
+                top = int(np.argmax(c.per_image))
+                warnings.append(
+                    f"the model copies its training images unevenly (χ² p = {c.evenness_p:.2g}; image {top} in "
+                    f"{c.per_image[top]} samples, x_p in {c.per_image[c.x_p_index]}): |q| below E|q| can mean "
+                    f"uneven copying, not protection"
+                )
+            if c.copy_rate < 1.0:
+                warnings.append(
+                    f"E|q| = n/N_D assumes every sample is a copy; {c.n_copies} of {c.n} are "
+                    f"(H0 at that rate: p = {self.p_value_copy_rate if self.p_value_copy_rate is not None else math.nan:.2g})"
+                )
+        u = self.q_upper(req.confidence)
+        need = self.samples_to_bound(req.confidence)
+        need_text = (f"bounding it below 1/N_D = {_pct(1 / self.n_dataset)} needs ≥ {need:,} samples at this rate"
+                     if need is not None else f"this is not below 1/N_D = {_pct(1 / self.n_dataset)} at any sample size")  # fmt: skip
+        if reasons:
+            nn = ""
+            if c is not None:
+                nn = (f" The independent nearest-neighbour count finds {c.n_xp_copies} copies of x_p in {self.n} "
+                      f"samples (≤ {_pct(self.copies_upper(req.confidence))} at {req.confidence:.0%}).")  # fmt: skip
+            headline = (f"INCONCLUSIVE: the adversary is too weak for a verdict on |q| = {self.n_q} "
+                        f"(E|q| = {self.expected_q:.3g}).{nn}")  # fmt: skip
+            kind: VerdictKind = "inconclusive"
+        elif self.n_q > 0:
+            low = stats.binomtest(self.n_q, self.n).proportion_ci(req.confidence, method="exact").low
+            test = ""
+            if self.rejects_h0():
+                test = f"; fewer than E|q| = {self.expected_q:.3g} (one-sided binomial p = {self.p_value:.2g})"
+            else:
+                test = f"; E|q| = {self.expected_q:.3g} (binomial p = {self.p_value:.2g}: not fewer than expected)"
+            headline = (f"The model hands back x_p with its SAF in {self.n_q} of {self.n} samples "
+                        f"({_pct(low)}–{_pct(u)} at {req.confidence:.0%}){test}.")  # fmt: skip
+            kind = "reproduces"
+        else:
+            headline = (f"x_p was not generated in {self.n} samples: P(sample is x_p) ≤ {_pct(u)} at "
+                        f"{req.confidence:.0%} confidence (E|q| = {self.expected_q:.3g}, p = {self.p_value:.2g}); {need_text}.")  # fmt: skip
+            kind = "not_observed"
+        return Verdict(kind, headline, tuple(reasons), tuple(warnings))
+
+    # ---------------------------------------------------------------- rows
     def to_row(self) -> dict:
         """The scalar columns as a dict (``pd.DataFrame([r.to_row() for r in results])``)."""
-        return {
+        row = {
             "N_D": self.n_dataset,
             "n": self.n,
             "E|q|": self.expected_q,
@@ -94,28 +440,35 @@ class AuditResult:
             "|c_id+|": self.n_cid,
             "|q|": self.n_q,
             "p": self.p_value,
+            "P(x_p) ≤": self.q_upper(),
             "MAE": self.mae,
             "MSE": self.mse,
         }
+        if self.copies is not None:
+            c = self.copies
+            row |= {
+                "x_p copies (NN)": c.n_xp_copies,
+                "caught": c.q_hits,
+                "c_p recall": c.cp_recall,
+                "c_id recall": c.cid_recall,
+                "c_p+ others": c.cp_others,
+                "copies": c.n_copies,
+                "p (copy rate)": self.p_value_copy_rate if self.p_value_copy_rate is not None else math.nan,
+            }
+        row["verdict"] = self.verdict().kind
+        return row
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"N_D {self.n_dataset:>6} | n {self.n:>7} | E|q| {self.expected_q:>9.2f} | |c_p+| {self.n_cp:>6} | "
             f"|c_id+| {self.n_cid:>6} | |q| {self.n_q:>6} | p {self.p_value:.3g} | "
-            f"MAE {self.mae:.3g} | MSE {self.mse:.3g}"
+            f"P(x_p) ≤ {self.q_upper():.3g} | MAE {self.mae:.3g} | MSE {self.mse:.3g}"
         )
-
-
-def binomial_p_value(n_q: int, n: int, n_dataset: int) -> float:
-    """One-sided binomial test of H0 ``p = 1/N_D`` vs H1 ``p < 1/N_D`` given ``n_q`` of ``n`` (paper §5.3).
-
-    Equals ``P(X ≤ n_q)`` for ``X ~ Binomial(n, 1/N_D)``; e.g. ``n_q = 0`` gives ``(1 − 1/N_D)^n``.
-    """
-    if n_dataset < 1:
-        raise ValueError(f"n_dataset (N_D) = {n_dataset!r} must be ≥ 1")
-    if n < 1 or not 0 <= n_q <= n:
-        raise ValueError(f"need n ≥ 1 and 0 ≤ n_q ≤ n, got n = {n!r}, n_q = {n_q!r}")
-    return float(stats.binomtest(int(n_q), int(n), 1.0 / n_dataset, alternative="less").pvalue)
+        if self.copies is not None:
+            c = self.copies
+            text += (f"\nx_p copies by nearest neighbour {c.n_xp_copies} (caught {c.q_hits}: c_p {c.cp_hits}, "
+                     f"c_id {c.cid_hits}) | c_p+ on {c.cp_others} other samples | copies of any image {c.n_copies}")  # fmt: skip
+        return text + "\n" + str(self.verdict())
 
 
 def _predict(classifier: ImageClassifier, images: torch.Tensor, batch_size: int, name: str, progress: bool) -> torch.Tensor:
@@ -137,19 +490,28 @@ def audit(
     n_dataset: int,
     batch_size: int = 256,
     progress: bool = False,
+    *,
+    train_images: torch.Tensor | None = None,
+    x_p_index: int | None = None,
+    saf_accuracy: float | None = None,
 ) -> AuditResult:
     """Count ``|c_p+|``, ``|c_id+|``, ``|q|`` on generated images and test ``|q|`` against ``E|q| = n/N_D``.
 
     Args:
         images: ``(n, C, H, W)`` float in ``[0, 1]`` (use :func:`load_images` for other forms).
         c_p, c_id: any callables ``(B, C, H, W) -> bool (B,)``, e.g. trained
-            :class:`safcore.classifiers.Classifier` objects; both see every image.
+            :class:`safcore.classifiers.Classifier` objects; both see every image (and ``x_p``).
         x_p: ``(C, H, W)`` the fingerprinted training image (for MAE/MSE and the shape check).
         n_dataset: ``N_D``, the number of training images.
         batch_size: images per classifier call.
+        train_images: ``D_p`` ``(N_D, C, H, W)`` with ``x_p`` at ``x_p_index``: adds the independent
+            copy count (:class:`CopyCheck`). Without it the verdict warns that nothing checks the misses.
+        x_p_index: where ``x_p`` is in ``train_images`` (required with it).
+        saf_accuracy: ``c_p``'s accuracy on held-out images, if measured (enters the verdict).
     Raises:
-        ValueError: no images, images not ``(n, C, H, W)`` or not matching ``x_p``'s shape,
-            ``n_dataset < 1``, or a classifier returning the wrong shape.
+        ValueError: no images, images not ``(n, C, H, W)`` or not matching ``x_p``'s shape, values
+            outside ``[0, 1]`` or NaN, ``n_dataset < 1``, a classifier returning the wrong shape, or a
+            training set whose size is not ``N_D``.
     """
     if isinstance(n_dataset, bool) or not isinstance(n_dataset, (int, np.integer)) or n_dataset < 1:
         raise ValueError(f"n_dataset (N_D) = {n_dataset!r} must be an integer ≥ 1")
@@ -170,6 +532,16 @@ def audit(
         )
     if not images.is_floating_point():
         raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype} — use load_images()")
+    lo, hi = float(images.min()), float(images.max())
+    if math.isnan(lo) or math.isnan(hi) or bool(torch.isnan(images).any()):
+        raise ValueError("images contain NaN; allowed: finite values in [0, 1]")
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"images have values in [{lo:.3g}, {hi:.3g}]; allowed: [0, 1] (model-range [-1, 1] images: apply safcore.data.from_model_range first)")
+    if train_images is not None:
+        if train_images.ndim != 4 or train_images.shape[0] != n_dataset:
+            raise ValueError(f"train_images has shape {tuple(train_images.shape)}; expected (N_D = {n_dataset}, C, H, W)")
+        if x_p_index is None:
+            raise ValueError("x_p_index is required with train_images: where is x_p in the training set?")
     n = int(images.shape[0])
     cp = _predict(c_p, images, batch_size, "c_p", progress)
     cid = _predict(c_id, images, batch_size, "c_id", progress)
@@ -180,6 +552,12 @@ def audit(
         mae, mse = float(diff.abs().mean()), float((diff**2).mean())
     else:
         mae = mse = math.nan
+    x_p_batch = x_p.to(images.device, images.dtype)[None]
+    cp_on_x_p = bool(_predict(c_p, x_p_batch, 1, "c_p", False)[0])
+    cid_on_x_p = bool(_predict(c_id, x_p_batch, 1, "c_id", False)[0])
+    copies = None
+    if train_images is not None:
+        copies = copy_check(images, train_images, int(x_p_index), cp, cid)
     n_q = int(q.sum())
     return AuditResult(
         n=n,
@@ -194,143 +572,8 @@ def audit(
         cid_indices=tuple(int(i) for i in torch.nonzero(cid).flatten()),
         mae=mae,
         mse=mse,
+        copies=copies,
+        cp_on_x_p=cp_on_x_p,
+        cid_on_x_p=cid_on_x_p,
+        saf_accuracy=None if saf_accuracy is None else float(saf_accuracy),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Where the images come from
-
-IMAGE_SUFFIXES = (".png",)
-
-
-def _to_unit(array: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array)) if isinstance(array, np.ndarray) else array.detach().cpu()
-    if tensor.dtype == torch.uint8:
-        return tensor.float() / 255.0
-    if tensor.dtype == torch.bool or not (tensor.is_floating_point()):
-        raise ValueError(f"{what} have dtype {tensor.dtype}; allowed: uint8 (0..255) or float in [0, 1]")
-    tensor = tensor.float()
-    if tensor.numel() and (float(tensor.min()) < 0.0 or float(tensor.max()) > 1.0):
-        raise ValueError(
-            f"{what} are float with values in [{float(tensor.min()):.3g}, {float(tensor.max()):.3g}]; "
-            f"allowed: [0, 1] (model-range [-1, 1] images: apply safcore.data.from_model_range first)"
-        )
-    return tensor
-
-
-def _to_nchw(tensor: torch.Tensor, what: str) -> torch.Tensor:
-    if tensor.ndim == 3:
-        return tensor[:, None]
-    if tensor.ndim == 4:
-        if tensor.shape[1] in (1, 3):
-            return tensor
-        if tensor.shape[-1] in (1, 3):
-            return tensor.permute(0, 3, 1, 2)
-        raise ValueError(f"{what} of shape {tuple(tensor.shape)}: neither (N, C, H, W) nor (N, H, W, C) with C in (1, 3)")
-    raise ValueError(f"{what} of shape {tuple(tensor.shape)}: allowed (N, H, W), (N, H, W, C) or (N, C, H, W)")
-
-
-def _read_png_folder(folder: Path) -> np.ndarray:
-    from PIL import Image
-
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"folder {str(folder)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images")
-    images = []
-    for file in files:
-        with Image.open(file) as image:
-            if image.mode not in ("L", "RGB"):
-                raise ValueError(f"{str(file)!r} has PIL mode {image.mode!r}; allowed: 'L' (grey) or 'RGB' (8 bit)")
-            images.append(np.asarray(image))
-    shapes = {im.shape for im in images}
-    if len(shapes) != 1:
-        raise ValueError(f"the images in {str(folder)!r} differ in shape: {sorted(shapes)}")
-    return np.stack(images)  # (N, H, W) or (N, H, W, 3) uint8
-
-
-def load_images(source: torch.Tensor | np.ndarray | str | os.PathLike, channels: int | None = None, key: str | None = None) -> torch.Tensor:
-    """Images to audit, as float32 ``(N, C, H, W)`` in ``[0, 1]``.
-
-    Args:
-        source: a tensor or array — uint8 in ``0..255`` or float in ``[0, 1]``, shaped ``(N, H, W)``,
-            ``(N, H, W, C)`` or ``(N, C, H, W)`` with ``C`` in 1 or 3 — or the path of a ``.npy`` /
-            ``.npz`` file holding such an array, or of a folder of ``.png`` files (read in name order).
-        channels: ``3`` repeats grey images three times (the paper's convention); ``None`` keeps them.
-        key: which array of an ``.npz`` to read; default its only array, or ``"images"``.
-    Raises:
-        ValueError: unreadable source, bad dtype/range/shape, no images, or impossible ``channels``.
-    """
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        what = f"images in {str(path)!r}"
-        if path.is_dir():
-            raw: torch.Tensor | np.ndarray = _read_png_folder(path)
-        elif path.suffix == ".npy" and path.is_file():
-            raw = np.load(path, allow_pickle=False)
-        elif path.suffix == ".npz" and path.is_file():
-            with np.load(path, allow_pickle=False) as archive:
-                names = list(archive.files)
-                if key is None:
-                    key = names[0] if len(names) == 1 else ("images" if "images" in names else None)
-                if key is None or key not in names:
-                    raise ValueError(f"{str(path)!r} holds arrays {names}; pass key= to choose one")
-                raw = archive[key]
-        else:
-            raise ValueError(f"cannot read images from {str(path)!r}: allowed a folder of PNGs, a .npy or a .npz file")
-    elif isinstance(source, (torch.Tensor, np.ndarray)):
-        raw, what = source, "images"
-    else:
-        raise ValueError(f"cannot read images from a {type(source).__name__}; allowed: Tensor, ndarray, folder, .npy, .npz")
-    tensor = _to_nchw(_to_unit(raw, what), what)
-    if tensor.shape[0] == 0:
-        raise ValueError(f"{what}: the set is empty (0 images)")
-    return match_channels(tensor, channels)
-
-
-def sample_images_from_unet(
-    unet_or_path: UNet2DModel | ScoreModel | str | os.PathLike,
-    n: int,
-    *,
-    sde: SDE | None = None,
-    method: Method = "euler_maruyama",
-    steps: int = 1000,
-    batch_size: int = 256,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> torch.Tensor:
-    """``n`` images from a diffusers ``UNet2DModel`` (or a folder it was saved to), unit range.
-
-    The U-Net is read as an ε-predictor of the given SDE (default sub-VP) through
-    :class:`safcore.models.ScoreModel` and sampled from the prior with
-    :func:`safcore.sampling.sample` (``method``, ``steps``).
-
-    Returns:
-        float32 ``(n, C, H, W)`` in ``[0, 1]`` on the CPU.
-    """
-    from diffusers import UNet2DModel
-
-    from safcore.data import from_model_range
-    from safcore.models import ScoreModel
-    from safcore.sampling import sample
-
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n = {n!r} images: must be an integer ≥ 1")
-    if isinstance(unet_or_path, ScoreModel):
-        model = unet_or_path if sde is None else ScoreModel(unet_or_path.unet, sde)
-    elif isinstance(unet_or_path, UNet2DModel):
-        model = ScoreModel(unet_or_path, sde)
-    elif isinstance(unet_or_path, (str, os.PathLike)):
-        model = ScoreModel.from_pretrained(unet_or_path, sde)
-    else:
-        raise ValueError(f"expected a UNet2DModel, a ScoreModel or a saved model's folder, got {type(unet_or_path).__name__}")
-    if device is not None:
-        model = model.to(device)
-    model.eval()
-    size = int(model.unet.config.sample_size if isinstance(model.unet.config.sample_size, int) else model.unet.config.sample_size[0])
-    generator = torch.Generator(model.device).manual_seed(seed)
-    result = sample(
-        model, model.sde, shape=(n, model.channels, size, size), method=method, steps=steps,
-        generator=generator, batch_size=batch_size, progress=progress,
-    )
-    return from_model_range(result.images).float().cpu()

@@ -190,3 +190,85 @@ def test_sample_images_from_a_diffusers_unet(tmp_path):
     assert torch.allclose(images, again, atol=1e-5)  # same weights, same seed
     with pytest.raises(ValueError, match="n = 0"):
         sample_images_from_unet(unet, 0)
+
+
+# ------------------------------------------------------------------ the independent copy count and the verdict
+
+
+def planted(private):
+    """16 generated images with a known answer: 5 copies of x_p with its SAF (0-4), 3 of x_p without it
+    (x_i, 5-7), 2 copies each of two other training images (8-11; 11 with an SAF painted on), 4 fresh images."""
+    g = torch.Generator().manual_seed(7)
+    a, b = [j for j in range(private.n) if j != private.index][:2]
+    other = private.images[[a, a, b, b]].clone()
+    other[3:] = apply_saf(other[3:], random_circle_masks(1, 28, private.radius, g), private.grey)
+    return torch.cat([
+        private.x_p[None].repeat(5, 1, 1, 1),
+        private.x_i[None].repeat(3, 1, 1, 1),
+        other,
+        torch.rand(4, 1, 28, 28, generator=g),
+    ]), (a, b)  # fmt: skip
+
+
+def test_copy_check_counts_planted_copies_and_the_adversary_recall_exactly(private):
+    images, (a, b) = planted(private)
+    result = audit(images, has_saf(private), is_x_i_anatomy(private), private.x_p, private.n,
+                   train_images=private.images, x_p_index=private.index)  # fmt: skip
+    c = result.copies
+    assert c.xp_copy_indices == tuple(range(8))  # with and without the SAF: the NN count sees all 8
+    assert c.copy_indices == tuple(range(12)) and c.n_copies == 12 and c.copy_rate == 12 / 16
+    assert c.nearest[:12] == (private.index,) * 8 + (a, a, b, b)
+    assert (c.cp_hits, c.cid_hits, c.q_hits) == (5, 8, 5)
+    assert (c.cp_recall, c.cid_recall, c.q_recall) == (5 / 8, 1.0, 5 / 8)
+    assert (c.cp_others, c.cid_others, c.n_others) == (1, 0, 8)  # the SAF painted on image b
+    assert c.cp_rate_others == 1 / 8 and c.q_not_copies == ()
+    assert c.per_image[private.index] == 8 and c.per_image[a] == 2 and c.per_image[b] == 2 and sum(c.per_image) == 12
+    assert c.evenness_p == pytest.approx(stats.chisquare(np.array(c.per_image, dtype=float)).pvalue)
+    assert result.cp_on_x_p and result.cid_on_x_p
+    # the adversary caught 5 of 8 copies: no statement about |q| = 5 < E|q| may be made
+    verdict = result.verdict()
+    assert verdict.kind == "inconclusive"
+    assert any("caught 5 of the 8" in r for r in verdict.reasons), verdict
+    row = result.to_row()
+    assert row["x_p copies (NN)"] == 8 and row["caught"] == 5 and row["verdict"] == "inconclusive"
+
+
+def test_verdict_follows_the_adversary_and_the_counts(private):
+    c_p, c_id = has_saf(private), is_x_i_anatomy(private)
+    kwargs = dict(train_images=private.images, x_p_index=private.index)
+    copies = private.x_p[None].repeat(4, 1, 1, 1)
+    others = private.others[:12]
+    good = audit(torch.cat([copies, others]), c_p, c_id, private.x_p, private.n, **kwargs, saf_accuracy=0.99)
+    assert good.verdict().kind == "reproduces" and good.verdict().reasons == ()
+    assert "4 of 16 samples" in good.verdict().headline
+    weak = audit(torch.cat([copies, others]), c_p, c_id, private.x_p, private.n, **kwargs, saf_accuracy=0.715)
+    assert weak.verdict().kind == "inconclusive" and "71.5%" in weak.verdict().reasons[0]
+    # a c_p that fires on everything (the issue's Gaussian-blur model): inconclusive, not "fewer than E|q|"
+    c_all = lambda x: torch.ones(x.shape[0], dtype=torch.bool)  # noqa: E731
+    loud = audit(torch.cat([copies, others]), c_all, c_id, private.x_p, private.n, **kwargs)
+    assert loud.verdict().kind == "inconclusive" and any("c_p fires on 12 of the 12" in r for r in loud.verdict().reasons)
+    # a c_p that cannot see x_p's own SAF
+    c_none = lambda x: torch.zeros(x.shape[0], dtype=torch.bool)  # noqa: E731
+    blind = audit(others, c_none, c_id, private.x_p, private.n, **kwargs)
+    assert blind.cp_on_x_p is False and blind.verdict().kind == "inconclusive"
+    # nothing generated is x_p and the adversary is sound: the bound is what the report states
+    none = audit(others, c_p, c_id, private.x_p, private.n, **kwargs, saf_accuracy=0.99)
+    verdict = none.verdict()
+    assert verdict.kind == "not_observed" and f"{100 * none.q_upper():.2g} %" in verdict.headline
+    # without the training set the verdict says that nothing checks the misses
+    bare = audit(others, c_p, c_id, private.x_p, private.n)
+    assert bare.copies is None and any("no independent copy count" in w for w in bare.verdict().warnings)
+    with pytest.raises(ValueError, match="x_p_index"):
+        audit(others, c_p, c_id, private.x_p, private.n, train_images=private.images)
+    with pytest.raises(ValueError, match="N_D = 16"):
+        audit(others, c_p, c_id, private.x_p, private.n, train_images=private.images[:3], x_p_index=0)
+
+
+def test_audit_refuses_images_outside_the_unit_range_or_nan(private):
+    c = lambda x: torch.zeros(x.shape[0], dtype=torch.bool)  # noqa: E731
+    with pytest.raises(ValueError, match=r"allowed: \[0, 1\]"):
+        audit(torch.rand(4, 1, 28, 28) * 2 - 1, c, c, private.x_p, n_dataset=16)
+    bad = torch.rand(4, 1, 28, 28)
+    bad[1, 0, 3, 3] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        audit(bad, c, c, private.x_p, n_dataset=16)
