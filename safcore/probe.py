@@ -1,4 +1,4 @@
-"""Algorithm 1 (paper Sec. 3.4): q_M(t) curves, the anonymity indicator t' and the Darboux bound (Eq. 9).
+"""Algorithm 1 (paper Sec. 3.4): q_M(t) curves, the anonymity indicator t' and the paper's Eq. 9 indicator.
 
 For each noise level ``t`` of a grid, the SAF image ``x_p`` is diffused to ``x_{t,p} ~ p(x_t | x_p)``
 (the forward SDE's marginal, paper Eq. 7), the learned reverse process is run from there ``M`` times,
@@ -8,7 +8,12 @@ and each reverse sample ``x'_{t,p}`` is shown to the adversary's two classifiers
     q_M(t) = (# positives) / M,          t' = max{ t in grid : q_M(t) > 0 }.
 
 ``t'`` is how far ``x_p`` can be pushed into noise and still come back as ``x_p``: high for a model
-that memorises ``x_p``, low (or none) for one that does not.
+that memorises ``x_p``, low (or none) for one that does not. ``q_M`` is random, so ``t'`` is a random
+variable even for a fixed model; :class:`ProbeResult` reports the count it rests on (k of n at t') and,
+with ``ProbeConfig.repeats > 1``, the spread of t' over independent runs.
+
+Models whose t' is known (exact scores of point masses, simulated q(t) curves) live in
+:mod:`safcore.known_answer`.
 
 Conventions (CONTRIBUTING.md): ``x_p`` and everything the classifiers see is unit range ``[0, 1]``;
 ``x_{t,p}`` lives in the SDE's model range ``[-1, 1]``; a score function is any
@@ -25,7 +30,6 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
-from scipy.special import expit
 from scipy.stats import binomtest
 
 from safcore.data import from_model_range, to_model_range
@@ -42,16 +46,16 @@ __all__ = [
     "marginal_std",
     "q_curve",
     "find_t_prime",
-    "darboux_upper_sum",
-    "PointMixtureScore",
-    "probe_at",
-    "adaptive_search",
+    "topdown_search",
     "chunk_sizes",
+    "run_seed",
+    "eq9_indicator",
+    "probe_at",
 ]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Classifier = Callable[[torch.Tensor], torch.Tensor]
-Search = Literal["exhaustive", "adaptive"]
+Search = Literal["exhaustive", "topdown"]
 SamplerMethod = Literal["euler_maruyama", "pc", "ode"]
 
 #: The paper's grid (the author's code): t = 0.99, 0.98, ..., 0.01 (99 values, step 0.01).
@@ -91,10 +95,12 @@ class ProbeConfig:
     Args:
         M: reverse samples per ``t`` (paper: 16); ``>= 1``.
         grid: the t values to probe, any order, each in ``(eps, 1]`` (stored high → low). Default:
-            0.99, 0.98, ..., 0.01 as in the author's code.
-        search: ``"exhaustive"`` evaluates ``q_M`` on every grid t (the full curve of Fig. 6/9, and
-            the Darboux bound); ``"adaptive"`` finds ``t'`` with far fewer network evaluations
-            (see :func:`find_t_prime`).
+            0.99, 0.98, ..., 0.01 as in the author's code. A shorter grid caps the cost: probing only
+            ``t >= 0.5`` answers "is t' at least 0.5?" (no t' then means t' < 0.5).
+        search: ``"exhaustive"`` evaluates ``q_M`` on every grid t (the full curve of Fig. 6/9);
+            ``"topdown"`` walks the grid from the top and stops at the first t with a positive: its t'
+            has exactly the law of the exhaustive t', at the cost of every grid t above t' (cheap for a
+            model that memorises, near-exhaustive for one that does not; see :func:`find_t_prime`).
         method: the reverse sampler (:func:`safcore.sampling.sample`).
         steps_full: reverse steps of a FULL trajectory from ``t = 1`` to ``eps``. A trajectory started
             at ``t`` gets ``steps(t) = ceil((t - eps) / (1 - eps) · steps_full)`` steps, so its step
@@ -102,16 +108,19 @@ class ProbeConfig:
             every t, and the cost of a trajectory grows linearly with t. (The ``"ode"`` sampler picks
             its own steps; its NFE is what the sampler reports.)
         eps: end time of the reverse process (Song et al.: 1e-3).
-        coarse_step: spacing in t of the adaptive search's coarse pass.
-        first_chunk: the adaptive search evaluates the M samples of one t in chunks whose cumulative
-            sizes double (``first_chunk, 2·first_chunk, 4·first_chunk, ..., M``) and stops at the first
-            positive.
+        first_chunk: the top-down search draws the M samples of one t in chunks whose cumulative sizes
+            double (``first_chunk, 2·first_chunk, 4·first_chunk, ..., M``) and stops at the first
+            positive. 1 spends the fewest network evaluations; ``M`` draws all M samples at t' too (so
+            ``k_at_t_prime`` is a count out of M) in one sampler call per t.
         batch_size: most trajectories per sampler call; the exhaustive search puts
             ``max(1, batch_size // M)`` t values (each with its M samples) into one call.
         batch_waste: a t shares a sampler call with higher t only if that costs it at most this
             fraction of extra steps (all trajectories of a call take the same number of steps), so
             the exhaustive NFE stays within ``(1 + batch_waste) · Σ_t M · steps(t)``.
-        seed: seeds one ``torch.Generator`` that draws both ``x_{t,p}`` and the sampler noise.
+        seed: seeds one ``torch.Generator`` that draws both ``x_{t,p}`` and the sampler noise (run 0;
+            further runs use :func:`run_seed`).
+        repeats: independent runs of the search (``>= 1``), each with its own seed
+            (:func:`run_seed`); :class:`ProbeResult` keeps every run's t' and pools their counts.
         n_example_t: number of grid t values (evenly spread, plus t' and the grid point above it)
             whose images are kept in :attr:`ProbeResult.examples` (paper Fig. 4).
         n_examples: images kept per example t (``<= M``).
@@ -123,11 +132,11 @@ class ProbeConfig:
     method: SamplerMethod = "euler_maruyama"
     steps_full: int = 1000
     eps: float = 1e-3
-    coarse_step: float = 0.2
     first_chunk: int = 1
     batch_size: int = 256
     batch_waste: float = 0.1
     seed: int = 0
+    repeats: int = 1
     n_example_t: int = 5
     n_examples: int = 8
 
@@ -137,6 +146,12 @@ class ProbeConfig:
         if not (isinstance(self.eps, (int, float)) and 0.0 < self.eps < 1.0):
             raise ValueError(f"eps={self.eps!r}: the sampler's end time must lie in (0, 1)")
         object.__setattr__(self, "grid", _check_grid(self.grid, self.eps))
+        if self.search == "adaptive":
+            raise ValueError(
+                "search='adaptive' (coarse pass + bisection) was removed: it returned t' more than one grid "
+                "step below the exhaustive t' in most runs on gradual q(t) tails; use 'topdown' (same law "
+                "as the exhaustive t') or 'exhaustive'"
+            )
         if self.search not in get_args(Search):
             raise ValueError(f"search={self.search!r}; allowed: {', '.join(map(repr, get_args(Search)))}")
         if self.method not in get_args(SamplerMethod):
@@ -145,14 +160,14 @@ class ProbeConfig:
             )
         if not isinstance(self.steps_full, (int, np.integer)) or self.steps_full < 1:
             raise ValueError(f"steps_full={self.steps_full!r}: must be an int >= 1")
-        if not (0.0 < self.coarse_step <= 1.0):
-            raise ValueError(f"coarse_step={self.coarse_step!r}: must lie in (0, 1]")
         if not isinstance(self.first_chunk, (int, np.integer)) or not 1 <= self.first_chunk <= self.M:
             raise ValueError(f"first_chunk={self.first_chunk!r}: must be an int in [1, M={self.M}]")
         if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size!r}: must be an int >= 1")
         if not (isinstance(self.batch_waste, (int, float)) and self.batch_waste >= 0):
             raise ValueError(f"batch_waste={self.batch_waste!r}: must be a number >= 0")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, (int, np.integer)) or self.repeats < 1:
+            raise ValueError(f"repeats={self.repeats!r}: the number of runs must be an int >= 1")
         if self.n_example_t < 0 or self.n_examples < 0:
             raise ValueError(
                 f"n_example_t={self.n_example_t!r}, n_examples={self.n_examples!r}: must be >= 0"
@@ -167,6 +182,11 @@ class ProbeConfig:
     def steps(self, t: float) -> int:
         """Reverse steps of a trajectory started at ``t``: ``ceil((t - eps)/(1 - eps) · steps_full)``."""
         return _steps_for(t, self.steps_full, self.eps)
+
+    @property
+    def nfe_exhaustive(self) -> int:
+        """Network evaluations of ONE exhaustive Euler–Maruyama run on this grid, ``Σ_t M · steps(t)``."""
+        return sum(self.M * self.steps(t) for t in self.grid)
 
 
 def _steps_for(t: float, steps_full: int, eps: float) -> int:
@@ -207,7 +227,7 @@ class QCurve:
     """``q_M(t)`` on a set of t (ascending), with 95 % Clopper–Pearson intervals.
 
     All arrays have shape (T,). ``n`` = reverse samples drawn at each t (M for a full evaluation,
-    fewer where the adaptive search stopped at the first positive), ``k`` = positives
+    fewer where the top-down search stopped at the first positive), ``k`` = positives
     (``c_p`` AND ``c_id``), ``k_p`` / ``k_id`` = how often each classifier fired on its own,
     ``q = k / n``; ``nfe_per_t`` = image-network evaluations spent at each t (summed over its
     trajectories) and ``nfe`` their total.
@@ -226,25 +246,35 @@ class QCurve:
     examples: tuple[ProbeExample, ...] = ()
 
 
+
+
 @dataclass(frozen=True, eq=False)
 class ProbeResult:
     """The outcome of Algorithm 1 for one ``x_p``.
 
+    With ``repeats = R > 1`` the R runs are pooled: the counts below are summed over runs, and
+    ``t_prime`` is the largest t with a positive in ANY run — the t' of Algorithm 1 with ``R · M``
+    samples per t (never below a single run's t'; the conservative reading). The single runs' t'
+    (each with M samples per t, comparable with the paper's M = 16) are in ``t_prime_runs``.
+
     Attributes:
-        ts: the evaluated t, ascending, (T,) (every grid t for ``"exhaustive"``, the visited ones for
-            ``"adaptive"``).
-        n, k, k_p, k_id, q, ci_low, ci_high: as in :class:`QCurve`, (T,).
-        M: reverse samples per t asked for.
-        t_prime: the largest t with ``q_M(t) > 0``, or ``None`` when no positive occurred on the
-            grid (t' lies below the smallest grid t; plot it as 0).
-        darboux_bound: the upper Darboux sum of Eq. 9 (:func:`darboux_upper_sum`); for the adaptive
-            search, which does not measure q below t', the conservative value with ``q = 1`` on every
-            grid t <= t' and 0 above.
-        nfe: image-network evaluations actually spent (summed over all trajectories).
-        nfe_exhaustive: what an exhaustive Euler–Maruyama search on the same grid costs,
-            ``Σ_t M · steps(t)`` (no batching overhead) — the reference for the adaptive search's
+        ts: the evaluated t, ascending, (T,) (every grid t for ``"exhaustive"``; for ``"topdown"`` the
+            grid t from the top down to the lowest t' of the runs).
+        n, k, k_p, k_id, q, ci_low, ci_high: as in :class:`QCurve`, (T,), pooled over runs.
+        M: reverse samples per t asked for (per run).
+        t_prime: the largest t with ``q_M(t) > 0`` (over all runs), or ``None`` when no positive occurred
+            on the grid (t' lies below the smallest grid t; plot it as 0).
+        k_at_t_prime, n_at_t_prime: the count t' rests on — positives and samples drawn at t', pooled
+            over runs (``n < M`` where the top-down search stopped at the first positive); ``None``
+            when there is no t'.
+        t_prime_runs: each run's t' (``None``: no positive on the grid), in run order, (R,).
+        eq9_indicator: the paper's Eq. 9 sum with 95 % upper limits of q (:func:`eq9_indicator`). An
+            indicator that grows with t', NOT a probability of generating ``x_p``.
+        nfe: image-network evaluations actually spent (summed over all trajectories and runs).
+        nfe_exhaustive: what exhaustive Euler–Maruyama runs on the same grid cost,
+            ``R · Σ_t M · steps(t)`` (no batching overhead) — the reference for the top-down search's
             saving (PC multiplies every count by ``1 + corrector steps``; for the ODE it is nominal).
-        search: ``"exhaustive"`` or ``"adaptive"``.
+        search: ``"exhaustive"`` or ``"topdown"``.
         grid: the full grid (high → low).
         examples: images of a few t (Fig. 4), ascending in t.
         config: the :class:`ProbeConfig` used.
@@ -260,7 +290,10 @@ class ProbeResult:
     ci_high: np.ndarray
     M: int
     t_prime: float | None
-    darboux_bound: float
+    k_at_t_prime: int | None
+    n_at_t_prime: int | None
+    t_prime_runs: tuple[float | None, ...]
+    eq9_indicator: float
     nfe: int
     nfe_exhaustive: int
     search: Search
@@ -273,81 +306,26 @@ class ProbeResult:
         """``t'`` with "no positive on the grid" mapped to 0 (for plots and tables)."""
         return 0.0 if self.t_prime is None else self.t_prime
 
+    @property
+    def t_prime_spread(self) -> tuple[float | None, float | None, float | None]:
+        """(min, median, max) of ``t_prime_runs``; ``None`` (no t') counts as below every grid t, and the
+        median of an even number of runs is the lower middle value (so it is a grid t or ``None``)."""
+        runs = sorted(self.t_prime_runs, key=lambda t: -1.0 if t is None else t)
+        return runs[0], runs[(len(runs) - 1) // 2], runs[-1]
+
     def __str__(self) -> str:
-        tp = "none (no positive on the grid)" if self.t_prime is None else f"{self.t_prime:.2f}"
+        fmt = lambda t: "none" if t is None else f"{t:.2f}"
+        if self.t_prime is None:
+            head = f"t' = none (no positive at any of the {len(self.grid)} grid t"
+        else:
+            head = f"t' = {self.t_prime:.2f} ({self.k_at_t_prime} of {self.n_at_t_prime} positive at t'"
+        if len(self.t_prime_runs) > 1:
+            lo, mid, hi = self.t_prime_spread
+            head += f"; {len(self.t_prime_runs)} runs: min {fmt(lo)}, median {fmt(mid)}, max {fmt(hi)}"
         return (
-            f"t' = {tp} ({self.search}, M={self.M}, {len(self.ts)} t, NFE={self.nfe:,}), "
-            f"Darboux bound = {self.darboux_bound:.4g}"
+            f"{head}; {self.search}, M={self.M}, {len(self.ts)} t, NFE={self.nfe:,}), "
+            f"Eq. 9 indicator = {self.eq9_indicator:.4g}"
         )
-
-
-@dataclass(frozen=True, eq=False)
-class PointMixtureScore:
-    """Exact score of data made of point masses, ``p_0 = Σ_k w_k δ(x - c_k)``: a model whose t' is known.
-
-    Under a linear-drift SDE ``p_t = Σ_k w_k N(a_t c_k, σ_t² I)`` with ``(a_t, σ_t)`` from
-    ``sde.marginal_prob``, so (Song Eq. 29 marginal, mixture of Gaussians)
-
-        ∇ log p_t(x) = -(x - Σ_k r_k a_t c_k) / σ_t²,   r_k = softmax_k(log w_k - ||x - a_t c_k||² / (2σ_t²)).
-
-    The exact reverse process from ``x_t`` ends at ``c_k`` with probability ``r_k(x_t, t)``. One
-    point at ``x_p``: every reverse sample comes back as ``x_p`` (q = 1 at every t); one point
-    elsewhere: never (q = 0); two points: q falls with t (:meth:`q_exact`).
-
-    Args:
-        sde: the forward SDE.
-        centers: the points ``c_k`` in unit range, (K, C, H, W).
-        log_weights: unnormalised ``log w_k`` (K,); default equal weights.
-    """
-
-    sde: SDE
-    centers: torch.Tensor
-    log_weights: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.centers.ndim != 4 or self.centers.shape[0] < 1:
-            raise ValueError(f"centers must have shape (K, C, H, W) with K >= 1, got {tuple(self.centers.shape)}")
-        if self.log_weights is not None and len(self.log_weights) != self.centers.shape[0]:
-            raise ValueError(
-                f"log_weights has {len(self.log_weights)} entries for {self.centers.shape[0]} centers"
-            )
-
-    def _log_w(self, like: torch.Tensor) -> torch.Tensor:
-        k = self.centers.shape[0]
-        lw = self.log_weights if self.log_weights is not None else (0.0,) * k
-        return torch.as_tensor(lw, dtype=like.dtype, device=like.device)
-
-    def _a_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        one = torch.ones_like(t)
-        return self.sde.marginal_prob(one, t)  # a_t·1 and σ_t, each (B,)
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Score at ``x`` (B, C, H, W) model range, ``t`` (B,) → (B, C, H, W)."""
-        t = t.to(x.dtype)
-        c = to_model_range(self.centers.to(x.device, x.dtype))  # (K, C, H, W)
-        a, s = self._a_sigma(t)
-        means = a.reshape(-1, 1, 1, 1, 1) * c.unsqueeze(0)  # (B, K, C, H, W)
-        d2 = (x.unsqueeze(1) - means).flatten(2).pow(2).sum(-1)  # (B, K)
-        r = torch.softmax(self._log_w(x).unsqueeze(0) - d2 / (2 * s.reshape(-1, 1) ** 2), dim=1)
-        mix = (r.reshape(*r.shape, 1, 1, 1) * means).sum(1)
-        return -(x - mix) / s.reshape(-1, 1, 1, 1) ** 2
-
-    def q_exact(self, t: float, k: int = 0, n_quad: int = 80) -> float:
-        """Exact ``q(t)``: probability that the exact reverse process from ``x_t ~ p(x_t | c_k)`` ends at
-        ``c_k``, i.e. ``E[r_k(x_t, t)]``; two components only (Gauss–Hermite quadrature over the
-        one-dimensional projection of the noise on ``c_k - c_j``)."""
-        if self.centers.shape[0] != 2:
-            raise ValueError("q_exact needs exactly two centers")
-        j = 1 - k
-        c = to_model_range(self.centers.double())
-        dist2 = float((c[k] - c[j]).pow(2).sum())
-        a, s = (float(v) for v in self._a_sigma(torch.tensor([float(t)], dtype=torch.float64)))
-        lw = self._log_w(c)
-        u = a * a * dist2 / (s * s)  # squared distance between the two means in noise units
-        # log r_k/r_j = log w_k/w_j + u/2 + sqrt(u)·ξ with ξ ~ N(0, 1)
-        xi, wq = np.polynomial.hermite_e.hermegauss(n_quad)
-        logit = float(lw[k] - lw[j]) + u / 2 + math.sqrt(u) * xi
-        return float(np.sum(wq * expit(logit)) / math.sqrt(2 * math.pi))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,48 +383,68 @@ def marginal_std(sde: SDE, ts: Sequence[float] | np.ndarray) -> np.ndarray:
     return std.reshape(-1).cpu().numpy().astype(np.float64)
 
 
-def darboux_upper_sum(
-    ts: Sequence[float] | np.ndarray,
-    q: Sequence[float] | np.ndarray,
+def eq9_indicator(
+    grid: Sequence[float] | np.ndarray,
+    k: Sequence[int] | np.ndarray,
+    n: Sequence[int] | np.ndarray,
     sigma: Sequence[float] | np.ndarray | Callable[[np.ndarray], np.ndarray],
+    *,
+    confidence: float = 0.95,
 ) -> float:
-    """Upper Darboux sum of paper Eq. 9 on a sampled curve.
+    """The paper's Eq. 9 sum with upper limits of q: ``Σ_{i=0}^{t'} (σ_{t_{i+1}} - σ_{t_i}) · sup_{[t_i, t_{i+1}]} q``.
 
-    ``Σ_i (σ_{t_{i+1}} - σ_{t_i}) · sup_{[t_i, t_{i+1}]} q`` over neighbouring grid points
-    ``t_0 < t_1 < ... < t_N`` (sorted here), where the sup of a curve known only at the grid points is
-    the larger endpoint value ``max(q_i, q_{i+1})``.
+    Nodes: ``t_0 = 0`` (with ``σ_0 = 0``) and the grid ``t_1 < ... < t_N``. The sum runs over the
+    intervals ``[t_0, t_1], [t_1, t_2], ...`` up to and including the one whose lower end is ``t'``
+    (the largest grid t with ``k > 0``; the paper's ``Σ_{i=0}^{t'}``); when t' is the top of the grid
+    it stops there, and with no t' it is the interval ``[0, t_1]`` alone. The sup of q over an interval
+    is the larger of its endpoints' upper limits ``u``:
 
-    What it bounds: the integral of Eq. 7/8, ``∫ q(t) dσ_t`` from the smallest grid t to the largest,
-    i.e. the probability mass of reproducing ``x_p`` accumulated over noise levels — from above,
-    whenever q is monotone on each grid interval (then the endpoint max is the sup), up to the
-    Monte-Carlo error of ``q_M``. Pass the whole curve: with ``q_M = 0`` above ``t'`` the sum runs
-    "up to t'" and includes the interval from t' to the next grid point (whose sup is ``q(t')``,
-    since q is only known to vanish at that next point). The interval below the smallest grid t is
-    not included.
+    * ``u_i`` = upper end of the two-sided exact (Clopper–Pearson) ``confidence`` interval of
+      ``k_i`` of ``n_i`` (the top of the band in Fig. 6/9) — not the point estimate ``k_i / n_i``;
+    * ``u = 1`` where q was not measured: at ``t_0 = 0`` (below the grid) and at every grid t with
+      ``n_i = 0`` (the top-down search draws nothing below t').
+
+    What it is: the indicator of paper Eq. 7–9, ``∫ q dσ_t`` up to t', i.e. t' measured on the σ scale
+    and weighted by how often ``x_p`` comes back below it. It is NOT a probability of generating
+    ``x_p`` (it reaches 0.86 for a model that generates ``x_p`` in about 3 % of its samples). It is an
+    upper Darboux sum of that integral when q is monotone on each grid interval, with each ``u_i``
+    holding at 95 % for its own t (not jointly over the grid).
 
     Args:
-        ts: grid times (T,), distinct.
-        q: curve values in [0, 1] at ``ts`` (T,).
-        sigma: ``σ_t`` at ``ts`` (T,), or a callable mapping an array of t to σ (e.g.
+        grid: the grid t (N,), distinct, any order.
+        k, n: positives and samples drawn at each grid t (N,); ``n = 0`` means "not evaluated".
+        sigma: ``σ_t`` at ``grid`` (N,), or a callable mapping an array of t to σ (e.g.
             ``lambda t: marginal_std(sde, t)``).
+        confidence: of the two-sided interval whose upper end is used.
 
     Returns:
-        The sum (0.0 for a single point).
+        The sum, in ``[0, σ_max]``.
     """
-    t = np.asarray(ts, dtype=np.float64).reshape(-1)
-    qv = np.asarray(q, dtype=np.float64).reshape(-1)
+    t = np.asarray(grid, dtype=np.float64).reshape(-1)
+    kv = np.asarray(k).reshape(-1)
+    nv = np.asarray(n).reshape(-1)
     s = np.asarray(sigma(t) if callable(sigma) else sigma, dtype=np.float64).reshape(-1)
-    if not (t.shape == qv.shape == s.shape):
-        raise ValueError(f"ts, q and sigma must have the same length, got {t.size}, {qv.size}, {s.size}")
+    if not (t.shape == kv.shape == nv.shape == s.shape):
+        raise ValueError(f"grid, k, n and sigma must have the same length, got {t.size}, {kv.size}, {nv.size}, {s.size}")
     if t.size == 0:
-        raise ValueError("darboux_upper_sum needs at least one t")
+        raise ValueError("eq9_indicator needs at least one grid t")
     if np.unique(t).size != t.size:
-        raise ValueError(f"ts must be distinct, got {t.tolist()}")
-    if np.any(qv < 0) or np.any(qv > 1) or not np.all(np.isfinite(qv)):
-        raise ValueError(f"q must lie in [0, 1], got {qv.tolist()}")
+        raise ValueError(f"the grid must be distinct, got {t.tolist()}")
+    if np.any(kv != np.round(kv)) or np.any(nv != np.round(nv)) or np.any(kv < 0) or np.any(kv > nv):
+        raise ValueError(f"need integer counts 0 <= k <= n, got k={kv.tolist()}, n={nv.tolist()}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence!r} must lie in (0, 1), e.g. 0.95")
     order = np.argsort(t)
-    qv, s = qv[order], s[order]
-    return float(np.sum(np.diff(s) * np.maximum(qv[:-1], qv[1:])))
+    kv, nv, s = kv[order].astype(np.int64), nv[order].astype(np.int64), s[order]
+    u = np.array([1.0 if ni == 0 else _proportion_ci(ki, ni, confidence)[1] for ki, ni in zip(kv, nv)])
+    nodes_s = np.concatenate([[0.0], s])
+    nodes_u = np.concatenate([[1.0], u])
+    positive = np.flatnonzero(kv > 0)
+    last = int(positive.max()) + 1 if positive.size else 0  # node index of t' (0: below the grid)
+    m = min(last, t.size - 1)  # index of the last interval summed
+    widths = np.diff(nodes_s)[: m + 1]
+    sups = np.maximum(nodes_u[:-1], nodes_u[1:])[: m + 1]
+    return float(np.sum(widths * sups))
 
 
 def _classify(clf: Classifier, x_unit: torch.Tensor, name: str) -> torch.Tensor:
@@ -542,8 +540,8 @@ def probe_at(
     return ex, M * b.nfe_each
 
 
-def _proportion_ci(k: int, n: int) -> tuple[float, float]:
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="exact")
+def _proportion_ci(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="exact")
     return float(ci.low), float(ci.high)
 
 
@@ -573,6 +571,24 @@ class _Tally:
         if take:
             q = from_model_range(b.query[rows][:take]).clamp(0.0, 1.0).to("cpu")
             kept.append((q, b.samples[rows][:take], vp[:take], vid[:take]))
+
+    @classmethod
+    def merge(cls, tallies: Sequence[_Tally]) -> _Tally:
+        """One tally with the counts of ``tallies`` summed and their images concatenated (up to ``n_keep``)."""
+        out = cls(tallies[0].n_keep)
+        for tally in tallies:
+            for name in ("n", "k", "k_p", "k_id", "nfe"):
+                into, add = getattr(out, name), getattr(tally, name)
+                for t, v in add.items():
+                    into[t] = into.get(t, 0) + v
+            for t, parts in tally.images.items():
+                kept = out.images.setdefault(t, [])
+                for part in parts:
+                    have = sum(x[0].shape[0] for x in kept)
+                    take = max(0, min(part[0].shape[0], out.n_keep - have))
+                    if take:
+                        kept.append(tuple(x[:take] for x in part))
+        return out
 
     def curve(self, example_ts: Sequence[float]) -> QCurve:
         ts = np.array(sorted(self.n), dtype=np.float64)
@@ -677,6 +693,34 @@ def q_curve(
         :class:`QCurve` (ascending t); ``nfe`` counts image-network evaluations summed over all
         trajectories (a batch of B trajectories of ``s`` steps costs ``B · s``).
     """
+    grid = _check_grid(ts, eps)
+    keep = set(float(t) for t in (example_ts or ()))
+    tally = _fill_q_curve(
+        _Tally(n_examples), score_fn, sde, x_p, c_p, c_id, grid, M, method=method, steps_full=steps_full, eps=eps,
+        batch_size=batch_size, batch_waste=batch_waste, generator=generator, progress=progress,
+    )  # fmt: skip
+    return tally.curve([t for t in grid if t in keep])
+
+
+def _fill_q_curve(
+    tally: _Tally,
+    score_fn: ScoreFn,
+    sde: SDE,
+    x_p: torch.Tensor,
+    c_p: Classifier,
+    c_id: Classifier,
+    ts: Sequence[float] | np.ndarray,
+    M: int,
+    *,
+    method: SamplerMethod,
+    steps_full: int,
+    eps: float,
+    batch_size: int,
+    batch_waste: float,
+    generator: torch.Generator | None,
+    progress: bool,
+) -> _Tally:
+    """:func:`q_curve`'s sampling, counted into ``tally`` (which is returned)."""
     if isinstance(M, bool) or not isinstance(M, (int, np.integer)) or M < 1:
         raise ValueError(f"M={M!r}: the number of reverse samples per t must be an int >= 1")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -685,8 +729,6 @@ def q_curve(
         raise ValueError(f"batch_waste={batch_waste!r}: must be >= 0")
     grid = _check_grid(ts, eps)
     x_p = _as_single_image(x_p)
-    keep = set(float(t) for t in (example_ts or ()))
-    tally = _Tally(n_examples)
 
     # jobs: (list of t, samples per t) per sampler call
     jobs: list[tuple[tuple[float, ...], int]] = []
@@ -713,8 +755,7 @@ def q_curve(
         )  # fmt: skip
         for j, t in enumerate(group):
             tally.add(t, b, slice(j * m, (j + 1) * m))
-    # keep only requested examples
-    return tally.curve([t for t in grid if t in keep])
+    return tally
 
 
 # --------------------------------------------------------------------------------------------------
@@ -737,93 +778,17 @@ def _example_ts(grid_desc: tuple[float, ...], evaluated: Sequence[float], t_prim
     return sorted(chosen)
 
 
-def find_t_prime(
-    score_fn: ScoreFn,
-    sde: SDE,
-    x_p: torch.Tensor,
-    c_p: Classifier,
-    c_id: Classifier,
-    config: ProbeConfig = ProbeConfig(),
-    *,
-    progress: bool = True,
-) -> ProbeResult:
-    """Algorithm 1: ``t' = max{t in grid : q_M(t) > 0}``, by exhaustive or adaptive search.
-
-    ``"exhaustive"``: :func:`q_curve` on every grid t; t' is the LARGEST t with at least one positive
-    (not, as in the author's later code, 1 whenever exactly one positive occurs on the grid); when
-    no t has a positive, ``t_prime`` is ``None`` (t' lies below the grid). The Darboux bound is
-    :func:`darboux_upper_sum` of the measured curve with ``σ_t`` = the SDE's marginal std.
-
-    ``"adaptive"``: assumes that q(t) falls with t (Fig. 6/9) and spends evaluations only where they
-    decide t'. (1) Coarse pass from the top of the grid down, every ``coarse_step`` in t (and the
-    smallest grid t), until the first t with a positive. (2) Bisection on the grid between that t
-    and the coarse point above it (which had none). At each visited t the M samples are drawn in
-    chunks of doubling cumulative size and the evaluation stops at the first positive — a positive
-    needs one, a "no positive" verdict needs all M. t' is the smallest-index grid t found positive.
-
-    What "agree" means: q_M(t) is random, so t' is a random variable even for a fixed model; the
-    two searches use different random draws. They agree (``|t'_adaptive - t'_exhaustive| <=`` one
-    grid step, or both none) whenever the true q(t) drops from well above 1/M to ~0 within a grid
-    step and is monotone; where q lingers at ~1/M over several grid steps each search's t' may land
-    anywhere in that tail, and a positive at a large t isolated between zeros (possible for
-    exhaustive) is found by adaptive only if it falls on a visited t.
-
-    Args:
-        score_fn, sde, x_p, c_p, c_id: as in :func:`q_curve`.
-        config: :class:`ProbeConfig`.
-        progress: tqdm bars.
-
-    Returns:
-        :class:`ProbeResult`.
-    """
-    x_p = _as_single_image(x_p)
-    cfg = config
-    gen = _generator_for(x_p, cfg.seed)
-    grid = cfg.grid  # high -> low
-    nfe_exhaustive = sum(cfg.M * cfg.steps(t) for t in grid)
-    sig = lambda t: marginal_std(sde, t)  # noqa: E731
-
-    if cfg.search == "exhaustive":
-        curve = q_curve(
-            score_fn, sde, x_p, c_p, c_id, grid, cfg.M,
-            method=cfg.method, steps_full=cfg.steps_full, eps=cfg.eps, batch_size=cfg.batch_size,
-            batch_waste=cfg.batch_waste, generator=gen, n_examples=cfg.n_examples, example_ts=grid, progress=progress,
-        )  # fmt: skip
-        pos = curve.ts[curve.k > 0]
-        t_prime = float(pos.max()) if pos.size else None
-        bound = darboux_upper_sum(curve.ts, curve.q, sig)
-        keep = _example_ts(grid, curve.ts.tolist(), t_prime, cfg.n_example_t)
-        examples = tuple(e for e in curve.examples if e.t in keep)
-    else:
-        curve, t_prime = _adaptive(score_fn, sde, x_p, c_p, c_id, cfg, gen, progress)
-        q_hat = [1.0 if (t_prime is not None and t <= t_prime) else 0.0 for t in grid]
-        bound = darboux_upper_sum(grid, q_hat, sig)
-        keep = _example_ts(grid, curve.ts.tolist(), t_prime, cfg.n_example_t)
-        examples = tuple(e for e in curve.examples if e.t in keep)
-
-    return ProbeResult(
-        ts=curve.ts,
-        n=curve.n,
-        k=curve.k,
-        k_p=curve.k_p,
-        k_id=curve.k_id,
-        q=curve.q,
-        ci_low=curve.ci_low,
-        ci_high=curve.ci_high,
-        M=cfg.M,
-        t_prime=t_prime,
-        darboux_bound=bound,
-        nfe=curve.nfe,
-        nfe_exhaustive=nfe_exhaustive,
-        search=cfg.search,
-        grid=grid,
-        examples=examples,
-        config=cfg,
-    )
+def run_seed(seed: int, run: int) -> int:
+    """The seed of run ``run`` of a probe seeded with ``seed``: ``seed`` itself for run 0 (so one run
+    reproduces an earlier single probe), then ``SeedSequence([seed, run])`` (independent streams that
+    do not collide with the runs of ``seed + 1``)."""
+    if run == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(run)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def chunk_sizes(M: int, first_chunk: int = 1) -> list[int]:
-    """The adaptive search's chunks at one t: cumulative sizes ``first_chunk, 2·first_chunk, …, M``.
+    """The top-down search's chunks at one t: cumulative sizes ``first_chunk, 2·first_chunk, …, M``.
 
     >>> chunk_sizes(16)
     [1, 1, 2, 4, 8]
@@ -836,41 +801,132 @@ def chunk_sizes(M: int, first_chunk: int = 1) -> list[int]:
     return sizes
 
 
-def adaptive_search(
-    grid: Sequence[float], positive_at: Callable[[int], bool], coarse_step: float = 0.2
-) -> int | None:
-    """The adaptive t' search on a grid sorted HIGH → LOW; returns the index of t' (None: no positive).
+def topdown_search(n_t: int, M: int, draw: Callable[[int, int], int], first_chunk: int = 1) -> int | None:
+    """The top-down t' search on a grid of ``n_t`` t sorted HIGH → LOW; returns the index of t' (None: none).
 
-    (1) Coarse pass from ``grid[0]`` down, visiting points at least ``coarse_step`` apart and the last
-    grid point, until ``positive_at(i)`` is True. (2) Bisection on indices between that point and the
-    coarse point before it (False there). Exact on a curve where q > 0 exactly below some t; with a
-    random q_M see :func:`find_t_prime`. ``positive_at`` is whatever decides "some positive at
-    grid[i]" (the probe's early-exit evaluation, or a simulation on a known curve).
+    From ``i = 0`` (the largest t) down: draw the M samples of ``grid[i]`` in the chunks of
+    :func:`chunk_sizes` and stop at the first chunk with a positive; that i is t'. ``draw(i, m)``
+    returns the positives among ``m`` new samples at ``grid[i]`` (the probe's reverse samples, or
+    :class:`safcore.known_answer.BernoulliDraws` on a known curve).
+
+    Law: at every t above the answer it draws all M samples and sees no positive, exactly the events
+    that make the exhaustive search's t' lie below that t; at the answer it stops on the first
+    positive of M, which has the exhaustive chance ``1 - (1 - q)^M``. So its t' has exactly the law
+    of the exhaustive t' — on any q(t), monotone or not.
     """
-    coarse = [0]
-    for i in range(1, len(grid)):
-        if grid[i] <= grid[coarse[-1]] - coarse_step + 1e-9:
-            coarse.append(i)
-    if coarse[-1] != len(grid) - 1:
-        coarse.append(len(grid) - 1)
-    lo: int | None = None  # the last coarse point without a positive
-    hi: int | None = None  # the first coarse point with one
-    for i in coarse:
-        if positive_at(i):
-            hi = i
-            break
-        lo = i
-    if hi is not None and lo is not None:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if positive_at(mid):
-                hi = mid
-            else:
-                lo = mid
-    return hi
+    for i in range(n_t):
+        for m in chunk_sizes(M, first_chunk):
+            if draw(i, m) > 0:
+                return i
+    return None
 
 
-def _adaptive(
+def find_t_prime(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x_p: torch.Tensor,
+    c_p: Classifier,
+    c_id: Classifier,
+    config: ProbeConfig = ProbeConfig(),
+    *,
+    progress: bool = True,
+) -> ProbeResult:
+    """Algorithm 1: ``t' = max{t in grid : q_M(t) > 0}``, by exhaustive or top-down search.
+
+    ``"exhaustive"``: :func:`q_curve` on every grid t; t' is the LARGEST t with at least one positive
+    (not, as in the author's later code, 1 whenever exactly one positive occurs on the grid); when
+    no t has a positive, ``t_prime`` is ``None`` (t' lies below the grid). Costs ``Σ_t M · steps(t)``
+    network evaluations (up to ``1 + batch_waste`` times that with batching) and gives the whole
+    q_M(t) curve (Fig. 6/9).
+
+    ``"topdown"`` (:func:`topdown_search`): from the top of the grid down, each t in early-exit
+    chunks, stop at the first t with a positive. Guarantee: its t' has EXACTLY the law of the
+    exhaustive t' (it draws the same events, in the same order, up to the point where the exhaustive
+    answer is fixed), so it agrees with an exhaustive run exactly as often as two exhaustive runs
+    agree with each other — on sharp and gradual q(t) alike. Cost: ``Σ_{t > t'} M · steps(t)`` plus
+    the samples drawn at t' (one to M trajectories) — cheap exactly for a model that memorises, where
+    t' is near the top, and near-exhaustive for one that does not. On the paper grid (0.99 … 0.01,
+    steps ∝ t) the grid t above t' cost 0 % of the exhaustive search at t' = 0.99, 7.9 % at 0.95,
+    17 % at 0.90, 35 % at 0.80, 74 % at 0.5 and 96 % at 0.2, and 100 % with no t'; the samples at t'
+    add at most ``M · steps(t') / Σ_t M · steps(t)`` (≤ 2 %). So it meets a 15 % budget only for
+    t' >= 0.92–0.93. No search whose t' keeps the exhaustive law can do better: the exhaustive t'
+    lies below a t only if all M samples there are negative, so every grid t above t' must be tested
+    with M samples. To cap the cost, probe a shorter grid (``t >= 0.5`` answers "is t' >= 0.5?").
+    It returns q only at the t it visited (the top of the grid down to t'), so draw the q_M(t)
+    curve of Fig. 6/9 from an exhaustive search.
+
+    Rejected (measured in ``benchmarks/bench_probe.py`` by Bernoulli simulation on known curves):
+    coarse pass + bisection (the former ``"adaptive"``; 8–13 % of the exhaustive cost, but on gradual
+    tails its t' fell below the exhaustive t' — mean 0.76 against 0.89 on a two-level curve with
+    q = 0.05 on 0.4–0.9, agreement 0.30 against the 0.73 two exhaustive runs reach — because one
+    negative verdict at a visited t, likely where q ≈ 1/M, sends the bisection below the whole tail)
+    and a stride-10 scan from the top with a top-down scan of the first positive block (10–21 %, the
+    same low bias, smaller: agreement 0.55 there). Both understate risk on exactly the curves where
+    t' is uncertain.
+
+    ``repeats = R``: R independent runs (:func:`run_seed`), pooled — see :class:`ProbeResult` (THE
+    t' is the largest over runs, i.e. Algorithm 1 with ``R · M`` samples per t; ``t_prime_runs``
+    keeps every run's t').
+
+    Args:
+        score_fn, sde, x_p, c_p, c_id: as in :func:`q_curve`.
+        config: :class:`ProbeConfig`.
+        progress: tqdm bars.
+
+    Returns:
+        :class:`ProbeResult`.
+    """
+    x_p = _as_single_image(x_p)
+    cfg = config
+    grid = cfg.grid  # high -> low
+    tallies: list[_Tally] = []
+    primes: list[float | None] = []
+    for run in range(cfg.repeats):
+        gen = _generator_for(x_p, run_seed(cfg.seed, run))
+        if cfg.search == "exhaustive":
+            tally = _fill_q_curve(
+                _Tally(cfg.n_examples), score_fn, sde, x_p, c_p, c_id, grid, cfg.M,
+                method=cfg.method, steps_full=cfg.steps_full, eps=cfg.eps, batch_size=cfg.batch_size,
+                batch_waste=cfg.batch_waste, generator=gen, progress=progress,
+            )  # fmt: skip
+            positive = [t for t in tally.k if tally.k[t] > 0]
+            primes.append(max(positive) if positive else None)
+        else:
+            tally, t_run = _topdown(score_fn, sde, x_p, c_p, c_id, cfg, gen, progress)
+            primes.append(t_run)
+        tallies.append(tally)
+    tally = _Tally.merge(tallies)
+    found = [t for t in primes if t is not None]
+    t_prime = max(found) if found else None
+    keep = _example_ts(grid, list(tally.n), t_prime, cfg.n_example_t)
+    curve = tally.curve(keep)
+    k_grid = [tally.k.get(t, 0) for t in grid]
+    n_grid = [tally.n.get(t, 0) for t in grid]
+    return ProbeResult(
+        ts=curve.ts,
+        n=curve.n,
+        k=curve.k,
+        k_p=curve.k_p,
+        k_id=curve.k_id,
+        q=curve.q,
+        ci_low=curve.ci_low,
+        ci_high=curve.ci_high,
+        M=cfg.M,
+        t_prime=t_prime,
+        k_at_t_prime=None if t_prime is None else int(tally.k[t_prime]),
+        n_at_t_prime=None if t_prime is None else int(tally.n[t_prime]),
+        t_prime_runs=tuple(primes),
+        eq9_indicator=eq9_indicator(grid, k_grid, n_grid, lambda t: marginal_std(sde, t)),
+        nfe=curve.nfe,
+        nfe_exhaustive=cfg.repeats * cfg.nfe_exhaustive,
+        search=cfg.search,
+        grid=grid,
+        examples=curve.examples,
+        config=cfg,
+    )
+
+
+def _topdown(
     score_fn: ScoreFn,
     sde: SDE,
     x_p: torch.Tensor,
@@ -879,33 +935,30 @@ def _adaptive(
     cfg: ProbeConfig,
     gen: torch.Generator,
     progress: bool,
-) -> tuple[QCurve, float | None]:
-    """:func:`adaptive_search` with the early-exit evaluation of :func:`chunk_sizes` at each t."""
+) -> tuple[_Tally, float | None]:
+    """One run of :func:`topdown_search` with the probe's reverse samples as ``draw``."""
     grid = cfg.grid
     tally = _Tally(cfg.n_examples)
     device = x_p.device
-    bar = progress_bar(desc="adaptive t'", unit="t", enabled=progress, leave=False)
+    bar = progress_bar(total=len(grid), desc="top-down t'", unit="t", enabled=progress, leave=False)
 
-    def positive_at(i: int) -> bool:
+    def draw(i: int, m: int) -> int:
         t = grid[i]
-        steps = cfg.steps(t)
-        for m in chunk_sizes(cfg.M, cfg.first_chunk):
-            for j in range(0, m, cfg.batch_size):  # respect batch_size inside a chunk
-                mm = min(cfg.batch_size, m - j)
-                t_vec = torch.full((mm,), t, dtype=torch.float32, device=device)
-                b = _run_batch(
-                    score_fn, sde, x_p, c_p, c_id, t_vec,
-                    method=cfg.method, steps=steps, eps=cfg.eps, generator=gen,
-                )  # fmt: skip
-                tally.add(t, b, slice(0, mm))
-            if tally.k[t] > 0:
-                break
-        bar.update(1)
-        bar.set_postfix(t=f"{t:.3f}", positive=tally.k[t] > 0)
-        return tally.k[t] > 0
+        before = tally.k.get(t, 0)
+        for j in range(0, m, cfg.batch_size):  # respect batch_size inside a chunk
+            mm = min(cfg.batch_size, m - j)
+            t_vec = torch.full((mm,), t, dtype=torch.float32, device=device)
+            b = _run_batch(
+                score_fn, sde, x_p, c_p, c_id, t_vec,
+                method=cfg.method, steps=cfg.steps(t), eps=cfg.eps, generator=gen,
+            )  # fmt: skip
+            tally.add(t, b, slice(0, mm))
+        found = tally.k[t] - before
+        if found or tally.n[t] >= cfg.M:
+            bar.update(1)
+            bar.set_postfix(t=f"{t:.3f}", positive=bool(tally.k[t]))
+        return found
 
-    hi = adaptive_search(grid, positive_at, cfg.coarse_step)
+    hit = topdown_search(len(grid), cfg.M, draw, cfg.first_chunk)
     bar.close()
-    t_prime = grid[hi] if hi is not None else None
-    evaluated = sorted(tally.n)
-    return tally.curve(_example_ts(grid, evaluated, t_prime, cfg.n_example_t)), t_prime
+    return tally, (grid[hit] if hit is not None else None)

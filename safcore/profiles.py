@@ -75,7 +75,7 @@ SMOKE = Profile(
     sample_batch=64,
     classifier=ClassifierConfig(arch="resnet18", stem_stride=2, norm="batch", epochs=20, patience=20, epoch_size=256,
                                 batch_size=32, augmix=False, saf_noise_std=0.05),
-    probe=ProbeConfig(M=4, grid=(*_grid(0.9, 0.1, 0.1), 0.05, 0.02), steps_full=50, coarse_step=0.4, batch_size=64),
+    probe=ProbeConfig(M=4, grid=(*_grid(0.9, 0.1, 0.1), 0.05, 0.02), steps_full=50, batch_size=64),
     n_fid=64,
 )
 
@@ -91,7 +91,7 @@ CPU = Profile(
     sample_batch=128,
     classifier=ClassifierConfig(arch="resnet18", stem_stride=2, norm="batch", epochs=25, patience=8, epoch_size=256,
                                 batch_size=32, augmix=False, saf_noise_std=0.05),
-    probe=ProbeConfig(M=8, grid=_grid(0.95, 0.05, 0.05), steps_full=200, coarse_step=0.2, batch_size=128),
+    probe=ProbeConfig(M=8, grid=_grid(0.95, 0.05, 0.05), steps_full=200, batch_size=128),
     n_fid=512,
 )
 
@@ -107,7 +107,7 @@ PAPER = Profile(
     sample_batch=1024,
     classifier=ClassifierConfig(arch="resnet50", stem_stride=1, norm="batch", epochs=200, patience=20, batch_size=128,
                                 augmix=True, saf_noise_std=0.05),
-    probe=ProbeConfig(M=16, steps_full=1000, coarse_step=0.2, batch_size=1024),
+    probe=ProbeConfig(M=16, steps_full=1000, batch_size=1024),
     n_fid=50_000,
 )
 

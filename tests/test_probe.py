@@ -1,8 +1,9 @@
 """Algorithm 1 (safcore.probe) on score models whose answer is known, and the explorer app.
 
-The models are exact scores of point masses (``PointMixtureScore``): one point at ``x_p`` (every
-reverse sample comes back as ``x_p``: q = 1), one point at another image ``y`` (q = 0) and a
-mixture of the two (q falls with t; its exact value is known by quadrature).
+The models are exact scores of point masses (``safcore.known_answer.PointMixtureScore``): one point
+at ``x_p`` (every reverse sample comes back as ``x_p``: q = 1), one point at another image ``y``
+(q = 0) and a mixture of the two (q falls with t; its exact value is known by quadrature).
+The searches' laws on simulated q(t) curves are tested in test_known_answer.py.
 """
 
 from __future__ import annotations
@@ -14,23 +15,25 @@ import numpy as np
 import pytest
 import torch
 
+from safcore.known_answer import PointMixtureScore
 from safcore.probe import (
     DEFAULT_GRID,
-    PointMixtureScore,
     ProbeConfig,
-    adaptive_search,
     chunk_sizes,
-    darboux_upper_sum,
     diffuse,
+    eq9_indicator,
     find_t_prime,
     marginal_std,
     q_curve,
+    run_seed,
+    topdown_search,
 )
 from safcore.sde import SubVPSDE
 
 GRID = tuple(round(0.05 * i, 2) for i in range(19, 0, -1))  # 0.95, 0.90, ..., 0.05
 STEP = 0.05
 CFG = ProbeConfig(M=16, grid=GRID, steps_full=100, seed=0)
+U0_16 = 1 - 0.025 ** (1 / 16)  # Clopper–Pearson 95 % upper limit of 0 of 16
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -79,6 +82,10 @@ def _probe(sde, images, classifiers, centers, log_w, **kw):
     return find_t_prime(score, sde, x_p, *classifiers, cfg, progress=False)
 
 
+def _sigma(sde, t):
+    return float(marginal_std(sde, [t])[0])
+
+
 # ------------------------------------------------------------------------------------------------
 # known answers
 # ------------------------------------------------------------------------------------------------
@@ -87,38 +94,44 @@ def _probe(sde, images, classifiers, centers, log_w, **kw):
 def test_point_mass_at_xp_always_comes_back(sde, images, classifiers):
     res = _probe(sde, images, classifiers, ["xp"], None)
     assert res.t_prime == 0.95  # the top of the grid
+    assert (res.k_at_t_prime, res.n_at_t_prime) == (16, 16) and res.t_prime_runs == (0.95,)
     np.testing.assert_array_equal(res.k, 16)
     np.testing.assert_array_equal(res.q, 1.0)
     # Clopper–Pearson for 16/16: [0.025^(1/16), 1]
     np.testing.assert_allclose(res.ci_low, 0.025 ** (1 / 16), rtol=1e-6)
     np.testing.assert_allclose(res.ci_high, 1.0)
     np.testing.assert_array_equal(res.ts, sorted(GRID))
-    # Darboux bound of q = 1 over the whole grid: sigma(0.95) - sigma(0.05)
-    s = marginal_std(sde, [0.05, 0.95])
-    assert res.darboux_bound == pytest.approx(s[1] - s[0], rel=1e-9)
-    # adaptive: the first sample at the top of the grid is positive -> one trajectory of steps(0.95)
-    ra = _probe(sde, images, classifiers, ["xp"], None, search="adaptive")
-    assert ra.t_prime == 0.95
-    assert ra.nfe == CFG.steps(0.95) == 95
-    assert str(res).startswith("t' = 0.95 (exhaustive, M=16, 19 t, NFE=")
-    assert "Darboux bound = " in str(res)
+    # Eq. 9 with upper limits: u = 1 on [0, 0.05] and on every interval up to t' = 0.95 -> σ(0.95)
+    assert res.eq9_indicator == pytest.approx(_sigma(sde, 0.95), rel=1e-9)
+    assert str(res).startswith("t' = 0.95 (16 of 16 positive at t'; exhaustive, M=16, 19 t, NFE=")
+    assert str(res).endswith(f"Eq. 9 indicator = {res.eq9_indicator:.4g}")
+    assert "probab" not in str(res) and "Darboux" not in str(res)
+    # top-down: the first sample at the top of the grid is positive -> one trajectory of steps(0.95)
+    td = _probe(sde, images, classifiers, ["xp"], None, search="topdown")
+    assert td.t_prime == 0.95 and (td.k_at_t_prime, td.n_at_t_prime) == (1, 1)
+    assert td.nfe == CFG.steps(0.95) == 95
+    np.testing.assert_array_equal(td.ts, [0.95])
+    assert td.eq9_indicator == pytest.approx(_sigma(sde, 0.95), rel=1e-9)  # nothing measured below: u = 1
+    assert str(td).startswith("t' = 0.95 (1 of 1 positive at t'; topdown, M=16, 1 t, NFE=95)")
 
 
 def test_point_mass_elsewhere_never_comes_back(sde, images, classifiers):
     res = _probe(sde, images, classifiers, ["y"], None)
     assert res.t_prime is None and res.t_prime_or_zero == 0.0
+    assert res.k_at_t_prime is None and res.n_at_t_prime is None and res.t_prime_runs == (None,)
     np.testing.assert_array_equal(res.k, 0)
-    assert res.darboux_bound == 0.0
     assert res.k_p.sum() == 16 * 19  # the disk is grey in y as well: only c_id says no
     assert res.k_id.sum() == 0
-    np.testing.assert_allclose(res.ci_high, 1 - 0.025 ** (1 / 16), rtol=1e-6)
-    assert "t' = none" in str(res)
-    # adaptive: coarse pass 0.95, 0.75, 0.55, 0.35, 0.15 and the bottom 0.05, all M samples each
-    ra = _probe(sde, images, classifiers, ["y"], None, search="adaptive")
-    assert ra.t_prime is None
-    np.testing.assert_allclose(ra.ts, [0.05, 0.15, 0.35, 0.55, 0.75, 0.95])
-    assert ra.nfe == 16 * (5 + 15 + 35 + 55 + 75 + 95)
-    assert ra.nfe < res.nfe
+    np.testing.assert_allclose(res.ci_high, U0_16, rtol=1e-6)
+    # Eq. 9: only [0, t_min], where q is unknown (u = 1): σ(0.05), not 0
+    assert res.eq9_indicator == pytest.approx(_sigma(sde, 0.05), rel=1e-9) and res.eq9_indicator > 0.02
+    assert str(res).startswith("t' = none (no positive at any of the 19 grid t; exhaustive")
+    # top-down: no positive anywhere -> every grid t with all M samples: the exhaustive cost, no saving
+    td = _probe(sde, images, classifiers, ["y"], None, search="topdown")
+    assert td.t_prime is None
+    np.testing.assert_allclose(td.ts, sorted(GRID))
+    np.testing.assert_array_equal(td.n, 16)
+    assert td.nfe == td.nfe_exhaustive == CFG.nfe_exhaustive == 16 * sum(CFG.steps(t) for t in GRID)
 
 
 def test_mixture_t_prime_strictly_inside_and_q_matches_exact(sde, images, classifiers):
@@ -132,9 +145,9 @@ def test_mixture_t_prime_strictly_inside_and_q_matches_exact(sde, images, classi
     assert np.abs(res.q - q_exact).max() < 0.3
     assert q_exact[res.ts == 0.5][0] == pytest.approx(0.986, abs=1e-3)
     assert q_exact[res.ts == 0.6][0] < 1e-9
-    # the bound over the measured curve: between the q = 1 part and q = 1 up to the point above t'
-    s = dict(zip(res.ts, marginal_std(sde, res.ts)))
-    assert s[0.45] - s[0.05] <= res.darboux_bound <= s[round(res.t_prime + STEP, 2)] - s[0.05]
+    assert res.k_at_t_prime == res.k[res.ts == res.t_prime][0] > 0 and res.n_at_t_prime == 16
+    # Eq. 9 runs to the interval above t': between σ(t') and σ(t' + step)
+    assert _sigma(sde, res.t_prime) <= res.eq9_indicator <= _sigma(sde, res.t_prime + STEP)
     # examples (Fig. 4): t' is among them, images in unit range, verdicts per image
     ex = {e.t: e for e in res.examples}
     assert res.t_prime in ex and len(ex) >= 5
@@ -145,16 +158,51 @@ def test_mixture_t_prime_strictly_inside_and_q_matches_exact(sde, images, classi
 
 
 @pytest.mark.parametrize("centers,log_w", [(["xp"], None), (["y"], None), (["xp", "y"], (-100.0, 0.0))])
-def test_adaptive_agrees_with_exhaustive_with_fewer_nfe(sde, images, classifiers, centers, log_w):
+def test_topdown_agrees_with_exhaustive_and_costs_the_grid_above_t_prime(sde, images, classifiers, centers, log_w):
     for seed in (0, 1) if len(centers) == 2 else (0,):  # only the mixture's q_M is random
         ex = _probe(sde, images, classifiers, centers, log_w, seed=seed)
-        ad = _probe(sde, images, classifiers, centers, log_w, seed=seed, search="adaptive")
+        td = _probe(sde, images, classifiers, centers, log_w, seed=seed, search="topdown")
         if ex.t_prime is None:
-            assert ad.t_prime is None
+            assert td.t_prime is None
         else:
-            assert abs(ad.t_prime - ex.t_prime) <= STEP + 1e-9
-        assert ad.nfe < 0.5 * ex.nfe_exhaustive
-        assert ad.nfe_exhaustive == ex.nfe_exhaustive == sum(16 * CFG.steps(t) for t in GRID)
+            assert abs(td.t_prime - ex.t_prime) <= STEP + 1e-9
+            # the cost: all M samples at every grid t above t', and the n drawn at t'
+            above = sum(16 * CFG.steps(t) for t in GRID if t > td.t_prime)
+            assert td.nfe == above + td.n_at_t_prime * CFG.steps(td.t_prime)
+            np.testing.assert_allclose(td.ts, [t for t in sorted(GRID) if t >= td.t_prime])
+        assert td.nfe_exhaustive == ex.nfe_exhaustive == sum(16 * CFG.steps(t) for t in GRID)
+
+
+def test_repeats_pool_runs_and_keep_each_t_prime(sde, images, classifiers):
+    x_p, y, _ = images
+    score = PointMixtureScore(sde, torch.cat([x_p, y]), (-100.0, 0.0))
+    cfg = dataclasses.replace(CFG, search="topdown", repeats=4)
+    res = find_t_prime(score, sde, x_p, *classifiers, cfg, progress=False)
+    assert len(res.t_prime_runs) == 4
+    assert res.t_prime == max(res.t_prime_runs)  # THE t': any run's positive counts (R·M samples per t)
+    # run 0 is the single probe of the same seed
+    single = find_t_prime(score, sde, x_p, *classifiers, dataclasses.replace(cfg, repeats=1), progress=False)
+    assert res.t_prime_runs[0] == single.t_prime
+    # pooled counts: at every grid t above t' all four runs drew M samples; none drew below the lowest run's t'
+    np.testing.assert_array_equal(res.n[res.ts > res.t_prime], 4 * 16)
+    assert res.ts.min() == min(res.t_prime_runs)
+    assert res.n_at_t_prime == int(res.n[res.ts == res.t_prime][0]) and res.k_at_t_prime >= 1
+    assert res.nfe_exhaustive == 4 * CFG.nfe_exhaustive
+    lo, mid, hi = res.t_prime_spread
+    assert lo == min(res.t_prime_runs) and hi == max(res.t_prime_runs) and lo <= mid <= hi
+    assert f"; 4 runs: min {lo:.2f}, median {mid:.2f}, max {hi:.2f}; topdown" in str(res)
+    # exhaustive repeats: n = R·M everywhere, the same t' rule
+    rex = find_t_prime(score, sde, x_p, *classifiers, dataclasses.replace(cfg, search="exhaustive", repeats=2),
+                       progress=False)  # fmt: skip
+    np.testing.assert_array_equal(rex.n, 32)
+    assert rex.t_prime == max(rex.t_prime_runs) == float(rex.ts[rex.k > 0].max())
+
+
+def test_run_seeds_are_distinct_and_run_zero_is_the_seed():
+    assert run_seed(7, 0) == 7
+    seeds = {run_seed(s, r) for s in range(5) for r in range(1, 6)}
+    assert len(seeds) == 25 and all(0 <= x < 2**63 for x in seeds)
+    assert run_seed(0, 1) == run_seed(0, 1) != run_seed(1, 0)
 
 
 def test_author_bug_single_positive_gives_its_own_t(sde, images, classifiers):
@@ -174,22 +222,25 @@ def test_author_bug_single_positive_gives_its_own_t(sde, images, classifiers):
     res = find_t_prime(score, sde, x_p, c_p, c_id_once, cfg, progress=False)
     assert res.k.sum() == 1
     assert res.t_prime == 0.5
+    assert (res.k_at_t_prime, res.n_at_t_prime) == (1, 16)
 
 
-@pytest.mark.parametrize("coarse_step", [0.05, 0.2, 0.33, 1.0])
-def test_adaptive_search_is_exact_on_a_step_curve(coarse_step):
-    """q > 0 exactly for t <= grid[c]: the search returns c for every c, visiting few points."""
+def test_topdown_search_on_a_step_curve_visits_exactly_the_grid_down_to_t_prime():
+    """q > 0 exactly for grid index >= c: the search returns c and draws all M above it, 1 sample at c."""
     n = len(DEFAULT_GRID)
     for c in range(n + 1):
-        visited = []
+        drawn = []
 
-        def positive_at(i):
-            visited.append(i)
-            return i >= c
+        def draw(i, m):
+            drawn.append((i, m))
+            return m if i >= c else 0
 
-        got = adaptive_search(DEFAULT_GRID, positive_at, coarse_step)
-        assert got == (c if c < n else None)
-        assert len(set(visited)) == len(visited) <= 25
+        assert topdown_search(n, 16, draw) == (c if c < n else None)
+        per_t = {}
+        for i, m in drawn:
+            per_t[i] = per_t.get(i, 0) + m
+        assert per_t == {i: (1 if i == c else 16) for i in range(min(c + 1, n))}
+    assert topdown_search(3, 4, lambda i, m: 0, first_chunk=4) is None
 
 
 def test_chunk_sizes():
@@ -244,21 +295,34 @@ def test_nfe_with_batching_across_t(sde, images, classifiers):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_darboux_sum_on_a_hand_made_curve():
+def test_eq9_indicator_by_hand_on_a_tiny_grid():
     ts = [0.1, 0.2, 0.3, 0.4]
-    q = [1.0, 0.5, 0.25, 0.0]
     sigma = [0.1, 0.3, 0.6, 1.0]
-    # 0.2·max(1, .5) + 0.3·max(.5, .25) + 0.4·max(.25, 0) = 0.2 + 0.15 + 0.1
-    assert darboux_upper_sum(ts, q, sigma) == pytest.approx(0.45)
-    assert darboux_upper_sum(ts[::-1], q[::-1], sigma[::-1]) == pytest.approx(0.45)
-    # a non-monotone curve: the sup of each interval is its larger endpoint
-    assert darboux_upper_sum(ts, [0.0, 1.0, 0.0, 0.5], sigma) == pytest.approx(0.2 + 0.3 + 0.2)
-    assert darboux_upper_sum([0.3], [1.0], [0.6]) == 0.0
-    assert darboux_upper_sum(ts, q, lambda t: 2 * np.asarray(t)) == pytest.approx(0.2 + 0.1 + 0.05)
+    u_1of2 = 0.975 ** (1 / 2)  # Clopper–Pearson 95 % upper limit of k = n - 1: 0.975^(1/n)
+    # t' = 0.2 (1 of 2): [0, .1] u = 1 (below the grid), [.1, .2] max(1, u(1/2)), [.2, .3] max(u(1/2), u(0/16));
+    # [.3, .4] lies above the interval over t' and is not summed (the paper's Σ_{i=0}^{t'})
+    k, n = [2, 1, 0, 0], [2, 2, 16, 16]
+    expected = 0.1 * 1 + 0.2 * 1 + 0.3 * u_1of2
+    assert expected == pytest.approx(0.596227, abs=1e-6)
+    assert eq9_indicator(ts, k, n, sigma) == pytest.approx(expected, rel=1e-9)
+    assert eq9_indicator(ts[::-1], k[::-1], n[::-1], sigma[::-1]) == pytest.approx(expected, rel=1e-9)
+    # the point estimates without [0, t_min] (the former Darboux sum) would give 0.2·1 + 0.3·0.5 + 0.4·0 = 0.35
+    # a grid t not evaluated counts as q <= 1
+    assert eq9_indicator(ts, k, [2, 2, 0, 16], sigma) == pytest.approx(0.1 + 0.2 + 0.3, rel=1e-9)
+    # top-down style: nothing measured below t' = 0.3 (1 of 1), 0 of 16 above
+    assert eq9_indicator(ts, [0, 0, 1, 0], [0, 0, 1, 16], sigma) == pytest.approx(1.0, rel=1e-9)
+    # t' at the top of the grid (1 of 1): every interval up to σ(0.4), 0 of 16 between
+    assert eq9_indicator(ts, [1, 0, 0, 1], [1, 16, 16, 1], sigma) == pytest.approx(0.1 + 0.2 + 0.3 * U0_16 + 0.4)
+    # no t': [0, t_min] alone, where q is unknown
+    assert eq9_indicator(ts, [0, 0, 0, 0], [16] * 4, sigma) == pytest.approx(0.1, rel=1e-9)
+    assert eq9_indicator([0.3], [0], [16], [0.6]) == pytest.approx(0.6, rel=1e-9)
+    assert eq9_indicator(ts, k, n, lambda t: 2 * np.asarray(t)) == pytest.approx(0.2 + 0.2 + 0.2 * u_1of2)
     with pytest.raises(ValueError, match="same length"):
-        darboux_upper_sum(ts, q[:3], sigma)
-    with pytest.raises(ValueError, match=r"q must lie in \[0, 1\]"):
-        darboux_upper_sum(ts, [1.5, 0, 0, 0], sigma)
+        eq9_indicator(ts, k[:3], n, sigma)
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        eq9_indicator(ts, [3, 0, 0, 0], [2, 2, 2, 2], sigma)
+    with pytest.raises(ValueError, match="distinct"):
+        eq9_indicator([0.1, 0.1], [0, 0], [1, 1], [0.1, 0.1])
 
 
 def test_diffuse_matches_the_sde_marginal(sde, images):
@@ -275,10 +339,11 @@ def test_diffuse_matches_the_sde_marginal(sde, images):
 def test_default_grid_and_steps():
     assert len(DEFAULT_GRID) == 99 and DEFAULT_GRID[0] == 0.99 and DEFAULT_GRID[-1] == 0.01
     cfg = ProbeConfig()
-    assert cfg.M == 16 and cfg.grid == DEFAULT_GRID and cfg.search == "exhaustive"
+    assert cfg.M == 16 and cfg.grid == DEFAULT_GRID and cfg.search == "exhaustive" and cfg.repeats == 1
     assert cfg.steps(0.99) == 990 and cfg.steps(0.5) == 500 and cfg.steps(0.01) == 10
     assert ProbeConfig(grid=[0.2, 0.7, 0.5]).grid == (0.7, 0.5, 0.2)  # stored high -> low
     assert ProbeConfig(grid=(0.9, 0.5)).grid_step == pytest.approx(0.4)
+    assert ProbeConfig(M=2, grid=(0.9, 0.5), steps_full=10).nfe_exhaustive == 2 * (9 + 5)
 
 
 @pytest.mark.parametrize(
@@ -294,7 +359,8 @@ def test_default_grid_and_steps():
         ({"search": "binary"}, "search='binary'"),
         ({"method": "ddim"}, "method='ddim'"),
         ({"steps_full": 0}, "steps_full"),
-        ({"coarse_step": 0.0}, "coarse_step"),
+        ({"search": "adaptive"}, "'adaptive' .* was removed"),
+        ({"repeats": 0}, "repeats=0"),
         ({"first_chunk": 17}, "first_chunk"),
     ],
 )
