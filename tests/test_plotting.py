@@ -120,6 +120,30 @@ def test_q_curve_one_or_several_curves_with_t_prime():
         plotting.q_curve(ts, q[:-1], q, q, 0.4, "x")
 
 
+def test_q_curve_says_what_it_shows():
+    ts = np.array([0.05, 0.1, 0.15, 0.2])
+    k, n = np.array([8, 8, 1, 0]), np.array([8, 8, 8, 8])
+    q = k / n
+    figure = plotting.q_curve(ts, q, q * 0.5, np.minimum(q + 0.3, 1), 0.15, "N_D = 16", k=k, n=n)
+    ax = figure.axes[0]
+    assert ax.get_xlabel() == "diffusion time t (0 = image, 1 = noise)"
+    assert "$q_M(t)$" in ax.get_ylabel() and "reverse samples" in ax.get_ylabel() and "SAF" in ax.get_ylabel()
+    assert ax.get_title() == "$x_p$ comes back from t' = 0.15 (1/8)"  # the finding, with its count
+    assert [t.get_text() for t in ax.texts] == ["t' = 0.15 (1/8)"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["N_D = 16", "95 % Clopper–Pearson"]
+    # several curves: each t' with its count and its label; no t' is said as such
+    pair = plotting.q_curve([ts, ts], [q, q * 0], [q, q * 0], [q, q * 0 + 0.3], [0.15, None], ["N_D = 16", "N_D = 64"],
+                            k=[k, k * 0], n=[n, n])  # fmt: skip
+    assert pair.axes[0].get_title() == "$x_p$ comes back from t' = 0.15 (1/8) for N_D = 16, none ≥ 0.05 for N_D = 64"
+    none = plotting.q_curve(ts, q * 0, q * 0, q * 0 + 0.3, None)
+    assert none.axes[0].get_title() == "$x_p$ did not come back from any probed t (t ≥ 0.05)"
+    assert plotting.q_curve(ts, q, q, q, 0.15, title="mine").axes[0].get_title() == "mine"
+    with pytest.raises(ValueError, match="k and n together"):
+        plotting.q_curve(ts, q, q, q, 0.15, k=k)
+    with pytest.raises(ValueError, match="not one of the probed t"):
+        plotting.q_curve(ts, q, q, q, 0.3, k=k, n=n)
+
+
 def test_reverse_examples_two_rows_per_t(images):
     figure = plotting.reverse_examples({0.5: images[:2], 0.1: images[2]}, {0.1: images[3], 0.5: images[4:6]}, per_t=2)
     assert len(figure.axes) == 2 * 3  # t = 0.1 (one image) + t = 0.5 (two), queries above samples
