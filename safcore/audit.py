@@ -396,7 +396,10 @@ class AuditResult:
                     f"{c.per_image[top]} samples, x_p in {c.per_image[c.x_p_index]}): |q| below E|q| can mean "
                     f"uneven copying, not protection"
                 )
-            if c.copy_rate < 1.0:
+            if c.n_copies == 0:
+                warnings.append(f"none of the {c.n} samples copies a training image: E|q| = n/N_D, which assumes every "
+                                f"sample is a copy, does not describe this model")
+            elif c.copy_rate < 1.0:
                 warnings.append(
                     f"E|q| = n/N_D assumes every sample is a copy; {c.n_copies} of {c.n} are "
                     f"(H0 at that rate: p = {self.p_value_copy_rate if self.p_value_copy_rate is not None else math.nan:.2g})"

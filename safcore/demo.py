@@ -57,8 +57,14 @@ def _stages(study: Study) -> list[tuple[str, Callable[[], object]]]:
     ]
 
 
-def run_demo(study: Study, out_dir: str | Path, *, progress: bool = True) -> DemoReport:
-    """Run every stage of ``study`` and write the report into ``out_dir`` (created)."""
+def run_demo(study: Study, out_dir: str | Path, *, spread_runs: int = 3, progress: bool = True) -> DemoReport:
+    """Run every stage of ``study`` and write the report into ``out_dir`` (created).
+
+    ``spread_runs`` further t' probes (top-down search, other seeds; 0: none) show how much t' varies:
+    t' is a random variable even for a fixed model (it rests on M reverse samples per t).
+    """
+    if isinstance(spread_runs, bool) or not isinstance(spread_runs, int) or spread_runs < 0:
+        raise ValueError(f"spread_runs = {spread_runs!r} must be an integer ≥ 0")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -81,49 +87,127 @@ def run_demo(study: Study, out_dir: str | Path, *, progress: bool = True) -> Dem
     samples = results["audit samples"]
     audit_result = study.audit()
     probe_result: ProbeResult = results["t' probe"]  # type: ignore[assignment]
+    spread = study.probe(study.probe_config(search="topdown", repeats=spread_runs, seed=study.probe_config().seed + 1)) if spread_runs else None
     accuracies = study.classifier_accuracies()
     copies = study.copies()
     seconds = time.perf_counter() - start
-    _write_report(study, out_dir, audit_result, probe_result, accuracies, copies, samples, seconds)
+    _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds)
     return DemoReport(repr(study), audit_result, probe_result, accuracies, copies, seconds, out_dir)
 
 
-def _write_report(study, out_dir, audit_result, probe_result, accuracies, copies, samples, seconds) -> None:
+def _md_table(rows: list[dict]) -> list[str]:
+    head = rows[0]
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return (["| " + " | ".join(k.replace("|", "\\|") for k in head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+            + ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in row.values()) + " |" for row in rows])
+
+
+def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds) -> None:
     x_p = study.private.x_p
-    figure = plotting.audit_gallery(samples, {"q-positives": audit_result.q_indices}, x_p)
+    verdict = audit_result.verdict()
+    check = audit_result.copies
+    u = audit_result.q_upper()
+    headline = f"|q| = {audit_result.n_q} of {audit_result.n} (E|q| = {audit_result.expected_q:.3g}); P(x_p) ≤ {u:.2%} (95 %)"
+    groups = {"q-positives": audit_result.q_indices}
+    missed = tuple(i for i in check.xp_copy_indices if i not in set(audit_result.q_indices))
+    groups["x_p copies the adversary missed"] = missed
+    groups["c_p+ that are not x_p"] = tuple(i for i in audit_result.cp_indices
+                                            if i not in set(check.xp_copy_indices) | set(audit_result.q_indices))
+    figure = plotting.audit_gallery(samples, groups, x_p, title=headline)
     plotting.save_figure(figure, out_dir / "q_positives.png")
     figure = plotting.q_curve(probe_result.ts, probe_result.q, probe_result.ci_low, probe_result.ci_high,
-                              probe_result.t_prime, label=f"N_D={study.n_dataset}")
+                              probe_result.t_prime, label=f"N_D={study.n_dataset}", k=probe_result.k, n=probe_result.n)
     plotting.save_figure(figure, out_dir / "q_curve.png")
-    figure = plotting.image_grid(samples[:64], ncols=16, highlight=set(int(i) for i in audit_result.q_indices if i < 64))
+    overview = {"q": audit_result.q_indices, "missed x_p copy": missed}
+    figure = plotting.samples_overview(samples, overview, n_show=64, ncols=16,
+                                       title=f"{headline}; every q-positive (red) and missed x_p copy (orange) framed")
     plotting.save_figure(figure, out_dir / "samples.png")
-    row = audit_result.to_row()
+    figure = plotting.copies_per_image(check.per_image, check.x_p_index, n_samples=audit_result.n)
+    plotting.save_figure(figure, out_dir / "copies_per_image.png")
+    need = audit_result.samples_to_bound()
+    tab1 = {k: v for k, v in audit_result.to_row().items() if k in ("N_D", "n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "P(x_p) ≤", "MAE", "MSE")}
+    checks = {
+        "x_p copies (NN)": check.n_xp_copies,
+        "caught (c_p ∧ c_id)": check.q_hits,
+        "c_p recall": check.cp_recall,
+        "c_id recall": check.cid_recall,
+        "q+ not NN copies": len(check.q_not_copies),
+        "c_p+ on others": f"{check.cp_others}/{check.n_others}",
+        "c_id+ on others": f"{check.cid_others}/{check.n_others}",
+        "copies of any image": f"{check.n_copies}/{check.n}",
+        "evenness χ² p": check.evenness_p,
+    }
     lines = [
         f"# safcore audit — {study.data.name}, N_D = {study.n_dataset}, profile {study.profile.name}",
         "",
         "Will this model hand back the fingerprinted training image x_p?",
         "",
-        "| " + " | ".join(k.replace("|", "\\|") for k in row) + " |",
-        "| " + " | ".join("---" for _ in row) + " |",
-        "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |",
+        f"**{verdict.headline}**",
         "",
-        f"- **|q| = {audit_result.n_q}** of {audit_result.n} samples are x_p with its SAF "
-        f"(E|q| = n/N_D = {audit_result.expected_q:.3g}; one-sided binomial p = {audit_result.p_value:.3g}).",
-        f"- {copies} of {audit_result.n} samples copy some training image (Carlini et al. 2023 criterion).",
-        f"- **t' = {probe_result.t_prime}** — {probe_result}",
-        f"- c_p SAF accuracy (test) {accuracies['saf_accuracy']:.1%}; c_id ID accuracy (train) {accuracies['id_accuracy']:.1%}.",
-        f"- {seconds / 60:.1f} min in all.",
+        *[f"- **Not conclusive:** {r}." for r in verdict.reasons],
+        *[f"- Warning: {w}." for w in verdict.warnings],
         "",
-        "![q-positives beside x_p](q_positives.png)",
+        "## The adversary's count (paper Tab. 1)",
+        "",
+        *_md_table([tab1]),
+        "",
+        f"- |q| = {audit_result.n_q} of {audit_result.n} samples are x_p with its SAF by the adversary (c_p ∧ c_id); "
+        f"E|q| = n/N_D = {audit_result.expected_q:.3g}; one-sided binomial p = {audit_result.p_value:.3g} "
+        f"(H0 at the measured copy rate: p = {audit_result.p_value_copy_rate if audit_result.p_value_copy_rate is not None else float('nan'):.3g}).",
+        f"- With 95 % confidence the model generates x_p with its SAF in at most **{u:.2%}** of its samples "
+        f"(exact Clopper–Pearson); 1/N_D = {1 / study.n_dataset:.2%}. "
+        + (f"Bounding it below 1/N_D needs ≥ {need:,} samples at this rate." if need is not None
+           else "At this rate no number of samples bounds it below 1/N_D."),
+        "",
+        "## The independent copy count (nearest training image, Carlini et al. 2023 ratio < 0.5)",
+        "",
+        *_md_table([checks]),
+        "",
+        f"- {check.n_xp_copies} samples copy x_p by nearest neighbour (P ≤ {audit_result.copies_upper():.2%} at 95 %); "
+        f"the adversary caught {check.q_hits} of them (c_p {check.cp_hits}, c_id {check.cid_hits}).",
+        f"- c_p fires on x_p itself: {audit_result.cp_on_x_p}; c_id: {audit_result.cid_on_x_p}. "
+        f"c_p SAF accuracy (test split) {accuracies['saf_accuracy']:.1%}; c_id ID accuracy (train) {accuracies['id_accuracy']:.1%}.",
+        f"- {copies} of {audit_result.n} samples copy some training image; x_p is copied in "
+        f"{check.per_image[check.x_p_index]}, the most-copied image in {max(check.per_image)}.",
+        "",
+        "## t' (Algorithm 1)",
+        "",
+        f"- {probe_result}",
+        *([f"- Spread: {len(spread.t_prime_runs)} further top-down probes (same M, other seeds) give t' = "
+           + ", ".join("none" if t is None else f"{t:.2f}" for t in spread.t_prime_runs)
+           + " — the top-down search draws t' from the same law as the exhaustive one."] if spread is not None else []),
+        "- The Eq. 9 indicator (the paper's sum over σ_t with 95 % Clopper–Pearson upper limits of q, "
+        "[0, t_min] counted as q = 1) is an index of how far into the noise x_p survives, not a probability.",
+        "",
+        f"{seconds / 60:.1f} min in all.",
+        "",
+        "![q-positives, missed copies and c_p false positives beside x_p](q_positives.png)",
         "",
         "![q_M(t)](q_curve.png)",
         "",
-        "![samples, q-positives framed](samples.png)",
+        "![samples: every q-positive and missed x_p copy framed](samples.png)",
+        "",
+        "![copies per training image](copies_per_image.png)",
         "",
     ]
     atomic_write(out_dir / "report.md", "\n".join(lines))
-    summary = {"audit": row, "t_prime": probe_result.t_prime, "darboux_bound": probe_result.darboux_bound,
-               "nfe": probe_result.nfe, "copies": copies, **accuracies, "seconds": seconds}
+    summary = {
+        "verdict": {"kind": verdict.kind, "headline": verdict.headline, "reasons": list(verdict.reasons),
+                    "warnings": list(verdict.warnings)},
+        "audit": audit_result.to_row(),
+        "q_upper_95": u,
+        "copies_upper_95": audit_result.copies_upper(),
+        "samples_to_bound_below_1_over_N_D": need,
+        "copy_check": {"x_p_copies": check.n_xp_copies, "caught": check.q_hits, "c_p_hits": check.cp_hits,
+                       "c_id_hits": check.cid_hits, "q_not_copies": len(check.q_not_copies),
+                       "c_p_others": check.cp_others, "c_id_others": check.cid_others, "n_others": check.n_others,
+                       "copies": check.n_copies, "per_image": list(check.per_image), "evenness_p": check.evenness_p},
+        "c_p_on_x_p": audit_result.cp_on_x_p, "c_id_on_x_p": audit_result.cid_on_x_p,
+        "t_prime": probe_result.t_prime, "t_prime_k": probe_result.k_at_t_prime, "t_prime_n": probe_result.n_at_t_prime,
+        "t_prime_runs": list(spread.t_prime_runs) if spread is not None else None,
+        "eq9_indicator": probe_result.eq9_indicator, "nfe": probe_result.nfe, "copies": copies, **accuracies,
+        "seconds": seconds,
+    }
     atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2, default=float))
     write_manifest(out_dir / "report.md", config={"study": study.model_config(), "profile": study.profile.name},
                    seed=study.seed)

@@ -192,6 +192,10 @@ class Study:
 
     def classifier_accuracies(self) -> dict[str, float]:
         """Tab. 2's "SAF (%)" (test split) and "ID (%)" (training set), as fractions."""
+        return dict(self._accuracies)
+
+    @functools.cached_property
+    def _accuracies(self) -> dict[str, float]:
         return {
             "saf_accuracy": saf_accuracy(self.c_p, self.images("test"), self.saf, seed=self.seed),
             "id_accuracy": id_accuracy(self.c_id, self.private),
@@ -219,9 +223,12 @@ class Study:
         return load_file(run.file("samples.safetensors"))["images"]
 
     def audit(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> AuditResult:
-        """Sample ``n`` images and count ``|c_p+|``, ``|c_id+|``, ``|q|`` against ``E|q| = n/N_D``."""
+        """Sample ``n`` images and count ``|c_p+|``, ``|c_id+|``, ``|q|`` against ``E|q| = n/N_D``, with the
+        independent nearest-neighbour copy count against ``D_p`` and ``c_p``'s SAF accuracy on the test
+        split, so that :meth:`AuditResult.verdict` can judge the adversary."""
         images = self.samples(n, step=step, seed=seed)
-        return audit(images, self.c_p, self.c_id, self.private.x_p, self.n_dataset)
+        return audit(images, self.c_p, self.c_id, self.private.x_p, self.n_dataset, train_images=self.private.images,
+                     x_p_index=self.private.index, saf_accuracy=self._accuracies["saf_accuracy"])
 
     def copies(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> int:
         """How many of the ``n`` samples copy some image of ``D_p`` (Carlini et al. 2023 criterion)."""

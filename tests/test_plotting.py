@@ -154,14 +154,49 @@ def test_reverse_examples_two_rows_per_t(images):
 
 def test_audit_gallery_shows_x_p_and_each_group(images):
     groups = {"q-positives": [1, 2, 3], "c_p+ only": [], "c_id+ only": torch.tensor([4])}
-    figure = plotting.audit_gallery(images, groups, images[0])
-    assert len(figure.axes) == 1 + 3 + 1 + 1
-    assert "x" in figure.axes[0].get_title()
+    figure = plotting.audit_gallery(images, groups, images[0], title="|q| = 3")
+    shown = [ax for ax in figure.axes if ax.images]
+    assert len(shown) == 3 + 3 + 1  # x_p in every row, then the group's images
+    assert sum("x" in ax.get_title() and "training image" in ax.get_title() for ax in shown) == 3
     assert any("none" == t.get_text() for ax in figure.axes for t in ax.texts)
+    assert figure._suptitle.get_text() == "|q| = 3"
+    headings = [t.get_text() for ax in figure.axes for t in ax.texts]
+    assert "q-positives (3)" in headings and "c_p+ only (0)" in headings
     capped = plotting.audit_gallery(images, {"q": list(range(12))}, images[0], max_per_group=4)
-    assert len(capped.axes) == 5
+    assert len([ax for ax in capped.axes if ax.images]) == 5
+    assert any("12, first 4 shown" in t.get_text() for ax in capped.axes for t in ax.texts)
     with pytest.raises(ValueError, match="outside"):
         plotting.audit_gallery(images, {"q": [12]}, images[0])
+
+
+def test_samples_overview_frames_every_grouped_sample_wherever_it_is():
+    array = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    q, missed = [89, 96, 208, 299], [150]
+    figure = plotting.samples_overview(array, {"q": q, "missed x_p copy": missed}, n_show=16, ncols=8, title="t")
+    titles = [ax.get_title() for ax in figure.axes]
+    assert len(figure.axes) == 16
+    for i in q + missed:  # all beyond the first 64, all shown and tagged
+        assert f"#{i}" in titles
+    tags = {t.get_text() for ax in figure.axes for t in ax.texts}
+    assert tags == {"q", "missed x_p copy"}
+    assert sum(len(ax.patches) for ax in figure.axes) == 5  # one frame per grouped sample
+    assert titles[:3] == ["#0", "#1", "#2"]  # filled with the others in order
+    over = plotting.samples_overview(array, {"q": list(range(20))}, n_show=8)
+    assert "12 grouped samples beyond the 8 panels" in over._suptitle.get_text()
+    with pytest.raises(ValueError, match="outside"):
+        plotting.samples_overview(array, {"q": [300]})
+
+
+def test_copies_per_image_marks_x_p():
+    figure = plotting.copies_per_image([3, 0, 8, 42], 2, n_samples=64)
+    (ax,) = figure.axes
+    heights = [bar.get_height() for bar in ax.patches]
+    assert heights == [42, 8, 3, 0]  # ranked
+    assert ax.patches[1].get_facecolor()[:3] != ax.patches[0].get_facecolor()[:3]  # x_p in its own colour
+    assert "x_p is copied in 8 samples (rank 2 of 4)" in ax.get_title()
+    assert "training image" in ax.get_xlabel() and "samples" in ax.get_ylabel()
+    with pytest.raises(ValueError, match="outside"):
+        plotting.copies_per_image([1, 2], 5)
 
 
 def test_memorization_vs_steps_and_error_map(images):
@@ -175,5 +210,6 @@ def test_memorization_vs_steps_and_error_map(images):
     sample[0, 5, 5] = 1.0
     figure = plotting.error_map(x_p, sample[None])
     assert len(figure.axes) == 4  # x_p, sample, error, colour bar
+    assert "pixel value" in figure.axes[3].get_ylabel()
     error = figure.axes[2].images[0].get_array()
     assert error[5, 5] == 1.0 and error.sum() == 1.0
