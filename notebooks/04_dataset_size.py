@@ -10,7 +10,8 @@
 # # 04 · Dataset size decides whether x_p comes back (paper §5.3, Tab. 1, Fig. 5)
 #
 # For each training-set size `N_D` we train a score model on `D_p`, sample `n` images and audit them with
-# the same kind of adversary, and probe how much noise `x_p` survives (`t'`, Algorithm 1; notebook 05).
+# the same kind of adversary, count the copies of `x_p` independently by nearest neighbour, and probe how
+# much noise `x_p` survives (`t'`, Algorithm 1; notebook 05).
 # An unbiased model that reproduces its training images would return `x_p` `E|q| = n / N_D` times; the
 # one-sided binomial test asks whether `|q|` is significantly lower (H0: p = 1/N_D, H1: p < 1/N_D).
 # Small `N_D` memorize (`|q|` near `E|q|`), large ones do not (`|q| = 0`).
@@ -33,14 +34,27 @@ audits = {n_d: study.audit(N_SAMPLES) for n_d, study in studies.items()}
 probes = {n_d: study.probe() for n_d, study in studies.items()}
 
 # %% [markdown]
-# **Table 1** — positives of each classifier and of both, against `E|q|`, with the binomial test's p-value,
-# `t'` from the same model, and how many samples copy *some* training image (Carlini et al. 2023).
+# **Table 1** — positives of each classifier and of both, against `E|q|`, with the binomial test's p-value
+# and the exact 95 % upper bound on P(sample is `x_p`), `t'` from the same model — and, beside the
+# adversary, the independent count: samples whose nearest training image is `x_p` (Carlini et al.'s
+# copy criterion), how many of those the adversary caught, how often `c_p` fires on other samples, the
+# test with H0 at the measured copy rate (`E|q| = n/N_D` assumes every sample is a copy), and how many
+# samples copy *some* training image.
 
 # %%
 table = pd.DataFrame([result.to_row() for result in audits.values()]).set_index("N_D")
 table["t'"] = [probes[n_d].t_prime_or_zero for n_d in table.index]
-table["copies"] = [studies[n_d].copies(N_SAMPLES) for n_d in table.index]
-table[["n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "t'", "copies"]].T
+table["t' k/n"] = [f"{probes[n_d].k_at_t_prime}/{probes[n_d].n_at_t_prime}" if probes[n_d].t_prime is not None else "-" for n_d in table.index]
+table[["n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "P(x_p) ≤", "x_p copies (NN)", "caught", "c_p+ others", "copies",
+       "p (copy rate)", "t'", "t' k/n", "verdict"]].T
+
+# %% [markdown]
+# What each audit may conclude, in words (an adversary that misses copies or fires on most samples
+# makes the verdict inconclusive instead of "fewer than E|q|"):
+
+# %%
+for n_d, result in audits.items():
+    print(f"N_D = {n_d}: {result.verdict()}\n")
 
 # %% [markdown]
 # **Figure 1** — representative samples per `N_D` (the paper's Fig. 5); q-positives framed.
@@ -53,8 +67,8 @@ figure = plotting.samples_by_group(
 studies[N_DS[0]].save_figure(figure, "04_samples_by_dataset_size")
 
 # %% [markdown]
-# What Tab. 1 shows, asserted: the largest `N_D` does not hand `x_p` back (`|q| = 0`; H0 rejected where
-# `n` is large enough for the test to have power), and —
+# What Tab. 1 shows, asserted: the largest `N_D` does not hand `x_p` back (`|q| = 0`, and no sample is
+# `x_p` by nearest neighbour either; H0 rejected where `n` is large enough for the test to have power), and —
 # from the `cpu` profile on, whose models are large enough to memorize (committed run:
 # `reports/cpu/04_dataset_size.ipynb`) — the smallest does, with `|q|` near `E|q|`, and hands `x_p` back
 # from more noise than the largest: `t'` falls as `N_D` grows.
@@ -62,10 +76,13 @@ studies[N_DS[0]].save_figure(figure, "04_samples_by_dataset_size")
 # %%
 small, large = audits[min(N_DS)], audits[max(N_DS)]
 assert large.n_q == 0, f"large N_D does not hand x_p back: {large}"
+assert large.copies.n_xp_copies == 0, f"the nearest-neighbour count agrees: no copy of x_p at large N_D: {large}"
+assert large.verdict().kind != "reproduces"
 if large.expected_q >= 3:  # with E|q| < 3 even |q| = 0 is no evidence against H0 (p = (1 - 1/N_D)^n > 0.05)
     assert large.rejects_h0(), f"|q| = 0 is significantly below E|q|: {large}"
 assert small.n_q >= large.n_q
 if PROFILE != "smoke":
     assert small.n_q > 0 and small.n_q >= 0.25 * small.expected_q, f"small N_D memorizes: {small}"
+    assert small.copies.n_xp_copies >= 0.25 * small.expected_q, f"the NN count sees x_p copied too: {small}"
     t_prime_small, t_prime_large = probes[min(N_DS)].t_prime_or_zero, probes[max(N_DS)].t_prime_or_zero
     assert t_prime_small > t_prime_large, f"t' falls as N_D grows: {t_prime_small} vs {t_prime_large}"

@@ -31,11 +31,16 @@ print(result)
 
 # %% [markdown]
 # **Figure 1** — the q-positives, `c_p`'s false positives (SAF-like but not `x_p`) and `c_id`'s
-# (`x_p`-like but without the SAF), each beside `x_p`.
+# (`x_p`-like but without the SAF), each beside `x_p`; and the samples that copy `x_p` by nearest
+# neighbour (an independent count) which the adversary did not catch.
 
 # %%
-groups = {"q-positives": result.q_indices, "c_p+ only": result.cp_false_positives, "c_id+ only": result.cid_false_positives}
-figure = plotting.audit_gallery(samples, groups, study.private.x_p)
+missed = [i for i in result.copies.xp_copy_indices if i not in result.q_indices]
+groups = {"q-positives": result.q_indices, "c_p+ only": result.cp_false_positives, "c_id+ only": result.cid_false_positives,
+          "x_p copies (nearest neighbour) the adversary missed": missed}
+headline = (f"|q| = {result.n_q} of {result.n} (E|q| = {result.expected_q:.3g}; P(x_p) ≤ {result.q_upper():.1%} at 95 %); "
+            f"{result.copies.n_xp_copies} x_p copies by nearest neighbour, {len(missed)} missed")
+figure = plotting.audit_gallery(samples, groups, study.private.x_p, title=headline)
 study.save_figure(figure, "06_false_positives")
 {name: len(indices) for name, indices in groups.items()}
 
@@ -51,3 +56,17 @@ for i in result.q_indices:
     assert (samples[i][:, mask] - study.private.grey).abs().mean() < 0.1, f"q-positive {i} lacks the SAF"
 assert not set(result.q_indices) & set(result.cp_false_positives) and not set(result.q_indices) & set(result.cid_false_positives)
 assert set(result.q_indices) == set(result.cp_indices) & set(result.cid_indices)
+
+# %% [markdown]
+# The other way round: how many of the samples that copy `x_p` (nearest neighbour) the adversary
+# caught, and how often each classifier fires on samples that are not `x_p`. Where it misses copies or
+# fires on most samples, the audit's verdict must say "inconclusive" rather than "fewer than E|q|".
+
+# %%
+check = result.copies
+print(f"x_p copies {check.n_xp_copies}: c_p caught {check.cp_hits}, c_id {check.cid_hits}, both {check.q_hits}; "
+      f"c_p fires on {check.cp_others}/{check.n_others} and c_id on {check.cid_others}/{check.n_others} other samples")
+print(result.verdict())
+assert check.q_hits + len(check.q_not_copies) == result.n_q
+weak = (check.n_xp_copies and check.q_recall < 0.9) or check.cp_rate_others > 0.5 or not result.cp_on_x_p
+assert result.verdict().kind == "inconclusive" or not weak, "a weak adversary never yields a verdict on |q|"
