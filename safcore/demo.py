@@ -69,13 +69,16 @@ def run_demo(study: Study, out_dir: str | Path, *, spread_runs: int = 3, progres
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results: dict[str, object] = {}
+    stage_seconds: dict[str, float] = {}
     stages = _stages(study)
     total_weight = sum(STAGE_WEIGHTS.values())
     with progress_bar(total=len(stages), desc="safcore demo", unit="stage", enabled=progress, position=0) as bar:
         done_weight = 0.0
         for name, run in stages:
             bar.set_postfix_str(f"now: {name}")
+            began = time.perf_counter()
             results[name] = run()
+            stage_seconds[name] = time.perf_counter() - began
             done_weight += STAGE_WEIGHTS[name]
             elapsed = time.perf_counter() - start
             if done_weight >= STAGE_WEIGHTS["data and SAF"] + STAGE_WEIGHTS["score model"]:
@@ -87,11 +90,13 @@ def run_demo(study: Study, out_dir: str | Path, *, spread_runs: int = 3, progres
     samples = results["audit samples"]
     audit_result = study.audit()
     probe_result: ProbeResult = results["t' probe"]  # type: ignore[assignment]
+    began = time.perf_counter()
     spread = study.probe(study.probe_config(search="topdown", repeats=spread_runs, seed=study.probe_config().seed + 1)) if spread_runs else None
+    stage_seconds["t' spread"] = time.perf_counter() - began
     accuracies = study.classifier_accuracies()
     copies = study.copies()
     seconds = time.perf_counter() - start
-    _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds)
+    _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds, stage_seconds)
     return DemoReport(repr(study), audit_result, probe_result, accuracies, copies, seconds, out_dir)
 
 
@@ -102,7 +107,8 @@ def _md_table(rows: list[dict]) -> list[str]:
             + ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in row.values()) + " |" for row in rows])
 
 
-def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds) -> None:
+def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds,
+                  stage_seconds) -> None:
     x_p = study.private.x_p
     verdict = audit_result.verdict()
     check = audit_result.copies
@@ -179,7 +185,9 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         "- The Eq. 9 indicator (the paper's sum over σ_t with 95 % Clopper–Pearson upper limits of q, "
         "[0, t_min] counted as q = 1) is an index of how far into the noise x_p survives, not a probability.",
         "",
-        f"{seconds / 60:.1f} min in all.",
+        f"{seconds / 60:.1f} min in all; per stage: "
+        + ", ".join(f"{name} {sec:.0f} s" for name, sec in stage_seconds.items())
+        + " (a stage of about a second was loaded from the run store, not computed).",
         "",
         "![q-positives, missed copies and c_p false positives beside x_p](q_positives.png)",
         "",
@@ -206,7 +214,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         "t_prime": probe_result.t_prime, "t_prime_k": probe_result.k_at_t_prime, "t_prime_n": probe_result.n_at_t_prime,
         "t_prime_runs": list(spread.t_prime_runs) if spread is not None else None,
         "eq9_indicator": probe_result.eq9_indicator, "nfe": probe_result.nfe, "copies": copies, **accuracies,
-        "seconds": seconds,
+        "seconds": seconds, "stage_seconds": stage_seconds,
     }
     atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2, default=float))
     write_manifest(out_dir / "report.md", config={"study": study.model_config(), "profile": study.profile.name},

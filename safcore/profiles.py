@@ -35,6 +35,8 @@ class Profile:
             budget (c_p stopped at 55 % test accuracy on BreastMNIST, 95 % without).
         probe: Algorithm 1's settings (:class:`safcore.probe.ProbeConfig`).
         n_fid: images per side for FID.
+        saf_classifier: ``c_p``'s settings where they differ from ``c_id``'s (``None``: ``classifier``).
+            An audit is only as good as its SAF detector: the verdict needs ≥ 95 % SAF accuracy.
     """
 
     name: ProfileName
@@ -48,6 +50,13 @@ class Profile:
     classifier: ClassifierConfig
     probe: ProbeConfig
     n_fid: int
+    saf_classifier: ClassifierConfig | None = None
+
+    def classifier_for(self, kind: Literal["c_p", "c_id"]) -> ClassifierConfig:
+        """The settings of ``c_p`` (``saf_classifier`` when set) or ``c_id`` (``classifier``)."""
+        if kind not in ("c_p", "c_id"):
+            raise ValueError(f"kind = {kind!r}; allowed: 'c_p', 'c_id'")
+        return self.saf_classifier if kind == "c_p" and self.saf_classifier is not None else self.classifier
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):

@@ -158,7 +158,7 @@ class Study:
     def classifier_config(self, kind: Literal["c_p", "c_id"]) -> dict:
         """What a classifier depends on. ``c_p`` knows only the SAF's look and the dataset, so one
         ``c_p`` serves every ``N_D`` and seed; ``c_id`` is trained on this ``D_p``."""
-        classifier = _without_device(self.profile.classifier)
+        classifier = _without_device(self.profile.classifier_for(kind))
         if kind == "c_p":
             saf = {"radius": self.private.radius, "grey": self.private.grey}
             return {"dataset": self.data.name, "data_sha256": self.data_config["data_sha256"], "saf": saf,
@@ -170,12 +170,12 @@ class Study:
         run = self.store.find(kind, config)
         if run is None:
             if kind == "c_p":  # the attacker paints SAFs on the dataset's real training images
-                clf = train_saf_classifier(self.images("train"), self.images("val"), self.saf, self.profile.classifier,
+                clf = train_saf_classifier(self.images("train"), self.images("val"), self.saf, self.profile.classifier_for("c_p"),
                                            progress=self.progress)
             else:
                 clf = train_id_classifier(self.private, self.profile.classifier, progress=self.progress,
                                           val_images=self.images("val"))
-            with self.store.create(kind, config, seed=self.profile.classifier.seed) as tmp:
+            with self.store.create(kind, config, seed=self.profile.classifier_for(kind).seed) as tmp:
                 clf.save(tmp / "classifier")
             run = self.store.find(kind, config)
         return Classifier.load(run.path / "classifier")
