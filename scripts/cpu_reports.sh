@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Re-run the notebooks at the cpu profile and keep the executed copies in reports/cpu/ (evidence of the
-# memorization findings that the smoke profile is too small to show). ≈ 1.5 h on 2 cores, most of it
-# training the score models (N_D = 16, 64, 546 on BreastMNIST; 16 on PneumoniaMNIST and the subset),
-# reused from runs/ when they exist.
+# Re-run the demo and the notebooks at the cpu profile and keep the executed copies in reports/cpu/
+# (evidence of the memorization findings that the smoke profile is too small to show). ≈ 1.5 h on 2 cores
+# from scratch, most of it training the score models (N_D = 16, 64, 546 on BreastMNIST; 16 on
+# PneumoniaMNIST and the subset); about an hour when they are already in runs/ (probes and audit
+# samples are recomputed). Run nothing else meanwhile: two heavy jobs on 2 cores slow each other 3-10x.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SAFCORE_DATA_ROOT="${SAFCORE_DATA_ROOT:-$PWD/../shared/data/medmnist}" MPLBACKEND=Agg SAFCORE_PROGRESS=0
 pm() { .venv/bin/papermill --cwd notebooks "notebooks/$1.ipynb" "reports/cpu/$1.ipynb" -p PROFILE cpu "${@:2}"; }
-pm 05_tprime -p N_D 16 -p N_D_LARGE 546
+.venv/bin/python -m safcore demo --profile cpu --out reports/cpu/demo_breastmnist_ND16 --no-progress
 pm 04_dataset_size -y "N_DS: [16, 64, 546]" -p N_SAMPLES 256
-pm 03_training_length -p N_D 16 -p N_SAMPLES 128
-pm 06_false_positives -p N_D 16
-pm 02_classifiers -p N_D 16
 pm 07_medmnist_table -p N_D 16
+pm 06_false_positives -p N_D 16
+pm 05_tprime -p N_D 16 -p N_D_LARGE 546
+pm 02_classifiers -p N_D 16
+pm 03_training_length -p N_D 16 -p N_SAMPLES 128
