@@ -61,7 +61,8 @@ for study in studies:
                  "E|q|": audit.expected_q, "|q|": audit.n_q, "P(x_p) ≤": audit.q_upper(), "t'": probe.t_prime_or_zero,
                  "t' k/n": f"{probe.k_at_t_prime}/{probe.n_at_t_prime}" if probe.t_prime is not None else "-",
                  "FID features": fid_train.extractor_name, "c_p(x_p)": audit.cp_on_x_p,
-                 "x_p copies (NN)": audit.copies.n_xp_copies, "caught": audit.copies.q_hits,
+                 "x_p copies (NN)": audit.copies.n_xp_copies, "with SAF": len(audit.copies.xp_copies_with_saf),
+                 "caught": audit.copies.q_hits,
                  "c_p+ others": audit.copies.cp_others, "copies": audit.copies.n_copies,
                  "verdict": audit.verdict().kind})
 table = pd.DataFrame(rows).set_index("dataset")
@@ -107,9 +108,9 @@ for study in studies:  # the audits of the table above, not new ones
     label = (f"{study.data.name}\n|q| = {audit.n_q} (E|q| = {audit.expected_q:.3g})\nP(x_p) ≤ {audit.q_upper():.1%}; "
              f"NN copies {audit.copies.n_xp_copies}")
     rows_of_images[label] = torch.cat([study.private.x_p[None], samples[shown]])
-    highlight[label] = range(1, 1 + min(11, len(q) + len(missed)))
-figure = plotting.samples_by_group(rows_of_images, highlight, highlight_label="q / missed x_p copy")
-figure.suptitle("x_p (first column) and its copies: framed = q-positives, then x_p copies the adversary missed")
+    highlight[label] = {1 + j: "q" if i in set(q) else "missed x_p copy" for j, i in enumerate(shown) if i in set(q) | set(missed)}
+figure = plotting.samples_by_group(rows_of_images, highlight, highlight_label="q",
+                                   title="x_p (first column), its q-positives (q) and the x_p copies the adversary missed")
 settings = {"datasets": DATASETS, "N_D": N_D, "profile": PROFILE}
 figure_path = plotting.save_figure(figure, paths.figures_dir() / f"07_xp_and_samples_{PROFILE}.png")
 table_path = atomic_write(paths.figures_dir() / f"07_medmnist_table_{PROFILE}.csv", table.to_csv())

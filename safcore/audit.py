@@ -77,6 +77,10 @@ class CopyCheck:
         evenness_p: χ² test (``scipy.stats.chisquare``) that the copies fall uniformly on the ``N_D``
             training images (NaN with fewer than 2 copies or ``N_D = 1``); small: the model copies
             some images far more often than others, and ``|q| < E|q|`` may say that, not privacy.
+        xp_copies_with_saf: the copies of ``x_p`` whose SAF disc is visibly there (mean ``|x − grey|``
+            inside the disc below a tolerance), ascending; ``None`` when the disc was not given. The
+            others reproduce ``x_p``'s anatomy without its fingerprint: breaches ``|q|`` cannot count,
+            and ``c_p`` is right not to fire on them.
     """
 
     x_p_index: int
@@ -94,6 +98,8 @@ class CopyCheck:
     cp_others: int
     cid_others: int
     evenness_p: float
+    xp_copies_with_saf: tuple[int, ...] | None = None
+    q_hits_with_saf: int | None = None
 
     @property
     def n(self) -> int:
@@ -138,6 +144,20 @@ class CopyCheck:
         return self._recall(self.q_hits)
 
     @property
+    def n_xp_copies_without_saf(self) -> int:
+        """Copies of ``x_p`` without a visible SAF (0 when the disc was not given)."""
+        return 0 if self.xp_copies_with_saf is None else self.n_xp_copies - len(self.xp_copies_with_saf)
+
+    @property
+    def q_recall_with_saf(self) -> float:
+        """Fraction of the copies of ``x_p`` WITH a visible SAF that are q-positives (what the adversary
+        is built to catch); :attr:`q_recall` when the disc was not given; NaN without such copies."""
+        if self.xp_copies_with_saf is None:
+            return self.q_recall
+        n = len(self.xp_copies_with_saf)
+        return self.q_hits_with_saf / n if n else math.nan
+
+    @property
     def n_others(self) -> int:
         return self.n - self.n_xp_copies
 
@@ -161,6 +181,9 @@ def copy_check(
     *,
     threshold: float = 0.5,
     k: int = 50,
+    saf_mask: torch.Tensor | None = None,
+    saf_grey: float = 0.5,
+    saf_tolerance: float = 0.1,
 ) -> CopyCheck:
     """Count copies of ``x_p`` by nearest neighbour and compare them with the classifiers' verdicts.
 
@@ -170,6 +193,8 @@ def copy_check(
         x_p_index: where ``x_p`` is in ``train_images``.
         cp, cid: the classifiers' verdicts on ``images``, bool ``(n,)``.
         threshold, k: Carlini et al.'s criterion (0.5, the next 50 neighbours; ``k`` clipped to ``N_D − 1``).
+        saf_mask: the SAF's disc ``L_p`` ``(H, W)``; with it each copy of ``x_p`` is checked for a visible
+            SAF: mean ``|x − saf_grey|`` over the disc's pixels (all channels) below ``saf_tolerance``.
     """
     if train_images.ndim != 4 or tuple(train_images.shape[1:]) != tuple(images.shape[1:]):
         raise ValueError(
@@ -197,6 +222,14 @@ def copy_check(
     else:
         evenness_p = math.nan
     idx = lambda mask: tuple(int(i) for i in torch.nonzero(mask).flatten())  # noqa: E731
+    with_saf = q_hits_with_saf = None
+    if saf_mask is not None:
+        disc = saf_mask.detach().cpu().bool()
+        if disc.shape != images.shape[-2:]:
+            raise ValueError(f"saf_mask is {tuple(disc.shape)}; expected the image size {tuple(images.shape[-2:])}")
+        visible = (images[:, :, disc] - float(saf_grey)).abs().flatten(1).mean(1) < saf_tolerance
+        with_saf = idx(is_xp & visible)
+        q_hits_with_saf = int((q & is_xp & visible).sum())
     return CopyCheck(
         x_p_index=int(x_p_index),
         threshold=float(threshold),
@@ -213,6 +246,8 @@ def copy_check(
         cp_others=int((cp & ~is_xp).sum()),
         cid_others=int((cid & ~is_xp).sum()),
         evenness_p=evenness_p,
+        xp_copies_with_saf=with_saf,
+        q_hits_with_saf=q_hits_with_saf,
     )
 
 
@@ -374,11 +409,19 @@ class AuditResult:
         if c is None:
             warnings.append("no independent copy count (the training set was not given): copies the classifiers miss are not checked")
         else:
-            if c.n_xp_copies and c.q_recall < req.min_recall:
+            judged = c.n_xp_copies if c.xp_copies_with_saf is None else len(c.xp_copies_with_saf)
+            hits = c.q_hits if c.q_hits_with_saf is None else c.q_hits_with_saf
+            what = "" if c.xp_copies_with_saf is None else " with a visible SAF"
+            if judged and c.q_recall_with_saf < req.min_recall:
                 reasons.append(
-                    f"the adversary caught {c.q_hits} of the {c.n_xp_copies} samples that copy x_p by nearest "
-                    f"neighbour (recall {c.q_recall:.0%}, required ≥ {req.min_recall:.0%}; c_p {c.cp_hits}, "
-                    f"c_id {c.cid_hits})"
+                    f"the adversary caught {hits} of the {judged} samples that copy x_p{what} by nearest "
+                    f"neighbour (recall {c.q_recall_with_saf:.0%}, required ≥ {req.min_recall:.0%}; of all "
+                    f"{c.n_xp_copies} x_p copies c_p caught {c.cp_hits}, c_id {c.cid_hits})"
+                )
+            if c.n_xp_copies_without_saf:
+                warnings.append(
+                    f"{c.n_xp_copies_without_saf} sample(s) copy x_p's anatomy WITHOUT a visible SAF (nearest "
+                    f"neighbour x_p): breaches of this patient's image that |q| cannot count"
                 )
             for name, rate, limit in (("c_p", c.cp_rate_others, req.max_cp_rate_others),
                                       ("c_id", c.cid_rate_others, req.max_cid_rate_others)):  # fmt: skip
@@ -451,6 +494,7 @@ class AuditResult:
             c = self.copies
             row |= {
                 "x_p copies (NN)": c.n_xp_copies,
+                "with SAF": len(c.xp_copies_with_saf) if c.xp_copies_with_saf is not None else math.nan,
                 "caught": c.q_hits,
                 "c_p recall": c.cp_recall,
                 "c_id recall": c.cid_recall,
@@ -469,7 +513,8 @@ class AuditResult:
         )
         if self.copies is not None:
             c = self.copies
-            text += (f"\nx_p copies by nearest neighbour {c.n_xp_copies} (caught {c.q_hits}: c_p {c.cp_hits}, "
+            saf = "" if c.xp_copies_with_saf is None else f", {len(c.xp_copies_with_saf)} with a visible SAF"
+            text += (f"\nx_p copies by nearest neighbour {c.n_xp_copies}{saf} (caught {c.q_hits}: c_p {c.cp_hits}, "
                      f"c_id {c.cid_hits}) | c_p+ on {c.cp_others} other samples | copies of any image {c.n_copies}")  # fmt: skip
         return text + "\n" + str(self.verdict())
 
@@ -496,6 +541,8 @@ def audit(
     *,
     train_images: torch.Tensor | None = None,
     x_p_index: int | None = None,
+    saf_mask: torch.Tensor | None = None,
+    saf_grey: float = 0.5,
     saf_accuracy: float | None = None,
 ) -> AuditResult:
     """Count ``|c_p+|``, ``|c_id+|``, ``|q|`` on generated images and test ``|q|`` against ``E|q| = n/N_D``.
@@ -510,6 +557,8 @@ def audit(
         train_images: ``D_p`` ``(N_D, C, H, W)`` with ``x_p`` at ``x_p_index``: adds the independent
             copy count (:class:`CopyCheck`). Without it the verdict warns that nothing checks the misses.
         x_p_index: where ``x_p`` is in ``train_images`` (required with it).
+        saf_mask, saf_grey: the SAF's disc ``(H, W)`` and grey: the copy count then tells copies of ``x_p``
+            with a visible SAF (which the adversary must catch) from copies without it.
         saf_accuracy: ``c_p``'s accuracy on held-out images, if measured (enters the verdict).
     Raises:
         ValueError: no images, images not ``(n, C, H, W)`` or not matching ``x_p``'s shape, values
@@ -560,7 +609,7 @@ def audit(
     cid_on_x_p = bool(_predict(c_id, x_p_batch, 1, "c_id", False)[0])
     copies = None
     if train_images is not None:
-        copies = copy_check(images, train_images, int(x_p_index), cp, cid)
+        copies = copy_check(images, train_images, int(x_p_index), cp, cid, saf_mask=saf_mask, saf_grey=saf_grey)
     n_q = int(q.sum())
     return AuditResult(
         n=n,

@@ -134,6 +134,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
     tab1 = {k: v for k, v in audit_result.to_row().items() if k in ("N_D", "n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "P(x_p) ≤", "MAE", "MSE")}
     checks = {
         "x_p copies (NN)": check.n_xp_copies,
+        "with a visible SAF": len(check.xp_copies_with_saf) if check.xp_copies_with_saf is not None else "-",
         "caught (c_p ∧ c_id)": check.q_hits,
         "c_p recall": check.cp_recall,
         "c_id recall": check.cid_recall,
@@ -206,7 +207,8 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         "q_upper_95": u,
         "copies_upper_95": audit_result.copies_upper(),
         "samples_to_bound_below_1_over_N_D": need,
-        "copy_check": {"x_p_copies": check.n_xp_copies, "caught": check.q_hits, "c_p_hits": check.cp_hits,
+        "copy_check": {"x_p_copies": check.n_xp_copies, "x_p_copies_with_saf": len(check.xp_copies_with_saf or ()),
+                       "caught": check.q_hits, "c_p_hits": check.cp_hits,
                        "c_id_hits": check.cid_hits, "q_not_copies": len(check.q_not_copies),
                        "c_p_others": check.cp_others, "c_id_others": check.cid_others, "n_others": check.n_others,
                        "copies": check.n_copies, "per_image": list(check.per_image), "evenness_p": check.evenness_p},

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from safcore.classifiers import AugmentedExamples
 
 HIGHLIGHT_COLOUR = "#d62728"
+GROUP_COLOURS = (HIGHLIGHT_COLOUR, "#ff7f0e", "#9467bd", "#2ca02c")
 _PANEL = 1.45  # inches per image panel
 
 
@@ -231,15 +232,17 @@ def samples_vs_nearest(
 
 def samples_by_group(
     groups: Mapping[str, torch.Tensor | np.ndarray],
-    highlight: Mapping[str, Iterable[int]] | None = None,
+    highlight: Mapping[str, Iterable[int] | Mapping[int, str]] | None = None,
     highlight_label: str = "q",
+    *,
+    title: str | None = None,
 ) -> Figure:
     """One row of images per group (e.g. samples per ``N_D``, paper Fig. 5, or per training step).
 
     Args:
         groups: row label → (n, C, H, W) images.
-        highlight: row label → indices (into that row) to frame in red.
-        highlight_label: the tag written in framed panels.
+        highlight: row label → indices (into that row) to frame, or index → tag (each tag its own colour).
+        highlight_label: the tag written in framed panels when ``highlight`` gives bare indices.
 
     Returns:
         The figure, one axes per image.
@@ -247,11 +250,15 @@ def samples_by_group(
     if not groups:
         raise ValueError("samples_by_group needs at least one group")
     rows = {name: _batch(images, f"groups[{name!r}]") for name, images in groups.items()}
+    other_tags = sorted({str(tag) for chosen in (highlight or {}).values() if isinstance(chosen, Mapping)
+                         for tag in chosen.values()} - {highlight_label})
     ncols = max(1, max(len(r) for r in rows.values()))
     fig = plt.figure(figsize=(_PANEL * ncols + 1.2, _PANEL * len(rows)))
     grid = fig.add_gridspec(len(rows), ncols)
     for r, (name, images) in enumerate(rows.items()):
-        marked = set(_indices((highlight or {}).get(name, ())))
+        chosen = (highlight or {}).get(name, ())
+        marked = ({int(i): str(tag) for i, tag in chosen.items()} if isinstance(chosen, Mapping)
+                  else {i: highlight_label for i in _indices(chosen)})
         if not images:
             ax = fig.add_subplot(grid[r, 0])
             ax.axis("off")
@@ -260,9 +267,13 @@ def samples_by_group(
             ax = fig.add_subplot(grid[r, c])
             _show(ax, image)
             if c in marked:
-                _frame(ax, highlight_label)
+                tag = marked[c]
+                _frame(ax, tag, colour=HIGHLIGHT_COLOUR if tag == highlight_label
+                       else GROUP_COLOURS[1 + other_tags.index(tag) % (len(GROUP_COLOURS) - 1)])
             if c == 0:
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -361,9 +372,6 @@ def audit_gallery(
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
     return fig
-
-
-GROUP_COLOURS = (HIGHLIGHT_COLOUR, "#ff7f0e", "#9467bd", "#2ca02c")
 
 
 def samples_overview(

@@ -228,7 +228,8 @@ class Study:
         split, so that :meth:`AuditResult.verdict` can judge the adversary."""
         images = self.samples(n, step=step, seed=seed)
         return audit(images, self.c_p, self.c_id, self.private.x_p, self.n_dataset, train_images=self.private.images,
-                     x_p_index=self.private.index, saf_accuracy=self._accuracies["saf_accuracy"])
+                     x_p_index=self.private.index, saf_mask=self.private.mask, saf_grey=self.private.grey,
+                     saf_accuracy=self._accuracies["saf_accuracy"])
 
     def copies(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> int:
         """How many of the ``n`` samples copy some image of ``D_p`` (Carlini et al. 2023 criterion)."""

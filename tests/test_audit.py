@@ -231,6 +231,17 @@ def test_copy_check_counts_planted_copies_and_the_adversary_recall_exactly(priva
     assert any("caught 5 of the 8" in r for r in verdict.reasons), verdict
     row = result.to_row()
     assert row["x_p copies (NN)"] == 8 and row["caught"] == 5 and row["verdict"] == "inconclusive"
+    # told where the disc is, the count separates copies with the SAF (c_p must catch them: it did, 5 of 5)
+    # from copies of x_p's anatomy without it (breaches |q| cannot count: a warning, not a weak adversary)
+    told = audit(images, has_saf(private), is_x_i_anatomy(private), private.x_p, private.n, train_images=private.images,
+                 x_p_index=private.index, saf_mask=private.mask, saf_grey=private.grey)
+    c = told.copies
+    assert c.xp_copies_with_saf == tuple(range(5)) and c.n_xp_copies_without_saf == 3
+    assert c.q_hits_with_saf == 5 and c.q_recall_with_saf == 1.0 and c.q_recall == 5 / 8
+    verdict = told.verdict()
+    assert verdict.kind == "reproduces" and verdict.reasons == ()
+    assert any("3 sample(s) copy x_p's anatomy WITHOUT a visible SAF" in w for w in verdict.warnings), verdict
+    assert told.to_row()["with SAF"] == 5
 
 
 def test_verdict_follows_the_adversary_and_the_counts(private):

@@ -213,3 +213,11 @@ def test_memorization_vs_steps_and_error_map(images):
     assert "pixel value" in figure.axes[3].get_ylabel()
     error = figure.axes[2].images[0].get_array()
     assert error[5, 5] == 1.0 and error.sum() == 1.0
+
+
+def test_samples_by_group_tags_each_framed_panel_in_its_own_colour(images):
+    figure = plotting.samples_by_group({"a": images[:4], "b": images[4:8]},
+                                       {"a": {1: "q", 2: "missed"}, "b": [0]}, title="x_p and its copies")
+    tags = {(t.get_text(), t.get_bbox_patch().get_facecolor()[:3]) for ax in figure.axes for t in ax.texts}
+    assert {tag for tag, _ in tags} == {"q", "missed"} and len(tags) == 2  # "q" in row b has q's colour
+    assert figure._suptitle.get_text() == "x_p and its copies"
