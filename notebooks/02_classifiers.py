@@ -29,7 +29,7 @@ from safcore import classifiers, plotting
 from safcore.study import Study
 
 study = Study(DATASET, N_D, profile=PROFILE, seed=SEED)
-study.profile.classifier
+{kind: study.profile.classifier_for(kind) for kind in ("c_p", "c_id")}
 
 # %% [markdown]
 # **Figure 1** — what each classifier sees in training (the paper's Fig. 7): `c_p`'s inputs with and
