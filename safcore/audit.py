@@ -449,8 +449,13 @@ class AuditResult:
                 )
         u = self.q_upper(req.confidence)
         need = self.samples_to_bound(req.confidence)
-        need_text = (f"bounding it below 1/N_D = {_pct(1 / self.n_dataset)} needs ≥ {need:,} samples at this rate"
-                     if need is not None else f"this is not below 1/N_D = {_pct(1 / self.n_dataset)} at any sample size")  # fmt: skip
+        one = _pct(1 / self.n_dataset)
+        if need is None:
+            need_text = f"this is not below 1/N_D = {one} at any sample size"
+        elif need <= self.n:
+            need_text = f"that is below 1/N_D = {one} ({need:,} samples at this rate suffice)"
+        else:
+            need_text = f"bounding it below 1/N_D = {one} needs ≥ {need:,} samples at this rate"
         if reasons:
             nn = ""
             if c is not None:

@@ -163,8 +163,9 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         f"(H0 at the measured copy rate: p = {audit_result.p_value_copy_rate if audit_result.p_value_copy_rate is not None else float('nan'):.3g}).",
         f"- With 95 % confidence the model generates x_p with its SAF in at most **{u:.2%}** of its samples "
         f"(exact Clopper–Pearson); 1/N_D = {1 / study.n_dataset:.2%}. "
-        + (f"Bounding it below 1/N_D needs ≥ {need:,} samples at this rate." if need is not None
-           else "At this rate no number of samples bounds it below 1/N_D."),
+        + ("At this rate no number of samples bounds it below 1/N_D." if need is None
+           else f"That is below 1/N_D already ({need:,} samples at this rate suffice)." if need <= audit_result.n
+           else f"Bounding it below 1/N_D needs ≥ {need:,} samples at this rate."),
         "",
         "## The independent copy count (nearest training image, Carlini et al. 2023 ratio < 0.5)",
         "",
