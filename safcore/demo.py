@@ -121,8 +121,14 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
                                             if i not in set(check.xp_copy_indices) | set(audit_result.q_indices))
     figure = plotting.audit_gallery(samples, groups, x_p, title=headline)
     plotting.save_figure(figure, out_dir / "q_positives.png")
+    title = None
+    if probe_result.t_prime is not None:
+        title = f"x_p comes back from t' = {probe_result.t_prime:.2f} ({probe_result.k_at_t_prime}/{probe_result.n_at_t_prime})"
+        if spread is not None:
+            title += "; further probes: " + ", ".join("none" if t is None else f"{t:.2f}" for t in spread.t_prime_runs)
     figure = plotting.q_curve(probe_result.ts, probe_result.q, probe_result.ci_low, probe_result.ci_high,
-                              probe_result.t_prime, label=f"N_D={study.n_dataset}", k=probe_result.k, n=probe_result.n)
+                              probe_result.t_prime, label=f"N_D={study.n_dataset}", k=probe_result.k, n=probe_result.n,
+                              title=title)
     plotting.save_figure(figure, out_dir / "q_curve.png")
     overview = {"q": audit_result.q_indices, "missed x_p copy": missed}
     figure = plotting.samples_overview(samples, overview, n_show=64, ncols=16,
