@@ -44,7 +44,7 @@ probes = {n_d: study.probe() for n_d, study in studies.items()}
 # %%
 table = pd.DataFrame([result.to_row() for result in audits.values()]).set_index("N_D")
 table["t'"] = [probes[n_d].t_prime_or_zero for n_d in table.index]
-table["t' k/n"] = [f"{probes[n_d].k_at_t_prime}/{probes[n_d].n_at_t_prime}" if probes[n_d].t_prime is not None else "-" for n_d in table.index]
+table["t' k/n"] = [probes[n_d].t_prime_count for n_d in table.index]
 table[["n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "P(x_p) ≤", "x_p copies (NN)", "caught", "c_p+ others", "copies",
        "p (copy rate)", "t'", "t' k/n", "verdict"]].T
 

@@ -35,7 +35,7 @@ print(result)
 # neighbour (an independent count) which the adversary did not catch.
 
 # %%
-missed = [i for i in result.copies.xp_copy_indices if i not in result.q_indices]
+missed = result.missed_copies
 groups = {"q-positives": result.q_indices, "c_p+ only": result.cp_false_positives, "c_id+ only": result.cid_false_positives,
           "x_p copies (nearest neighbour) the adversary missed": missed}
 headline = (f"|q| = {result.n_q} of {result.n} (E|q| = {result.expected_q:.3g}; P(x_p) ≤ {result.q_upper():.1%} at 95 %); "

@@ -59,7 +59,7 @@ for study in studies:
     rows.append({"dataset": study.data.name, "|N_D|": study.n_dataset, **study.classifier_accuracies(),
                  "FID_train": fid_train.value, "FID_test": fid_test.value, "FID n": fid_train.n_real,
                  "E|q|": audit.expected_q, "|q|": audit.n_q, "P(x_p) ≤": audit.q_upper(), "t'": probe.t_prime_or_zero,
-                 "t' k/n": f"{probe.k_at_t_prime}/{probe.n_at_t_prime}" if probe.t_prime is not None else "-",
+                 "t' k/n": probe.t_prime_count,
                  "FID features": fid_train.extractor_name, "c_p(x_p)": audit.cp_on_x_p,
                  "x_p copies (NN)": audit.copies.n_xp_copies, "with SAF": len(audit.copies.xp_copies_with_saf),
                  "caught": audit.copies.q_hits,
@@ -102,7 +102,7 @@ rows_of_images, highlight = {}, {}
 for study in studies:  # the audits of the table above, not new ones
     audit, samples = audits[study.data.name], study.samples()
     q = list(audit.q_indices)
-    missed = [i for i in audit.copies.xp_copy_indices if i not in set(q)]
+    missed = list(audit.missed_copies)
     others = [i for i in range(len(samples)) if i not in set(q) | set(missed)]
     shown = (q + missed + others)[:11]
     label = (f"{study.data.name}\n|q| = {audit.n_q} (E|q| = {audit.expected_q:.3g})\nP(x_p) ≤ {audit.q_upper():.1%}; "

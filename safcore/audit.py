@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from scipy import stats
 
-from safcore.bounds import binomial_p_value, samples_to_bound, upper_bound
+from safcore.bounds import binomial_p_value, proportion_interval, samples_to_bound, upper_bound
 from safcore.images import load_images, sample_images_from_unet
-from safcore.memorization import carlini_ratio, nearest_neighbours
+from safcore.memorization import carlini_nearest
 from safcore.progress import progress_bar
 
 __all__ = [
@@ -206,11 +206,10 @@ def copy_check(
         raise ValueError(f"x_p_index = {x_p_index!r} must be an integer in [0, {n_dataset - 1}] (N_D = {n_dataset})")
     images = images.detach().float().cpu()
     train = train_images.detach().float().cpu()
-    nearest = nearest_neighbours(images, train, k=1)[0][:, 0]
     if n_dataset >= 2:
-        ratio = carlini_ratio(images, train, k)
+        nearest, ratio = carlini_nearest(images, train, k)  # one neighbour search for both
     else:  # one training image: every sample is nearest to it; the criterion has nothing to compare with
-        ratio = torch.zeros(len(images))
+        nearest, ratio = torch.zeros(len(images), dtype=torch.long), torch.zeros(len(images))
     is_copy = ratio < threshold
     is_xp = is_copy & (nearest == int(x_p_index))
     cp, cid = cp.bool().cpu(), cid.bool().cpu()
@@ -353,6 +352,12 @@ class AuditResult:
     saf_accuracy: float | None = None
 
     @property
+    def missed_copies(self) -> tuple[int, ...]:
+        """Samples that copy ``x_p`` by nearest neighbour but are not q-positives (empty without the copy count)."""
+        q = set(self.q_indices)
+        return () if self.copies is None else tuple(i for i in self.copies.xp_copy_indices if i not in q)
+
+    @property
     def cp_false_positives(self) -> tuple[int, ...]:
         """Images ``c_p`` flags that are not q-positives (``c_p+`` but ``c_id−``)."""
         q = set(self.q_indices)
@@ -465,7 +470,7 @@ class AuditResult:
                         f"(E|q| = {self.expected_q:.3g}).{nn}")  # fmt: skip
             kind: VerdictKind = "inconclusive"
         elif self.n_q > 0:
-            low = stats.binomtest(self.n_q, self.n).proportion_ci(req.confidence, method="exact").low
+            low = proportion_interval(self.n_q, self.n, req.confidence)[0]
             test = ""
             if self.rejects_h0():
                 test = f"; fewer than E|q| = {self.expected_q:.3g} (one-sided binomial p = {self.p_value:.2g})"
@@ -589,8 +594,8 @@ def audit(
         )
     if not images.is_floating_point():
         raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype} — use load_images()")
-    lo, hi = float(images.min()), float(images.max())
-    if math.isnan(lo) or math.isnan(hi) or bool(torch.isnan(images).any()):
+    lo, hi = float(images.min()), float(images.max())  # NaN anywhere makes both NaN
+    if math.isnan(lo) or math.isnan(hi):
         raise ValueError("images contain NaN; allowed: finite values in [0, 1]")
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"images have values in [{lo:.3g}, {hi:.3g}]; allowed: [0, 1] (model-range [-1, 1] images: apply safcore.data.from_model_range first)")

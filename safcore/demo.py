@@ -94,7 +94,7 @@ def run_demo(study: Study, out_dir: str | Path, *, spread_runs: int = 3, progres
     spread = study.probe(study.probe_config(search="topdown", repeats=spread_runs, seed=study.probe_config().seed + 1)) if spread_runs else None
     stage_seconds["t' spread"] = time.perf_counter() - began
     accuracies = study.classifier_accuracies()
-    copies = study.copies()
+    copies = audit_result.copies.n_copies  # the audit's own neighbour search, not a second one
     seconds = time.perf_counter() - start
     _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds, stage_seconds)
     return DemoReport(repr(study), audit_result, probe_result, accuracies, copies, seconds, out_dir)
@@ -115,7 +115,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
     u = audit_result.q_upper()
     headline = f"|q| = {audit_result.n_q} of {audit_result.n} (E|q| = {audit_result.expected_q:.3g}); P(x_p) ≤ {u:.2%} (95 %)"
     groups = {"q-positives": audit_result.q_indices}
-    missed = tuple(i for i in check.xp_copy_indices if i not in set(audit_result.q_indices))
+    missed = audit_result.missed_copies
     groups["x_p copies the adversary missed"] = missed
     groups["c_p+ that are not x_p"] = tuple(i for i in audit_result.cp_indices
                                             if i not in set(check.xp_copy_indices) | set(audit_result.q_indices))
@@ -123,7 +123,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
     plotting.save_figure(figure, out_dir / "q_positives.png")
     title = None
     if probe_result.t_prime is not None:
-        title = f"x_p comes back from t' = {probe_result.t_prime:.2f} ({probe_result.k_at_t_prime}/{probe_result.n_at_t_prime})"
+        title = f"x_p comes back from t' = {probe_result.t_prime:.2f} ({probe_result.t_prime_count})"
         if spread is not None:
             title += "; further probes: " + ", ".join("none" if t is None else f"{t:.2f}" for t in spread.t_prime_runs)
     figure = plotting.q_curve(probe_result.ts, probe_result.q, probe_result.ci_low, probe_result.ci_high,

@@ -54,22 +54,32 @@ def nearest_neighbours(
     return torch.cat(indices), torch.cat(distances)
 
 
-def carlini_ratio(samples: torch.Tensor, train: torch.Tensor, k: int = 50) -> torch.Tensor:
-    """ℓ2 to the nearest training image over the mean ℓ2 to the next ``k`` (Carlini et al. 2023), (B,).
+def carlini_nearest(samples: torch.Tensor, train: torch.Tensor, k: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's nearest training image and its Carlini et al. 2023 ratio, from one neighbour search.
 
-    ``k`` is clipped to N − 1. Where the next ``k`` are all at distance 0 (duplicates in ``train``)
-    the ratio is 0 if the nearest is also at 0, else ``inf``.
+    The ratio is ℓ2 to the nearest training image over the mean ℓ2 to the next ``k``; ``k`` is clipped
+    to N − 1. Where the next ``k`` are all at distance 0 (duplicates in ``train``) the ratio is 0 if the
+    nearest is also at 0, else ``inf``.
+
+    Returns:
+        ``nearest`` (B,) long indices into ``train`` and ``ratio`` (B,) float32.
     """
     if len(train) < 2:
         raise ValueError(f"the Carlini criterion needs at least 2 training images; got {len(train)}")
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r} must be a positive integer")
     k = min(k, len(train) - 1)
-    _, distances = nearest_neighbours(samples, train, k + 1)
+    indices, distances = nearest_neighbours(samples, train, k + 1)
     nearest = distances[:, 0].double()
     others = distances[:, 1:].double().mean(dim=1)
     ratio = torch.where(others > 0, nearest / others.clamp_min(1e-300), torch.where(nearest > 0, math.inf, 0.0))
-    return ratio.float()
+    return indices[:, 0], ratio.float()
+
+
+def carlini_ratio(samples: torch.Tensor, train: torch.Tensor, k: int = 50) -> torch.Tensor:
+    """ℓ2 to the nearest training image over the mean ℓ2 to the next ``k`` (Carlini et al. 2023), (B,);
+    see :func:`carlini_nearest`."""
+    return carlini_nearest(samples, train, k)[1]
 
 
 def carlini_copies(samples: torch.Tensor, train: torch.Tensor, k: int = 50, threshold: float = 0.5) -> torch.Tensor:

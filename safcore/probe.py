@@ -30,8 +30,8 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 
+from safcore.bounds import proportion_interval
 from safcore.data import from_model_range, to_model_range
 from safcore.progress import progress_bar
 from safcore.sde import SDE
@@ -309,6 +309,11 @@ class ProbeResult:
         return 0.0 if self.t_prime is None else self.t_prime
 
     @property
+    def t_prime_count(self) -> str:
+        """The count t' rests on, ``"k/n"`` at t' (``"-"`` without a t'), for tables and figures."""
+        return "-" if self.t_prime is None else f"{self.k_at_t_prime}/{self.n_at_t_prime}"
+
+    @property
     def t_prime_spread(self) -> tuple[float | None, float | None, float | None]:
         """(min, median, max) of ``t_prime_runs``; ``None`` (no t') counts as below every grid t, and the
         median of an even number of runs is the lower middle value (so it is a grid t or ``None``)."""
@@ -438,7 +443,7 @@ def eq9_indicator(
         raise ValueError(f"confidence={confidence!r} must lie in (0, 1), e.g. 0.95")
     order = np.argsort(t)
     kv, nv, s = kv[order].astype(np.int64), nv[order].astype(np.int64), s[order]
-    u = np.array([1.0 if ni == 0 else _proportion_ci(ki, ni, confidence)[1] for ki, ni in zip(kv, nv)])
+    u = np.array([1.0 if ni == 0 else proportion_interval(ki, ni, confidence)[1] for ki, ni in zip(kv, nv)])
     nodes_s = np.concatenate([[0.0], s])
     nodes_u = np.concatenate([[1.0], u])
     positive = np.flatnonzero(kv > 0)
@@ -542,11 +547,6 @@ def probe_at(
     return ex, M * b.nfe_each
 
 
-def _proportion_ci(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="exact")
-    return float(ci.low), float(ci.high)
-
-
 class _Tally:
     """Per-t counters and kept images, filled batch by batch."""
 
@@ -596,7 +596,7 @@ class _Tally:
         ts = np.array(sorted(self.n), dtype=np.float64)
         n = np.array([self.n[t] for t in ts], dtype=np.int64)
         k = np.array([self.k[t] for t in ts], dtype=np.int64)
-        ci = [_proportion_ci(ki, ni) for ki, ni in zip(k, n)]
+        ci = [proportion_interval(ki, ni) for ki, ni in zip(k, n)]
         examples = []
         for t in sorted(set(example_ts)):
             parts = self.images.get(t, [])

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from safetensors.torch import load_file
@@ -34,6 +34,9 @@ from safcore.profiles import Profile, get_profile
 from safcore.runs import RunStore, atomic_save_safetensors, atomic_write, file_sha256, write_manifest
 from safcore.sampling import sample
 from safcore.train import TrainResult, load_kept, train
+
+if TYPE_CHECKING:
+    from safcore.metrics import FIDResult
 
 Split = Literal["train", "val", "test"]
 
@@ -259,7 +262,7 @@ class Study:
         return path
 
     # ------------------------------------------------------------------ image quality
-    def fid(self, split: Split = "train", *, extractor: str = "auto", seed: int = 0) -> "FIDResult":
+    def fid(self, split: Split = "train", *, extractor: str = "auto", seed: int = 0) -> FIDResult:
         """FID between ``split`` and the model's samples (Tab. 2's FID_train / FID_test), same ``n`` on both sides.
 
         FID's small-sample bias depends on the number of images on each side, so FID_train and

@@ -219,6 +219,7 @@ def test_copy_check_counts_planted_copies_and_the_adversary_recall_exactly(priva
     assert c.copy_indices == tuple(range(12)) and c.n_copies == 12 and c.copy_rate == 12 / 16
     assert c.nearest[:12] == (private.index,) * 8 + (a, a, b, b)
     assert (c.cp_hits, c.cid_hits, c.q_hits) == (5, 8, 5)
+    assert result.missed_copies == (5, 6, 7)  # the three copies of x_p's anatomy without the SAF
     assert (c.cp_recall, c.cid_recall, c.q_recall) == (5 / 8, 1.0, 5 / 8)
     assert (c.cp_others, c.cid_others, c.n_others) == (1, 0, 8)  # the SAF painted on image b
     assert c.cp_rate_others == 1 / 8 and c.q_not_copies == ()

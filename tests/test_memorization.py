@@ -35,6 +35,9 @@ def test_carlini_copies_flags_copies_and_not_distinct_images():
     assert flags.dtype == torch.bool
     assert flags.tolist() == [True, True, True, True, False, False, False]
     ratio = memorization.carlini_ratio(samples, train)
+    nearest, same = memorization.carlini_nearest(samples, train)  # one search gives both
+    assert torch.equal(same, ratio) and torch.equal(nearest, memorization.nearest_neighbours(samples, train, k=1)[0][:, 0])
+    assert nearest[:4].tolist() == [0, 10, 59, 20]
     assert ratio[:3].max() < 1e-3 and ratio[4:].min() > 0.9
     # k is clipped to N - 1: two training images still work
     assert memorization.carlini_copies(train[:1], train[:2]).tolist() == [True]

@@ -95,6 +95,7 @@ def test_point_mass_at_xp_always_comes_back(sde, images, classifiers):
     res = _probe(sde, images, classifiers, ["xp"], None)
     assert res.t_prime == 0.95  # the top of the grid
     assert (res.k_at_t_prime, res.n_at_t_prime) == (16, 16) and res.t_prime_runs == (0.95,)
+    assert res.t_prime_count == "16/16"
     np.testing.assert_array_equal(res.k, 16)
     np.testing.assert_array_equal(res.q, 1.0)
     # Clopper–Pearson for 16/16: [0.025^(1/16), 1]
@@ -118,6 +119,7 @@ def test_point_mass_at_xp_always_comes_back(sde, images, classifiers):
 def test_point_mass_elsewhere_never_comes_back(sde, images, classifiers):
     res = _probe(sde, images, classifiers, ["y"], None)
     assert res.t_prime is None and res.t_prime_or_zero == 0.0
+    assert res.t_prime_count == "-"
     assert res.k_at_t_prime is None and res.n_at_t_prime is None and res.t_prime_runs == (None,)
     np.testing.assert_array_equal(res.k, 0)
     assert res.k_p.sum() == 16 * 19  # the disk is grey in y as well: only c_id says no
