@@ -2,6 +2,10 @@
 # The whole test suite on a fresh machine: make .venv, install safcore with its test extras, run the
 # unit tests and every notebook under nbval. Usage: bash scripts/test.sh [extra pytest args]
 set -euo pipefail
+# A relative data root is taken from where the command was run (the notebooks run in notebooks/).
+if [ -n "${SAFCORE_DATA_ROOT:-}" ] && [ -d "$SAFCORE_DATA_ROOT" ]; then
+  SAFCORE_DATA_ROOT="$(cd "$SAFCORE_DATA_ROOT" && pwd)"; export SAFCORE_DATA_ROOT
+fi
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export SAFCORE_DATA_ROOT="${SAFCORE_DATA_ROOT:-$PWD/../shared/data/medmnist}"
