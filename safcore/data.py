@@ -1,12 +1,18 @@
-"""MedMNIST and MedMNIST-layout data: loading offline from a data root, subsets, scaling.
+"""MedMNIST and MedMNIST-layout data: loading from a data root or medmnist's cache, downloads, subsets, scaling.
 
-A dataset is named either by a 2D MedMNIST flag (``"breastmnist"``), read through the ``medmnist``
-package from a data root, or by the path of a user's own ``.npz`` in the MedMNIST layout
-(``train_images``/``val_images``/``test_images`` of shape ``(N, H, W)`` or ``(N, H, W, 3)``, uint8,
-and ``*_labels`` of shape ``(N, L)``) — a hospital audits its own images, not MedMNIST.
+A dataset is named either by a 2D MedMNIST flag (``"breastmnist"``), or by the path of a user's own
+``.npz`` in the MedMNIST layout (:data:`NPZ_LAYOUT`) — a hospital audits its own images, not MedMNIST.
 
-The data root is, in order: the ``root`` argument, ``$SAFCORE_DATA_ROOT``, medmnist's default
-(``~/.medmnist``). Nothing is downloaded unless ``download=True``.
+Where a flag's release file is looked for (:func:`load_dataset`):
+
+* a **given data root** — the ``root`` argument, else ``$SAFCORE_DATA_ROOT`` — is the only folder
+  searched, and nothing is ever downloaded into it;
+* with **no root given**, medmnist's own cache ``~/.medmnist`` is searched and, when the file is not
+  there (or its MD5 differs from medmnist's ``INFO``), the medmnist package downloads it there with
+  its own code (``MedMNIST.download``: torchvision's ``download_url``, with a progress bar and the MD5
+  check) — unless offline: ``offline=True`` or ``$SAFCORE_OFFLINE=1`` (the test command sets it).
+
+A missing file then gives one error naming the flag, the folders searched and both remedies.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import sys
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -22,8 +30,15 @@ import numpy as np
 import torch
 
 DATA_ROOT_ENV = "SAFCORE_DATA_ROOT"
+OFFLINE_ENV = "SAFCORE_OFFLINE"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 Split = Literal["train", "val", "test"]
+NPZ_LAYOUT = (
+    "train_images, val_images, test_images: uint8 arrays (N, H, W) or (N, H, W, 3) with H == W; "
+    "train_labels, val_labels, test_labels: integer arrays (N, L)"
+)
+_OFFLINE_ON = ("1", "true", "yes", "on")
+_OFFLINE_OFF = ("", "0", "false", "no", "off")
 
 
 def medmnist_2d_flags() -> list[str]:
@@ -40,13 +55,106 @@ def medmnist_sizes() -> tuple[int, ...]:
     return tuple(MedMNIST2D.available_sizes)
 
 
-def default_data_root() -> Path:
-    """``$SAFCORE_DATA_ROOT`` if set, else medmnist's own default root."""
+def medmnist_cache_root() -> Path:
+    """medmnist's own download folder, ``~/.medmnist`` (``medmnist.info.get_default_root``).
+
+    Evaluated at each call (medmnist fixes its ``DEFAULT_ROOT`` when imported), so ``$HOME`` set later counts.
+    """
+    return Path(os.path.expanduser("~")) / ".medmnist"
+
+
+def given_data_root(root: str | os.PathLike | None = None) -> Path | None:
+    """The data root the user gave: ``root`` if not ``None``, else ``$SAFCORE_DATA_ROOT`` if set, else ``None``."""
+    if root is not None:
+        return Path(root).expanduser()
     if os.environ.get(DATA_ROOT_ENV):
         return Path(os.environ[DATA_ROOT_ENV]).expanduser()
-    from medmnist.info import DEFAULT_ROOT
+    return None
 
-    return Path(DEFAULT_ROOT)
+
+def default_data_root() -> Path:
+    """``$SAFCORE_DATA_ROOT`` if set, else medmnist's cache (:func:`medmnist_cache_root`)."""
+    return given_data_root() or medmnist_cache_root()
+
+
+def offline_from_env() -> bool:
+    """Whether ``$SAFCORE_OFFLINE`` forbids downloads (1/true/yes/on; unset, empty or 0/false/no/off allow them).
+
+    Raises:
+        ValueError: any other value (the allowed ones are named).
+    """
+    value = os.environ.get(OFFLINE_ENV, "").strip().lower()
+    if value in _OFFLINE_ON:
+        return True
+    if value in _OFFLINE_OFF:
+        return False
+    raise ValueError(
+        f"{OFFLINE_ENV}={os.environ[OFFLINE_ENV]!r} is not understood; use one of {', '.join(_OFFLINE_ON)} to forbid "
+        f"downloads or one of {', '.join(v for v in _OFFLINE_OFF if v)} (or leave it unset) to allow them"
+    )
+
+
+def flag_file_name(flag: str, size: int = 28) -> str:
+    """The release file of ``flag`` at ``size`` px, as medmnist names it: ``breastmnist.npz``, ``breastmnist_64.npz``."""
+    return f"{flag}{'' if size == 28 else f'_{size}'}.npz"
+
+
+def flags_with_train_size(n: int) -> list[tuple[str, int]]:
+    """2D MedMNIST flags whose train split holds at least ``n`` images, as ``(flag, size)``, smallest first.
+
+    The sizes are medmnist's ``INFO[flag]["n_samples"]["train"]`` (the same at 28, 64, 128 and 224 px).
+    """
+    from medmnist import INFO
+
+    sizes = [(flag, int(INFO[flag]["n_samples"]["train"])) for flag in medmnist_2d_flags()]
+    return sorted(((flag, size) for flag, size in sizes if size >= n), key=lambda item: (item[1], item[0]))
+
+
+def train_size(dataset: str | os.PathLike | MedMNISTData) -> int:
+    """Images in the train split of ``dataset``: a flag's from medmnist's ``INFO`` (nothing is read or
+    downloaded), an ``.npz`` path's from the file (validated by :func:`load_npz`), or a loaded dataset's."""
+    if isinstance(dataset, MedMNISTData):
+        return len(dataset.split("train"))
+    if _looks_like_path(dataset):
+        return len(load_npz(dataset).split("train"))
+    from medmnist import INFO
+
+    flag = _check_flag(dataset)
+    return int(INFO[flag]["n_samples"]["train"])
+
+
+def check_n_dataset(dataset: str | os.PathLike | MedMNISTData, n: int, *, name: str = "N_D") -> int:
+    """Check that a training set of ``n`` images can be drawn from the train split of ``dataset``.
+
+    This is the check behind :func:`seeded_subset`, made before anything is loaded, trained or downloaded
+    (a flag's size comes from medmnist's ``INFO``), with the flags that would fit.
+
+    Args:
+        dataset: a 2D MedMNIST flag, an ``.npz`` path or a loaded :class:`MedMNISTData`.
+        n: the training-set size ``N_D``.
+        name: what ``n`` is called in the message (a notebook's parameter name).
+
+    Returns:
+        the train split's size.
+
+    Raises:
+        ValueError: one line naming ``n``, the train split's size and the MedMNIST flags whose train split fits.
+    """
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{name} = {n!r} is not a training-set size: it must be an integer >= 1")
+    total = train_size(dataset)
+    if n <= total:
+        return total
+    label = dataset.name if isinstance(dataset, MedMNISTData) else (
+        os.fspath(dataset) if _looks_like_path(dataset) else str(dataset).lower()
+    )
+    fitting = flags_with_train_size(int(n))
+    if fitting:
+        fits = "MedMNIST flags whose train split fits: " + ", ".join(f"{flag} ({size})" for flag, size in fitting)
+    else:
+        largest = max(flags_with_train_size(1), key=lambda item: item[1])
+        fits = f"no MedMNIST 2D flag fits (the largest train split is {largest[0]}'s, {largest[1]} images)"
+    raise ValueError(f"{name} = {int(n)} exceeds the {total} training images of {label}; {fits}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +205,15 @@ def _check_split(split: str) -> None:
 
 def _looks_like_path(dataset: str | os.PathLike) -> bool:
     text = os.fspath(dataset)
-    return isinstance(dataset, os.PathLike) or text.endswith(".npz") or os.sep in text
+    return isinstance(dataset, os.PathLike) or text.lower().endswith(".npz") or os.sep in text
+
+
+def _check_flag(dataset: str) -> str:
+    flag = str(dataset).lower()
+    flags = medmnist_2d_flags()
+    if flag not in flags:
+        raise ValueError(f"unknown MedMNIST 2D flag {dataset!r}; the 2D flags are: {', '.join(flags)} (or give an .npz path)")
+    return flag
 
 
 def load_dataset(
@@ -105,83 +221,190 @@ def load_dataset(
     *,
     root: str | os.PathLike | None = None,
     size: int = 28,
-    download: bool = False,
+    offline: bool | None = None,
 ) -> MedMNISTData:
-    """Load a 2D MedMNIST flag from the data root, or a MedMNIST-layout ``.npz`` by path.
+    """Load a 2D MedMNIST flag (from a data root or medmnist's cache, downloaded if need be), or an ``.npz`` by path.
+
+    Where a flag is looked for and when it is downloaded: see the module docstring.
 
     Args:
-        dataset: a 2D flag such as ``"breastmnist"``, or the path of an ``.npz`` file.
-        root: folder holding the flags' release files (see the module docstring for the fallback).
+        dataset: a 2D flag such as ``"breastmnist"``, or the path of an ``.npz`` file in the MedMNIST layout.
+        root: folder holding the flags' release files; ``None`` → ``$SAFCORE_DATA_ROOT``, else medmnist's cache.
         size: image size of the release file (MedMNIST publishes 28, 64, 128 and 224).
-        download: let medmnist download a missing flag (never done otherwise).
+        offline: forbid downloads; ``None`` → ``$SAFCORE_OFFLINE`` (:func:`offline_from_env`).
 
     Raises:
-        ValueError: unknown flag (the 2D flags are listed), a size MedMNIST does not publish,
-            an npz with missing keys or wrongly shaped arrays.
-        FileNotFoundError: the flag's file is missing from the root (and ``download`` is off), or
-            the given npz path does not exist.
+        ValueError: unknown flag (the 2D flags are listed), a size MedMNIST does not publish, a file that
+            is not a readable npz, an npz with missing keys or wrongly shaped arrays.
+        FileNotFoundError: the flag's file is neither in the folder searched nor downloadable (a root was
+            given, or offline): names the flag, the folders searched and both remedies; or the given
+            ``.npz`` path does not exist.
+        RuntimeError: the download failed or its MD5 differs from medmnist's (the bad file is removed).
     """
     if _looks_like_path(dataset):
         return load_npz(dataset)
-    flag = str(dataset).lower()
-    flags = medmnist_2d_flags()
-    if flag not in flags:
-        raise ValueError(f"unknown MedMNIST 2D flag {dataset!r}; the 2D flags are: {', '.join(flags)} (or give an .npz path)")
+    flag = _check_flag(dataset)
     sizes = medmnist_sizes()
     if size not in sizes:
         raise ValueError(f"MedMNIST has no size {size!r} px; it publishes {', '.join(map(str, sizes))}")
+    if offline is None:
+        offline = offline_from_env()
 
-    import medmnist
     from medmnist import INFO
 
-    root_path = Path(root).expanduser() if root is not None else default_data_root()
-    file_name = f"{flag}{'' if size == 28 else f'_{size}'}.npz"
-    file = root_path / file_name
-    if not file.is_file():
-        if not download:
-            raise FileNotFoundError(
-                f"{file_name} not found in the data root {root_path}. Point the root at a folder that holds it "
-                f"(argument root=... or ${DATA_ROOT_ENV}), or allow download=True on a machine with internet access."
-            )
-        root_path.mkdir(parents=True, exist_ok=True)
     info = INFO[flag]
-    dataset_class = getattr(medmnist, info["python_class"])
-    images: dict[str, np.ndarray] = {}
-    labels: dict[str, np.ndarray] = {}
-    for split in SPLITS:
-        split_data = dataset_class(split=split, root=str(root_path), size=size, download=download and split == "train")
-        images[split] = np.asarray(split_data.imgs)
-        labels[split] = np.asarray(split_data.labels)
     expected_md5 = info.get("MD5" if size == 28 else f"MD5_{size}")
-    if expected_md5 and _md5(file) != expected_md5:
+    file_name = flag_file_name(flag, size)
+    given = given_data_root(root)
+    folder = given if given is not None else medmnist_cache_root()
+    file = folder / file_name
+    actual_md5 = _md5(file) if file.is_file() else None
+    if given is not None or offline:
+        if actual_md5 is None:
+            raise FileNotFoundError(_missing_message(flag, size, folder, root_source=_root_source(root, given)))
+    elif actual_md5 != expected_md5:  # not in the cache, or not the release (e.g. a download cut short)
+        file = _download(flag, size, folder)
+        actual_md5 = expected_md5  # medmnist's download checked it
+    data = _read_npz(file, name=flag, info=dict(info))
+    if expected_md5 and actual_md5 != expected_md5:
         warnings.warn(
             f"{file} differs from the official MedMNIST release (MD5 {expected_md5}); using it anyway",
             stacklevel=2,
         )
-    data = MedMNISTData(name=flag, source=file, images_by_split=images, labels_by_split=labels, info=dict(info))
-    _validate(data, file)
     for split in SPLITS:
-        if len(images[split]) != info["n_samples"][split]:
+        if len(data.images_by_split[split]) != info["n_samples"][split]:
             warnings.warn(
-                f"{file}: {split} has {len(images[split])} images, INFO says {info['n_samples'][split]}", stacklevel=2
+                f"{file}: {split} has {len(data.images_by_split[split])} images, INFO says {info['n_samples'][split]}",
+                stacklevel=2,
             )
     return data
 
 
+def _root_source(root: str | os.PathLike | None, given: Path | None) -> str | None:
+    if given is None:
+        return None
+    return "root=" if root is not None else f"${DATA_ROOT_ENV}"
+
+
+def _missing_message(flag: str, size: int, folder: Path, *, root_source: str | None) -> str:
+    """One line: the flag, the folder searched, why nothing was downloaded, and both remedies."""
+    file_name = flag_file_name(flag, size)
+    cache = medmnist_cache_root()
+    exists = "" if folder.is_dir() else "; that folder does not exist"
+    if root_source is not None:
+        where = f"the data root {folder} (given by {root_source}{exists})"
+        why = "a given data root is never downloaded into"
+    else:
+        where = f"medmnist's cache {folder}" + (" (that folder does not exist)" if exists else "")
+        why = f"offline (offline=True, --offline or {OFFLINE_ENV}=1) forbids the download"
+    return (
+        f"MedMNIST flag {flag!r} ({size} px): {file_name} not found in the folders searched: {where}; {why}. "
+        f"Either put {file_name} into {folder} (or point {DATA_ROOT_ENV} / --data-root at a folder that holds it), "
+        f"or run online — without --offline / {OFFLINE_ENV}=1 and without a data root — so medmnist downloads it "
+        f"into {cache}"
+    )
+
+
+def _download(flag: str, size: int, cache: Path) -> Path:
+    """Download ``flag`` at ``size`` px into ``cache`` with medmnist's own code (progress bar, MD5 check).
+
+    Raises:
+        RuntimeError: the download failed (the cause is named), or the file's MD5 differs from medmnist's
+            ``INFO`` (the file is removed, so a retry downloads it again).
+    """
+    import medmnist
+    from medmnist import INFO
+
+    info = INFO[flag]
+    suffix = "" if size == 28 else f"_{size}"
+    url, md5 = info[f"url{suffix}"], info[f"MD5{suffix}"]
+    file = cache / flag_file_name(flag, size)
+    cache.mkdir(parents=True, exist_ok=True)
+    print(f"safcore: downloading {file.name} ({flag}, {size} px) from {url} into {cache}", file=sys.stderr)
+    try:
+        getattr(medmnist, info["python_class"])(split="train", root=str(cache), size=size, download=True)
+    except RuntimeError as error:  # medmnist turns every failure (even Ctrl-C) into one RuntimeError
+        cause = _root_cause(error)
+        if isinstance(cause, KeyboardInterrupt):
+            raise cause from None
+        if file.is_file() and _md5(file) != md5:
+            got = _md5(file)
+            file.unlink()
+            raise RuntimeError(
+                f"downloaded {file.name} for {flag!r} from {url} has MD5 {got}, not medmnist's {md5}: the download is "
+                f"corrupt or the file changed; removed it from {cache}. Retry, or put a verified {file.name} into a "
+                f"folder and point {DATA_ROOT_ENV} / --data-root at it"
+            ) from error
+        raise RuntimeError(
+            f"downloading {file.name} for {flag!r} from {url} into {cache} failed ({type(cause).__name__}: {cause}). "
+            f"Check the connection and retry, or put {file.name} (MD5 {md5}) into a folder and point "
+            f"{DATA_ROOT_ENV} / --data-root at it"
+        ) from error
+    return file
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
 def load_npz(path: str | os.PathLike) -> MedMNISTData:
-    """Load a user's own ``.npz`` in the MedMNIST layout (validated)."""
+    """Load a user's own ``.npz`` in the MedMNIST layout (:data:`NPZ_LAYOUT`), validated.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (or is a folder); the path is named.
+        ValueError: not a readable npz archive, missing keys (named, with the layout), wrong shapes or dtypes.
+    """
     file = Path(path).expanduser()
-    if not file.is_file():
+    if not file.exists():
         raise FileNotFoundError(f"dataset file {file} does not exist (expected an .npz in the MedMNIST layout)")
-    with np.load(file, allow_pickle=False) as npz:
+    if not file.is_file():
+        raise FileNotFoundError(f"dataset file {file} is a folder, not an .npz file in the MedMNIST layout")
+    return _read_npz(file, name=file.stem, info=None)
+
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _read_npz(file: Path, *, name: str, info: dict | None) -> MedMNISTData:
+    """Read and validate the six MedMNIST arrays of ``file``; every failure is one ValueError naming ``file``."""
+    not_npz = f"{file} is not a readable .npz archive"
+    expected = f"expected numpy's .npz (a zip of arrays, np.savez) in the MedMNIST layout: {NPZ_LAYOUT}"
+    with open(file, "rb") as handle:
+        head = handle.read(6)
+    if head.startswith(b"\x93NUMPY"):
+        raise ValueError(f"{not_npz}: it holds a single .npy array; {expected}")
+    if not head.startswith(_ZIP_MAGIC):
+        kind = "it is empty" if not head else f"it does not start like a zip archive (first bytes {head!r})"
+        raise ValueError(f"{not_npz}: {kind}; {expected}")
+    try:
+        npz = np.load(file, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{not_npz} ({type(error).__name__}: {error}); {expected}") from None
+    with npz:
         keys = set(npz.files)
         needed = {f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")}
         missing = sorted(needed - keys)
         if missing:
-            raise ValueError(f"{file} lacks the MedMNIST keys {missing}; it has {sorted(keys)}")
-        images = {s: np.asarray(npz[f"{s}_images"]) for s in SPLITS}
-        labels = {s: np.asarray(npz[f"{s}_labels"]) for s in SPLITS}
-    data = MedMNISTData(name=file.stem, source=file, images_by_split=images, labels_by_split=labels, info=None)
+            raise ValueError(f"{file} lacks the MedMNIST keys {missing}; it has {sorted(keys)}. Expected layout: {NPZ_LAYOUT}")
+        arrays: dict[str, np.ndarray] = {}
+        for key in sorted(needed):
+            try:
+                arrays[key] = np.asarray(npz[key])
+            except ValueError as error:  # object arrays: numpy refuses them without allow_pickle
+                raise ValueError(
+                    f"{file}: {key} holds Python objects, not numbers ({type(error).__name__}); {expected}"
+                ) from None
+            except (OSError, EOFError, zipfile.BadZipFile) as error:
+                raise ValueError(f"{not_npz}: {key} cannot be read ({type(error).__name__}: {error})") from None
+    data = MedMNISTData(
+        name=name,
+        source=file,
+        images_by_split={s: arrays[f"{s}_images"] for s in SPLITS},
+        labels_by_split={s: arrays[f"{s}_labels"] for s in SPLITS},
+        info=info,
+    )
     _validate(data, file)
     return data
 

@@ -1,14 +1,59 @@
-"""Shared fixtures: the real data root (CI: ../shared/data/medmnist) and a throwaway run store."""
+"""Shared fixtures: the real data root (CI: ../shared/data/medmnist), a throwaway run store, and no network.
+
+Every test runs offline (``SAFCORE_OFFLINE=1``, so :func:`safcore.data.load_dataset` never downloads)
+and with sockets that refuse any address but the loopback (so nothing can reach the internet, even by
+mistake). The download test lifts the first for itself and serves its file from 127.0.0.1.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data" / "medmnist"
+_LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def is_loopback(address) -> bool:
+    """Whether a socket address is on this machine: a Unix socket path, 127.0.0.0/8, ::1 or ``localhost``."""
+    if not isinstance(address, tuple):  # AF_UNIX: a path (str or bytes)
+        return True
+    host = address[0]
+    if isinstance(host, bytes):
+        host = host.decode()
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:  # a name other than localhost: refused without resolving it
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Offline by default, and refuse any connection that leaves 127.0.0.1 / ::1."""
+    monkeypatch.setenv("SAFCORE_OFFLINE", "1")
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def guard(address):
+        if not is_loopback(address):
+            raise ConnectionRefusedError(f"tests may not reach {address!r}: only the loopback (127.0.0.1, ::1) is allowed")
+
+    def guarded_connect(self, address):
+        guard(address)
+        return connect(self, address)
+
+    def guarded_connect_ex(self, address):
+        guard(address)
+        return connect_ex(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
 
 
 @pytest.fixture(scope="session")

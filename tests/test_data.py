@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -39,25 +41,159 @@ def test_size_medmnist_does_not_publish(data_root):
         data.load_dataset("breastmnist", root=data_root, size=32)
 
 
-def test_missing_file_offline_names_file_root_and_fix(tmp_path):
+def test_given_root_without_the_file_names_flag_root_and_both_remedies(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
-        data.load_dataset("pathmnist", root=tmp_path)
+        data.load_dataset("pathmnist", root=tmp_path, offline=False)  # a given root is never downloaded into
     message = str(info.value)
-    assert "pathmnist.npz" in message and str(tmp_path) in message and "download=True" in message
-    assert "SAFCORE_DATA_ROOT" in message
+    assert "\n" not in message and "'pathmnist'" in message and "pathmnist.npz" in message
+    assert f"the data root {tmp_path} (given by root=)" in message and "never downloaded into" in message
+    assert "SAFCORE_DATA_ROOT" in message and "--data-root" in message and "without --offline" in message
     assert list(tmp_path.iterdir()) == []  # nothing was downloaded
 
 
+def test_env_root_without_the_file_is_named_as_such(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.DATA_ROOT_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"given by \$SAFCORE_DATA_ROOT; that folder does not exist"):
+        data.load_dataset("breastmnist", offline=False)
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """No data root given and an empty home: medmnist's cache is ``tmp_path/.medmnist``."""
+    monkeypatch.delenv(data.DATA_ROOT_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert data.medmnist_cache_root() == tmp_path / ".medmnist"
+    return tmp_path
+
+
+@pytest.mark.parametrize("how", ["argument", "env"])
+def test_offline_without_root_names_the_cache_and_both_remedies(home, monkeypatch, how):
+    if how == "env":
+        monkeypatch.setenv(data.OFFLINE_ENV, "1")  # conftest sets it too; this says it on purpose
+        kwargs = {}
+    else:
+        monkeypatch.setenv(data.OFFLINE_ENV, "0")
+        kwargs = {"offline": True}
+    with pytest.raises(FileNotFoundError) as info:
+        data.load_dataset("chestmnist", **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and "'chestmnist'" in message and "chestmnist.npz" in message
+    assert f"medmnist's cache {home / '.medmnist'} (that folder does not exist)" in message
+    assert "SAFCORE_OFFLINE=1" in message and "--offline" in message and "forbids the download" in message
+    assert "SAFCORE_DATA_ROOT" in message and "medmnist downloads it" in message
+    assert list(home.iterdir()) == []
+
+
+def test_cache_is_read_without_a_root_when_offline(home, data_root):
+    cache = home / ".medmnist"
+    cache.mkdir()
+    (cache / "breastmnist.npz").write_bytes((data_root / "breastmnist.npz").read_bytes())
+    ds = data.load_dataset("breastmnist", offline=True)
+    assert ds.source == cache / "breastmnist.npz" and len(ds.split("train")) == 546
+
+
+@pytest.mark.parametrize("value, offline", [("1", True), ("yes", True), ("0", False), ("", False), ("off", False)])
+def test_offline_env_values(monkeypatch, value, offline):
+    monkeypatch.setenv(data.OFFLINE_ENV, value)
+    assert data.offline_from_env() is offline
+
+
+def test_offline_env_nonsense_is_refused(monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "maybe")
+    with pytest.raises(ValueError, match=r"SAFCORE_OFFLINE='maybe' is not understood.*1, true"):
+        data.load_dataset("breastmnist")
+
+
 def test_missing_npz_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    path = tmp_path / "mine.npz"
+    with pytest.raises(FileNotFoundError, match=rf"dataset file {path} does not exist"):
+        data.load_dataset(path)
+
+
+def test_folder_named_npz(tmp_path):
+    (tmp_path / "mine.npz").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"mine.npz is a folder, not an .npz file"):
         data.load_dataset(tmp_path / "mine.npz")
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"patient,label\n1,0\n", r"does not start like a zip archive \(first bytes b'patien'\)"),
+        (b"", r"it is empty"),
+        (b"PK\x03\x04 cut short", r"BadZipFile"),
+    ],
+)
+def test_file_that_is_not_an_npz(tmp_path, content, match):
+    path = tmp_path / "mine.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        data.load_dataset(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is not a readable .npz archive")
+    assert re.search(match, message) and "train_images" in message  # the expected layout is named
+    assert "pickle" not in message  # numpy's advice to allow pickles does not leak through
+
+
+def test_single_npy_named_npz(tmp_path):
+    path = tmp_path / "mine.npz"
+    with open(path, "wb") as handle:
+        np.save(handle, np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match=r"not a readable .npz archive: it holds a single .npy array"):
+        data.load_dataset(path)
+
+
+def test_npz_with_object_arrays(tmp_path):
+    path = tmp_path / "mine.npz"
+    np.savez(path, **_layout(train_labels=np.array([{"a": 1}] * 4, dtype=object)))
+    with pytest.raises(ValueError) as info:
+        data.load_dataset(path)
+    assert "train_labels holds Python objects" in str(info.value) and "pickle" not in str(info.value)
 
 
 def test_npz_with_missing_keys(tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, train_images=np.zeros((2, 28, 28), np.uint8))
-    with pytest.raises(ValueError, match=r"lacks the MedMNIST keys.*test_images"):
+    with pytest.raises(ValueError) as info:
         data.load_dataset(path)
+    message = str(info.value)
+    assert re.search(r"lacks the MedMNIST keys \['test_images', 'test_labels', 'train_labels', 'val_images', "
+                     r"'val_labels'\]; it has \['train_images'\]", message)
+    assert "Expected layout: train_images, val_images, test_images: uint8 arrays (N, H, W) or (N, H, W, 3)" in message
+
+
+def test_flags_with_train_size():
+    fitting = data.flags_with_train_size(5000)
+    assert fitting[0] == ("dermamnist", 7007) and ("chestmnist", 78468) in fitting
+    assert [size for _, size in fitting] == sorted(size for _, size in fitting) and min(s for _, s in fitting) >= 5000
+    assert "breastmnist" not in dict(fitting) and "pneumoniamnist" not in dict(fitting)
+    assert not any(flag.endswith("3d") for flag, _ in data.flags_with_train_size(1))
+
+
+def test_check_n_dataset_fits(user_npz, data_root):
+    assert data.check_n_dataset("breastmnist", 546) == 546  # from INFO: nothing is read
+    assert data.check_n_dataset(user_npz, 3882) == 3882
+    assert data.check_n_dataset(data.load_dataset("breastmnist", root=data_root), 1) == 546
+
+
+def test_check_n_dataset_too_large_names_n_size_and_flags(user_npz):
+    with pytest.raises(ValueError) as info:
+        data.check_n_dataset("breastmnist", 5000)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("N_D = 5000 exceeds the 546 training images of breastmnist; MedMNIST flags whose train")
+    assert "dermamnist (7007)" in message and "chestmnist (78468)" in message and "pneumoniamnist" not in message
+    with pytest.raises(ValueError, match=rf"N_D_LARGE = 4000 exceeds the 3882 training images of {user_npz}; .*pneumoniamnist \(4708\)"):
+        data.check_n_dataset(user_npz, 4000, name="N_D_LARGE")
+    with pytest.raises(ValueError, match=r"no MedMNIST 2D flag fits \(the largest train split is tissuemnist's, 165466"):
+        data.check_n_dataset("breastmnist", 10**6)
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True])
+def test_check_n_dataset_refuses_non_sizes(n):
+    with pytest.raises(ValueError, match=r"N_D = .* is not a training-set size"):
+        data.check_n_dataset("breastmnist", n)
 
 
 def _layout(**override):
