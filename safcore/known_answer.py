@@ -6,6 +6,9 @@ Two kinds of known answer:
   every reverse sample comes back as ``x_p`` (q = 1 at every t, t' = top of the grid); one point
   elsewhere: never (q = 0, no t'); two points: q falls with t and its exact value is known by
   quadrature (:meth:`PointMixtureScore.q_exact`).
+* :class:`PointMassDenoiser` — the same for a diffusers model: the exact ε / x_0 / v prediction of
+  data that is one point, for the scheduler it is driven by (DDPM, DDIM; any prediction type). Every
+  reverse run of that scheduler lands on the point.
 * Simulated curves: a known ``q(t)`` on a grid (:func:`sharp_curve`, :func:`logistic_tail_curve`,
   :func:`two_level_curve`, :func:`slow_logistic_curve`) and :class:`BernoulliDraws`, which answers
   the probe's own search code (:func:`safcore.probe.topdown_search`) with Bernoulli draws instead of
@@ -31,6 +34,7 @@ from safcore.sde import SDE
 
 __all__ = [
     "PointMixtureScore",
+    "PointMassDenoiser",
     "sharp_curve",
     "logistic_tail_curve",
     "two_level_curve",
@@ -119,6 +123,56 @@ class PointMixtureScore:
 # --------------------------------------------------------------------------------------------------
 # simulated q(t) curves
 # --------------------------------------------------------------------------------------------------
+
+
+class _Output:
+    def __init__(self, sample: torch.Tensor) -> None:
+        self.sample = sample
+
+
+class PointMassDenoiser(torch.nn.Module):
+    """The exact denoiser of data that is the single image ``target``, in a diffusers U-Net's place.
+
+    For ``x_k = sqrt(ᾱ_k) x_0 + sqrt(1 − ᾱ_k) ε`` with ``x_0 = target`` always, the prediction the
+    scheduler expects is exact: ``ε = (x_k − sqrt(ᾱ_k) target) / sqrt(1 − ᾱ_k)`` (``"epsilon"``),
+    ``target`` (``"sample"``), or ``v = sqrt(ᾱ_k) ε − sqrt(1 − ᾱ_k) target`` (``"v_prediction"``,
+    Salimans & Ho 2022). Then every predicted ``x_0`` is ``target`` and the scheduler's last step
+    (``ᾱ_prev = 1``) returns it exactly: a :class:`safcore.schedulers.DiffusersModel` built on it
+    hands back ``target`` from every t — q = 1 at every t when ``target`` is ``x_p``, no positive when it
+    is another image.
+
+    Args:
+        target: ``(C, H, W)`` in unit range.
+        scheduler: the DDPM/DDIM scheduler whose ``alphas_cumprod`` and ``prediction_type`` it follows.
+
+    Called as ``denoiser(x (B, C, H, W) model range, timestep)`` → an object with ``.sample`` (B, C, H, W).
+    """
+
+    def __init__(self, target: torch.Tensor, scheduler) -> None:
+        super().__init__()
+        if target.ndim != 3:
+            raise ValueError(f"target must be one image (C, H, W), got shape {tuple(target.shape)}")
+        self.register_buffer("target", to_model_range(target.float()))
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float())
+        self.prediction_type = str(scheduler.config.prediction_type)
+        if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise ValueError(f"prediction_type {self.prediction_type!r}; allowed: epsilon, sample, v_prediction")
+        c, h, _ = target.shape
+        self.config = type("Config", (), {"in_channels": int(c), "out_channels": int(c), "sample_size": int(h)})()
+        self.anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)  # gives the module a device
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor | int) -> _Output:
+        k = torch.as_tensor(timestep, device=x.device).long().reshape(-1)
+        a = self.alphas_cumprod.to(x.device)[k].reshape(-1, 1, 1, 1)
+        x0 = self.target.to(x.device, x.dtype).expand_as(x)
+        eps = (x - a.sqrt() * x0) / (1.0 - a).sqrt()
+        if self.prediction_type == "epsilon":
+            out = eps
+        elif self.prediction_type == "sample":
+            out = x0
+        else:
+            out = a.sqrt() * eps - (1.0 - a).sqrt() * x0
+        return _Output(out)
 
 
 def _grid_array(grid: Sequence[float] | np.ndarray) -> np.ndarray:

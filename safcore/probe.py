@@ -470,12 +470,31 @@ class _Batch:
     samples: torch.Tensor  # unit range, clipped, CPU
     c_p: torch.Tensor  # bool (B,), CPU
     c_id: torch.Tensor
-    nfe_each: int  # network evaluations per trajectory
+    nfe: torch.Tensor  # int64 (B,): network evaluations of each trajectory
+
+
+def _is_scheduler_model(score_fn) -> bool:
+    from safcore.schedulers import DiffusersModel
+
+    return isinstance(score_fn, DiffusersModel)
+
+
+def _check_process(score_fn, sde: SDE | None) -> None:
+    if sde is None and not _is_scheduler_model(score_fn):
+        raise ValueError("sde=None is allowed only for a safcore.schedulers.DiffusersModel (its scheduler defines the "
+                         "forward and reverse process); pass the score model's SDE")
+
+
+def _std_fn(score_fn, sde: SDE | None) -> Callable[[np.ndarray], np.ndarray]:
+    """``σ(t)`` of the model's forward kernel: the SDE's, or the scheduler's ``sqrt(1 − ᾱ_{k(t)})``."""
+    if _is_scheduler_model(score_fn):
+        return score_fn.marginal_std
+    return lambda t: marginal_std(sde, t)
 
 
 def _run_batch(
     score_fn: ScoreFn,
-    sde: SDE,
+    sde: SDE | None,
     x_p: torch.Tensor,
     c_p: Classifier,
     c_id: Classifier,
@@ -483,33 +502,45 @@ def _run_batch(
     *,
     method: SamplerMethod,
     steps: int,
+    steps_full: int,
     eps: float,
     generator: torch.Generator | None,
 ) -> _Batch:
-    """Diffuse ``x_p`` to the per-sample times ``t_vec`` (B,), reverse, classify."""
+    """Diffuse ``x_p`` to the per-sample times ``t_vec`` (B,), reverse, classify.
+
+    A :class:`safcore.schedulers.DiffusersModel` diffuses with its scheduler's ``add_noise`` and
+    reverses with its ``step`` (``steps_full`` inference steps for a full run, the tail from each t);
+    a score model with ``sde`` uses the SDE's kernel and :func:`safcore.sampling.sample` (``steps``).
+    """
     from safcore.sampling import sample  # the sampler sits beside probe in the data flow
 
-    query = diffuse(x_p, t_vec, sde, t_vec.shape[0], generator)
-    res = sample(
-        score_fn,
-        sde,
-        x_t=query,
-        t_start=t_vec,
-        method=method,
-        steps=steps,
-        eps=eps,
-        generator=generator,
-        progress=False,
-    )
-    x_unit = from_model_range(res.images.detach()).clamp(0.0, 1.0)
+    if _is_scheduler_model(score_fn):
+        x0 = to_model_range(_as_single_image(x_p)).unsqueeze(0).expand(t_vec.shape[0], -1, -1, -1)
+        query = score_fn.diffuse(x0, t_vec, steps_full, generator)
+        images, nfe = score_fn.reverse(query, t_vec, steps_full, generator)
+    else:
+        query = diffuse(x_p, t_vec, sde, t_vec.shape[0], generator)
+        res = sample(
+            score_fn,
+            sde,
+            x_t=query,
+            t_start=t_vec,
+            method=method,
+            steps=steps,
+            eps=eps,
+            generator=generator,
+            progress=False,
+        )
+        images, nfe = res.images, torch.full((t_vec.shape[0],), int(res.nfe), dtype=torch.int64)
+    x_unit = from_model_range(images.detach()).clamp(0.0, 1.0)
     vp = _classify(c_p, x_unit, "c_p")
     vid = _classify(c_id, x_unit, "c_id")
-    return _Batch(query.detach(), x_unit.to("cpu"), vp, vid, int(res.nfe))
+    return _Batch(query.detach(), x_unit.to("cpu"), vp, vid, nfe)
 
 
 def probe_at(
     score_fn: ScoreFn,
-    sde: SDE,
+    sde: SDE | None,
     x_p: torch.Tensor,
     c_p: Classifier,
     c_id: Classifier,
@@ -532,10 +563,11 @@ def probe_at(
         raise ValueError(f"M={M!r}: the number of reverse samples must be an int >= 1")
     (t,) = _check_grid((t,), eps)
     x_p = _as_single_image(x_p)
+    _check_process(score_fn, sde)
     t_vec = torch.full((M,), t, dtype=torch.float32, device=x_p.device)
     b = _run_batch(
         score_fn, sde, x_p, c_p, c_id, t_vec,
-        method=method, steps=_steps_for(t, steps_full, eps), eps=eps, generator=generator,
+        method=method, steps=_steps_for(t, steps_full, eps), steps_full=steps_full, eps=eps, generator=generator,
     )  # fmt: skip
     ex = ProbeExample(
         t=t,
@@ -544,7 +576,7 @@ def probe_at(
         c_p=b.c_p,
         c_id=b.c_id,
     )
-    return ex, M * b.nfe_each
+    return ex, int(b.nfe.sum())
 
 
 class _Tally:
@@ -566,7 +598,7 @@ class _Tally:
         self.k[t] = self.k.get(t, 0) + int((vp & vid).sum())
         self.k_p[t] = self.k_p.get(t, 0) + int(vp.sum())
         self.k_id[t] = self.k_id.get(t, 0) + int(vid.sum())
-        self.nfe[t] = self.nfe.get(t, 0) + m * b.nfe_each
+        self.nfe[t] = self.nfe.get(t, 0) + int(b.nfe[rows].sum())
         kept = self.images.setdefault(t, [])
         have = sum(x[0].shape[0] for x in kept)
         take = max(0, min(m, self.n_keep - have))
@@ -638,7 +670,7 @@ def _generator_for(x_p: torch.Tensor, seed: int) -> torch.Generator:
 
 def q_curve(
     score_fn: ScoreFn,
-    sde: SDE,
+    sde: SDE | None,
     x_p: torch.Tensor,
     c_p: Classifier,
     c_id: Classifier,
@@ -707,7 +739,7 @@ def q_curve(
 def _fill_q_curve(
     tally: _Tally,
     score_fn: ScoreFn,
-    sde: SDE,
+    sde: SDE | None,
     x_p: torch.Tensor,
     c_p: Classifier,
     c_id: Classifier,
@@ -731,6 +763,7 @@ def _fill_q_curve(
         raise ValueError(f"batch_waste={batch_waste!r}: must be >= 0")
     grid = _check_grid(ts, eps)
     x_p = _as_single_image(x_p)
+    _check_process(score_fn, sde)
 
     # jobs: (list of t, samples per t) per sampler call
     jobs: list[tuple[tuple[float, ...], int]] = []
@@ -753,7 +786,8 @@ def _fill_q_curve(
         t_vec = torch.tensor(group, dtype=torch.float32, device=device).repeat_interleave(m)
         b = _run_batch(
             score_fn, sde, x_p, c_p, c_id, t_vec,
-            method=method, steps=_steps_for(max(group), steps_full, eps), eps=eps, generator=generator,
+            method=method, steps=_steps_for(max(group), steps_full, eps), steps_full=steps_full, eps=eps,
+            generator=generator,
         )  # fmt: skip
         for j, t in enumerate(group):
             tally.add(t, b, slice(j * m, (j + 1) * m))
@@ -825,7 +859,7 @@ def topdown_search(n_t: int, M: int, draw: Callable[[int, int], int], first_chun
 
 def find_t_prime(
     score_fn: ScoreFn,
-    sde: SDE,
+    sde: SDE | None,
     x_p: torch.Tensor,
     c_p: Classifier,
     c_id: Classifier,
@@ -866,6 +900,11 @@ def find_t_prime(
     same low bias, smaller: agreement 0.55 there). Both understate risk on exactly the curves where
     t' is uncertain.
 
+    A diffusers model (:class:`safcore.schedulers.DiffusersModel`, ``sde=None``) is probed through its own
+    scheduler: ``t`` maps to the training timestep ``ceil(t·T) − 1``, ``x_p`` is noised with ``add_noise``
+    and reversed with the scheduler's steps from there (``steps_full`` inference steps for a full run;
+    ``method`` and ``eps`` do not apply); the Eq. 9 indicator uses its ``σ = sqrt(1 − ᾱ)``.
+
     ``repeats = R``: R independent runs (:func:`run_seed`), pooled — see :class:`ProbeResult` (THE
     t' is the largest over runs, i.e. Algorithm 1 with ``R · M`` samples per t; ``t_prime_runs``
     keeps every run's t').
@@ -879,6 +918,7 @@ def find_t_prime(
         :class:`ProbeResult`.
     """
     x_p = _as_single_image(x_p)
+    _check_process(score_fn, sde)
     cfg = config
     grid = cfg.grid  # high -> low
     tallies: list[_Tally] = []
@@ -918,7 +958,7 @@ def find_t_prime(
         k_at_t_prime=None if t_prime is None else int(tally.k[t_prime]),
         n_at_t_prime=None if t_prime is None else int(tally.n[t_prime]),
         t_prime_runs=tuple(primes),
-        eq9_indicator=eq9_indicator(grid, k_grid, n_grid, lambda t: marginal_std(sde, t)),
+        eq9_indicator=eq9_indicator(grid, k_grid, n_grid, _std_fn(score_fn, sde)),
         nfe=curve.nfe,
         nfe_exhaustive=cfg.repeats * cfg.nfe_exhaustive,
         search=cfg.search,
@@ -930,7 +970,7 @@ def find_t_prime(
 
 def _topdown(
     score_fn: ScoreFn,
-    sde: SDE,
+    sde: SDE | None,
     x_p: torch.Tensor,
     c_p: Classifier,
     c_id: Classifier,
@@ -952,7 +992,7 @@ def _topdown(
             t_vec = torch.full((mm,), t, dtype=torch.float32, device=device)
             b = _run_batch(
                 score_fn, sde, x_p, c_p, c_id, t_vec,
-                method=cfg.method, steps=cfg.steps(t), eps=cfg.eps, generator=gen,
+                method=cfg.method, steps=cfg.steps(t), steps_full=cfg.steps_full, eps=cfg.eps, generator=gen,
             )  # fmt: skip
             tally.add(t, b, slice(0, mm))
         found = tally.k[t] - before
