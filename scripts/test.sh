@@ -13,4 +13,6 @@ export SAFCORE_DATA_ROOT="${SAFCORE_DATA_ROOT:-$PWD/../shared/data/medmnist}"
 # cell overflow ZeroMQ's queue, the "idle" message is lost and nbval fails with "Timeout ... waiting for
 # output". Bars are off under test (safcore/progress.py).
 export MPLBACKEND=Agg PYTHONHASHSEED=0 SAFCORE_PROGRESS=0
+# Tests never download (safcore/data.py): a flag missing from the data root is an error, not a fetch.
+export SAFCORE_OFFLINE=1
 exec .venv/bin/python -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 "$@"
