@@ -255,3 +255,38 @@ def test_safcore_and_its_command_line_work_without_the_extras():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "usage:" in result.stdout and "demo" in result.stdout
+
+
+def _ci_copy(tmp_path: Path, readme: str) -> Path:
+    """A stand-in repository: the real .ci/run, the given README, a scripts/test.sh that reports what it got."""
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / ".ci" / "run").write_text((REPO / ".ci" / "run").read_text())
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "test.sh").write_text('echo "root=$SAFCORE_DATA_ROOT cwd=$PWD"\n')
+    (tmp_path / "README.md").write_text(readme)
+    return tmp_path / ".ci" / "run"
+
+
+def test_readme_has_one_test_command_for_ci():
+    lines = re.findall(r"^SAFCORE_DATA_ROOT=\S+ bash scripts/test\.sh$", (REPO / "README.md").read_text(), re.M)
+    assert lines == ["SAFCORE_DATA_ROOT=../shared/data/medmnist bash scripts/test.sh"]
+
+
+def test_ci_runs_the_readme_test_line_from_the_repo_root(tmp_path):
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    readme = "# x\n\n```bash\nSAFCORE_DATA_ROOT=../data/here bash scripts/test.sh\n```\nSAFCORE_DATA_ROOT=x bash scripts/demo.sh\n"
+    run = _ci_copy(repo, readme)
+    result = subprocess.run(["bash", str(run)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "SAFCORE_DATA_ROOT": "/inherited/not/used"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"root=../data/here cwd={repo}"
+    assert "running the README's test command: SAFCORE_DATA_ROOT=../data/here bash scripts/test.sh" in result.stderr
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_ci_fails_loudly_without_exactly_one_test_line(tmp_path, count):
+    run = _ci_copy(tmp_path, "# x\n" + "SAFCORE_DATA_ROOT=../a bash scripts/test.sh\n" * count)
+    result = subprocess.run(["bash", str(run)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "expected exactly one line matching" in result.stderr and f"found {count}" in result.stderr
