@@ -26,7 +26,7 @@ FLAG = "breastmnist"
 class _Handler(SimpleHTTPRequestHandler):
     requests: list[str]
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):  # http.server's method name
         self.requests.append(self.path)
         super().do_GET()
 
