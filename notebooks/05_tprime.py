@@ -20,7 +20,7 @@
 # returns `x_p` from deep in the noise (high `t'`); one that generalizes lets it go early.
 
 # %% tags=["parameters"]
-DATASET = "breastmnist"  # a 2D MedMNIST flag, or the path of your own MedMNIST-layout .npz
+DATASET = "breastmnist"  # a 2D MedMNIST flag (downloaded if no data root is set), or your own MedMNIST-layout .npz
 N_D = 8  # training-set size; smoke: 8, cpu: 32, paper: 1000 … 50000
 PROFILE = "smoke"  # smoke (CI, seconds) | cpu (laptop, minutes) | paper (GPU)
 M = None  # reverse samples per t; None → the profile's (paper: 16)
@@ -31,9 +31,13 @@ SEED = 0  # draws the subset, x_i and the SAF's place
 N_D_LARGE = 64  # a larger training set for comparison: t' should fall as N_D grows
 
 # %%
-from safcore import plotting
+from safcore import data, plotting
 from safcore.study import Study
 
+# N_D and N_D_LARGE must fit the train split: otherwise stop here, in one line, with the flags that fit
+# (a flag's size comes from medmnist's INFO, so nothing is downloaded to find out).
+data.check_n_dataset(DATASET, N_D, name="N_D")
+data.check_n_dataset(DATASET, N_D_LARGE, name="N_D_LARGE")
 study = Study(DATASET, N_D, profile=PROFILE, seed=SEED)
 changes = {k: v for k, v in {"M": M, "grid": GRID, "search": SEARCH, "repeats": REPEATS}.items() if v is not None}
 probe_config = study.probe_config(**changes)
