@@ -1,42 +1,235 @@
-"""Command line: ``python -m safcore demo`` (or the ``safcore`` console script) for headless runs."""
+"""safcore's command line: fingerprint a training set, train or bring a model, audit it, probe t'.
+
+    safcore fingerprint --dataset breastmnist --n-dataset 16 --out fp/      # D_p for your trainer
+    (train your diffusion model on fp/dp.npz or fp/images/, save it as a diffusers pipeline)
+    safcore audit --model my_pipeline/ --fingerprint fp/ --probe             # will it hand back x_p?
+
+Bad input ends with one line on stderr and exit code 2 (--debug shows the traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
+import safcore
 from safcore import paths
 from safcore.profiles import PROFILES
 
+EPILOG = "Each command has its own --help. Reports are written to runs/reports/ unless --out is given."
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block) and exit with code 2."""
+
+    def error(self, message: str):  # noqa: D401 — argparse's hook
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _common(parser: argparse.ArgumentParser, *, profile_default: str = "cpu") -> None:
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=profile_default,
+                        help=f"scale of every stage: smoke (seconds), cpu (minutes on a laptop), paper (GPU); default {profile_default}")
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding the MedMNIST .npz files (default: $SAFCORE_DATA_ROOT, else medmnist's cache)")
+    parser.add_argument("--offline", action="store_true", help="never download a dataset (also: SAFCORE_OFFLINE=1)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _model_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--model", required=required,
+                        help="the model to audit: a diffusers pipeline folder (model_index.json), a UNet2DModel folder with "
+                             "scheduler_config.json, a folder from safcore train, or a Hub id owner/name")
+    parser.add_argument("--fingerprint", required=True, type=Path,
+                        help="the folder safcore fingerprint wrote (the model was trained on its D_p)")
+    parser.add_argument("--scheduler", choices=("model", "ddpm", "ddim"), default="model",
+                        help="sample a diffusers model with its own scheduler (default) or with DDPM / DDIM built from its config")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="inference steps of a full reverse run of a diffusers model (default: the profile's, at most T)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N for the model under audit (default auto)")
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="safcore", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo", help="SAF → score model → classifiers → audit → t' on one dataset, with a short report"
-    )
+    parser = _Parser(prog="safcore", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"safcore {safcore.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    fp = commands.add_parser("fingerprint", help="draw D_p (one image fingerprinted) and write it for your trainer",
+                             description="Draw N_D training images from a dataset, paint the synthetic anatomic fingerprint "
+                                         "(a grey disc) onto one of them (x_p) and drop its clean original. Writes DIR/dp.npz "
+                                         "(MedMNIST layout, train split = D_p), DIR/images/*.png (D_p as PNGs), "
+                                         "DIR/fingerprint.json (what D_p is) and DIR/x_p.png. Train your model on D_p.")
+    fp.add_argument("--dataset", default="breastmnist", help="a 2D MedMNIST flag or the path of a MedMNIST-layout .npz")
+    fp.add_argument("--n-dataset", type=int, required=True, help="N_D, the number of training images")
+    fp.add_argument("--seed", type=int, default=0, help="draws the images, x_p and the disc's place (default 0)")
+    fp.add_argument("--out", type=Path, required=True, help="the folder to write (must be new or empty)")
+    fp.add_argument("--radius", type=float, default=None, help="disc radius in px (default: the paper's rule for the image size)")
+    fp.add_argument("--grey", type=float, default=0.5, help="the disc's grey value in [0, 1] (default 0.5)")
+    fp.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    fp.add_argument("--data-root", default=None, help="folder holding the MedMNIST .npz files")
+    fp.add_argument("--offline", action="store_true", help="never download a dataset")
+
+    tr = commands.add_parser("train", help="train safcore's sub-VP score model on a fingerprint folder's D_p",
+                             description="Train safcore's sub-VP score model (the profile's U-Net and steps) on the D_p of a "
+                                         "fingerprint folder and save it where safcore audit --model reads it.")
+    tr.add_argument("--fingerprint", required=True, type=Path, help="the folder safcore fingerprint wrote")
+    tr.add_argument("--out", required=True, type=Path, help="the model folder to write")
+    _common(tr)
+
+    au = commands.add_parser("audit", help="audit a model (or its samples) for copies of x_p; writes a report",
+                             description="Train (or reuse) the adversary for the fingerprint folder (c_p on the dataset's real "
+                                         "images, c_id on D_p), sample the model, count |c_p+|, |c_id+|, |q| against "
+                                         "E|q| = n/N_D with the independent nearest-neighbour copy count, and with --probe "
+                                         "measure t' (Algorithm 1). Writes report.md, summary.json, figures and a manifest.")
+    _model_options(au, required=False)
+    au.add_argument("--samples", type=Path, default=None,
+                    help="audit these images (a PNG folder, .npy or .npz) instead of sampling the model")
+    au.add_argument("--n", type=int, default=None, help="samples to draw (default: the profile's)")
+    au.add_argument("--probe", action="store_true", help="also measure t' (needs --model)")
+    au.add_argument("--spread", type=int, default=3, help="further top-down t' probes that show its spread (default 3; 0: none)")
+    au.add_argument("--out", type=Path, default=None, help="report folder (default runs/reports/audit_<dataset>_ND<N>)")
+    _common(au)
+
+    pr = commands.add_parser("probe", help="measure t' (Algorithm 1) of a model for its fingerprint folder",
+                             description="Diffuse x_p to each t of the profile's grid, run the model's reverse process M times "
+                                         "and report t', the largest t from which x_p comes back, with q_M(t).")
+    _model_options(pr, required=True)
+    pr.add_argument("--M", type=int, default=None, help="reverse samples per t (default: the profile's)")
+    pr.add_argument("--search", choices=("exhaustive", "topdown"), default="exhaustive",
+                    help="exhaustive: the whole q_M(t) curve; topdown: t' alone, same law, cheap when t' is high")
+    pr.add_argument("--repeats", type=int, default=1, help="independent runs; t' is the largest, with their spread")
+    pr.add_argument("--out", type=Path, default=None, help="folder for probe.json and q_curve.png")
+    _common(pr)
+
+    demo = commands.add_parser("demo", help="SAF, score model, classifiers, audit and t' on one dataset, with a report",
+                               description="The whole chain with safcore's own sub-VP model on a MedMNIST flag or .npz.")
     demo.add_argument("--dataset", default="breastmnist", help="2D MedMNIST flag or path of a MedMNIST-layout .npz")
     demo.add_argument("--n-dataset", type=int, default=None, help="N_D (default: the profile's)")
-    demo.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--data-root", default=None, help="folder with the flags' .npz files (default $SAFCORE_DATA_ROOT)")
     demo.add_argument("--out", type=Path, default=None, help="report folder (default runs/reports/<profile>_<dataset>_ND<N>)")
-    demo.add_argument("--no-progress", action="store_true")
+    _common(demo)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _load(args):
+    from safcore.device import resolve_device
+    from safcore.schedulers import DiffusersModel, load_model
+
+    model = load_model(args.model)
+    if isinstance(model, DiffusersModel):
+        model = model.with_scheduler(args.scheduler)
+    elif args.scheduler != "model":
+        raise ValueError(f"--scheduler {args.scheduler} applies to a diffusers model; {args.model!r} is a safcore sub-VP model")
+    return model.to(resolve_device(args.device))
+
+
+def _study(args, model=None):
+    from safcore.study import Study
+
+    return Study.from_fingerprint(args.fingerprint, model=model, profile=args.profile, data_root=args.data_root,
+                                  progress=not args.no_progress, sample_steps=getattr(args, "steps", None))
+
+
+def _positive(name: str, value) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} = {value}; allowed: an integer ≥ 1")
+
+
+def _run(args) -> int:
+    progress = not getattr(args, "no_progress", False)
+    if args.command == "fingerprint":
+        from safcore.fingerprint import SAFConfig
+        from safcore.fingerprint_io import export_fingerprint
+
+        fp = export_fingerprint(args.dataset, args.n_dataset, args.out, seed=args.seed,
+                                saf=SAFConfig(radius=args.radius, grey=args.grey), data_root=args.data_root,
+                                overwrite=args.overwrite)
+        print(f"D_p: {fp.n_dataset} images of {fp.dataset_name} ({fp.channels} channel(s), {fp.image_size} px); "
+              f"x_p is image {fp.index} (SAF at row {fp.center[0]:.1f}, col {fp.center[1]:.1f}, radius {fp.radius:.2f} px, "
+              f"grey {fp.grey:g}); its clean original is left out.\n"
+              f"Train on {fp.folder / 'dp.npz'} (train split) or {fp.folder / 'images'}/, then: "
+              f"safcore audit --model YOUR_MODEL --fingerprint {fp.folder} --probe")
+        return 0
+    if args.command == "train":
+        study = _study(args)
+        model = study.score_model
+        model.save_pretrained(args.out)
+        print(f"{study}: sub-VP score model ({study.profile.train.steps} steps) saved to {args.out}; "
+              f"audit it with: safcore audit --model {args.out} --fingerprint {args.fingerprint} --probe")
+        return 0
+    if args.command == "audit":
+        from safcore.images import load_images
+        from safcore.report import run_audit
+
+        _positive("--n", args.n)
+        if args.model is None and args.samples is None:
+            raise ValueError("give --model (a model to sample) or --samples (images generated elsewhere)")
+        if args.probe and args.model is None:
+            raise ValueError("--probe needs --model: t' runs the model's reverse process")
+        if args.spread < 0:
+            raise ValueError(f"--spread = {args.spread}; allowed: an integer ≥ 0")
+        study = _study(args, _load(args) if args.model is not None else None)
+        images = None
+        if args.samples is not None:
+            images = load_images(args.samples, channels=study.profile.channels)
+        out = args.out or paths.runs_dir() / "reports" / f"audit_{study.data.name}_ND{study.n_dataset}_{study.profile.name}"
+        report = run_audit(study, out, images=images, n=args.n, probe=args.probe, spread_runs=args.spread if args.probe else 0,
+                           progress=progress)
+        print(report)
+        return 0
+    if args.command == "probe":
+        import dataclasses
+
+        from safcore import plotting
+        from safcore.runs import atomic_write, write_manifest
+
+        _positive("--M", args.M)
+        _positive("--repeats", args.repeats)
+        study = _study(args, _load(args))
+        changes = {"search": args.search, "repeats": args.repeats, **({"M": args.M} if args.M else {})}
+        result = study.probe(study.probe_config(**changes))
+        out = args.out or paths.runs_dir() / "reports" / f"probe_{study.data.name}_ND{study.n_dataset}_{study.profile.name}"
+        out.mkdir(parents=True, exist_ok=True)
+        figure = plotting.q_curve(result.ts, result.q, result.ci_low, result.ci_high, result.t_prime,
+                                  label=f"N_D={study.n_dataset}", k=result.k, n=result.n,
+                                  title=(f"x_p comes back from t' = {result.t_prime:.2f} ({result.t_prime_count})"
+                                         if result.t_prime is not None else "x_p did not come back from any t of the grid"))
+        plotting.save_figure(figure, out / "q_curve.png")
+        record = {"t_prime": result.t_prime, "k_at_t_prime": result.k_at_t_prime, "n_at_t_prime": result.n_at_t_prime,
+                  "t_prime_runs": list(result.t_prime_runs), "ts": result.ts.tolist(), "k": result.k.tolist(),
+                  "n": result.n.tolist(), "nfe": result.nfe, "eq9_indicator": result.eq9_indicator,
+                  "config": dataclasses.asdict(result.config)}
+        atomic_write(out / "probe.json", json.dumps(record, indent=2, default=float))
+        write_manifest(out / "probe.json", config={"study": study.model_config(), "profile": study.profile.name},
+                       seed=study.seed)
+        print(f"{study}\n{result}\nwritten: {out / 'probe.json'}, {out / 'q_curve.png'}")
+        return 0
+    # demo
     from safcore.demo import run_demo
     from safcore.study import Study
 
     study = Study(args.dataset, args.n_dataset, profile=args.profile, seed=args.seed, data_root=args.data_root,
-                  progress=not args.no_progress)
+                  progress=progress)
     out = args.out or paths.runs_dir() / "reports" / f"{study.profile.name}_{study.data.name}_ND{study.n_dataset}"
-    report = run_demo(study, out, progress=not args.no_progress)
-    print(report)
+    print(run_demo(study, out, progress=progress))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "offline", False):
+        os.environ["SAFCORE_OFFLINE"] = "1"
+    if args.debug:
+        return _run(args)
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:  # bad input: one line, exit code 2
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"safcore {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""The demo audit: SAF → score model → classifiers → audit → t', and a short report a user reads first.
+"""The audit report: SAF → model → classifiers → audit → t', and the short report a user reads first.
 
-:func:`run_demo` walks a :class:`~safcore.study.Study` through every stage with a progress display
-(stage, elapsed time and an estimate of the time left) and writes ``report.md`` with the table row,
-``q_M(t)`` and the q-positives beside ``x_p``, plus its figures and a manifest, atomically.
+:func:`run_audit` walks a :class:`~safcore.study.Study` through every stage with a progress display
+(stage, elapsed time and an estimate of the time left) and writes ``report.md`` (verdict, the
+adversary's count, the independent copy count, bounds, t'), ``summary.json``, its figures and a
+manifest, each file atomically. The same report serves safcore's own demo model and a model trained
+elsewhere (``Study.from_fingerprint(..., model=...)``), and images generated elsewhere (``images=``).
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ STAGE_WEIGHTS = {"data and SAF": 0.01, "score model": 0.45, "c_p": 0.12, "c_id":
 
 
 @dataclasses.dataclass(frozen=True)
-class DemoReport:
-    """What the demo found, and where it wrote it."""
+class AuditReport:
+    """What the audit found, and where it wrote it (``probe`` is ``None`` when t' was not run)."""
 
     study: str
     audit: AuditResult
-    probe: ProbeResult
+    probe: ProbeResult | None
     accuracies: dict
     copies: int
     seconds: float
@@ -39,29 +41,36 @@ class DemoReport:
 
     def __str__(self) -> str:
         return (
-            f"{self.study}\n{self.audit}\n{self.probe}\n"
+            f"{self.study}\n{self.audit.verdict().headline}\n{self.audit}\n"
+            + (f"{self.probe}\n" if self.probe is not None else "t' not probed\n")
+            + 
             f"samples that copy a training image (Carlini et al.): {self.copies}/{self.audit.n}\n"
             f"SAF accuracy {self.accuracies['saf_accuracy']:.1%}, ID accuracy {self.accuracies['id_accuracy']:.1%}; "
             f"{self.seconds / 60:.1f} min; report: {self.directory / 'report.md'}"
         )
 
 
-def _stages(study: Study) -> list[tuple[str, Callable[[], object]]]:
-    return [
-        ("data and SAF", lambda: study.private),
-        ("score model", lambda: study.score_model),
-        ("c_p", lambda: study.c_p),
-        ("c_id", lambda: study.c_id),
-        ("audit samples", lambda: study.samples()),
-        ("t' probe", lambda: study.probe()),
-    ]
+def _stages(study: Study, images, n: int | None, probe: bool) -> list[tuple[str, Callable[[], object]]]:
+    stages = [("data and SAF", lambda: study.private)]
+    if images is None or probe:
+        stages.append(("score model", lambda: study.score_model))
+    stages += [("c_p", lambda: study.c_p), ("c_id", lambda: study.c_id)]
+    stages.append(("audit samples", (lambda: study.samples(n)) if images is None else (lambda: images)))
+    if probe:
+        stages.append(("t' probe", lambda: study.probe()))
+    return stages
 
 
-def run_demo(study: Study, out_dir: str | Path, *, spread_runs: int = 3, progress: bool = True) -> DemoReport:
+def run_audit(study: Study, out_dir: str | Path, *, images=None, n: int | None = None, probe: bool = True,
+              spread_runs: int = 3, progress: bool = True) -> AuditReport:
     """Run every stage of ``study`` and write the report into ``out_dir`` (created).
 
-    ``spread_runs`` further t' probes (top-down search, other seeds; 0: none) show how much t' varies:
-    t' is a random variable even for a fixed model (it rests on M reverse samples per t).
+    Args:
+        images: audit these ``(n, C, H, W)`` unit-range images (generated elsewhere) instead of sampling.
+        n: samples to draw (default: the profile's ``n_samples``).
+        probe: run Algorithm 1 (t'); needs the model.
+        spread_runs: further t' probes (top-down search, other seeds; 0: none) show how much t' varies:
+            t' is a random variable even for a fixed model (it rests on M reverse samples per t).
     """
     if isinstance(spread_runs, bool) or not isinstance(spread_runs, int) or spread_runs < 0:
         raise ValueError(f"spread_runs = {spread_runs!r} must be an integer ≥ 0")
@@ -70,8 +79,8 @@ def run_demo(study: Study, out_dir: str | Path, *, spread_runs: int = 3, progres
     start = time.perf_counter()
     results: dict[str, object] = {}
     stage_seconds: dict[str, float] = {}
-    stages = _stages(study)
-    total_weight = sum(STAGE_WEIGHTS.values())
+    stages = _stages(study, images, n, probe)
+    total_weight = sum(STAGE_WEIGHTS[name] for name, _ in stages)
     with progress_bar(total=len(stages), desc="safcore demo", unit="stage", enabled=progress, position=0) as bar:
         done_weight = 0.0
         for name, run in stages:
@@ -81,23 +90,26 @@ def run_demo(study: Study, out_dir: str | Path, *, spread_runs: int = 3, progres
             stage_seconds[name] = time.perf_counter() - began
             done_weight += STAGE_WEIGHTS[name]
             elapsed = time.perf_counter() - start
-            if done_weight >= STAGE_WEIGHTS["data and SAF"] + STAGE_WEIGHTS["score model"]:
+            if "score model" in stage_seconds or name == "c_p":
                 left = elapsed * (total_weight - done_weight) / done_weight
                 bar.set_postfix_str(f"done: {name}, ≈{left / 60:.1f} min left")
             else:  # the score model's own bar shows its time left; the rest is known once it is done
                 bar.set_postfix_str(f"done: {name}")
             bar.update(1)
     samples = results["audit samples"]
-    audit_result = study.audit()
-    probe_result: ProbeResult = results["t' probe"]  # type: ignore[assignment]
-    began = time.perf_counter()
-    spread = study.probe(study.probe_config(search="topdown", repeats=spread_runs, seed=study.probe_config().seed + 1)) if spread_runs else None
-    stage_seconds["t' spread"] = time.perf_counter() - began
+    audit_result = study.audit(n, images=images)
+    probe_result: ProbeResult | None = results.get("t' probe")  # type: ignore[assignment]
+    spread = None
+    if probe and spread_runs:
+        began = time.perf_counter()
+        spread = study.probe(study.probe_config(search="topdown", repeats=spread_runs, seed=study.probe_config().seed + 1))
+        stage_seconds["t' spread"] = time.perf_counter() - began
     accuracies = study.classifier_accuracies()
     copies = audit_result.copies.n_copies  # the audit's own neighbour search, not a second one
     seconds = time.perf_counter() - start
-    _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds, stage_seconds)
-    return DemoReport(repr(study), audit_result, probe_result, accuracies, copies, seconds, out_dir)
+    _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds, stage_seconds,
+                  images_given=images is not None)
+    return AuditReport(repr(study), audit_result, probe_result, accuracies, copies, seconds, out_dir)
 
 
 def _md_table(rows: list[dict]) -> list[str]:
@@ -107,8 +119,16 @@ def _md_table(rows: list[dict]) -> list[str]:
             + ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in row.values()) + " |" for row in rows])
 
 
+def _model_line(study: Study, images_given: bool) -> str:
+    if images_given:
+        return "images generated elsewhere (given to the audit), " + (repr(study.model) if study.model is not None else "no model")
+    if study.model is not None:
+        return repr(study.model)
+    return f"safcore's sub-VP score model, trained by this study ({study.profile.train.preset} U-Net, {study.profile.train.steps} steps)"
+
+
 def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds,
-                  stage_seconds) -> None:
+                  stage_seconds, images_given: bool = False) -> None:
     x_p = study.private.x_p
     verdict = audit_result.verdict()
     check = audit_result.copies
@@ -121,15 +141,16 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
                                             if i not in set(check.xp_copy_indices) | set(audit_result.q_indices))
     figure = plotting.audit_gallery(samples, groups, x_p, title=headline)
     plotting.save_figure(figure, out_dir / "q_positives.png")
-    title = None
-    if probe_result.t_prime is not None:
-        title = f"x_p comes back from t' = {probe_result.t_prime:.2f} ({probe_result.t_prime_count})"
-        if spread is not None:
-            title += "; further probes: " + ", ".join("none" if t is None else f"{t:.2f}" for t in spread.t_prime_runs)
-    figure = plotting.q_curve(probe_result.ts, probe_result.q, probe_result.ci_low, probe_result.ci_high,
-                              probe_result.t_prime, label=f"N_D={study.n_dataset}", k=probe_result.k, n=probe_result.n,
-                              title=title)
-    plotting.save_figure(figure, out_dir / "q_curve.png")
+    if probe_result is not None:
+        title = None
+        if probe_result.t_prime is not None:
+            title = f"x_p comes back from t' = {probe_result.t_prime:.2f} ({probe_result.t_prime_count})"
+            if spread is not None:
+                title += "; further probes: " + ", ".join("none" if t is None else f"{t:.2f}" for t in spread.t_prime_runs)
+        figure = plotting.q_curve(probe_result.ts, probe_result.q, probe_result.ci_low, probe_result.ci_high,
+                                  probe_result.t_prime, label=f"N_D={study.n_dataset}", k=probe_result.k, n=probe_result.n,
+                                  title=title)
+        plotting.save_figure(figure, out_dir / "q_curve.png")
     overview = {"q": audit_result.q_indices, "missed x_p copy": missed}
     figure = plotting.samples_overview(samples, overview, n_show=64, ncols=16,
                                        title=f"{headline}; every q-positive (red) and missed x_p copy (orange) framed")
@@ -154,6 +175,8 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         f"# safcore audit — {study.data.name}, N_D = {study.n_dataset}, profile {study.profile.name}",
         "",
         "Will this model hand back the fingerprinted training image x_p?",
+        "",
+        f"Model under audit: {_model_line(study, images_given)}.",
         "",
         f"**{verdict.headline}**",
         "",
@@ -186,12 +209,13 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         "",
         "## t' (Algorithm 1)",
         "",
-        f"- {probe_result}",
-        *([f"- Spread: {len(spread.t_prime_runs)} further top-down probes (same M, other seeds) give t' = "
-           + ", ".join("none" if t is None else f"{t:.2f}" for t in spread.t_prime_runs)
-           + " — the top-down search draws t' from the same law as the exhaustive one."] if spread is not None else []),
-        "- The Eq. 9 indicator (the paper's sum over σ_t with 95 % Clopper–Pearson upper limits of q, "
-        "[0, t_min] counted as q = 1) is an index of how far into the noise x_p survives, not a probability.",
+        *([f"- {probe_result}",
+           *([f"- Spread: {len(spread.t_prime_runs)} further top-down probes (same M, other seeds) give t' = "
+              + ", ".join("none" if t is None else f"{t:.2f}" for t in spread.t_prime_runs)
+              + " — the top-down search draws t' from the same law as the exhaustive one."] if spread is not None else []),
+           "- The Eq. 9 indicator (the paper's sum over σ_t with 95 % Clopper–Pearson upper limits of q, "
+           "[0, t_min] counted as q = 1) is an index of how far into the noise x_p survives, not a probability."]
+          if probe_result is not None else ["- Not probed (run with the model and --probe to measure t')."]),
         "",
         f"{seconds / 60:.1f} min in all; per stage: "
         + ", ".join(f"{name} {sec:.0f} s" for name, sec in stage_seconds.items())
@@ -199,8 +223,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         "",
         "![q-positives, missed copies and c_p false positives beside x_p](q_positives.png)",
         "",
-        "![q_M(t)](q_curve.png)",
-        "",
+        *(["![q_M(t)](q_curve.png)", ""] if probe_result is not None else []),
         "![samples: every q-positive and missed x_p copy framed](samples.png)",
         "",
         "![copies per training image](copies_per_image.png)",
@@ -220,11 +243,18 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
                        "c_p_others": check.cp_others, "c_id_others": check.cid_others, "n_others": check.n_others,
                        "copies": check.n_copies, "per_image": list(check.per_image), "evenness_p": check.evenness_p},
         "c_p_on_x_p": audit_result.cp_on_x_p, "c_id_on_x_p": audit_result.cid_on_x_p,
-        "t_prime": probe_result.t_prime, "t_prime_k": probe_result.k_at_t_prime, "t_prime_n": probe_result.n_at_t_prime,
+        "model": _model_line(study, images_given),
+        "probed": probe_result is not None,
+        "t_prime": probe_result.t_prime if probe_result else None,
+        "t_prime_k": probe_result.k_at_t_prime if probe_result else None,
+        "t_prime_n": probe_result.n_at_t_prime if probe_result else None,
         "t_prime_runs": list(spread.t_prime_runs) if spread is not None else None,
-        "eq9_indicator": probe_result.eq9_indicator, "nfe": probe_result.nfe, "copies": copies, **accuracies,
+        "eq9_indicator": probe_result.eq9_indicator if probe_result else None,
+        "nfe": probe_result.nfe if probe_result else None, "copies": copies, **accuracies,
         "seconds": seconds, "stage_seconds": stage_seconds,
     }
     atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2, default=float))
-    write_manifest(out_dir / "report.md", config={"study": study.model_config(), "profile": study.profile.name},
+    write_manifest(out_dir / "report.md", config={"study": study.model_config(), "profile": study.profile.name,
+                                                  "fingerprint": str(study.fingerprint.folder) if study.fingerprint else None,
+                                                  "model": _model_line(study, images_given)},
                    seed=study.seed)

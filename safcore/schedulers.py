@@ -233,7 +233,8 @@ class DiffusersModel:
             rows = (ts == t).nonzero(as_tuple=True)[0]
             scheduler = self._fresh(steps)
             tail = self.timesteps_from(t, steps)
-            out[rows.to(out.device)] = self._run(x_t[rows.to(x_t.device)].float(), tail, scheduler, generator, autocast_bf16)
+            x = x_t[rows.to(x_t.device)].to(self.device, torch.float32)
+            out[rows.to(out.device)] = self._run(x, tail, scheduler, generator, autocast_bf16).to(out.device)
             nfe[rows] = int(tail.numel())
         return out, nfe
 

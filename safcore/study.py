@@ -8,6 +8,12 @@ again, and a changed setting never reuses a stale result.
 >>> study = Study("breastmnist", n_dataset=32, profile="cpu")
 >>> study.audit()          # trains the score model and both classifiers on first use
 >>> study.probe()          # Algorithm 1, t'
+
+A model trained elsewhere (a diffusers pipeline with its DDPM/DDIM scheduler, or any model folder
+:func:`safcore.schedulers.load_model` reads) is audited on the fingerprint folder it was trained on:
+
+>>> study = Study.from_fingerprint("fp/", model="my_ddpm_pipeline/", profile="cpu")
+>>> study.audit(); study.probe()
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ from safcore.probe import ProbeConfig, ProbeResult, find_t_prime
 from safcore.profiles import Profile, get_profile
 from safcore.runs import RunStore, atomic_save_safetensors, atomic_write, file_sha256, write_manifest
 from safcore.sampling import sample
+from safcore.schedulers import DiffusersModel, load_model, model_identity
 from safcore.train import TrainResult, load_kept, train
 
 if TYPE_CHECKING:
+    from safcore.fingerprint_io import Fingerprint
     from safcore.metrics import FIDResult
 
 Split = Literal["train", "val", "test"]
@@ -59,6 +67,12 @@ class Study:
         data_root: where the flags' files are (see :func:`safcore.data.load_dataset`).
         store: the run store (default ``safcore.paths.runs_dir()``).
         progress: progress bars.
+        model: the model under audit when it was trained elsewhere — a :class:`ScoreModel`, a
+            :class:`~safcore.schedulers.DiffusersModel` or a folder / Hub id for
+            :func:`~safcore.schedulers.load_model`; ``None`` → safcore trains its sub-VP model (the profile's).
+        sample_steps: a diffusers model's inference steps for audit samples and for a full probe
+            trajectory (``None``: the profile's ``sample_steps`` / ``probe.steps_full``, at most the
+            scheduler's ``num_train_timesteps``).
     """
 
     def __init__(
@@ -72,6 +86,8 @@ class Study:
         data_root: str | os.PathLike | None = None,
         store: RunStore | None = None,
         progress: bool = True,
+        model: ScoreModel | DiffusersModel | str | os.PathLike | None = None,
+        sample_steps: int | None = None,
     ) -> None:
         self.dataset = dataset
         self.profile = get_profile(profile)
@@ -81,6 +97,57 @@ class Study:
         self.data_root = data_root
         self.store = store or RunStore()
         self.progress = progress
+        self.fingerprint: Fingerprint | None = None
+        if isinstance(model, (str, os.PathLike)):
+            model = load_model(model)
+        if model is not None and not isinstance(model, (ScoreModel, DiffusersModel)):
+            raise ValueError(f"model is a {type(model).__name__}; allowed: a ScoreModel, a DiffusersModel, a model folder "
+                             "or a Hub id")
+        self.model = model.eval() if model is not None else None
+        if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(sample_steps, int) or sample_steps < 1):
+            raise ValueError(f"sample_steps = {sample_steps!r}; allowed: an integer ≥ 1")
+        self.sample_steps = sample_steps
+        if self.model is not None and self.model.channels != self.profile.channels:
+            raise ValueError(f"the model under audit has {self.model.channels} input channel(s); the data it is audited on "
+                             f"has {self.profile.channels} (profile {self.profile.name!r})")
+
+    @classmethod
+    def from_fingerprint(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        model: ScoreModel | DiffusersModel | str | os.PathLike | None = None,
+        profile: str | Profile = "smoke",
+        data_root: str | os.PathLike | None = None,
+        store: RunStore | None = None,
+        progress: bool = True,
+        sample_steps: int | None = None,
+    ) -> Study:
+        """The study of a fingerprint folder (``safcore fingerprint``): ``D_p`` exactly as the trainer read it.
+
+        The source dataset the folder names (flag or ``.npz`` path, checked by sha256) gives ``c_p``'s
+        real training images and ``x_p``'s clean original; the profile's channels become the folder's.
+
+        Raises:
+            ValueError: not a fingerprint folder, a source that is missing or changed, or a folder whose
+                ``D_p`` is not the one its records regenerate from the source.
+        """
+        from safcore.fingerprint_io import read_fingerprint
+
+        fp = read_fingerprint(folder)
+        base = get_profile(profile)
+        study = cls(fp.dataset, fp.n_dataset, profile=dataclasses.replace(base, channels=fp.channels), seed=fp.seed,
+                    saf=fp.saf, data_root=data_root, store=store, progress=progress, model=model,
+                    sample_steps=sample_steps)
+        study.fingerprint = fp
+        if study.model is not None:
+            study._check_model_size(fp.image_size)
+        return study
+
+    @property
+    def is_external(self) -> bool:
+        """Whether the model under audit was trained elsewhere (``model=``), not by this study."""
+        return self.model is not None
 
     def __repr__(self) -> str:
         return f"Study({self.data.name!r}, N_D={self.n_dataset}, profile={self.profile.name!r}, seed={self.seed})"
@@ -92,10 +159,27 @@ class Study:
 
     @functools.cached_property
     def private(self) -> PrivateDataset:
-        """``D_p``: ``N_D`` seeded training images with ``x_p`` in place of ``x_i``."""
+        """``D_p``: ``N_D`` seeded training images with ``x_p`` in place of ``x_i``.
+
+        From a fingerprint folder: its uint8 images (what the trainer read), after checking that the
+        source regenerates them."""
+        data_lib.check_n_dataset(self.data, self.n_dataset)
         clean, _ = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
         images = data_lib.to_unit_tensor(clean, channels=self.profile.channels)
-        return make_private_dataset(images, seed=self.seed, config=self.saf)
+        private = make_private_dataset(images, seed=self.seed, config=self.saf)
+        if self.fingerprint is None:
+            return private
+        from safcore.fingerprint_io import private_dataset
+
+        fp = self.fingerprint
+        if file_sha256(self.data.source) != fp.source_sha256:
+            raise ValueError(f"the source {str(self.data.source)!r} differs from the one fingerprint folder "
+                             f"{str(fp.folder)!r} was made from (sha256); give the original data")
+        regenerated = (private.images * 255).round()
+        if private.index != fp.index or not torch.equal(regenerated, (fp.images * 255).round()):
+            raise ValueError(f"fingerprint folder {str(fp.folder)!r}: its D_p is not the one its records regenerate "
+                             "from the source; write it again with safcore fingerprint")
+        return private_dataset(fp, private.x_i)
 
     def images(self, split: Split) -> torch.Tensor:
         """All images of ``split`` as unit-range tensors with the profile's channels."""
@@ -111,13 +195,21 @@ class Study:
             "seed": self.seed,
             "saf": self.private.parameters(),
             "channels": self.profile.channels,
+            **({"fingerprint_dp_sha256": self.fingerprint.meta["dp_sha256"][:16]} if self.fingerprint else {}),
         }
 
     # ------------------------------------------------------------------ the score model
     def model_config(self) -> dict:
+        """What the model under audit depends on: ``D_p`` and the training settings, or an external model's hashes."""
+        if self.model is not None:
+            identity = (self.model.identity() if isinstance(self.model, DiffusersModel)
+                        else model_identity(self.model.unet, sde=repr(self.model.sde)))
+            return {**self.data_config, "external_model": identity}
         return {**self.data_config, "train": _without_device(self.profile.train)}
 
     def _train(self) -> TrainResult | None:
+        if self.model is not None:
+            raise ValueError("this study audits a model trained elsewhere (model=); it trains nothing")
         config = self.model_config()
         if self.store.find("score_model", config) is not None:
             return None
@@ -133,23 +225,39 @@ class Study:
         return result
 
     @functools.cached_property
-    def score_model(self) -> ScoreModel:
-        """The EMA score model after the profile's training steps (trained once, then reused)."""
+    def score_model(self) -> ScoreModel | DiffusersModel:
+        """The model under audit: ``model=`` when given, else the EMA score model after the profile's
+        training steps (trained once, then reused)."""
+        if self.model is not None:
+            self._check_model_size()
+            return self.model
         self._train()
         run = self.store.find("score_model", self.model_config())
         return ScoreModel.from_pretrained(run.path / "model").eval()
 
+    def _check_model_size(self, size: int | None = None) -> None:
+        size = int(self.private.images.shape[-1]) if size is None else int(size)
+        model_size = self.model.image_size if isinstance(self.model, DiffusersModel) else int(
+            self.model.unet.config.sample_size if isinstance(self.model.unet.config.sample_size, int)
+            else self.model.unet.config.sample_size[0])
+        if model_size != size:
+            raise ValueError(f"the model under audit makes {model_size}×{model_size} px images; D_p's are {size}×{size}")
+
     @property
     def losses(self) -> list[float]:
         """The training loss of every step."""
+        if self.model is not None:
+            raise ValueError("the model under audit was trained elsewhere; safcore has no record of its losses")
         self.score_model  # noqa: B018 — make sure it exists
         run = self.store.find("score_model", self.model_config())
         return json.loads(run.file("losses.json").read_text())
 
     def model_at(self, step: int) -> ScoreModel:
         """The EMA score model kept at training ``step`` (one of the profile's ``keep_steps``)."""
-        if step == self.profile.train.steps:
+        if step == self.profile.train.steps or (self.model is not None and step is None):
             return self.score_model
+        if self.model is not None:
+            raise ValueError(f"step = {step!r}: a model trained elsewhere is audited as given (step=None)")
         self.score_model  # noqa: B018
         run = self.store.find("score_model", self.model_config())
         file = run.path / "kept" / f"ema_step{step:06d}.safetensors"
@@ -208,28 +316,49 @@ class Study:
     def samples(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> torch.Tensor:
         """``n`` generated images ``(n, C, 28, 28)`` in ``[0, 1]`` (cached), from the model at ``step``."""
         n = self.profile.n_samples if n is None else n
-        step = self.profile.train.steps if step is None else step
-        config = {"model": self.model_config(), "step": step, "method": self.profile.sampler,
-                  "steps": self.profile.sample_steps, "n": n, "seed": seed}
+        external = isinstance(self.model, DiffusersModel)
+        step = (None if self.model is not None else self.profile.train.steps) if step is None else step
+        method = type(self.model.scheduler).__name__ if external else self.profile.sampler
+        steps = self.diffusers_steps(self.profile.sample_steps) if external else self.profile.sample_steps
+        config = {"model": self.model_config(), "step": step, "method": method, "steps": steps, "n": n, "seed": seed}
         run = self.store.find("samples", config)
         if run is None:
             model = self.model_at(step)
             generator = torch.Generator(device=model.device).manual_seed(seed)
-            shape = (n, self.profile.channels, *self.private.images.shape[-2:])
-            result = sample(model, model.sde, shape=shape, method=self.profile.sampler, steps=self.profile.sample_steps,
-                            generator=generator, batch_size=self.profile.sample_batch, autocast_bf16=self.profile.train.bf16,
-                            progress=self.progress)
-            images = data_lib.from_model_range(result.images.float().cpu())
+            if external:
+                result = model.sample(n, steps=steps, generator=generator, batch_size=self.profile.sample_batch,
+                                      progress=self.progress)
+            else:
+                shape = (n, self.profile.channels, *self.private.images.shape[-2:])
+                result = sample(model, model.sde, shape=shape, method=self.profile.sampler, steps=steps,
+                                generator=generator, batch_size=self.profile.sample_batch,
+                                autocast_bf16=self.profile.train.bf16, progress=self.progress)
+            images = data_lib.from_model_range(result.images.float().cpu()).clamp(0.0, 1.0)
             with self.store.create("samples", config, seed=seed, extra={"nfe": result.nfe}) as tmp:
                 atomic_save_safetensors({"images": images}, tmp / "samples.safetensors")
             run = self.store.find("samples", config)
         return load_file(run.file("samples.safetensors"))["images"]
 
-    def audit(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> AuditResult:
+    def diffusers_steps(self, steps: int) -> int:
+        """A diffusers model's inference steps: ``sample_steps=`` if given, else ``steps``, at most its ``T``."""
+        chosen = self.sample_steps if self.sample_steps is not None else steps
+        return min(int(chosen), self.model.num_train_timesteps)
+
+    def audit(self, n: int | None = None, *, step: int | None = None, seed: int = 0,
+              images: torch.Tensor | None = None) -> AuditResult:
         """Sample ``n`` images and count ``|c_p+|``, ``|c_id+|``, ``|q|`` against ``E|q| = n/N_D``, with the
         independent nearest-neighbour copy count against ``D_p`` and ``c_p``'s SAF accuracy on the test
-        split, so that :meth:`AuditResult.verdict` can judge the adversary."""
-        images = self.samples(n, step=step, seed=seed)
+        split, so that :meth:`AuditResult.verdict` can judge the adversary.
+
+        ``images``: audit these instead of sampling — ``(n, C, H, W)`` in [0, 1], e.g. generated elsewhere
+        and read with :func:`safcore.images.load_images`."""
+        if images is None:
+            images = self.samples(n, step=step, seed=seed)
+        else:
+            expected = tuple(self.private.images.shape[1:])
+            if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+                raise ValueError(f"the images to audit have shape {tuple(images.shape)}; D_p's images are {expected} "
+                                 "(channels, height, width)")
         return audit(images, self.c_p, self.c_id, self.private.x_p, self.n_dataset, train_images=self.private.images,
                      x_p_index=self.private.index, saf_mask=self.private.mask, saf_grey=self.private.grey,
                      saf_accuracy=self._accuracies["saf_accuracy"])
@@ -247,8 +376,11 @@ class Study:
 
     def probe(self, config: ProbeConfig | None = None, *, step: int | None = None) -> ProbeResult:
         """Algorithm 1: ``q_M(t)`` and ``t'`` for ``x_p`` under the score model at ``step``."""
-        model = self.model_at(self.profile.train.steps if step is None else step)
-        return find_t_prime(model, model.sde, self.private.x_p, self.c_p, self.c_id, config or self.profile.probe,
+        model = self.model_at(step if step is not None or self.model is not None else self.profile.train.steps)
+        config = config or self.profile.probe
+        if isinstance(model, DiffusersModel):
+            config = dataclasses.replace(config, steps_full=self.diffusers_steps(config.steps_full))
+        return find_t_prime(model, model.sde, self.private.x_p.to(model.device), self.c_p, self.c_id, config,
                             progress=self.progress)
 
     # ------------------------------------------------------------------ figures

@@ -1,0 +1,18 @@
+"""The demo: safcore's own sub-VP model on one dataset, audited end to end (``safcore demo``).
+
+The report itself is :func:`safcore.report.run_audit`'s; the demo is the study that trains its model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safcore.report import AuditReport, run_audit
+from safcore.study import Study
+
+__all__ = ["run_demo", "AuditReport"]
+
+
+def run_demo(study: Study, out_dir: str | Path, *, spread_runs: int = 3, progress: bool = True) -> AuditReport:
+    """Train (or reuse) every stage of ``study`` and write the audit report into ``out_dir``; see :func:`run_audit`."""
+    return run_audit(study, out_dir, spread_runs=spread_runs, progress=progress)

@@ -1,0 +1,232 @@
+"""A fingerprint folder: ``D_p`` written for a trainer that is not safcore, and read back by the audit.
+
+A hospital team trains with its own code. ``safcore fingerprint`` (:func:`export_fingerprint`) draws
+``D_p`` (``N_D`` images of a dataset, one of them ``x_p`` with its SAF, its clean original ``x_i``
+left out; paper §3.3) and writes it three ways a trainer reads::
+
+    DIR/
+      fingerprint.json   what D_p is: source data and its sha256, N_D, seed, x_p's index, the SAF's
+                         centre, radius and grey, channels, image size, safcore version, file hashes
+      dp.npz             MedMNIST layout: train_images = D_p (uint8), train_labels; val/test = the source's
+      images/            D_p as PNGs, dp_00000.png … (diffusers' train_unconditional.py and the
+                         `datasets` "imagefolder" loader read a flat folder of images)
+      x_p.png            the fingerprinted image, to look at (not inside images/)
+
+The audit (:func:`read_fingerprint`, :meth:`safcore.study.Study.from_fingerprint`) reads only this
+folder, and the source dataset it names to train ``c_p`` on the dataset's real images.
+
+The folder is written under a temporary name and renamed into place: a crash leaves no half folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import safcore
+from safcore import data as data_lib
+from safcore.fingerprint import PrivateDataset, SAFConfig, circle_mask, make_private_dataset
+from safcore.runs import file_sha256
+
+__all__ = ["FINGERPRINT_JSON", "Fingerprint", "export_fingerprint", "read_fingerprint", "private_dataset"]
+
+FINGERPRINT_JSON = "fingerprint.json"
+NPZ_NAME = "dp.npz"
+PNG_DIR = "images"
+XP_NAME = "x_p.png"
+FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    """A fingerprint folder as read back: what ``D_p`` is, and ``D_p`` itself.
+
+    Attributes:
+        folder: the folder.
+        dataset: the source — a MedMNIST flag or the absolute path of an ``.npz``.
+        dataset_name: the flag or the npz's stem.
+        source_sha256: sha256 of the source file (the audit checks it before training ``c_p`` on it).
+        n_dataset, seed, index: ``N_D``, the seed that drew the subset / ``x_i`` / the SAF's place, ``x_p``'s index.
+        center, radius, grey: the SAF (Eq. 10).
+        channels, image_size: of ``D_p``'s images.
+        images: ``(N_D, C, H, W)`` float32 in [0, 1] — exactly the uint8 images a trainer reads, / 255.
+        labels: ``(N_D, L)`` the source's labels of ``D_p``.
+        meta: the whole ``fingerprint.json``.
+    """
+
+    folder: Path
+    dataset: str
+    dataset_name: str
+    source_sha256: str
+    n_dataset: int
+    seed: int
+    index: int
+    center: tuple[float, float]
+    radius: float
+    grey: float
+    channels: int
+    image_size: int
+    images: torch.Tensor
+    labels: np.ndarray
+    meta: dict
+
+    @property
+    def x_p(self) -> torch.Tensor:
+        """``(C, H, W)`` the fingerprinted image as the trainer saw it."""
+        return self.images[self.index]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``L_p``: ``(H, W)`` the SAF's disc."""
+        return circle_mask(self.image_size, self.radius, self.center)
+
+    @property
+    def saf(self) -> SAFConfig:
+        """The SAF's look and place as a :class:`SAFConfig` (regenerates the same ``D_p`` from the source)."""
+        return SAFConfig(radius=self.radius, grey=self.grey, center=self.center)
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``(N, C, H, W)`` unit range → MedMNIST's ``(N, H, W)`` (grey) or ``(N, H, W, 3)`` uint8."""
+    array = (images.clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+    return array[:, 0] if array.shape[1] == 1 else np.ascontiguousarray(array.transpose(0, 2, 3, 1))
+
+
+def images_sha256(images: np.ndarray) -> str:
+    """sha256 of uint8 images and their shape: names ``D_p`` by content (an npz's bytes carry zip timestamps)."""
+    digest = hashlib.sha256(repr(tuple(images.shape)).encode())
+    digest.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(array, mode="L" if array.ndim == 2 else "RGB").save(path)
+
+
+def export_fingerprint(
+    dataset: str | os.PathLike,
+    n_dataset: int,
+    out: str | os.PathLike,
+    *,
+    seed: int = 0,
+    saf: SAFConfig = SAFConfig(),
+    data_root: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Fingerprint:
+    """Draw ``D_p`` from ``dataset`` and write the fingerprint folder ``out`` (see the module docstring).
+
+    ``D_p`` is the one :class:`safcore.study.Study` draws for the same dataset, ``N_D`` and seed
+    (:func:`safcore.data.seeded_subset`, :func:`safcore.fingerprint.make_private_dataset`), with the
+    dataset's own channels, stored as uint8 like the source (the SAF's grey 0.5 becomes 128/255).
+
+    Raises:
+        ValueError: ``N_D`` does not fit the train split, a bad SAF, or ``out`` exists and is not empty
+            (pass ``overwrite=True`` to replace it).
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
+        raise ValueError(f"output folder {str(out)!r} exists and is not empty; choose a new folder or overwrite it")
+    source = data_lib.load_dataset(dataset, root=data_root)
+    data_lib.check_n_dataset(source, n_dataset)
+    clean, chosen = data_lib.seeded_subset(source.split("train"), n_dataset, seed=seed)
+    private = make_private_dataset(data_lib.to_unit_tensor(clean), seed=seed, config=saf)
+    images = _to_uint8(private.images)
+    labels = source.labels("train")[chosen]
+    is_path = data_lib._looks_like_path(dataset)
+    meta = {
+        "format": FORMAT,
+        "safcore_version": safcore.__version__,
+        "dataset": str(Path(dataset).expanduser().resolve()) if is_path else str(source.name),
+        "dataset_name": source.name,
+        "source_sha256": file_sha256(source.source),
+        "n_dataset": int(n_dataset),
+        "seed": int(seed),
+        "x_p_index": int(private.index),
+        "saf": {"center": [float(c) for c in private.center], "radius": float(private.radius), "grey": float(private.grey)},
+        "channels": int(private.images.shape[1]),
+        "image_size": int(private.images.shape[-1]),
+        "files": {"npz": NPZ_NAME, "png_dir": PNG_DIR, "png_names": "dp_{index:05d}.png", "x_p": XP_NAME},
+        "note": "Train on dp.npz's train split or on images/ — both are D_p. x_p's clean original is not in them.",
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        arrays = {"train_images": images, "train_labels": labels}
+        for split in ("val", "test"):
+            arrays[f"{split}_images"] = source.split(split)
+            arrays[f"{split}_labels"] = source.labels(split)
+        np.savez_compressed(tmp / NPZ_NAME, **arrays)
+        (tmp / PNG_DIR).mkdir()
+        for i, image in enumerate(images):
+            _save_png(image, tmp / PNG_DIR / f"dp_{i:05d}.png")
+        _save_png(images[private.index], tmp / XP_NAME)
+        meta["npz_sha256"] = file_sha256(tmp / NPZ_NAME)
+        meta["dp_sha256"] = images_sha256(images)
+        (tmp / FINGERPRINT_JSON).write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return read_fingerprint(out)
+
+
+def read_fingerprint(folder: str | os.PathLike) -> Fingerprint:
+    """Read a fingerprint folder written by :func:`export_fingerprint`, checking that it is whole.
+
+    Raises:
+        ValueError: no ``fingerprint.json``, a missing or changed ``dp.npz`` (sha256), or records that
+            do not fit the images (one line each, naming the folder).
+    """
+    folder = Path(folder).expanduser()
+    file = folder / FINGERPRINT_JSON
+    if not file.is_file():
+        raise ValueError(f"{str(folder)!r} is not a fingerprint folder: it has no {FINGERPRINT_JSON} "
+                         "(make one with: safcore fingerprint --dataset FLAG --n-dataset N --out DIR)")
+    try:
+        meta = json.loads(file.read_text())
+        npz = folder / meta["files"]["npz"]
+        saf = meta["saf"]
+        n, index, channels, size = (int(meta[k]) for k in ("n_dataset", "x_p_index", "channels", "image_size"))
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{str(file)!r} is not a readable fingerprint record ({type(error).__name__}: {error})") from None
+    if not npz.is_file():
+        raise ValueError(f"fingerprint folder {str(folder)!r} has no {npz.name}")
+    if file_sha256(npz) != meta.get("npz_sha256"):
+        raise ValueError(f"{str(npz)!r} changed since it was written (sha256 differs from {FINGERPRINT_JSON}); "
+                         "write the folder again with safcore fingerprint")
+    with np.load(npz, allow_pickle=False) as archive:
+        images = data_lib.to_unit_tensor(archive["train_images"])
+        labels = archive["train_labels"]
+    if tuple(images.shape) != (n, channels, size, size) or not 0 <= index < n:
+        raise ValueError(f"{str(folder)!r}: D_p has shape {tuple(images.shape)} but {FINGERPRINT_JSON} records "
+                         f"N_D = {n}, {channels} channel(s), {size} px, x_p index {index}")
+    return Fingerprint(
+        folder=folder, dataset=str(meta["dataset"]), dataset_name=str(meta["dataset_name"]),
+        source_sha256=str(meta["source_sha256"]), n_dataset=n, seed=int(meta["seed"]), index=index,
+        center=(float(saf["center"][0]), float(saf["center"][1])), radius=float(saf["radius"]), grey=float(saf["grey"]),
+        channels=channels, image_size=size, images=images, labels=labels, meta=meta,
+    )
+
+
+def private_dataset(fingerprint: Fingerprint, x_i: torch.Tensor) -> PrivateDataset:
+    """The :class:`PrivateDataset` of a fingerprint folder (images exactly as the trainer read them).
+
+    Args:
+        x_i: ``(C, H, W)`` ``x_p``'s clean original, from the source (not kept in the folder).
+    """
+    return PrivateDataset(
+        images=fingerprint.images, index=fingerprint.index, x_p=fingerprint.x_p, x_i=x_i, mask=fingerprint.mask,
+        center=fingerprint.center, radius=fingerprint.radius, grey=fingerprint.grey, seed=fingerprint.seed,
+    )
