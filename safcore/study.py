@@ -97,6 +97,7 @@ class Study:
         self.data_root = data_root
         self.store = store or RunStore()
         self.progress = progress
+        data_lib.check_n_dataset(dataset, self.n_dataset)  # before any work: N_D must fit the train split
         self.fingerprint: Fingerprint | None = None
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model)
