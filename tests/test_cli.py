@@ -186,3 +186,25 @@ def test_help_version_and_usage_errors(capsys):
         main(["audit", "--profile", "huge", "--fingerprint", "x"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1 and "invalid choice: 'huge'" in err
+
+
+def test_train_then_probe_safcore_s_own_model(fingerprint, data_root, tmp_path, capsys):
+    """safcore train writes a model folder that audit/probe read back as a sub-VP score model."""
+    from safcore.models import ScoreModel
+    from safcore.schedulers import load_model
+
+    model = tmp_path / "own"
+    assert main(["train", "--fingerprint", str(fingerprint), "--out", str(model), "--profile", "smoke",
+                 "--data-root", str(data_root), "--no-progress"]) == 0, capsys.readouterr().err
+    assert isinstance(load_model(model), ScoreModel) and (model / "safcore_sde.json").is_file()
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", str(model), "--fingerprint", str(fingerprint), "--profile", "smoke", "--M", "2",
+                 "--search", "topdown", "--data-root", str(data_root), "--out", str(out), "--no-progress"]) == 0
+    record = json.loads((out / "probe.json").read_text())
+    assert record["config"]["M"] == 2 and record["config"]["search"] == "topdown" and record["nfe"] > 0
+    assert (out / "q_curve.png").is_file() and (out / "probe.json.json").is_file()
+    assert "t' = " in capsys.readouterr().out or record["t_prime"] is None
+    # a sub-VP model has no scheduler to swap
+    assert main(["probe", "--model", str(model), "--fingerprint", str(fingerprint), "--scheduler", "ddim",
+                 "--profile", "smoke", "--data-root", str(data_root), "--no-progress"]) == 2
+    assert "applies to a diffusers model" in capsys.readouterr().err
