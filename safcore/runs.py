@@ -5,6 +5,12 @@ configuration, the seed, the git revision, the creation time and the SHA-256 of 
 published by renaming a finished temporary folder into place, so a crash never leaves a half-written
 run under a valid key; a folder whose manifest is missing or whose files do not match their hashes
 is reported as corrupt (:class:`CorruptRunError`) and never used silently.
+
+Many processes may share one store (notebooks, commands, ``accelerate launch`` ranks, a sweep): each
+run key has an inter-process file lock (:meth:`RunStore.lock`, ``filelock``), and
+:meth:`RunStore.get_or_create` computes a stage once — the first process computes it under the lock,
+the others wait and then read it. A published run is never removed before its replacement is in
+place, so a reader without the lock sees the old run or the new one, never none and never a half.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from safetensors.torch import save_file
 
 from safcore import paths
@@ -175,6 +182,57 @@ class RunStore:
         scratch.mkdir(parents=True, exist_ok=True)
         return scratch
 
+    def lock_path(self, kind: str, config: Mapping[str, Any] | Any) -> Path:
+        """The lock file of a run key, beside its folder: ``<key>.lock``."""
+        final = self.path(kind, config)
+        return final.with_name(final.name + ".lock")
+
+    @contextlib.contextmanager
+    def lock(self, kind: str, config: Mapping[str, Any] | Any, *, timeout: float | None = None) -> Iterator[Path]:
+        """Hold the exclusive lock of one run key (across processes and threads) for the ``with`` block.
+
+        ``filelock.FileLock`` takes an OS lock (``fcntl.flock`` / ``msvcrt.locking``) on ``<key>.lock``; the
+        OS drops it when the holder's process ends, so a crashed holder never blocks the others.
+        Raises ``filelock.Timeout`` after ``timeout`` seconds (``None``: wait as long as it takes).
+        """
+        path = self.lock_path(kind, config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path), timeout=-1 if timeout is None else float(timeout)):
+            yield self.path(kind, config)
+
+    def get_or_create(
+        self,
+        kind: str,
+        config: Mapping[str, Any] | Any,
+        make: Callable[[Path], Mapping | None],
+        *,
+        seed: int | None = None,
+        extra: Mapping | None = None,
+    ) -> Run:
+        """The run for ``(kind, config)``, computed by ``make(tmp_folder)`` exactly once across processes.
+
+        A published run is returned without locking. Otherwise the key's lock is taken, the store is
+        looked at again (another process may have published it meanwhile — then it is reused), and
+        only then ``make`` fills a private temporary folder, which is published atomically. ``make``
+        may return a mapping added to the manifest's ``extra`` (e.g. measured times).
+        """
+        run = self.find(kind, config)
+        if run is not None:
+            return run
+        with self.lock(kind, config):
+            run = self.find(kind, config)
+            if run is None:
+                with self.create(kind, config, seed=seed, extra=extra) as tmp:
+                    more = make(tmp)
+                    if more:
+                        tmp_extra = dict(extra or {})
+                        tmp_extra.update(more)
+                        (tmp / ".extra.json").write_text(json.dumps(_jsonable(tmp_extra)))
+                run = self.find(kind, config)
+        if run is None:  # pragma: no cover — create() published or raised
+            raise CorruptRunError(f"run {self.path(kind, config)} vanished right after it was published")
+        return run
+
     def find(self, kind: str, config: Mapping[str, Any] | Any) -> Run | None:
         """The verified run for ``(kind, config)``, ``None`` if there is none.
 
@@ -217,6 +275,10 @@ class RunStore:
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
         try:
             yield tmp
+            extra_file = tmp / ".extra.json"
+            if extra_file.is_file():  # get_or_create: what make() measured
+                extra = json.loads(extra_file.read_text())
+                extra_file.unlink()
             files = {
                 str(p.relative_to(tmp)): file_sha256(p)
                 for p in sorted(tmp.rglob("*"))
@@ -234,9 +296,7 @@ class RunStore:
                 "extra": _jsonable(dict(extra or {})),
             }
             atomic_write(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            _publish(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -249,6 +309,22 @@ class RunStore:
         if run is None:
             raise FileNotFoundError(f"no {kind} run for this configuration under {self.root}")
         return run.manifest
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Move the finished folder ``tmp`` to ``final`` in one ``rename``; a run already there is kept.
+
+    A published run is never removed or replaced, so a reader sees it whole or not at all. Two writers
+    of one key compute the same configuration; when they race without :meth:`RunStore.lock`, the first
+    to publish wins and the second's folder is discarded (``rename`` of a folder onto a non-empty one
+    fails atomically).
+    """
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / MANIFEST).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_manifest(path: str | os.PathLike, *, config: Any, seed: int | None = None, extra: Mapping | None = None) -> Path:
