@@ -95,9 +95,11 @@ class Study:
         self.seed = seed
         self.saf = saf
         self.data_root = data_root
-        self.store = store or RunStore()
         self.progress = progress
-        data_lib.check_n_dataset(dataset, self.n_dataset)  # before any work: N_D must fit the train split
+        # Before any work or folder: N_D must fit the train split, and a user's .npz must be readable and of a
+        # supported size (28, 64 or 128 px; load_npz checks it while counting the split).
+        data_lib.check_n_dataset(dataset, self.n_dataset)
+        self.store = store or RunStore()
         self.fingerprint: Fingerprint | None = None
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model)
@@ -108,9 +110,9 @@ class Study:
         if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(sample_steps, int) or sample_steps < 1):
             raise ValueError(f"sample_steps = {sample_steps!r}; allowed: an integer ≥ 1")
         self.sample_steps = sample_steps
-        if self.model is not None and self.model.channels != self.profile.channels:
+        if self.model is not None and self.model.channels != self.channels:
             raise ValueError(f"the model under audit has {self.model.channels} input channel(s); the data it is audited on "
-                             f"has {self.profile.channels} (profile {self.profile.name!r})")
+                             f"has {self.channels} (profile {self.profile.name!r})")
 
     @classmethod
     def from_fingerprint(
@@ -146,6 +148,17 @@ class Study:
         return study
 
     @property
+    def channels(self) -> int:
+        """Channels of the images every model of this study sees: the profile's ``channels``, or the data's
+        own (grey 1, RGB 3) when the profile follows the data (``None``, the smoke and cpu profiles)."""
+        return self.profile.channels if self.profile.channels is not None else self.data.n_channels
+
+    @property
+    def image_size(self) -> int:
+        """Side of the study's square images in px (28, 64 or 128): the data's."""
+        return self.data.image_size
+
+    @property
     def is_external(self) -> bool:
         """Whether the model under audit was trained elsewhere (``model=``), not by this study."""
         return self.model is not None
@@ -166,7 +179,7 @@ class Study:
         source regenerates them."""
         data_lib.check_n_dataset(self.data, self.n_dataset)
         clean, _ = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
-        images = data_lib.to_unit_tensor(clean, channels=self.profile.channels)
+        images = data_lib.to_unit_tensor(clean, channels=self.channels)
         private = make_private_dataset(images, seed=self.seed, config=self.saf)
         if self.fingerprint is None:
             return private
@@ -183,19 +196,23 @@ class Study:
         return private_dataset(fp, private.x_i)
 
     def images(self, split: Split) -> torch.Tensor:
-        """All images of ``split`` as unit-range tensors with the profile's channels."""
-        return data_lib.to_unit_tensor(self.data.split(split), channels=self.profile.channels)
+        """All images of ``split`` as unit-range tensors ``(N, C, S, S)`` with the study's :attr:`channels`."""
+        return data_lib.to_unit_tensor(self.data.split(split), channels=self.channels)
 
     @functools.cached_property
     def data_config(self) -> dict:
-        """What the private dataset depends on (the data file's content, not its location)."""
+        """What the private dataset depends on (the data file's content, not its location).
+
+        ``channels`` is the number the models see (:attr:`channels`, resolved), so a grey dataset keeps the
+        key it had when profiles fixed 1 channel, and grey repeated to 3 channels (paper profile) is another
+        run. The image size needs no entry of its own: ``data_sha256`` pins the file and with it the size."""
         return {
             "dataset": self.data.name,
             "data_sha256": file_sha256(self.data.source)[:16],
             "n_dataset": self.n_dataset,
             "seed": self.seed,
             "saf": self.private.parameters(),
-            "channels": self.profile.channels,
+            "channels": self.channels,
             **({"fingerprint_dp_sha256": self.fingerprint.meta["dp_sha256"][:16]} if self.fingerprint else {}),
         }
 
@@ -214,15 +231,20 @@ class Study:
         config = self.model_config()
         if self.store.find("score_model", config) is not None:
             return None
-        work_dir = self.store.scratch_dir("score_model", config)
-        result = train(self.private.images, self.profile.train, work_dir, progress=self.progress)
-        with self.store.create("score_model", config, seed=self.profile.train.seed,
-                               extra={"seconds_per_step": result.seconds_per_step}) as tmp:
-            result.model.save_pretrained(tmp / "model")
-            (tmp / "kept").mkdir()
-            for step, path in result.kept.items():
-                shutil.copy2(path, tmp / "kept" / path.name)
-            atomic_write(tmp / "losses.json", json.dumps(list(result.losses)))
+        # one process trains a key at a time (others wait here, then reuse its run); the holder alone
+        # uses the key's resume folder, so a crashed training resumes and two never mix checkpoints
+        with self.store.lock("score_model", config):
+            if self.store.find("score_model", config) is not None:
+                return None
+            work_dir = self.store.scratch_dir("score_model", config)
+            result = train(self.private.images, self.profile.train, work_dir, progress=self.progress)
+            with self.store.create("score_model", config, seed=self.profile.train.seed,
+                                   extra={"seconds_per_step": result.seconds_per_step}) as tmp:
+                result.model.save_pretrained(tmp / "model")
+                (tmp / "kept").mkdir()
+                for step, path in result.kept.items():
+                    shutil.copy2(path, tmp / "kept" / path.name)
+                atomic_write(tmp / "losses.json", json.dumps(list(result.losses)))
         return result
 
     @functools.cached_property
@@ -274,22 +296,22 @@ class Study:
         if kind == "c_p":
             saf = {"radius": self.private.radius, "grey": self.private.grey}
             return {"dataset": self.data.name, "data_sha256": self.data_config["data_sha256"], "saf": saf,
-                    "channels": self.profile.channels, "kind": kind, "classifier": classifier}
+                    "channels": self.channels, "kind": kind, "classifier": classifier}
         return {**self.data_config, "kind": kind, "classifier": classifier}
 
     def _classifier(self, kind: Literal["c_p", "c_id"]) -> Classifier:
         config = self.classifier_config(kind)
-        run = self.store.find(kind, config)
-        if run is None:
+
+        def make(tmp: Path) -> None:
             if kind == "c_p":  # the attacker paints SAFs on the dataset's real training images
                 clf = train_saf_classifier(self.images("train"), self.images("val"), self.saf, self.profile.classifier_for("c_p"),
                                            progress=self.progress)
             else:
                 clf = train_id_classifier(self.private, self.profile.classifier, progress=self.progress,
                                           val_images=self.images("val"))
-            with self.store.create(kind, config, seed=self.profile.classifier_for(kind).seed) as tmp:
-                clf.save(tmp / "classifier")
-            run = self.store.find(kind, config)
+            clf.save(tmp / "classifier")
+
+        run = self.store.get_or_create(kind, config, make, seed=self.profile.classifier_for(kind).seed)
         return Classifier.load(run.path / "classifier")
 
     @functools.cached_property
@@ -315,29 +337,30 @@ class Study:
 
     # ------------------------------------------------------------------ sampling and the audit
     def samples(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> torch.Tensor:
-        """``n`` generated images ``(n, C, 28, 28)`` in ``[0, 1]`` (cached), from the model at ``step``."""
+        """``n`` generated images ``(n, C, S, S)`` in ``[0, 1]`` (cached), from the model at ``step``."""
         n = self.profile.n_samples if n is None else n
         external = isinstance(self.model, DiffusersModel)
         step = (None if self.model is not None else self.profile.train.steps) if step is None else step
         method = type(self.model.scheduler).__name__ if external else self.profile.sampler
         steps = self.diffusers_steps(self.profile.sample_steps) if external else self.profile.sample_steps
         config = {"model": self.model_config(), "step": step, "method": method, "steps": steps, "n": n, "seed": seed}
-        run = self.store.find("samples", config)
-        if run is None:
+
+        def make(tmp: Path) -> dict:
             model = self.model_at(step)
             generator = torch.Generator(device=model.device).manual_seed(seed)
             if external:
                 result = model.sample(n, steps=steps, generator=generator, batch_size=self.profile.sample_batch,
                                       progress=self.progress)
             else:
-                shape = (n, self.profile.channels, *self.private.images.shape[-2:])
+                shape = (n, self.channels, *self.private.images.shape[-2:])
                 result = sample(model, model.sde, shape=shape, method=self.profile.sampler, steps=steps,
                                 generator=generator, batch_size=self.profile.sample_batch,
                                 autocast_bf16=self.profile.train.bf16, progress=self.progress)
             images = data_lib.from_model_range(result.images.float().cpu()).clamp(0.0, 1.0)
-            with self.store.create("samples", config, seed=seed, extra={"nfe": result.nfe}) as tmp:
-                atomic_save_safetensors({"images": images}, tmp / "samples.safetensors")
-            run = self.store.find("samples", config)
+            atomic_save_safetensors({"images": images}, tmp / "samples.safetensors")
+            return {"nfe": result.nfe}
+
+        run = self.store.get_or_create("samples", config, make, seed=seed)
         return load_file(run.file("samples.safetensors"))["images"]
 
     def diffusers_steps(self, steps: int) -> int:
@@ -356,6 +379,7 @@ class Study:
         if images is None:
             images = self.samples(n, step=step, seed=seed)
         else:
+            data_lib.check_unit_images(images, "the images to audit")  # before c_p / c_id are trained
             expected = tuple(self.private.images.shape[1:])
             if images.ndim != 4 or tuple(images.shape[1:]) != expected:
                 raise ValueError(f"the images to audit have shape {tuple(images.shape)}; D_p's images are {expected} "
