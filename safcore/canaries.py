@@ -28,7 +28,13 @@ import numpy as np
 import torch
 from scipy.stats import binom
 
-from safcore.fingerprint import apply_saf, check_radius, circle_mask, default_radius, random_centers
+from safcore.fingerprint import (
+    apply_saf,
+    check_radius,
+    circle_mask,
+    default_radius,
+    random_centers,
+)
 
 __all__ = [
     "CanaryDesign",

@@ -31,6 +31,7 @@ Eq. 13), which holds for the VP and the sub-VP SDE alike (for sub-VP ``g² = β(
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -336,7 +337,7 @@ def secmi_t_error(
     out = torch.zeros(len(x0), dtype=torch.float64)
     for start in range(0, len(x0), _check_batch(batch_size)):
         x = x0[start : start + batch_size]
-        for t, s in zip(grid[:-1], grid[1:]):
+        for t, s in itertools.pairwise(grid):
             x = ddim_step(eps_model, x, t, s)
         forward = ddim_step(eps_model, x, grid[-1], t_sec)
         back = ddim_step(eps_model, forward, t_sec, grid[-1])

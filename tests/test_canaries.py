@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -151,13 +152,13 @@ def test_random_guesses_give_epsilon_near_zero_never_negative():
 
 def test_bound_is_monotone():
     by_v = [canaries.epsilon_lower_bound(1000, 200, v) for v in range(100, 201, 5)]
-    assert all(a <= b for a, b in zip(by_v, by_v[1:])) and by_v[0] == 0.0 and by_v[-1] > 2.5
+    assert all(a <= b for a, b in itertools.pairwise(by_v)) and by_v[0] == 0.0 and by_v[-1] > 2.5
     by_delta = [canaries.epsilon_lower_bound(1000, 200, 180, delta=d) for d in (0.0, 1e-6, 1e-5, 1e-4, 1e-3)]
-    assert all(a >= b for a, b in zip(by_delta, by_delta[1:])) and by_delta[0] > by_delta[-1]
+    assert all(a >= b for a, b in itertools.pairwise(by_delta)) and by_delta[0] > by_delta[-1]
     by_m = [canaries.epsilon_lower_bound(m, 200, 180) for m in (200, 10**4, 10**6)]
-    assert all(a >= b for a, b in zip(by_m, by_m[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(by_m))
     by_conf = [canaries.epsilon_lower_bound(1000, 200, 180, confidence=c) for c in (0.5, 0.9, 0.95, 0.99)]
-    assert all(a >= b for a, b in zip(by_conf, by_conf[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(by_conf))
     # at the bound the p-value sits at 1 − β
     eps = canaries.epsilon_lower_bound(1000, 200, 180)
     assert canaries.p_value(1000, 200, 180, eps) == pytest.approx(0.05, abs=1e-6)

@@ -10,7 +10,7 @@ import torch
 
 from safcore import peers
 from safcore.known_answer import PointMassDenoiser, PointMixtureScore
-from safcore.sde import GaussianDataScore, SubVPSDE, VPSDE
+from safcore.sde import VPSDE, GaussianDataScore, SubVPSDE
 
 ATTACKS = (peers.loss_attack, peers.secmi_t_error, peers.pia_error)
 
@@ -232,3 +232,20 @@ def test_gu_ratio_known_answers():
     assert peers.gu_memorization_ratio(samples, train) == 0.5
     with pytest.raises(ValueError, match="needs at least 2 training images; got 1"):
         peers.gu_ratio(samples, train[:1])
+
+
+def test_attacks_run_on_a_score_model():
+    from safcore.models import ScoreModel, build_unet
+
+    torch.manual_seed(0)
+    model = ScoreModel(build_unet("tiny", 1, 28)).eval()
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    adapter = peers.as_eps_model(model)
+    assert isinstance(adapter, peers.SDEEps)
+    x, t = images * 2 - 1, torch.full((3,), 0.2)
+    with torch.inference_mode():
+        assert torch.equal(adapter.eps(x, t), model.eps(x, t))
+    for err in (peers.loss_attack(model, images, n_draws=2), peers.pia_error(model, images),
+                peers.secmi_t_error(model, images, t_sec=0.03, interval=0.01)):
+        assert err.shape == (3,) and err.dtype == torch.float64
+        assert torch.isfinite(err).all() and (err > 0).all()
