@@ -34,9 +34,14 @@ OFFLINE_ENV = "SAFCORE_OFFLINE"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 Split = Literal["train", "val", "test"]
 NPZ_LAYOUT = (
-    "train_images, val_images, test_images: uint8 arrays (N, H, W) or (N, H, W, 3) with H == W; "
+    "train_images, val_images, test_images: uint8 arrays (N, H, W) (grey) or (N, H, W, 3) (RGB) with "
+    "H == W = 28, 64 or 128; "
     "train_labels, val_labels, test_labels: integer arrays (N, L)"
 )
+#: Image sizes (px, square) that safcore audits end to end: the MedMNIST+ sizes its U-Net presets are built
+#: for (:data:`safcore.models.UNET_LEVELS`: 28 → 7, 64 → 8 and 128 → 8 px in 3, 4 and 5 levels). MedMNIST+
+#: also ships 224 px, which no preset covers yet.
+IMAGE_SIZES: tuple[int, ...] = (28, 64, 128)
 _OFFLINE_ON = ("1", "true", "yes", "on")
 _OFFLINE_OFF = ("", "0", "false", "no", "off")
 
@@ -349,19 +354,73 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+def check_image_size(size: int, what: str = "the images") -> int:
+    """Check that square images of ``size`` px are of a size safcore supports (:data:`IMAGE_SIZES`).
+
+    Returns:
+        ``size``.
+
+    Raises:
+        ValueError: one line naming ``what``, its size and the allowed sizes.
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) not in IMAGE_SIZES:
+        allowed = ", ".join(map(str, IMAGE_SIZES))
+        raise ValueError(
+            f"{what} are {size}×{size} px; safcore supports {allowed} px (the MedMNIST+ sizes its U-Net presets "
+            f"are built for): resize them to one of {allowed} px"
+        )
+    return int(size)
+
+
+def check_unit_images(images: torch.Tensor, what: str = "images") -> None:
+    """Check that ``images`` are a float tensor ``(N, C, H, W)`` of finite values in ``[0, 1]``.
+
+    The audit's input contract (:func:`safcore.audit.audit`), checked where it is cheap to check
+    first — before classifiers are trained or anything is written.
+
+    Raises:
+        ValueError: not a 4-D float tensor, NaN / infinite values, or values outside ``[0, 1]`` (e.g.
+            0..255 floats); the message names the bad values and what is allowed.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor (N, C, H, W) in [0, 1]; got {type(images).__name__} "
+                         "(safcore.images.load_images reads files and arrays)")
+    if images.ndim != 4:
+        raise ValueError(f"{what} must have shape (N, C, H, W); got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"{what} must be float in [0, 1]; got dtype {images.dtype} "
+                         "(uint8 0..255 images: safcore.images.load_images scales them)")
+    if images.numel() == 0:
+        return
+    finite = torch.isfinite(images)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"{what} contain {bad} NaN or infinite value(s); allowed: finite values in [0, 1]")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0.0 or hi > 1.0:
+        hint = " (0..255 values: divide by 255)" if hi > 1.0 else " (model-range [-1, 1]: apply from_model_range)"
+        raise ValueError(f"{what} have values in [{lo:.4g}, {hi:.4g}]; allowed: [0, 1]{hint}")
+
+
 def load_npz(path: str | os.PathLike) -> MedMNISTData:
     """Load a user's own ``.npz`` in the MedMNIST layout (:data:`NPZ_LAYOUT`), validated.
 
+    Grey ``(N, H, W)`` and colour ``(N, H, W, 3)`` images are kept as they are; their size must be one
+    of :data:`IMAGE_SIZES` (28, 64 or 128 px).
+
     Raises:
         FileNotFoundError: ``path`` does not exist (or is a folder); the path is named.
-        ValueError: not a readable npz archive, missing keys (named, with the layout), wrong shapes or dtypes.
+        ValueError: not a readable npz archive, missing keys (named, with the layout), wrong shapes or
+            dtypes, or an image size safcore does not support (named, with the allowed sizes).
     """
     file = Path(path).expanduser()
     if not file.exists():
         raise FileNotFoundError(f"dataset file {file} does not exist (expected an .npz in the MedMNIST layout)")
     if not file.is_file():
         raise FileNotFoundError(f"dataset file {file} is a folder, not an .npz file in the MedMNIST layout")
-    return _read_npz(file, name=file.stem, info=None)
+    data = _read_npz(file, name=file.stem, info=None)
+    check_image_size(data.image_size, f"{file}: the images")
+    return data
 
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")

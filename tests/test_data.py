@@ -160,7 +160,8 @@ def test_npz_with_missing_keys(tmp_path):
     message = str(info.value)
     assert re.search(r"lacks the MedMNIST keys \['test_images', 'test_labels', 'train_labels', 'val_images', "
                      r"'val_labels'\]; it has \['train_images'\]", message)
-    assert "Expected layout: train_images, val_images, test_images: uint8 arrays (N, H, W) or (N, H, W, 3)" in message
+    assert ("Expected layout: train_images, val_images, test_images: uint8 arrays (N, H, W) (grey) or (N, H, W, 3) "
+            "(RGB) with H == W = 28, 64 or 128" in message)
 
 
 def test_flags_with_train_size():
