@@ -1,4 +1,4 @@
-"""The score network: a diffusers ``UNet2DModel`` for 28×28 images wrapped as ``s_θ(x, t) = -ε̂(x, 999 t) / σ_t``.
+"""The score network: a diffusers ``UNet2DModel`` for 28, 64 or 128 px images wrapped as ``s_θ(x, t) = -ε̂(x, 999 t) / σ_t``.
 
 The U-Net predicts the noise ε̂ that was added (continuous denoising score matching, Song et al.
 2020, Eq. 7 with the ε-parameterisation of score_sde's ``get_score_fn``): for a perturbation
@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DModel
 
+from safcore.data import check_image_size
 from safcore.runs import atomic_write
 from safcore.sde import SDE, SubVPSDE, VPSDE, get_sde
 
-__all__ = ["UNetPreset", "UNET_PRESETS", "build_unet", "ScoreModel", "TIME_LABEL_SCALE", "SDE_CONFIG_NAME"]
+__all__ = ["UNetPreset", "UNET_PRESETS", "UNET_LEVELS", "build_unet", "ScoreModel", "TIME_LABEL_SCALE", "SDE_CONFIG_NAME"]
 
 #: The network sees the time label ``999 · t`` (score_sde's continuous sub-VP/VP convention).
 TIME_LABEL_SCALE = 999.0
@@ -27,12 +28,24 @@ TIME_LABEL_SCALE = 999.0
 SDE_CONFIG_NAME = "safcore_sde.json"
 
 
+#: Resolution levels of the U-Net for each supported image size (:data:`safcore.data.IMAGE_SIZES`). Every
+#: level but the last halves the resolution, and diffusers' ``UNet2DModel`` needs each halving to be exact
+#: (7 → 4 → 8 breaks the skip connections), so the deepest level is 7 px at 28 px and 8 px at 64 and 128 px:
+#: 28 → 14 → 7, 64 → 32 → 16 → 8, 128 → 64 → 32 → 16 → 8.
+UNET_LEVELS: dict[int, int] = {28: 3, 64: 4, 128: 5}
+_BASE_LEVELS = UNET_LEVELS[28]
+
+
 @dataclass(frozen=True)
 class UNetPreset:
-    """Size of a three-level (28 → 14 → 7) ``UNet2DModel``.
+    """Size of a U-Net, given by its three 28 px levels (28 → 14 → 7).
 
     ``attention`` marks, per resolution level (28, 14, 7), whether its blocks use self-attention;
-    ``norm_num_groups`` must divide every entry of ``block_out_channels``.
+    ``norm_num_groups`` must divide every entry of ``block_out_channels``. Larger images get more
+    levels (:data:`UNET_LEVELS`, :meth:`levels`): the added levels sit on top, at the new full
+    resolutions, with the first level's width and no attention, so the three deepest levels — widths,
+    attention and all — are the 28 px ones (DDPM++ likewise keeps its widths and widens no
+    high-resolution level; attention stays at the coarse levels, where it is affordable).
     """
 
     block_out_channels: tuple[int, int, int]
@@ -44,9 +57,10 @@ class UNetPreset:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if len(self.block_out_channels) != 3 or len(self.attention) != 3:
+        if len(self.block_out_channels) != _BASE_LEVELS or len(self.attention) != _BASE_LEVELS:
             raise ValueError(
-                "a 28×28 UNet2DModel needs exactly three resolution levels (28→14→7; four fail at 7→4→8); "
+                "a U-Net preset names the three resolution levels of its 28 px network (28→14→7; 64 and 128 px "
+                "add levels on top, see UNET_LEVELS); "
                 f"got block_out_channels={self.block_out_channels!r}, attention={self.attention!r}"
             )
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
@@ -56,6 +70,21 @@ class UNetPreset:
             )
         if self.layers_per_block < 1:
             raise ValueError(f"layers_per_block must be >= 1, got {self.layers_per_block}")
+
+    def levels(self, image_size: int = 28) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+        """``(block_out_channels, attention)`` of the U-Net for ``image_size`` px, one entry per level.
+
+        28 px: the preset's own three levels. 64 px: one level of width ``block_out_channels[0]`` without
+        attention in front (64 → 32 → 16 → 8); 128 px: two (128 → 64 → 32 → 16 → 8).
+
+        Raises:
+            ValueError: a size other than 28, 64 or 128 px (the allowed sizes are named).
+        """
+        check_image_size(image_size, "U-Net images")
+        extra = UNET_LEVELS[int(image_size)] - _BASE_LEVELS
+        widths = (self.block_out_channels[0],) * extra + tuple(self.block_out_channels)
+        attention = (False,) * extra + tuple(self.attention)
+        return widths, attention
 
 
 UNET_PRESETS: dict[str, UNetPreset] = {
@@ -75,25 +104,30 @@ def _preset(name: str) -> UNetPreset:
 
 
 def build_unet(preset: str | UNetPreset, channels: int, image_size: int = 28) -> UNet2DModel:
-    """A fresh ``UNet2DModel`` of the named size with ``channels`` input/output channels.
+    """A fresh ``UNet2DModel`` of the named size for ``image_size`` px images with ``channels`` channels.
 
-    Uses ``time_embedding_type="positional"`` (labels ``999·t``; the ``"fourier"`` variant divides
-    its output by the timestep, the VE convention, wrong for sub-VP). ``image_size`` must be
-    divisible by 4 (two down-samplings).
+    ``channels``: 1 (grey) or 3 (RGB), input and output alike. ``image_size``: 28, 64 or 128 px
+    (:data:`UNET_LEVELS`); it sets ``sample_size`` and the number of levels (:meth:`UNetPreset.levels`);
+    at 28 px the network is the preset's three-level one, unchanged. Uses
+    ``time_embedding_type="positional"`` (labels ``999·t``; the ``"fourier"`` variant divides its
+    output by the timestep, the VE convention, wrong for sub-VP).
+
+    Raises:
+        ValueError: an unknown preset, channels other than 1 or 3, or an unsupported image size (the
+            allowed values are named).
     """
     p = preset if isinstance(preset, UNetPreset) else _preset(preset)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
-    if image_size < 4 or image_size % 4:
-        raise ValueError(f"image_size must be a positive multiple of 4 (28→14→7), got {image_size!r}")
-    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in p.attention)
-    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(p.attention))
+    widths, attention = p.levels(image_size)
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     return UNet2DModel(
-        sample_size=image_size,
+        sample_size=int(image_size),
         in_channels=channels,
         out_channels=channels,
         time_embedding_type="positional",
-        block_out_channels=p.block_out_channels,
+        block_out_channels=widths,
         layers_per_block=p.layers_per_block,
         down_block_types=down,
         up_block_types=up,
@@ -134,7 +168,14 @@ class ScoreModel(torch.nn.Module):
 
     @property
     def channels(self) -> int:
+        """Image channels the U-Net takes and returns (1 grey, 3 RGB)."""
         return int(self.unet.config.in_channels)
+
+    @property
+    def image_size(self) -> int:
+        """The U-Net's ``sample_size``: the side of the square images it was built for (px)."""
+        size = self.unet.config.sample_size
+        return int(size if isinstance(size, int) else size[0])
 
     @property
     def device(self) -> torch.device:

@@ -38,7 +38,7 @@ from diffusers.training_utils import EMAModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from safcore.data import to_model_range
+from safcore.data import check_image_size, to_model_range
 from safcore.models import UNET_PRESETS, ScoreModel, build_unet
 from safcore.progress import progress_bar
 from safcore.runs import atomic_save_safetensors
@@ -202,7 +202,9 @@ class Trainer:
     """One training state (model, Adam, EMA, generator) and its single optimisation step.
 
     Args:
-        images_unit (torch.Tensor of shape (N, C, 28, 28)): training images in [0, 1].
+        images_unit (torch.Tensor of shape (N, C, S, S)): training images in [0, 1]; C = 1 or 3 and
+            S = 28, 64 or 128 px set the U-Net's channels and ``sample_size`` / levels
+            (:func:`safcore.models.build_unet`).
         config: the :class:`TrainConfig`.
         sde: the forward SDE (default :class:`safcore.sde.SubVPSDE`); its ``marginal_prob``
             gives the perturbation kernel's mean and std.
@@ -220,6 +222,12 @@ class Trainer:
             )
         if images_unit.shape[0] < 1:
             raise ValueError("images_unit holds no images (N = 0)")
+        if images_unit.shape[1] not in (1, 3):
+            raise ValueError(f"images_unit has {images_unit.shape[1]} channels; allowed: 1 (grey) or 3 (RGB)")
+        if images_unit.shape[-1] != images_unit.shape[-2]:
+            raise ValueError(f"images_unit are {images_unit.shape[-2]}×{images_unit.shape[-1]} px; allowed: square images "
+                             "of 28, 64 or 128 px")
+        check_image_size(int(images_unit.shape[-1]), "the training images")
         if not torch.is_floating_point(images_unit):
             raise ValueError(f"images_unit must be floating point in [0, 1], got dtype {images_unit.dtype}")
         lo, hi = float(images_unit.min()), float(images_unit.max())
@@ -232,7 +240,7 @@ class Trainer:
         # Data stays on the training device in model range [-1, 1]; shape (N, C, H, W).
         self.data = to_model_range(images_unit.detach().to(self.device, torch.float32))
         torch.manual_seed(config.seed)
-        unet = build_unet(config.preset, channels=int(images_unit.shape[1]))
+        unet = build_unet(config.preset, channels=int(images_unit.shape[1]), image_size=int(images_unit.shape[-1]))
         self.model = ScoreModel(unet, self.sde).to(self.device)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -430,8 +438,8 @@ def train(
     """Train a score model by denoising score matching (module docstring), resuming from ``work_dir``.
 
     Args:
-        images_unit (torch.Tensor of shape (N, C, 28, 28)): training images in [0, 1]; C sets the
-            U-Net's channels.
+        images_unit (torch.Tensor of shape (N, C, S, S)): training images in [0, 1]; C (1 or 3) and
+            S (28, 64 or 128 px) set the U-Net's channels and size (checked before ``work_dir`` is made).
         config: the :class:`TrainConfig`.
         work_dir: folder for checkpoints and kept EMA weights; if it holds a checkpoint of this
             configuration and these images, training continues from the latest one.
@@ -451,8 +459,8 @@ def train(
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or not 1 <= stop_after <= config.steps):
         raise ValueError(f"stop_after = {stop_after!r}: must be None or an integer in [1, steps={config.steps}]")
     work_dir = Path(work_dir)
+    trainer = Trainer(images_unit, config, sde)  # checks the images before anything is written
     work_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(images_unit, config, sde)
     checkpoint = latest_checkpoint(work_dir)
     if checkpoint is not None:
         tensors, metadata = _read_safetensors(checkpoint)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from safcore.models import TIME_LABEL_SCALE, UNET_PRESETS, ScoreModel, UNetPreset, build_unet
+from safcore.data import IMAGE_SIZES
+from safcore.models import TIME_LABEL_SCALE, UNET_LEVELS, UNET_PRESETS, ScoreModel, UNetPreset, build_unet
 from safcore.sde import VPSDE, SubVPSDE
 
 
@@ -102,11 +103,39 @@ def test_bad_parameters_raise(tmp_path):
         build_unet("huge", 1)
     with pytest.raises(ValueError, match="channels"):
         build_unet("tiny", 2)
-    with pytest.raises(ValueError, match="multiple of 4"):
-        build_unet("tiny", 1, image_size=30)
+    for size in (30, 32, 224):
+        with pytest.raises(ValueError, match=rf"{size}×{size} px; safcore supports 28, 64, 128 px"):
+            build_unet("tiny", 1, image_size=size)
     with pytest.raises(ValueError, match="three resolution levels"):
         UNetPreset((8, 16, 16, 16), 1, (False, False, False), 4)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="norm_num_groups"):
         UNetPreset((8, 16, 24), 1, (False, False, False), 16)
     with pytest.raises(ValueError, match="config.json"):
         ScoreModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("size, levels", [(28, 3), (64, 4), (128, 5)])
+def test_each_size_gets_levels_down_to_7_or_8_px(size, levels):
+    assert tuple(UNET_LEVELS) == IMAGE_SIZES  # the data checks and the presets name the same sizes
+    torch.manual_seed(0)
+    unet = build_unet("tiny", 3, image_size=size)
+    assert unet.config.sample_size == size and unet.config.in_channels == unet.config.out_channels == 3
+    assert len(unet.config.down_block_types) == levels
+    widths, attention = UNET_PRESETS["tiny"].levels(size)
+    assert tuple(unet.config.block_out_channels) == widths == (8,) * (levels - 3) + (8, 16, 16)
+    assert attention == (False,) * (levels - 1) + (True,)  # attention stays at the deepest level (7 or 8 px)
+    assert size // 2 ** (levels - 1) in (7, 8)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        out = ScoreModel(unet)(x, torch.tensor([0.2, 0.8]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_28px_presets_are_unchanged_by_the_larger_sizes():
+    """The 28 px network is the preset's own: same blocks and parameter count as before 64/128 px existed,
+    so stored models and the pinned numbers above stay valid."""
+    for name, preset in UNET_PRESETS.items():
+        unet = build_unet(name, 1)
+        assert tuple(unet.config.block_out_channels) == preset.block_out_channels
+        assert unet.config.sample_size == 28 and len(unet.config.down_block_types) == 3
+    assert _n_params(build_unet("tiny", 1)) == 71_033
