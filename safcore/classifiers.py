@@ -163,13 +163,15 @@ def resolve_device(device: str) -> torch.device:
 def build_resnet(
     arch: Arch, in_channels: int, stem_stride: Literal[1, 2] = 1, norm: Literal["batch", "group"] = "batch"
 ) -> nn.Module:
-    """A randomly initialised torchvision ResNet with one output logit, adapted to 28×28 inputs.
+    """A randomly initialised torchvision ResNet with one output logit, adapted to small images.
 
     ``torchvision.models.resnet18/50(weights=None, num_classes=1)`` (nothing is downloaded) with its
     7×7 stride-2 stem convolution replaced by a 3×3 convolution of stride ``stem_stride`` taking
-    ``in_channels`` channels, and its max-pool removed: at stride 1 the four stages see 28, 14, 7 and
-    4 px instead of 7, 4, 2 and 1 px. ``norm="group"`` swaps every BatchNorm for a 32-group
-    GroupNorm. Input: ``(B, in_channels, H, W)`` in model range; output
+    ``in_channels`` channels (1 grey, 3 RGB), and its max-pool removed: at stride 1 the four stages
+    see 28, 14, 7 and 4 px of a 28 px image instead of 7, 4, 2 and 1 px. The global average pool
+    takes any size, so the same network serves 64 and 128 px images (stages at 64/32/16/8 and
+    128/64/32/16 px at stride 1), at 5× and 21× the 28 px cost. ``norm="group"`` swaps every
+    BatchNorm for a 32-group GroupNorm. Input: ``(B, in_channels, H, W)`` in model range; output
     ``(B, 1)`` logits.
     """
     if arch not in ARCHS:
@@ -184,7 +186,7 @@ def build_resnet(
     return net
 
 
-def _check_images(images: torch.Tensor, what: str, channels: int | None = None) -> None:
+def _check_images(images: torch.Tensor, what: str, channels: int | None = None, size: int | None = None) -> None:
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"{what} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
     if images.ndim != 4:
@@ -193,6 +195,9 @@ def _check_images(images: torch.Tensor, what: str, channels: int | None = None) 
         raise ValueError(f"{what} is empty (shape {tuple(images.shape)}); at least one image is needed")
     if channels is not None and images.shape[1] != channels:
         raise ValueError(f"{what} have {images.shape[1]} channels, the classifier expects {channels}")
+    if size is not None and tuple(images.shape[-2:]) != (size, size):
+        raise ValueError(f"{what} are {images.shape[-2]}×{images.shape[-1]} px; the classifier was trained on "
+                         f"{size}×{size} px images")
     if not images.is_floating_point():
         raise ValueError(f"{what} must be float images in [0, 1], got dtype {images.dtype}")
 
@@ -247,7 +252,7 @@ class Classifier:
 
     def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Logits ``(B,)`` (float32, on the images' device) for unit-range images ``(B, C, H, W)``."""
-        _check_images(images, "images", self.in_channels)
+        _check_images(images, "images", self.in_channels, self.image_size)
         self.model.eval()
         out = []
         with torch.inference_mode():

@@ -2,9 +2,11 @@
 
 Paper §3.3, Eq. 10: ``x_p = x_i · (1 − L_p) + x_SAF · L_p`` where ``L_p`` is a circular mask that
 lies entirely inside the image and ``x_SAF`` a constant grey. The defaults follow the author's later
-code: grey 0.5 in every channel, radius ``9 · 2^(log2(size) − 6)`` px (≈ 3.9 px at 28 px).
+code: grey 0.5 in every channel, radius ``9 · 2^(log2(size) − 6)`` px (3.94, 9 and 18 px at 28, 64 and
+128 px: the disc covers the same share of the image at every size).
 
-All images here are float tensors in ``[0, 1]`` of shape ``(..., C, H, W)``.
+All images here are float tensors in ``[0, 1]`` of shape ``(..., C, H, W)``; the SAF's grey is painted
+into every channel, so on an RGB image it is a neutral grey disc ``(x_SAF, x_SAF, x_SAF)``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 
 def default_radius(image_size: int) -> float:
-    """The author's radius rule, ``9 · 2^(log2(size) − 6)`` px (3.94 px at 28 px, 9 px at 64 px)."""
+    """The author's radius rule, ``9 · 2^(log2(size) − 6)`` px (3.94 px at 28 px, 9 px at 64 px, 18 px at 128 px)."""
     return 9.0 * 2.0 ** (math.log2(image_size) - 6.0)
 
 
@@ -102,7 +104,7 @@ def random_circle_masks(
 
 
 def apply_saf(x: torch.Tensor, mask: torch.Tensor, grey: float = 0.5) -> torch.Tensor:
-    """Eq. 10: ``x · (1 − L) + grey · L``.
+    """Eq. 10: ``x · (1 − L) + grey · L``, the same grey in every channel.
 
     Args:
         x: images ``(..., C, H, W)`` in ``[0, 1]``.

@@ -1,7 +1,7 @@
 """Sample quality of generated images: FID with Inception or a domain feature extractor.
 
-Images are unit-range float tensors of shape ``(B, C, 28, 28)`` (``C`` = 1 or 3), as everywhere at
-safcore's module boundaries.
+Images are unit-range float tensors of shape ``(B, C, S, S)`` (``C`` = 1 or 3, ``S`` = 28, 64 or 128 px),
+as everywhere at safcore's module boundaries.
 
 **FID** (Heusel et al. 2017; Tab. 2 of the paper reports ``FID_train`` and ``FID_test``) is computed by
 torchmetrics' :class:`~torchmetrics.image.fid.FrechetInceptionDistance`,
@@ -12,8 +12,9 @@ torchmetrics' :class:`~torchmetrics.image.fid.FrechetInceptionDistance`,
   is on disk, at ``$SAFCORE_INCEPTION_WEIGHTS`` or in torch hub's cache
   (``<torch.hub.get_dir()>/checkpoints/weights-inception-2015-12-05-6726825d.pth``). Otherwise
   :class:`InceptionUnavailableError` says how to provide them.
-- ``"domain"`` — :class:`DomainFeatureExtractor`: a small ResNet for 28×28 (torchvision
-  ``BasicBlock``s, widths 16/32/64 at 28/14/7 px), trained by safcore on the dataset's own MedMNIST
+- ``"domain"`` — :class:`DomainFeatureExtractor`: a small ResNet (torchvision ``BasicBlock``s, widths
+  16/32/64 at 28/14/7 px; 64 and 128 px images enter through a strided stem, 2 and 4, so its stages
+  see 32/16/8 px at every size), trained by safcore on the dataset's own MedMNIST
   label task (``INFO[flag]["task"]``; train split, history on val), whose penultimate 64-d features
   (global average pool) replace Inception's. It is trained once per
   dataset and configuration and cached as safetensors in a folder the caller chooses. Its FID values
@@ -200,15 +201,32 @@ class InceptionFeatureExtractor(FeatureExtractor):
         return self.net((x.clamp(0.0, 1.0) * 255).byte())
 
 
-def _small_resnet(in_channels: int, widths: tuple[int, ...]) -> nn.Sequential:
-    """A ResNet for 28×28 built from torchvision's ``BasicBlock``: 3×3 stem, one block per width.
+#: Stride of the domain extractor's stem per image size: the blocks see 28 px, or 32 px of a 64 / 128 px image.
+DOMAIN_STEM_STRIDE: dict[int, int] = {28: 1, 64: 2, 128: 4}
 
-    The first block keeps 28 px, each later one halves the resolution (28 → 14 → 7 for three widths);
-    global average pooling gives ``widths[-1]`` features. Widths (16, 32, 64) cost ~10 M MACs per
-    image — a ResNet18 with a stride-1 stem costs ~50× that, too slow to train on two shared CPU cores.
+
+def _stem(in_channels: int, width: int, image_size: int) -> nn.Conv2d:
+    """The stem convolution: 3×3 at stride 1 for 28 px; for 64 / 128 px a ``2s × 2s`` kernel at stride
+    ``s`` = 2 / 4 (padding ``s / 2``), which reads every pixel and brings the image to 32 px."""
+    if image_size not in DOMAIN_STEM_STRIDE:
+        sizes = ", ".join(map(str, DOMAIN_STEM_STRIDE))
+        raise ValueError(f"image_size={image_size!r}: the domain extractor is built for {sizes} px images")
+    stride = DOMAIN_STEM_STRIDE[image_size]
+    if stride == 1:
+        return nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
+    return nn.Conv2d(in_channels, width, kernel_size=2 * stride, stride=stride, padding=stride // 2, bias=False)
+
+
+def _small_resnet(in_channels: int, widths: tuple[int, ...], image_size: int = 28) -> nn.Sequential:
+    """A ResNet built from torchvision's ``BasicBlock``: stem (:func:`_stem`), one block per width.
+
+    The first block keeps the stem's resolution (28 px, or 32 px for 64 and 128 px images), each later
+    one halves it (28 → 14 → 7 for three widths); global average pooling gives ``widths[-1]``
+    features. Widths (16, 32, 64) cost ~10 M MACs per image at every size — a ResNet18 with a
+    stride-1 stem costs ~50× that at 28 px, too slow to train on two shared CPU cores.
     """
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False),
+        _stem(in_channels, widths[0], image_size),
         nn.BatchNorm2d(widths[0]),
         nn.ReLU(inplace=True),
     ]
@@ -227,13 +245,13 @@ def _small_resnet(in_channels: int, widths: tuple[int, ...]) -> nn.Sequential:
 
 
 class DomainClassifier(nn.Module):
-    """A small ResNet (torchvision ``BasicBlock``s, 28 px) + linear head on a dataset's label task.
+    """A small ResNet (torchvision ``BasicBlock``s) + linear head on a dataset's label task.
 
-    ``forward(x)``: unit-range ``(B, C, 28, 28)`` → logits ``(B, n_outputs)``; ``features(x)`` →
-    ``(B, widths[-1])``, the body that becomes the FID extractor.
+    ``forward(x)``: unit-range ``(B, C, S, S)`` with ``S = image_size`` (28, 64 or 128) → logits
+    ``(B, n_outputs)``; ``features(x)`` → ``(B, widths[-1])``, the body that becomes the FID extractor.
     """
 
-    def __init__(self, in_channels: int, n_outputs: int, widths: tuple[int, ...] = (16, 32, 64)):
+    def __init__(self, in_channels: int, n_outputs: int, widths: tuple[int, ...] = (16, 32, 64), image_size: int = 28):
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels={in_channels!r}: allowed are 1 (grey) and 3 (colour)")
@@ -244,11 +262,15 @@ class DomainClassifier(nn.Module):
         self.in_channels = in_channels
         self.n_outputs = n_outputs
         self.widths = tuple(int(w) for w in widths)
-        self.body = _small_resnet(in_channels, self.widths)
+        self.image_size = int(image_size)
+        self.body = _small_resnet(in_channels, self.widths, self.image_size)
         self.head = nn.Linear(self.widths[-1], n_outputs)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) unit range → penultimate features (B, widths[-1])."""
+        """(B, C, S, S) unit range → penultimate features (B, widths[-1])."""
+        if x.ndim == 4 and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"images of {x.shape[-2]}×{x.shape[-1]} px cannot feed a domain extractor built for "
+                             f"{self.image_size}×{self.image_size} px (the dataset's size)")
         return self.body(_match_channels(x, self.in_channels) * 2.0 - 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -272,8 +294,8 @@ def _match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 class DomainFeatureExtractor(FeatureExtractor):
     """Penultimate features of a :class:`DomainClassifier` trained on a MedMNIST label task.
 
-    ``forward(x)``: unit-range ``(B, C, 28, 28)`` (C = 1 or 3; grey and its 3-channel repeat give the
-    same features) → ``(B, num_features)`` with ``num_features = classifier.widths[-1]``.
+    ``forward(x)``: unit-range ``(B, C, S, S)`` (C = 1 or 3; grey and its 3-channel repeat give the
+    same features; S the size it was trained at) → ``(B, num_features)`` with ``num_features = classifier.widths[-1]``.
 
     Attributes:
         dataset_name: the dataset it was trained on (part of ``name``).
@@ -307,7 +329,7 @@ class DomainFeatureExtractor(FeatureExtractor):
         return float(self.history[-1]["val_acc"]) if self.history else float("nan")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, 28, 28) unit range → (B, num_features)."""
+        """(B, C, S, S) unit range → (B, num_features)."""
         return self.classifier.features(x)
 
 
@@ -441,7 +463,7 @@ def train_domain_extractor(
     """Train a :class:`DomainClassifier` on a label task and return its feature extractor.
 
     Args:
-        train_images: (N, C, 28, 28) unit range, C = 1 or 3.
+        train_images: (N, C, S, S) unit range, C = 1 or 3, S = 28, 64 or 128 px (sets the stem).
         train_labels: (N,) or (N, 1) class indices for ``"multi-class"`` (binary, ordinal and
             multi-class MedMNIST tasks); (N, L) 0/1 for ``"multi-label"``.
         task: the loss: cross-entropy (``"multi-class"``) or per-label BCE (``"multi-label"``).
@@ -476,7 +498,7 @@ def train_domain_extractor(
             y_val = _prepare_labels(val_labels, task, n_outputs).to(device)
 
         torch.manual_seed(config.seed)
-        model = DomainClassifier(x_train.shape[1], n_outputs, config.widths).to(device)
+        model = DomainClassifier(x_train.shape[1], n_outputs, config.widths, image_size=int(x_train.shape[-1])).to(device)
         steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
         total_steps = min(config.epochs * steps_per_epoch, config.max_steps)
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -592,7 +614,8 @@ def domain_extractor(
 
         with safe_open(path, framework="pt") as handle:
             meta = handle.metadata() or {}
-        classifier = DomainClassifier(int(meta.get("in_channels", in_channels)), n_outputs, config.widths)
+        classifier = DomainClassifier(int(meta.get("in_channels", in_channels)), n_outputs, config.widths,
+                                      image_size=int(meta.get("image_size", data.image_size)))
         classifier.load_state_dict(state)
         log.info("loaded the domain FID extractor from %s", path)
         return DomainFeatureExtractor(
@@ -620,6 +643,7 @@ def domain_extractor(
         "task": task,
         "n_outputs": str(n_outputs),
         "in_channels": str(in_channels),
+        "image_size": str(data.image_size),
         "history": json.dumps(extractor.history),
         "train_seconds": repr(extractor.train_seconds),
     }
@@ -766,8 +790,9 @@ def fid(
     up-sampled). :class:`FIDResult` records the sizes used and given and the seed of the draw.
 
     Args:
-        real_unit: (N_r, C, 28, 28) in [0, 1], the reference (e.g. the train or test split).
-        fake_unit: (N_f, C, 28, 28) in [0, 1], the generated samples.
+        real_unit: (N_r, C, S, S) in [0, 1], the reference (e.g. the train or test split); S = 28, 64
+            or 128 px with the domain extractor (Inception resizes any size to 299 px).
+        fake_unit: (N_f, C, S, S) in [0, 1], the generated samples, the same size.
         extractor: a :class:`FeatureExtractor`, or ``"inception"``, ``"domain"``, ``"auto"``
             (see the module docstring).
         equal_sizes: draw the larger side down to ``min(N_r, N_f)`` images (``False``: use every
@@ -796,6 +821,9 @@ def fid(
             raise ValueError(f"{label} must have shape (N, 1|3, H, W); got {tuple(images.shape)}")
         if len(images) < 2:
             raise ValueError(f"{label} has {len(images)} image(s); FID needs at least 2 on each side")
+    if tuple(real_unit.shape[-2:]) != tuple(fake_unit.shape[-2:]):
+        raise ValueError(f"real_unit are {tuple(real_unit.shape[-2:])} px, fake_unit {tuple(fake_unit.shape[-2:])} px; "
+                         "FID compares images of one size")
     n_real_given, n_fake_given = len(real_unit), len(fake_unit)
     if n_per_side is not None:
         smaller = min(n_real_given, n_fake_given)

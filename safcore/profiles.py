@@ -24,7 +24,6 @@ class Profile:
 
     Args:
         name: the profile's name.
-        channels: image channels the models see (the paper repeats grey three times; 1 is cheaper).
         n_dataset: the default ``N_D``.
         train: score-model training (:class:`safcore.train.TrainConfig`).
         sampler, sample_steps: how audit samples are drawn (:func:`safcore.sampling.sample`).
@@ -37,10 +36,13 @@ class Profile:
         n_fid: images per side for FID.
         saf_classifier: ``c_p``'s settings where they differ from ``c_id``'s (``None``: ``classifier``).
             An audit is only as good as its SAF detector: the verdict needs ≥ 95 % SAF accuracy.
+        channels: image channels the models see. ``None`` (smoke, cpu) follows the data: grey stays grey
+            (1 channel), RGB stays RGB (3). ``3`` (paper) repeats a grey channel three times, as the paper
+            feeds grey MedMNIST to its networks, and keeps RGB as it is; ``1`` refuses RGB data. The image
+            size always follows the data (28, 64 or 128 px; the U-Net gets the levels for it).
     """
 
     name: ProfileName
-    channels: int
     n_dataset: int
     train: TrainConfig
     sampler: SamplerMethod
@@ -51,6 +53,7 @@ class Profile:
     probe: ProbeConfig
     n_fid: int
     saf_classifier: ClassifierConfig | None = None
+    channels: int | None = None
 
     def classifier_for(self, kind: Literal["c_p", "c_id"]) -> ClassifierConfig:
         """The settings of ``c_p`` (``saf_classifier`` when set) or ``c_id`` (``classifier``)."""
@@ -59,8 +62,8 @@ class Profile:
         return self.saf_classifier if kind == "c_p" and self.saf_classifier is not None else self.classifier
 
     def __post_init__(self) -> None:
-        if self.channels not in (1, 3):
-            raise ValueError(f"Profile.channels = {self.channels!r}: allowed 1 or 3")
+        if self.channels is not None and (isinstance(self.channels, bool) or self.channels not in (1, 3)):
+            raise ValueError(f"Profile.channels = {self.channels!r}: allowed None (follow the data), 1 or 3")
         for name in ("n_dataset", "sample_steps", "n_samples", "sample_batch", "n_fid"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -74,7 +77,6 @@ def _grid(top: float, bottom: float, step: float) -> tuple[float, ...]:
 
 SMOKE = Profile(
     name="smoke",
-    channels=1,
     n_dataset=8,
     train=TrainConfig(preset="tiny", steps=400, batch_size=16, lr=2e-3, warmup_steps=20, ema_decay=0.99,
                       checkpoint_every=200, keep_steps=(100, 200, 400), bf16=True),
@@ -90,7 +92,6 @@ SMOKE = Profile(
 
 CPU = Profile(
     name="cpu",
-    channels=1,
     n_dataset=16,
     train=TrainConfig(preset="small", steps=2000, batch_size=32, lr=2e-4, warmup_steps=100, ema_decay=0.999,
                       checkpoint_every=250, keep_steps=(250, 500, 1000, 1500, 2000), bf16=True),
@@ -112,7 +113,7 @@ CPU = Profile(
 
 PAPER = Profile(
     name="paper",
-    channels=3,
+    channels=3,  # grey repeated three times, as in the paper; RGB stays RGB
     n_dataset=1000,
     train=TrainConfig(preset="paper", steps=30000, batch_size=128, lr=2e-4, warmup_steps=5000, ema_decay=0.9999,
                       checkpoint_every=2000, keep_steps=tuple(range(2000, 30001, 2000)), bf16=True),
