@@ -653,3 +653,51 @@ def gu_memorization_ratio(samples: torch.Tensor, train: torch.Tensor, threshold:
     if len(samples) == 0:
         raise ValueError("samples is empty")
     return float(gu_memorized(samples, train, threshold).double().mean())
+
+
+# --------------------------------------------------------------------------------------------------
+# one model, every peer metric
+# --------------------------------------------------------------------------------------------------
+
+
+def peer_metrics(
+    model,
+    members: torch.Tensor,
+    nonmembers: torch.Tensor,
+    samples: torch.Tensor,
+    validation: torch.Tensor,
+    *,
+    n_draws: int = 8,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """The field's metrics on one model, as plain values (what ``Study.peers`` stores).
+
+    Membership inference on the model (members = its training set, non-members = held-out images of
+    the same split family): the loss attack, SecMI's t-error and PIA, each as a :class:`ROCSummary`
+    (AUC, TPR at 1 % / 0.1 % FPR where the non-member count resolves them, bootstrap intervals).
+    Memorization in its samples against the members: Carlini et al.'s copies and distinct images
+    extracted, Dar et al.'s correlation copies (threshold from ``validation``), Gu et al.'s ratio.
+
+    Args:
+        model: anything :func:`as_eps_model` accepts.
+        members, nonmembers, samples, validation: (N, C, H, W) in [0, 1].
+    """
+    from safcore.memorization import carlini_copies
+
+    out: dict = {"n_members": int(members.shape[0]), "n_nonmembers": int(nonmembers.shape[0]), "n_samples": int(samples.shape[0])}
+    attacks = {
+        "loss": lambda x: loss_attack(model, x, n_draws=n_draws, seed=seed),
+        "secmi": lambda x: secmi_t_error(model, x),
+        "pia": lambda x: pia_error(model, x),
+    }
+    for name, attack in attacks.items():
+        summary = roc_summary(attack(members), attack(nonmembers), n_bootstrap=n_bootstrap, seed=seed)
+        out[f"mia_{name}"] = summary.to_dict()
+    copies = carlini_copies(samples, members)
+    out["carlini_copies"] = int(copies.sum())
+    out["distinct_extracted"] = distinct_extracted(samples, members)
+    out["dar_copies"] = int(dar_copies(samples, members, validation).sum())
+    out["dar_threshold"] = dar_threshold(members, validation)
+    out["gu_memorization_ratio"] = gu_memorization_ratio(samples, members)
+    return out

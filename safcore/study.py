@@ -228,7 +228,10 @@ class Study:
     def _train(self) -> TrainResult | None:
         if self.model is not None:
             raise ValueError("this study audits a model trained elsewhere (model=); it trains nothing")
-        config = self.model_config()
+        return self._train_on(self.private.images, self.model_config())
+
+    def _train_on(self, images: torch.Tensor, config: dict) -> TrainResult | None:
+        """Train the profile's score model on ``images`` into the run ``("score_model", config)`` unless it exists."""
         if self.store.find("score_model", config) is not None:
             return None
         # one process trains a key at a time (others wait here, then reuse its run); the holder alone
@@ -237,7 +240,7 @@ class Study:
             if self.store.find("score_model", config) is not None:
                 return None
             work_dir = self.store.scratch_dir("score_model", config)
-            result = train(self.private.images, self.profile.train, work_dir, progress=self.progress)
+            result = train(images, self.profile.train, work_dir, progress=self.progress)
             with self.store.create("score_model", config, seed=self.profile.train.seed,
                                    extra={"seconds_per_step": result.seconds_per_step}) as tmp:
                 result.model.save_pretrained(tmp / "model")
@@ -387,6 +390,96 @@ class Study:
         return audit(images, self.c_p, self.c_id, self.private.x_p, self.n_dataset, train_images=self.private.images,
                      x_p_index=self.private.index, saf_mask=self.private.mask, saf_grey=self.private.grey,
                      saf_accuracy=self._accuracies["saf_accuracy"])
+
+    # ------------------------------------------------------------------ the field's metrics (issue 14)
+    def nonmembers(self) -> torch.Tensor:
+        """Held-out images for membership inference: ``N_D`` images of the same split family not in ``D_p``.
+
+        Drawn with the study's seed from the train split's images outside ``D_p``'s subset, then (where
+        those run out, e.g. ``N_D`` = the whole train split) from the val and test splits; fewer than
+        ``N_D`` only when the dataset has no more. ``(n, C, H, W)`` in [0, 1]."""
+        import numpy as np
+
+        _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+        rest = np.setdiff1d(np.arange(len(self.data.split("train"))), chosen)
+        pool = torch.cat([self.images("train")[torch.as_tensor(rest, dtype=torch.long)], self.images("val"),
+                          self.images("test")])
+        order = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(self.seed))
+        # train-split images first (closest to the members' distribution), then val, then test
+        n_train = len(rest)
+        first = order[order < n_train]
+        then = order[order >= n_train]
+        return pool[torch.cat([first, then])[: self.n_dataset]]
+
+    def peers(self, *, n_draws: int = 8, n_bootstrap: int = 1000) -> dict:
+        """The field's metrics on this study's model and audit samples (:func:`safcore.peers.peer_metrics`),
+        kept in the run store: membership inference (loss, SecMI, PIA: AUC, TPR at 1 % / 0.1 % FPR),
+        Carlini copies and distinct images extracted, Dar et al. copies, Gu et al.'s ratio."""
+        from safcore import peers
+
+        samples = self.samples()
+        config = {"model": self.model_config(), "n_samples": int(samples.shape[0]), "n_draws": n_draws,
+                  "n_bootstrap": n_bootstrap, "nonmembers": "train-rest, val, test", "version": 1}
+
+        def make(tmp: Path) -> None:
+            result = peers.peer_metrics(peers.as_eps_model(self.score_model), self.private.images, self.nonmembers(),
+                                        samples, self.images("val"), n_draws=n_draws, n_bootstrap=n_bootstrap,
+                                        seed=self.seed)
+            atomic_write(tmp / "peers.json", json.dumps(result, indent=2, default=float))
+
+        run = self.store.get_or_create("peers", config, make, seed=self.seed)
+        return json.loads(run.file("peers.json").read_text())
+
+    def canary_audit(self, m: int | None = None, *, n_samples: int | None = None, delta: float = 1e-5):
+        """SAF canaries as a one-run privacy audit (Steinke, Nasr & Jagielski 2023) for this study's setting.
+
+        ``m`` canaries (default ``N_D // 2``) are painted on ``m`` images of the clean ``N_D`` subset (places
+        and inclusion drawn from the seed, :func:`safcore.canaries.design_canaries`); the profile's score
+        model is trained ONCE on the non-canary images plus the included canaries; ``n_samples`` samples
+        are drawn and each canary scored by how close the closest sample comes to it (minus the ℓ2
+        distance). Guesses: "in" for the closer half, "out" for the farther half (fixed before the scores
+        are seen), and the theorem's ε lower bound at ``delta``.
+
+        Returns:
+            ``(CanaryAudit, CanaryDesign, scores)``.
+        """
+        import numpy as np
+
+        from safcore import canaries as canary_lib
+        from safcore.models import ScoreModel as _ScoreModel
+
+        if self.model is not None:
+            raise ValueError("a canary audit trains its own model; it does not apply to a model trained elsewhere")
+        m = max(2, self.n_dataset // 2) if m is None else int(m)
+        clean, _ = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+        images = data_lib.to_unit_tensor(clean, channels=self.profile.channels)
+        design = canary_lib.design_canaries(self.n_dataset, m, int(images.shape[-1]), seed=self.seed,
+                                            radius=self.saf.radius, grey=self.saf.grey)
+        config = {**{k: v for k, v in self.data_config.items() if k != "saf"}, "canaries": design.to_dict(),
+                  "train": dataclasses.asdict(self.profile.train)}
+        config["train"].pop("device", None)
+        self._train_on(design.training_set(images), config)
+        model = _ScoreModel.from_pretrained(self.store.find("score_model", config).path / "model").eval()
+        n = self.profile.n_samples if n_samples is None else int(n_samples)
+        sample_config = {"model": config, "step": self.profile.train.steps, "method": self.profile.sampler,
+                         "steps": self.profile.sample_steps, "n": n, "seed": 0}
+
+        def make(tmp: Path) -> dict:
+            result = sample(model, model.sde, shape=(n, *images.shape[1:]), method=self.profile.sampler,
+                            steps=self.profile.sample_steps, generator=torch.Generator().manual_seed(0),
+                            batch_size=self.profile.sample_batch, autocast_bf16=self.profile.train.bf16,
+                            progress=self.progress)
+            out = data_lib.from_model_range(result.images.float().cpu()).clamp(0.0, 1.0)
+            atomic_save_safetensors({"images": out}, tmp / "samples.safetensors")
+            return {"nfe": result.nfe}
+
+        run = self.store.get_or_create("samples", sample_config, make, seed=0)
+        drawn = load_file(run.file("samples.safetensors"))["images"]
+        painted = design.canaries(images)
+        distance = torch.cdist(painted.flatten(1), drawn.flatten(1)).min(dim=1).values
+        scores = (-distance).numpy().astype(np.float64)
+        k = m // 2  # guess every canary (one abstains when m is odd): a copy machine gets them all right
+        return canary_lib.audit(design, scores, k, k, delta=delta), design, scores
 
     def copies(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> int:
         """How many of the ``n`` samples copy some image of ``D_p`` (Carlini et al. 2023 criterion)."""
