@@ -174,7 +174,7 @@ def _run(args) -> int:
         study = _study(args, _load(args) if args.model is not None else None)
         images = None
         if args.samples is not None:
-            images = load_images(args.samples, channels=study.profile.channels)
+            images = load_images(args.samples, channels=study.channels)
         out = args.out or paths.runs_dir() / "reports" / f"audit_{study.data.name}_ND{study.n_dataset}_{study.profile.name}"
         report = run_audit(study, out, images=images, n=args.n, probe=args.probe, spread_runs=args.spread if args.probe else 0,
                            progress=progress)

@@ -33,6 +33,8 @@ def _to_unit(array: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
     if tensor.dtype == torch.bool or not (tensor.is_floating_point()):
         raise ValueError(f"{what} have dtype {tensor.dtype}; allowed: uint8 (0..255) or float in [0, 1]")
     tensor = tensor.float()
+    if tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{what} contain NaN or infinite values; allowed: finite values in [0, 1]")
     if tensor.numel() and (float(tensor.min()) < 0.0 or float(tensor.max()) > 1.0):
         raise ValueError(
             f"{what} are float with values in [{float(tensor.min()):.3g}, {float(tensor.max()):.3g}]; "

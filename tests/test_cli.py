@@ -145,6 +145,8 @@ def test_audit_of_a_bare_unet_and_of_images_made_elsewhere(fingerprint, data_roo
     ("no_fingerprint", "is not a fingerprint folder: it has no fingerprint.json"),
     ("no_model", "give --model (a model to sample) or --samples"),
     ("bad_n", "--n = 0; allowed: an integer ≥ 1"),
+    ("nan_samples", "contain NaN or infinite values; allowed: finite values in [0, 1]"),
+    ("byte_floats", "allowed: [0, 1]"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(case, expected, fingerprint, data_root, tmp_path, capsys):
     model = tmp_path / "model"
@@ -161,6 +163,10 @@ def test_bad_input_is_one_line_and_exit_code_2(case, expected, fingerprint, data
         fp_arg = str(tmp_path)
     elif case == "no_model":
         args = []
+    elif case in ("nan_samples", "byte_floats"):
+        images = np.full((4, 28, 28), np.nan if case == "nan_samples" else 200.0, dtype=np.float32)
+        np.save(tmp_path / "samples.npy", images)
+        args = ["--samples", str(tmp_path / "samples.npy")]
     else:
         _train_ddpm(fingerprint, model, steps=0)
         args += ["--n", "0"]
