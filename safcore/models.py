@@ -103,6 +103,13 @@ def _preset(name: str) -> UNetPreset:
     return UNET_PRESETS[name]
 
 
+def unet_image_size(unet) -> int:
+    """The side (px) of the square images a diffusers U-Net was built for: its ``config.sample_size``
+    (an int, or ``(H, W)``)."""
+    size = unet.config.sample_size
+    return int(size if isinstance(size, int) else size[0])
+
+
 def build_unet(preset: str | UNetPreset, channels: int, image_size: int = 28) -> UNet2DModel:
     """A fresh ``UNet2DModel`` of the named size for ``image_size`` px images with ``channels`` channels.
 
@@ -174,8 +181,7 @@ class ScoreModel(torch.nn.Module):
     @property
     def image_size(self) -> int:
         """The U-Net's ``sample_size``: the side of the square images it was built for (px)."""
-        size = self.unet.config.sample_size
-        return int(size if isinstance(size, int) else size[0])
+        return unet_image_size(self.unet)
 
     @property
     def device(self) -> torch.device:

@@ -119,8 +119,9 @@ class DiffusersModel:
 
     @property
     def image_size(self) -> int:
-        size = self.unet.config.sample_size
-        return int(size if isinstance(size, int) else size[0])
+        from safcore.models import unet_image_size
+
+        return unet_image_size(self.unet)
 
     @property
     def num_train_timesteps(self) -> int:

@@ -263,9 +263,7 @@ class Study:
 
     def _check_model_size(self, size: int | None = None) -> None:
         size = int(self.private.images.shape[-1]) if size is None else int(size)
-        model_size = self.model.image_size if isinstance(self.model, DiffusersModel) else int(
-            self.model.unet.config.sample_size if isinstance(self.model.unet.config.sample_size, int)
-            else self.model.unet.config.sample_size[0])
+        model_size = self.model.image_size
         if model_size != size:
             raise ValueError(f"the model under audit makes {model_size}×{model_size} px images; D_p's are {size}×{size}")
 
