@@ -77,3 +77,15 @@ def run_store(tmp_path):
     from safcore.runs import RunStore
 
     return RunStore(tmp_path / "runs")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster than two under load, and leaves the other core alone
+    (``pytestmark = pytest.mark.usefixtures("one_thread")`` in a test module)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

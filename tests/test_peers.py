@@ -15,13 +15,7 @@ from safcore.sde import VPSDE, GaussianDataScore, SubVPSDE
 ATTACKS = (peers.loss_attack, peers.secmi_t_error, peers.pia_error)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two under load, and leaves the other core alone."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sets(n: int = 24, seed: int = 0):
