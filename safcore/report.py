@@ -74,8 +74,7 @@ def run_audit(study: Study, out_dir: str | Path, *, images=None, n: int | None =
     """
     if isinstance(spread_runs, bool) or not isinstance(spread_runs, int) or spread_runs < 0:
         raise ValueError(f"spread_runs = {spread_runs!r} must be an integer ≥ 0")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # made only when the report is written: a failed stage leaves no empty folder
     start = time.perf_counter()
     results: dict[str, object] = {}
     stage_seconds: dict[str, float] = {}
@@ -129,6 +128,7 @@ def _model_line(study: Study, images_given: bool) -> str:
 
 def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds,
                   stage_seconds, images_given: bool = False) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
     x_p = study.private.x_p
     verdict = audit_result.verdict()
     check = audit_result.copies

@@ -214,3 +214,16 @@ def test_train_then_probe_safcore_s_own_model(fingerprint, data_root, tmp_path, 
     assert main(["probe", "--model", str(model), "--fingerprint", str(fingerprint), "--scheduler", "ddim",
                  "--profile", "smoke", "--data-root", str(data_root), "--no-progress"]) == 2
     assert "applies to a diffusers model" in capsys.readouterr().err
+
+
+def test_demo_offline_without_data_stops_in_one_line(tmp_path, monkeypatch, capsys):
+    """A fresh machine with no ../shared and --offline: the flag, the folder searched and both remedies."""
+    monkeypatch.delenv("SAFCORE_DATA_ROOT", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # medmnist's cache ~/.medmnist is empty here
+    monkeypatch.setenv("SAFCORE_RUNS_DIR", str(tmp_path / "runs"))
+    code = main(["demo", "--offline", "--profile", "smoke", "--out", str(tmp_path / "report"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "'breastmnist'" in err and str(tmp_path / ".medmnist") in err
+    assert "--data-root" in err and "without --offline" in err
+    assert not (tmp_path / "report").exists() and not any((tmp_path / "runs").rglob("*"))  # nothing written
