@@ -110,7 +110,14 @@ axes[2].plot(xs, [probes[n].t_prime_or_zero for n in xs], "o-", label="t' (SAF a
 axes[2].plot(xs, [canaries[n][0].epsilon for n in xs], "s--", label="canary ε lower bound")
 axes[2].set(xscale="log", xlabel="N_D (training images)", ylabel="t' / ε", title="SAF indicators")
 axes[2].legend(fontsize=8)
-fig.suptitle(f"{DATASET}, profile {PROFILE}: which metric flags which model")
+for ax in axes:
+    ax.set_xticks(xs, [str(n) for n in xs])
+    ax.minorticks_off()
+small, large = min(xs), max(xs)
+fig.suptitle(f"{DATASET} ({PROFILE}): from N_D = {small} to {large}, samples copying training images fall from "
+             f"{peers[small]['carlini_copies'] / audits[small].n:.0%} to {peers[large]['carlini_copies'] / audits[large].n:.0%}, "
+             f"MIA AUC from {peers[small]['mia_loss']['auc']:.2f} to {peers[large]['mia_loss']['auc']:.2f}, "
+             f"t' from {probes[small].t_prime_or_zero:.2f} to {probes[large].t_prime_or_zero:.2f}")
 fig.tight_layout()
 if PROFILE != "smoke":  # figures/ keeps the real runs' figures only
     studies[max(N_DS)].save_figure(fig, "10_peers")
