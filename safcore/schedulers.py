@@ -174,6 +174,9 @@ class DiffusersModel:
         ``steps`` is the number of inference steps of a FULL run (``t = 1``); a run from ``t`` takes
         the tail of that schedule, so its step size is that of a full run (as the probe's sub-VP runs)."""
         timesteps = self._fresh(steps).timesteps
+        return self._tail(timesteps, t)
+
+    def _tail(self, timesteps: torch.Tensor, t: float) -> torch.Tensor:
         tail = timesteps[timesteps <= self.timestep(t)]
         if tail.numel() == 0:  # t below the schedule's last timestep: start at the last one
             tail = timesteps[-1:]
@@ -195,9 +198,10 @@ class DiffusersModel:
         Returns:
             ``(B, C, H, W)`` model range.
         """
-        starts = torch.stack([self.timesteps_from(float(t), steps)[0] for t in t_vec.tolist()])
+        scheduler = self._fresh(steps)  # one schedule for the batch, not one per sample
+        starts = torch.stack([self._tail(scheduler.timesteps, float(t))[0] for t in t_vec.tolist()])
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        return self._fresh(steps).add_noise(x0, noise, starts.to(x0.device))
+        return scheduler.add_noise(x0, noise, starts.to(x0.device))
 
     def _unet(self, x: torch.Tensor, timestep: torch.Tensor, autocast_bf16: bool) -> torch.Tensor:
         ctx = (torch.autocast(device_type=x.device.type, dtype=torch.bfloat16) if autocast_bf16
@@ -233,7 +237,7 @@ class DiffusersModel:
         for t in sorted(set(ts.tolist()), reverse=True):
             rows = (ts == t).nonzero(as_tuple=True)[0]
             scheduler = self._fresh(steps)
-            tail = self.timesteps_from(t, steps)
+            tail = self._tail(scheduler.timesteps, t)
             x = x_t[rows.to(x_t.device)].to(self.device, torch.float32)
             out[rows.to(out.device)] = self._run(x, tail, scheduler, generator, autocast_bf16).to(out.device)
             nfe[rows] = int(tail.numel())

@@ -345,11 +345,15 @@ class Study:
         method = type(self.model.scheduler).__name__ if external else self.profile.sampler
         steps = self.diffusers_steps(self.profile.sample_steps) if external else self.profile.sample_steps
         config = {"model": self.model_config(), "step": step, "method": method, "steps": steps, "n": n, "seed": seed}
+        return self._stored_samples(config, lambda: self.model_at(step), n, steps, seed)
+
+    def _stored_samples(self, config: dict, load_model, n: int, steps: int, seed: int) -> torch.Tensor:
+        """``n`` samples of ``load_model()`` kept in the run store under ``("samples", config)`` (drawn once)."""
 
         def make(tmp: Path) -> dict:
-            model = self.model_at(step)
+            model = load_model()
             generator = torch.Generator(device=model.device).manual_seed(seed)
-            if external:
+            if isinstance(model, DiffusersModel):
                 result = model.sample(n, steps=steps, generator=generator, batch_size=self.profile.sample_batch,
                                       progress=self.progress)
             else:
@@ -444,7 +448,6 @@ class Study:
         import numpy as np
 
         from safcore import canaries as canary_lib
-        from safcore.models import ScoreModel as _ScoreModel
 
         if self.model is not None:
             raise ValueError("a canary audit trains its own model; it does not apply to a model trained elsewhere")
@@ -454,25 +457,14 @@ class Study:
         design = canary_lib.design_canaries(self.n_dataset, m, int(images.shape[-1]), seed=self.seed,
                                             radius=self.saf.radius, grey=self.saf.grey)
         config = {**{k: v for k, v in self.data_config.items() if k != "saf"}, "canaries": design.to_dict(),
-                  "train": dataclasses.asdict(self.profile.train)}
-        config["train"].pop("device", None)
+                  "train": _without_device(self.profile.train)}
         self._train_on(design.training_set(images), config)
-        model = _ScoreModel.from_pretrained(self.store.find("score_model", config).path / "model").eval()
         n = self.profile.n_samples if n_samples is None else int(n_samples)
         sample_config = {"model": config, "step": self.profile.train.steps, "method": self.profile.sampler,
                          "steps": self.profile.sample_steps, "n": n, "seed": 0}
-
-        def make(tmp: Path) -> dict:
-            result = sample(model, model.sde, shape=(n, *images.shape[1:]), method=self.profile.sampler,
-                            steps=self.profile.sample_steps, generator=torch.Generator().manual_seed(0),
-                            batch_size=self.profile.sample_batch, autocast_bf16=self.profile.train.bf16,
-                            progress=self.progress)
-            out = data_lib.from_model_range(result.images.float().cpu()).clamp(0.0, 1.0)
-            atomic_save_safetensors({"images": out}, tmp / "samples.safetensors")
-            return {"nfe": result.nfe}
-
-        run = self.store.get_or_create("samples", sample_config, make, seed=0)
-        drawn = load_file(run.file("samples.safetensors"))["images"]
+        drawn = self._stored_samples(
+            sample_config, lambda: ScoreModel.from_pretrained(self.store.find("score_model", config).path / "model").eval(),
+            n, self.profile.sample_steps, 0)
         painted = design.canaries(images)
         distance = torch.cdist(painted.flatten(1), drawn.flatten(1)).min(dim=1).values
         scores = (-distance).numpy().astype(np.float64)
