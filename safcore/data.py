@@ -203,6 +203,21 @@ class MedMNISTData:
         return f"MedMNISTData({self.name!r}, {sizes} images, {self.n_channels} channel(s), {self.image_size} px)"
 
 
+def label_task(data: MedMNISTData) -> tuple[Literal["multi-class", "multi-label"], int]:
+    """MedMNIST's ``INFO[flag]["task"]`` mapped to a loss (binary, ordinal and multi-class tasks → ``"multi-class"``),
+    with the number of classes / labels; a user's own file: ``(N, L > 1)`` labels are multi-label."""
+    labels = data.labels("train")
+    if data.info is not None:
+        n_labels = len(data.info["label"])
+        if data.info["task"].startswith("multi-label"):
+            return "multi-label", n_labels
+        return "multi-class", n_labels
+    if labels.shape[1] > 1:
+        return "multi-label", int(labels.shape[1])
+    every = np.concatenate([data.labels(s).reshape(-1) for s in SPLITS])
+    return "multi-class", int(every.max()) + 1
+
+
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")

@@ -62,6 +62,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from safcore.data import label_task
 from safcore.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -553,19 +554,7 @@ def train_domain_extractor(
         )
 
 
-def _label_task(data: MedMNISTData) -> tuple[LabelTask, int]:
-    """MedMNIST's ``INFO[flag]["task"]`` mapped to a loss, with the number of outputs."""
-    labels = data.labels("train")
-    if data.info is not None:
-        task_text = data.info["task"]
-        n_labels = len(data.info["label"])
-        if task_text.startswith("multi-label"):
-            return "multi-label", n_labels
-        return "multi-class", n_labels  # binary-class, multi-class, ordinal-regression
-    if labels.shape[1] > 1:
-        return "multi-label", int(labels.shape[1])
-    every = np.concatenate([data.labels(s).reshape(-1) for s in ("train", "val", "test")])
-    return "multi-class", int(every.max()) + 1
+_label_task = label_task  # moved to safcore.data (the defences' utility needs it too)
 
 
 def _data_digest(data: MedMNISTData) -> str:

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Literal
 
 from safcore.classifiers import ClassifierConfig
+from safcore.defences.cadp import INNConfig
 from safcore.probe import ProbeConfig
 from safcore.train import TrainConfig
 
@@ -40,6 +41,8 @@ class Profile:
             (1 channel), RGB stays RGB (3). ``3`` (paper) repeats a grey channel three times, as the paper
             feeds grey MedMNIST to its networks, and keeps RGB as it is; ``1`` refuses RGB data. The image
             size always follows the data (28, 64 or 128 px; the U-Net gets the levels for it).
+        inn: the conditional INN of the CADP defence (:class:`safcore.defences.INNConfig`), used when
+            ``CADP(inn=None)``.
     """
 
     name: ProfileName
@@ -54,6 +57,7 @@ class Profile:
     n_fid: int
     saf_classifier: ClassifierConfig | None = None
     channels: int | None = None
+    inn: INNConfig = INNConfig()
 
     def classifier_for(self, kind: Literal["c_p", "c_id"]) -> ClassifierConfig:
         """The settings of ``c_p`` (``saf_classifier`` when set) or ``c_id`` (``classifier``)."""
@@ -88,6 +92,7 @@ SMOKE = Profile(
                                 batch_size=32, augmix=False, saf_noise_std=0.05),
     probe=ProbeConfig(M=4, grid=(*_grid(0.9, 0.1, 0.1), 0.05, 0.02), steps_full=50, batch_size=64),
     n_fid=64,
+    inn=INNConfig(depths=(1, 1), width=8, fc_blocks=1, fc_width=32, steps=40, batch_size=32),
 )
 
 CPU = Profile(
@@ -125,6 +130,8 @@ PAPER = Profile(
                                 augmix=True, saf_noise_std=0.05),
     probe=ProbeConfig(M=16, steps_full=1000, batch_size=1024),
     n_fid=50_000,
+    # CADP's chest X-ray / MNIST settings: conv subnets 128 wide, 4 couplings per level, fc width 392
+    inn=INNConfig(depths=(4, 4), width=128, fc_blocks=2, fc_width=392, steps=20_000, batch_size=256),
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, CPU, PAPER)}

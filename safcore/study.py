@@ -33,6 +33,7 @@ from safcore import data as data_lib
 from safcore import paths
 from safcore.audit import AuditResult, audit
 from safcore.classifiers import Classifier, id_accuracy, saf_accuracy, train_id_classifier, train_saf_classifier
+from safcore.defences import CADP, DPSGD, check_defence
 from safcore.fingerprint import PrivateDataset, SAFConfig, make_private_dataset
 from safcore.models import ScoreModel
 from safcore.probe import ProbeConfig, ProbeResult, find_t_prime
@@ -73,6 +74,9 @@ class Study:
         sample_steps: a diffusers model's inference steps for audit samples and for a full probe
             trajectory (``None``: the profile's ``sample_steps`` / ``probe.steps_full``, at most the
             scheduler's ``num_train_timesteps``).
+        defence: ``None``, :class:`safcore.defences.CADP` (the score model is trained on privatized
+            images) or :class:`safcore.defences.DPSGD` (trained with DP-SGD). It is part of the key of the
+            score model and of everything drawn from it; ``c_p`` and ``c_id`` stay the attacker's.
     """
 
     def __init__(
@@ -88,8 +92,13 @@ class Study:
         progress: bool = True,
         model: ScoreModel | DiffusersModel | str | os.PathLike | None = None,
         sample_steps: int | None = None,
+        defence: CADP | DPSGD | None = None,
     ) -> None:
         self.dataset = dataset
+        self.defence = check_defence(defence)
+        if self.defence is not None and model is not None:
+            raise ValueError("defence= applies to the model this study trains; a model trained elsewhere (model=) is "
+                             "audited as it is")
         self.profile = get_profile(profile)
         self.n_dataset = self.profile.n_dataset if n_dataset is None else n_dataset
         self.seed = seed
@@ -164,7 +173,8 @@ class Study:
         return self.model is not None
 
     def __repr__(self) -> str:
-        return f"Study({self.data.name!r}, N_D={self.n_dataset}, profile={self.profile.name!r}, seed={self.seed})"
+        defence = f", defence={self.defence.label()!r}" if self.defence is not None else ""
+        return f"Study({self.data.name!r}, N_D={self.n_dataset}, profile={self.profile.name!r}, seed={self.seed}{defence})"
 
     # ------------------------------------------------------------------ data and the SAF
     @functools.cached_property
@@ -218,37 +228,188 @@ class Study:
 
     # ------------------------------------------------------------------ the score model
     def model_config(self) -> dict:
-        """What the model under audit depends on: ``D_p`` and the training settings, or an external model's hashes."""
+        """What the model under audit depends on: ``D_p``, the training settings and the defence, or an
+        external model's hashes. Without a defence the key is the one it always was (stored models are reused)."""
         if self.model is not None:
             identity = (self.model.identity() if isinstance(self.model, DiffusersModel)
                         else model_identity(self.model.unet, sde=repr(self.model.sde)))
             return {**self.data_config, "external_model": identity}
-        return {**self.data_config, "train": _without_device(self.profile.train)}
+        config = {**self.data_config, "train": _without_device(self.train_config)}
+        if self.defence is not None:
+            config["defence"] = self.defence_config()
+        return config
+
+    @property
+    def train_config(self):
+        """The score model's training settings: the profile's, or DP-SGD's version of them
+        (:func:`safcore.defences.dpsgd.dp_train_config`: expected batch ≤ N_D, fp32, no global clipping)."""
+        if isinstance(self.defence, DPSGD):
+            from safcore.defences.dpsgd import dp_train_config
+
+            return dp_train_config(self.profile.train, self.defence, self.n_dataset)
+        return self.profile.train
+
+    def defence_config(self) -> dict | None:
+        """The defence's settings as they enter the run keys (CADP's INN and DP-SGD's δ resolved)."""
+        if isinstance(self.defence, CADP):
+            return self.defence.to_dict(self.defence.inn or self.profile.inn)
+        if isinstance(self.defence, DPSGD):
+            return self.defence.to_dict(self.n_dataset)
+        return None
+
+    def training_images(self) -> torch.Tensor:
+        """What the score model is trained on: ``D_p``, or its CADP-privatized version."""
+        if isinstance(self.defence, CADP):
+            return self.privatized().images
+        return self.private.images
 
     def _train(self) -> TrainResult | None:
         if self.model is not None:
             raise ValueError("this study audits a model trained elsewhere (model=); it trains nothing")
-        return self._train_on(self.private.images, self.model_config())
+        make_trainer = None
+        if isinstance(self.defence, DPSGD):
+            from safcore.defences.dpsgd import DPTrainer
 
-    def _train_on(self, images: torch.Tensor, config: dict) -> TrainResult | None:
-        """Train the profile's score model on ``images`` into the run ``("score_model", config)`` unless it exists."""
+            make_trainer = functools.partial(DPTrainer, dp=self.defence)
+        return self._train_on(self.training_images(), self.model_config(), train_config=self.train_config,
+                              make_trainer=make_trainer)
+
+    def _train_on(self, images: torch.Tensor, config: dict, *, train_config=None, make_trainer=None) -> TrainResult | None:
+        """Train the profile's score model (or ``train_config``) on ``images`` into the run ``("score_model",
+        config)`` unless it exists; ``make_trainer``: see :func:`safcore.train.train`."""
         if self.store.find("score_model", config) is not None:
             return None
+        train_config = self.profile.train if train_config is None else train_config
         # one process trains a key at a time (others wait here, then reuse its run); the holder alone
         # uses the key's resume folder, so a crashed training resumes and two never mix checkpoints
         with self.store.lock("score_model", config):
             if self.store.find("score_model", config) is not None:
                 return None
             work_dir = self.store.scratch_dir("score_model", config)
-            result = train(images, self.profile.train, work_dir, progress=self.progress)
-            with self.store.create("score_model", config, seed=self.profile.train.seed,
-                                   extra={"seconds_per_step": result.seconds_per_step}) as tmp:
+            result = train(images, train_config, work_dir, progress=self.progress, make_trainer=make_trainer)
+            with self.store.create("score_model", config, seed=train_config.seed,
+                                   extra={"seconds_per_step": result.seconds_per_step, **result.record}) as tmp:
                 result.model.save_pretrained(tmp / "model")
                 (tmp / "kept").mkdir()
                 for step, path in result.kept.items():
                     shutil.copy2(path, tmp / "kept" / path.name)
                 atomic_write(tmp / "losses.json", json.dumps(list(result.losses)))
+                if result.record:
+                    atomic_write(tmp / "training_record.json", json.dumps(result.record, indent=2))
         return result
+
+    # ------------------------------------------------------------------ defences (issue 13)
+    def _labels(self) -> torch.Tensor:
+        """Condition vectors of ``D_p``'s images (one-hot class, or multi-hot labels): ``x_p`` has ``x_i``'s label."""
+        from safcore.defences.cadp import one_hot
+
+        _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+        task, n = data_lib.label_task(self.data)
+        return one_hot(self.data.labels("train")[chosen], n, task)
+
+    def cadp_inn(self):
+        """CADP's conditional INN, trained by maximum likelihood on the train split **without** ``D_p``'s images
+        (public/other data: it never saw ``x_p``, ``x_i`` or any image of ``D_p``); kept in the run store.
+
+        Returns:
+            ``(ConditionalINN, record)``; ``record`` has the final NLL, the training time and ``n_images``."""
+        import numpy as np
+
+        from safcore.defences.cadp import ConditionalINN, one_hot, train_inn
+
+        if not isinstance(self.defence, CADP):
+            raise ValueError("cadp_inn() belongs to a study with defence=CADP(...)")
+        inn_config = self.defence.inn or self.profile.inn
+        task, n_classes = data_lib.label_task(self.data)
+        config = {"dataset": self.data.name, "data_sha256": self.data_config["data_sha256"], "channels": self.channels,
+                  "without_dp_of": {"n_dataset": self.n_dataset, "seed": self.seed}, "task": task,
+                  "inn": dataclasses.asdict(inn_config)}
+
+        def make(tmp: Path) -> dict:
+            _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+            others = np.setdiff1d(np.arange(len(self.data.split("train"))), chosen)
+            if len(others) == 0:
+                raise ValueError(f"N_D = {self.n_dataset} is the whole train split of {self.data.name}: no other image "
+                                 "is left to train CADP's INN on")
+            images = self.images("train")[torch.as_tensor(others, dtype=torch.long)]
+            labels = one_hot(self.data.labels("train")[others], n_classes, task)
+            inn, record = train_inn(images, labels, inn_config, progress=self.progress)
+            inn.save(tmp / "inn")
+            atomic_write(tmp / "record.json", json.dumps(record, indent=2))
+            return record
+
+        run = self.store.get_or_create("cadp_inn", config, make, seed=inn_config.seed)
+        return ConditionalINN.load(run.path / "inn"), json.loads(run.file("record.json").read_text())
+
+    def privatized(self):
+        """CADP applied to every image of ``D_p`` (``x_p`` with its SAF included), kept in the run store.
+
+        Returns:
+            :class:`safcore.defences.cadp.Privatized`: images ``(N_D, C, S, S)`` in [0, 1] (``x_p`` at
+            :attr:`private.index`), which latents were clipped, C and the noise scale."""
+        from safcore.defences.cadp import Privatized, privatize
+
+        if not isinstance(self.defence, CADP):
+            raise ValueError("privatized() belongs to a study with defence=CADP(...)")
+        config = {**self.data_config, "defence": self.defence_config()}
+
+        def make(tmp: Path) -> dict:
+            inn, _ = self.cadp_inn()
+            generator = torch.Generator().manual_seed(self.defence.seed)
+            result = privatize(inn, self.private.images, self._labels(), self.defence, generator=generator)
+            atomic_save_safetensors({"images": result.images.contiguous(), "clipped": result.clipped},
+                                    tmp / "privatized.safetensors")
+            record = {"bound": result.bound, "scale": result.scale, "clipped": int(result.clipped.sum())}
+            atomic_write(tmp / "privatized.json", json.dumps(record))
+            return record
+
+        run = self.store.get_or_create("cadp_images", config, make, seed=self.defence.seed)
+        tensors = load_file(run.file("privatized.safetensors"))
+        record = json.loads(run.file("privatized.json").read_text())
+        return Privatized(tensors["images"], tensors["clipped"], record["bound"], record["scale"])
+
+    def training_record(self) -> dict:
+        """What the training reported beyond its losses: DP-SGD's ε spent, δ, noise multiplier, sampling
+        rate (empty for plain training)."""
+        if self.model is not None:
+            return {}
+        self.score_model  # noqa: B018
+        run = self.store.find("score_model", self.model_config())
+        file = run.path / "training_record.json"
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    def utility(self, n: int | None = None) -> dict[str, float]:
+        """Downstream utility (:mod:`safcore.utility`): balanced test accuracy of a classifier trained on the real
+        ``D_p`` (``"real"``), on ``n`` samples of the model labelled by that classifier (``"samples"``) and, under
+        CADP, on the privatized ``D_p`` with its labels (``"privatized"``); kept in the run store."""
+        from safcore import utility as utility_lib
+
+        samples = self.samples(n)
+        config = {"model": self.model_config(), "n": int(samples.shape[0]),
+                  "classifier": dataclasses.asdict(utility_lib.UTILITY_CLASSIFIER), "version": 1}
+
+        def make(tmp: Path) -> dict:
+            task, n_outputs = data_lib.label_task(self.data)
+            _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+            labels = self.data.labels("train")[chosen]
+            test, test_labels = self.images("test"), self.data.labels("test")
+
+            def fit(images, y):
+                return utility_lib.train_label_classifier(images, y, task=task, n_outputs=n_outputs)
+
+            real = fit(self.private.images, labels)
+            result = {"real": utility_lib.score(real, test, test_labels, task=task)}
+            pseudo = utility_lib.predict_labels(real, samples, task=task)
+            result["samples"] = utility_lib.score(fit(samples, pseudo), test, test_labels, task=task)
+            if isinstance(self.defence, CADP):
+                result["privatized"] = utility_lib.score(fit(self.privatized().images, labels), test, test_labels,
+                                                         task=task)
+            result["chance"] = 1.0 / n_outputs if task == "multi-class" else float("nan")
+            atomic_write(tmp / "utility.json", json.dumps(result, indent=2))
+            return result
+
+        run = self.store.get_or_create("utility", config, make, seed=self.seed)
+        return json.loads(run.file("utility.json").read_text())
 
     @functools.cached_property
     def score_model(self) -> ScoreModel | DiffusersModel:
@@ -451,6 +612,8 @@ class Study:
 
         if self.model is not None:
             raise ValueError("a canary audit trains its own model; it does not apply to a model trained elsewhere")
+        if self.defence is not None:
+            raise ValueError("a canary audit of a defended setting is not built; use Study(..., defence=None)")
         m = max(2, self.n_dataset // 2) if m is None else int(m)
         clean, _ = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
         images = data_lib.to_unit_tensor(clean, channels=self.profile.channels)

@@ -161,6 +161,7 @@ class TrainResult:
         seconds_per_step: wall-clock seconds per optimisation step in this call (NaN if none ran).
         steps_done: the global step reached (``config.steps``, or ``stop_after``).
         resumed_from: the step of the checkpoint this call resumed from (0 for a fresh start).
+        record: what the trainer reports beyond the losses (:meth:`Trainer.record`; DP-SGD: ε spent).
     """
 
     model: ScoreModel
@@ -169,6 +170,7 @@ class TrainResult:
     seconds_per_step: float
     steps_done: int
     resumed_from: int
+    record: dict = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         tail = self.losses[-min(len(self.losses), 50):]
@@ -372,6 +374,10 @@ class Trainer:
         if len(self.losses) != self.step_count:
             raise ValueError(f"{source}: {len(self.losses)} losses stored for step {self.step_count} (corrupt)")
 
+    def record(self) -> dict:
+        """JSON-safe facts about this training beyond its losses (none for plain training)."""
+        return {}
+
     def ema_model(self) -> ScoreModel:
         """A copy of the score model carrying the EMA weights, in eval mode."""
         unet = UNet2DModel.from_config(self.model.unet.config)
@@ -434,6 +440,7 @@ def train(
     sde=None,
     progress: bool = True,
     stop_after: int | None = None,
+    make_trainer=None,
 ) -> TrainResult:
     """Train a score model by denoising score matching (module docstring), resuming from ``work_dir``.
 
@@ -448,6 +455,9 @@ def train(
         stop_after: stop once this global step is done, without a final checkpoint (simulates a
             crash; the next call resumes from the last periodic checkpoint). ``None``: run to
             ``config.steps``.
+        make_trainer: ``make_trainer(images_unit, config, sde)`` builds the training state (default
+            :class:`Trainer`; DP-SGD: :class:`safcore.defences.dpsgd.DPTrainer`). Its checkpoints carry
+            what it needs to resume (e.g. the privacy accountant).
 
     Returns:
         :class:`TrainResult` with the EMA score model.
@@ -459,7 +469,7 @@ def train(
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or not 1 <= stop_after <= config.steps):
         raise ValueError(f"stop_after = {stop_after!r}: must be None or an integer in [1, steps={config.steps}]")
     work_dir = Path(work_dir)
-    trainer = Trainer(images_unit, config, sde)  # checks the images before anything is written
+    trainer = (make_trainer or Trainer)(images_unit, config, sde)  # checks the images before anything is written
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = latest_checkpoint(work_dir)
     if checkpoint is not None:
@@ -493,6 +503,7 @@ def train(
     kept = {k: kept_path(work_dir, k) for k in sorted(keep) if kept_path(work_dir, k).is_file()}
     return TrainResult(
         model=trainer.ema_model(),
+        record=trainer.record(),
         losses=tuple(trainer.losses),
         kept=kept,
         seconds_per_step=elapsed / ran if ran else float("nan"),
