@@ -11,6 +11,12 @@ run key has an inter-process file lock (:meth:`RunStore.lock`, ``filelock``), an
 :meth:`RunStore.get_or_create` computes a stage once — the first process computes it under the lock,
 the others wait and then read it. A published run is never removed before its replacement is in
 place, so a reader without the lock sees the old run or the new one, never none and never a half.
+
+Temporary files and folders carry their writer's host and process id in their names
+(``.<target>~<host>~<pid>~<random>.tmp``), so what a killed process left behind can be told from what a
+live one is still writing: :func:`remove_stale_temporaries` removes only the former. A key's resume
+folder ``<key>.partial`` is the resume point of a crashed training and is kept until the key is
+published; once it is, the folder is removed by whoever holds the key's lock.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -29,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from safetensors.torch import save_file
 
 from safcore import paths
@@ -41,12 +49,103 @@ class CorruptRunError(RuntimeError):
     """A stored run is partial or its files do not match the manifest."""
 
 
+def _owner_tag() -> str:
+    """``<host>~<pid>`` of this process, the host reduced to ``[A-Za-z0-9.-]``."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+    return f"{host}~{os.getpid()}"
+
+
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)~(?P<host>[A-Za-z0-9._-]+)~(?P<pid>\d+)~[^~]*\.tmp$")
+
+
+def temporary_prefix(target_name: str) -> str:
+    """The name prefix of a temporary file or folder that will become ``target_name``:
+    ``.<target_name>~<host>~<pid>~`` (``tempfile`` appends a random part, the caller ``.tmp``)."""
+    return f".{target_name}~{_owner_tag()}~"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a process we may not signal counts as alive).
+
+    Assumes one process-id namespace per host name. On Windows every process counts as alive
+    (``os.kill(pid, 0)`` would send it a Ctrl-C there), so nothing is ever removed as stale.
+    """
+    if pid == os.getpid() or os.name == "nt":
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def temporary_owner(path: str | os.PathLike) -> tuple[str, int] | None:
+    """``(host, pid)`` of the process that made the temporary ``path`` (named by :func:`temporary_prefix`),
+    ``None`` for any other name."""
+    match = _TEMPORARY.match(Path(path).name)
+    return (match["host"], int(match["pid"])) if match else None
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders in ``folder`` (not below it) whose writer is dead.
+
+    Guarantees: only names made by :func:`temporary_prefix` are considered, and one is removed only if
+    its host is this machine and its process id names no running process. Temporaries of a live
+    process, of this process, of another host (whose processes cannot be checked from here) and any
+    name without an owner (e.g. written by an older safcore) are kept. A process id reused by an
+    unrelated process keeps the file too: the error is always on the side of keeping.
+
+    Returns:
+        the paths removed (sorted); ``[]`` if ``folder`` does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host = _owner_tag().split("~")[0]
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        owner = temporary_owner(entry)
+        if owner is None or owner[0] != host or _pid_alive(owner[1]):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        if not entry.exists():
+            removed.append(entry)
+    return removed
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` durably and atomically.
+
+    Guarantees: the bytes go to a temporary file in the same folder (named by :func:`temporary_prefix`),
+    are fsynced, and replace ``path`` in one ``os.replace``; the folder is then fsynced. A reader sees
+    the old content or the new one, never a part; on an error the temporary file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
@@ -57,16 +156,21 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_folder(path.parent)
     return path
 
 
 def atomic_save_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
 ) -> Path:
-    """Save ``tensors`` as safetensors at ``path`` atomically (contiguous CPU copies)."""
+    """Save ``tensors`` (as contiguous CPU copies) as safetensors at ``path``, durably and atomically.
+
+    Guarantees as :func:`atomic_write`: written to a temporary file beside ``path``, fsynced, renamed
+    into place, folder fsynced; a crash leaves the old file or the new one, never a half-written one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name), suffix=".tmp")
     os.close(fd)
     try:
         save_file(
@@ -74,11 +178,14 @@ def atomic_save_safetensors(
             tmp,
             metadata=dict(metadata) if metadata else None,
         )
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_folder(path.parent)
     return path
 
 
@@ -176,10 +283,16 @@ class RunStore:
         return self.root / kind / config_key(config)
 
     def scratch_dir(self, kind: str, config: Mapping[str, Any] | Any) -> Path:
-        """A persistent work folder for an unfinished run (checkpoints to resume from)."""
+        """A persistent work folder ``<key>.partial`` for an unfinished run (checkpoints to resume from).
+
+        Use it while holding the key's :meth:`lock`. It survives a crash (the next holder resumes from
+        it); the temporaries that dead processes left in it are removed here
+        (:func:`remove_stale_temporaries`), and the folder itself once the run is published.
+        """
         final = self.path(kind, config)
         scratch = final.with_name(final.name + ".partial")
         scratch.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(scratch)
         return scratch
 
     def lock_path(self, kind: str, config: Mapping[str, Any] | Any) -> Path:
@@ -250,9 +363,22 @@ class RunStore:
                 f"run {path} has no readable {MANIFEST} ({error}); it is partial or corrupt. "
                 f"Delete the folder to recompute it."
             ) from error
+        if not isinstance(manifest, dict):
+            raise CorruptRunError(
+                f"run {path}: its {MANIFEST} holds a {type(manifest).__name__}, not a JSON object; it is corrupt. "
+                f"Delete the folder to recompute it."
+            )
         if manifest.get("config") != _jsonable(config):
             raise CorruptRunError(f"run {path} was stored for another configuration; delete it to recompute")
-        for name, expected in manifest.get("files", {}).items():
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            found = "no 'files' entry" if files is None else f"'files' = {type(files).__name__} {str(files)[:80]!r}"
+            raise CorruptRunError(
+                f"run {path}: its {MANIFEST} lacks its file list ({found}; expected an object mapping every "
+                f"file of the run to its SHA-256), so the files cannot be verified. The run is partial or "
+                f"corrupt; delete the folder to recompute it."
+            )
+        for name, expected in files.items():
             file = path / name
             if not file.is_file():
                 raise CorruptRunError(f"run {path} lacks {name}, listed in its manifest; delete the folder")
@@ -260,7 +386,37 @@ class RunStore:
                 raise CorruptRunError(
                     f"run {path}: {name} does not match its SHA-256 in the manifest (corrupt); delete the folder"
                 )
+        _remove_published_scratch(path)
         return Run(path=path, manifest=manifest)
+
+    def remove_stale(self, kind: str | None = None) -> list[Path]:
+        """Remove what dead processes left in the store (all kinds, or one ``kind``); returns what was removed.
+
+        Guarantees: removed are (1) temporary files and folders whose writer process is dead
+        (:func:`remove_stale_temporaries`; beside the runs and inside ``<key>.partial`` folders) and
+        (2) a ``<key>.partial`` resume folder whose run is already published, only while this call holds
+        the key's lock (taken without waiting; a held lock means a live writer and the folder is kept).
+        The ``.partial`` folder of an unpublished key is a crashed training's resume point and is kept.
+        """
+        if kind is not None:
+            self.path(kind, {})  # checks the kind's name
+            kinds = [self.root / kind]
+        else:
+            kinds = sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        removed: list[Path] = []
+        for folder in kinds:
+            if not folder.is_dir():
+                continue
+            removed += remove_stale_temporaries(folder)
+            for scratch in sorted(folder.glob("*.partial")):
+                if not scratch.is_dir():
+                    continue
+                final = scratch.with_name(scratch.name.removesuffix(".partial"))
+                if _remove_published_scratch(final):
+                    removed.append(scratch)
+                else:
+                    removed += remove_stale_temporaries(scratch)
+        return sorted(removed)
 
     @contextlib.contextmanager
     def create(
@@ -272,7 +428,8 @@ class RunStore:
         """
         final = self.path(kind, config)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        remove_stale_temporaries(final.parent)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=temporary_prefix(final.name), suffix=".tmp"))
         try:
             yield tmp
             extra_file = tmp / ".extra.json"
@@ -309,6 +466,24 @@ class RunStore:
         if run is None:
             raise FileNotFoundError(f"no {kind} run for this configuration under {self.root}")
         return run.manifest
+
+
+def _remove_published_scratch(final: Path) -> bool:
+    """Remove ``<key>.partial`` beside the published run ``final`` if the key's lock is free right now.
+
+    A process killed between publishing a run and removing its resume folder leaves that folder
+    behind; nobody resumes a published run, so it is removed — but only under the key's lock (taken
+    without waiting), so a holder still working in it is never disturbed. Returns whether it was removed.
+    """
+    scratch = final.with_name(final.name + ".partial")
+    if not scratch.is_dir() or not (final / MANIFEST).is_file():
+        return False
+    try:
+        with FileLock(str(final.with_name(final.name + ".lock")), blocking=False):
+            shutil.rmtree(scratch, ignore_errors=True)
+    except (Timeout, OSError):  # a live holder, or a store we may not write to
+        return False
+    return not scratch.exists()
 
 
 def _publish(tmp: Path, final: Path) -> None:

@@ -19,6 +19,12 @@ moments, RNG states, loss history; scalars as JSON metadata, nothing pickled). C
 weights are bit-identical to those of an uninterrupted run with the same seed, because every random
 draw (batch indices, diffusion times, noise) comes from one explicit ``torch.Generator`` whose state
 is checkpointed.
+
+Checkpoints survive a bad disk day: a new checkpoint is fsynced and read back (its header, and the
+SHA-256 of its tensors recorded in its metadata) before older ones are deleted, and the previous one
+is always kept beside it. Resuming skips an unreadable latest checkpoint (truncated, corrupt) with a
+warning naming it and the one resumed from, and sets it aside as ``<name>.unreadable``. A checkpoint
+records the SDE and the device type it was trained with; resuming with another is refused.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,7 +50,7 @@ from safetensors.torch import load_file
 from safcore.data import check_image_size, to_model_range
 from safcore.models import UNET_PRESETS, ScoreModel, build_unet
 from safcore.progress import progress_bar
-from safcore.runs import atomic_save_safetensors
+from safcore.runs import atomic_save_safetensors, remove_stale_temporaries
 from safcore.sde import SubVPSDE
 
 __all__ = [
@@ -52,7 +61,11 @@ __all__ = [
     "load_kept",
     "kept_path",
     "latest_checkpoint",
+    "read_checkpoint",
     "resolve_device",
+    "sde_identity",
+    "CheckpointError",
+    "CheckpointFallbackWarning",
 ]
 
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -60,10 +73,23 @@ _DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINT_FORMAT = "safcore-train-checkpoint/1"
 KEPT_FORMAT = "safcore-ema-weights/1"
 _CHECKPOINT_GLOB = "checkpoint_step*.safetensors"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint_step(\d+)\.safetensors$")
+UNREADABLE_SUFFIX = ".unreadable"
+_DEFAULT_SDE = "SubVPSDE(beta_min=0.1, beta_max=20.0)"  # what checkpoints without an "sde" entry were trained with
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read back whole: truncated, corrupt, or not a training checkpoint."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """Resuming skipped an unreadable checkpoint and continued from an earlier one."""
 
 # Fields of TrainConfig that change the trajectory of training: a checkpoint written under other
-# values cannot be resumed. (``steps``, ``checkpoint_every``, ``keep_steps`` and ``device`` may change
-# between a run and its resumption: training longer from a checkpoint is the same trajectory.)
+# values cannot be resumed. (``steps``, ``checkpoint_every`` and ``keep_steps`` may change between a run
+# and its resumption: training longer from a checkpoint is the same trajectory. ``device`` may change
+# as long as it resolves to the same device type, e.g. "auto" ↔ "cpu" on a machine without CUDA:
+# Trainer.load_state checks the resolved type recorded in the checkpoint.)
 _TRAJECTORY_FIELDS = ("preset", "batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "eps", "bf16", "seed")
 
 
@@ -307,7 +333,9 @@ class Trainer:
 
         Tensors: ``model.<name>``, ``ema.<name>``, ``optim.<i>.<key>`` (Adam's step, exp_avg,
         exp_avg_sq per parameter index i), ``rng.generator`` / ``rng.torch`` (/ ``rng.cuda``) byte
-        states and ``losses`` (float64, one per step). Metadata: JSON strings.
+        states and ``losses`` (float64, one per step). Metadata: strings (JSON where structured),
+        among them ``step``, the ``config``, the ``sde`` (:func:`sde_identity`) and the ``device_type``
+        ("cpu" / "cuda") that :meth:`load_state` checks.
         """
         tensors: dict[str, torch.Tensor] = {}
         for name, p in zip(self.param_names, self.params):
@@ -334,11 +362,20 @@ class Trainer:
             "param_groups": json.dumps(opt_state["param_groups"]),
             "ema": json.dumps(ema_scalars),
             "unet_config": json.dumps(dict(self.model.unet.config)),
+            "sde": sde_identity(self.sde),
+            "device_type": self.device.type,
         }
         return tensors, metadata
 
     def load_state(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, source: str = "checkpoint") -> None:
-        """Restore the state written by :meth:`state_tensors` (raises ``ValueError`` if it does not fit)."""
+        """Restore the state written by :meth:`state_tensors`.
+
+        Raises ``ValueError`` (nothing restored) if the checkpoint does not fit this trainer: another
+        format, another trajectory configuration, other images, another SDE or another device type
+        (a resumed run continues the same trajectory only on the device type it started on). A
+        checkpoint written before checkpoints recorded their SDE counts as trained with the default
+        ``SubVPSDE()``; its device type is read from its RNG states (``rng.cuda`` only on CUDA).
+        """
         if metadata.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{source}: not a safcore training checkpoint (format {metadata.get('format')!r})")
         saved = json.loads(metadata["config"])
@@ -349,6 +386,21 @@ class Trainer:
             raise ValueError(f"{source} was written with another training configuration ({details}); use a fresh work_dir")
         if metadata.get("data_fingerprint") != self.data_fingerprint:
             raise ValueError(f"{source} was written for other training images; use a fresh work_dir")
+        saved_sde, my_sde = metadata.get("sde", _DEFAULT_SDE), sde_identity(self.sde)
+        if saved_sde != my_sde:
+            older = "" if "sde" in metadata else " (it records no SDE: written by an older safcore, whose default this was)"
+            raise ValueError(
+                f"{source} was trained with the SDE {saved_sde}{older}, but this run uses {my_sde}; resuming would "
+                f"mix two diffusion processes in one model. Resume with sde={saved_sde} or use a fresh work_dir"
+            )
+        saved_device = metadata.get("device_type", "cuda" if "rng.cuda" in tensors else "cpu")
+        if saved_device != self.device.type:
+            raise ValueError(
+                f"{source} was written on device type {saved_device!r}, but this run is on {self.device.type!r} "
+                f"(TrainConfig.device = {self.config.device!r}); a run resumes only on the device type it started "
+                f"on (its random states and kernels differ between devices). Resume with device={saved_device!r} "
+                f"or use a fresh work_dir"
+            )
         with torch.no_grad():
             for name, p in zip(self.param_names, self.params):
                 p.copy_(tensors[f"model.{name}"])
@@ -389,13 +441,38 @@ class Trainer:
         return model.eval()
 
     def save_checkpoint(self, work_dir: Path) -> Path:
-        """Write ``checkpoint_step{N:06d}.safetensors`` atomically, then delete older checkpoints."""
+        """Write ``checkpoint_step{N:06d}.safetensors`` (N = the current step) so that a readable one always remains.
+
+        Guarantees, in this order: the state (:meth:`state_tensors`, plus the SHA-256 of its tensors
+        as ``tensors_sha256``) is written to a temporary file, fsynced and renamed into place
+        (:func:`safcore.runs.atomic_save_safetensors`); the file is read back (:func:`read_checkpoint`:
+        format, step and tensor digest); only then are older checkpoints deleted, all but the previous
+        one (the highest step below N), which stays as the fallback if this one is later found
+        unreadable. Checkpoints of higher steps are never touched.
+
+        Raises:
+            CheckpointError: the file just written does not read back as written; it is renamed
+                ``<name>.unreadable`` and nothing is deleted.
+        """
+        work_dir = Path(work_dir)
         tensors, metadata = self.state_tensors()
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        metadata = {**metadata, "tensors_sha256": _tensors_sha256(tensors)}
         path = work_dir / f"checkpoint_step{self.step_count:06d}.safetensors"
         atomic_save_safetensors(tensors, path, metadata)
-        for old in work_dir.glob(_CHECKPOINT_GLOB):
-            if old != path and _checkpoint_step(old) < self.step_count:
-                old.unlink(missing_ok=True)
+        try:
+            read_checkpoint(path, expect_step=self.step_count)
+        except CheckpointError as error:
+            aside = path.with_name(path.name + UNREADABLE_SUFFIX)
+            os.replace(path, aside)
+            raise CheckpointError(
+                f"the checkpoint just written does not read back: {error}. It is set aside as {aside.name} and "
+                f"the older checkpoints are kept; check the disk under {work_dir}"
+            ) from error
+        older = sorted(s for s in (_checkpoint_step(p) for p in work_dir.glob(_CHECKPOINT_GLOB)) if s is not None
+                       and s < self.step_count)
+        for step in older[:-1]:  # all but the previous one
+            (work_dir / f"checkpoint_step{step:06d}.safetensors").unlink(missing_ok=True)
         return path
 
     def save_kept(self, work_dir: Path) -> Path:
@@ -411,8 +488,34 @@ class Trainer:
         return atomic_save_safetensors(tensors, kept_path(work_dir, self.step_count), metadata)
 
 
-def _checkpoint_step(path: Path) -> int:
-    return int(path.stem.removeprefix("checkpoint_step"))
+def sde_identity(sde) -> str:
+    """How a checkpoint names its SDE: ``repr(sde)`` (e.g. ``SubVPSDE(beta_min=0.1, beta_max=20.0)``), or
+    ``module.QualName`` for a class without its own ``__repr__`` (the default one holds a memory address)."""
+    if type(sde).__repr__ is object.__repr__:
+        return f"{type(sde).__module__}.{type(sde).__qualname__}"
+    return repr(sde)
+
+
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order (CPU tensors)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())  # the bytes, without a copy
+    return digest.hexdigest()
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The step in a ``checkpoint_step{N}.safetensors`` name; ``None`` for any other name."""
+    match = _CHECKPOINT_NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def _checkpoints(work_dir: Path) -> list[Path]:
+    """The checkpoint files of ``work_dir``, highest step first."""
+    found = [p for p in Path(work_dir).glob(_CHECKPOINT_GLOB) if _checkpoint_step(p) is not None]
+    return sorted(found, key=_checkpoint_step, reverse=True)
 
 
 def kept_path(work_dir: str | Path, step: int) -> Path:
@@ -421,15 +524,92 @@ def kept_path(work_dir: str | Path, step: int) -> Path:
 
 
 def latest_checkpoint(work_dir: str | Path) -> Path | None:
-    """The checkpoint of highest step in ``work_dir`` (``None`` if there is none)."""
-    found = sorted(Path(work_dir).glob(_CHECKPOINT_GLOB), key=_checkpoint_step)
-    return found[-1] if found else None
+    """The checkpoint of highest step in ``work_dir`` (``None`` if there is none), readable or not
+    (:func:`train` resumes from the highest *readable* one)."""
+    found = _checkpoints(Path(work_dir))
+    return found[0] if found else None
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(path), framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
     return load_file(str(path)), metadata
+
+
+def read_checkpoint(path: str | Path, *, expect_step: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a training checkpoint whole and check it is what was written.
+
+    Guarantees on return: the safetensors file opened and all its tensors loaded; its metadata has the
+    training-checkpoint format and a step equal to the one in its name (and to ``expect_step`` if given);
+    its loss history has one entry per step; and, where the metadata records ``tensors_sha256`` (every
+    checkpoint since it was introduced), the loaded tensors hash to it.
+
+    Raises:
+        CheckpointError: naming the file and what is wrong (truncated or corrupt file, wrong format or
+            step, digest mismatch). Whether the checkpoint fits a trainer is :meth:`Trainer.load_state`'s check.
+    """
+    path = Path(path)
+    try:
+        tensors, metadata = _read_safetensors(path)
+    except Exception as error:  # safetensors raises its own SafetensorError (e.g. "invalid header length")
+        raise CheckpointError(f"{path} cannot be read ({type(error).__name__}: {error}); it is truncated or corrupt") from error
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: format {metadata.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    named = _checkpoint_step(path)
+    try:
+        step = int(metadata.get("step", ""))
+    except ValueError:
+        raise CheckpointError(f"{path}: metadata step {metadata.get('step')!r} is not an integer") from None
+    for expected, what in ((named, "its name"), (expect_step, "the step written")):
+        if expected is not None and step != expected:
+            raise CheckpointError(f"{path}: metadata says step {step}, but {what} says {expected}")
+    losses = tensors.get("losses")
+    if losses is None or losses.numel() != step:
+        count = "no" if losses is None else losses.numel()
+        raise CheckpointError(f"{path}: {count} losses stored for step {step}; expected one per step")
+    recorded = metadata.get("tensors_sha256")
+    if recorded is not None and _tensors_sha256(tensors) != recorded:
+        raise CheckpointError(f"{path}: its tensors do not match the SHA-256 recorded when it was written (corrupt)")
+    return tensors, metadata
+
+
+def _resume_point(work_dir: Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, str]] | None:
+    """The highest-step readable checkpoint of ``work_dir`` with its content; ``None`` if there is none.
+
+    Unreadable checkpoints above it are renamed ``<name>.unreadable`` (kept for inspection, out of the
+    way of later resumes and of :meth:`Trainer.save_checkpoint`'s clean-up) and a
+    :class:`CheckpointFallbackWarning` names each of them and the checkpoint resumed from.
+
+    Raises:
+        ValueError: checkpoints exist but none is readable (naming every file and its fault).
+    """
+    bad: list[tuple[Path, CheckpointError]] = []
+    for path in _checkpoints(work_dir):
+        try:
+            tensors, metadata = read_checkpoint(path)
+        except CheckpointError as error:
+            bad.append((path, error))
+            continue
+        if bad:
+            for unreadable, _ in bad:
+                os.replace(unreadable, unreadable.with_name(unreadable.name + UNREADABLE_SUFFIX))
+            faults = "; ".join(str(error) for _, error in bad)
+            warnings.warn(
+                f"resuming from the previous checkpoint {path} (step {metadata['step']}) because the latest "
+                f"{'checkpoint is' if len(bad) == 1 else 'checkpoints are'} unreadable: {faults}. Set aside as "
+                f"{', '.join(p.name + UNREADABLE_SUFFIX for p, _ in bad)}; the steps after "
+                f"{metadata['step']} are trained again.",
+                CheckpointFallbackWarning,
+                stacklevel=3,
+            )
+        return path, tensors, metadata
+    if bad:
+        faults = "\n  ".join(str(error) for _, error in bad)
+        raise ValueError(
+            f"no readable checkpoint to resume from in {work_dir}; every one is damaged:\n  {faults}\n"
+            f"Delete them (or the whole work_dir) to train from the start."
+        )
+    return None
 
 
 def train(
@@ -449,7 +629,9 @@ def train(
             S (28, 64 or 128 px) set the U-Net's channels and size (checked before ``work_dir`` is made).
         config: the :class:`TrainConfig`.
         work_dir: folder for checkpoints and kept EMA weights; if it holds a checkpoint of this
-            configuration and these images, training continues from the latest one.
+            configuration and these images, training continues from the latest readable one (an
+            unreadable later one is set aside with a :class:`CheckpointFallbackWarning`).
+            Temporary files that dead processes left in it are removed first.
         sde: the forward SDE (default :class:`safcore.sde.SubVPSDE`).
         progress: show a tqdm progress bar with the running loss.
         stop_after: stop once this global step is done, without a final checkpoint (simulates a
@@ -463,17 +645,19 @@ def train(
         :class:`TrainResult` with the EMA score model.
 
     Raises:
-        ValueError: bad ``stop_after``, a checkpoint of another configuration or other images, or a
-            checkpoint beyond ``config.steps``.
+        ValueError: bad ``stop_after``, a checkpoint of another configuration, other images, another
+            SDE or device type, a checkpoint beyond ``config.steps``, or checkpoints none of which is readable.
+        CheckpointError: a checkpoint written in this call does not read back (the disk is failing).
     """
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or not 1 <= stop_after <= config.steps):
         raise ValueError(f"stop_after = {stop_after!r}: must be None or an integer in [1, steps={config.steps}]")
     work_dir = Path(work_dir)
     trainer = (make_trainer or Trainer)(images_unit, config, sde)  # checks the images before anything is written
     work_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = latest_checkpoint(work_dir)
-    if checkpoint is not None:
-        tensors, metadata = _read_safetensors(checkpoint)
+    remove_stale_temporaries(work_dir)
+    found = _resume_point(work_dir)
+    if found is not None:
+        checkpoint, tensors, metadata = found
         trainer.load_state(tensors, metadata, source=str(checkpoint))
         if trainer.step_count > config.steps:
             raise ValueError(

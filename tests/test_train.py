@@ -119,12 +119,16 @@ def test_finished_run_is_reused_without_training(tmp_path):
 def test_checkpoints_are_pickle_free_safetensors(tmp_path):
     train(_images(), _config(), tmp_path, progress=False)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["checkpoint_step000010.safetensors", "ema_step000005.safetensors", "ema_step000010.safetensors"]
+    # the final checkpoint and the previous one (kept as the fallback, tests/test_checkpoints.py)
+    assert files == ["checkpoint_step000009.safetensors", "checkpoint_step000010.safetensors",
+                     "ema_step000005.safetensors", "ema_step000010.safetensors"]
     path = latest_checkpoint(tmp_path)
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
         keys = set(handle.keys())
     assert metadata["format"] == "safcore-train-checkpoint/1" and metadata["step"] == "10"
+    assert metadata["sde"] == "SubVPSDE(beta_min=0.1, beta_max=20.0)" and metadata["device_type"] == "cpu"
+    assert len(metadata["tensors_sha256"]) == 64
     assert json.loads(metadata["config"])["preset"] == "tiny"
     groups = json.loads(metadata["param_groups"])
     assert groups[0]["lr"] == pytest.approx(2e-3) and groups[0]["betas"] == [0.9, 0.999]
