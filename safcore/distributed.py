@@ -1,0 +1,807 @@
+"""Data parallel with accelerate (issue 12, item 3): DDP training, split audit sampling and a split t' probe.
+
+Everything here is new code beside the single-process functions, which it reuses unchanged
+(:func:`safcore.train.train`, :func:`safcore.sampling.sample`, :mod:`safcore.probe`'s pieces). Under
+``accelerate launch`` every process runs the same code; as one plain process (no launcher) the same
+calls run with world size 1.
+
+Derived seeds (one rule everywhere, :func:`derived_seed`)::
+
+    derived_seed(seed, i) = seed                                            for i = 0
+                          = SeedSequence([seed, i]).generate_state(1, uint64)[0] >> 1   for i ≥ 1
+
+(:func:`safcore.probe.run_seed`'s rule): stream 0 is the seed itself — so world size 1 reproduces the
+single-process function — and the others are independent streams that do not collide with those of
+``seed + 1``. It is used as
+
+* training: rank ``r`` draws its share of the global batch (batch indices, diffusion times, noise) from a
+  CPU generator seeded with ``derived_seed(config.seed, r)``. The trajectory therefore depends on the
+  world size (a checkpoint resumes only with the world size that wrote it); with world size 1 it is
+  :func:`safcore.train.train`'s trajectory bit for bit.
+* audit sampling: the ``n`` samples are cut into fixed chunks of ``chunk_size`` (the last one shorter);
+  chunk ``c`` is drawn by :func:`safcore.sampling.sample` with a generator seeded with
+  ``derived_seed(seed, c)``; rank ``r`` draws the chunks ``c ≡ r (mod W)``. The images depend on
+  ``(seed, chunk_size)``, never on the world size.
+* the t' probe: the exhaustive search's sampler calls (groups of grid t formed by
+  :func:`safcore.probe.q_curve`'s batching rule) are numbered ``j = 0, 1, …`` from the top of the grid;
+  call ``j`` of run ``k`` uses ``derived_seed(run_seed(config.seed, k), j)``; rank ``r`` makes the calls
+  ``j ≡ r (mod W)``. q_M(t) and t' depend on the config, never on the world size.
+
+Command (one process, or ``accelerate launch --multi_gpu --num_processes 2 -m safcore.distributed ...``)::
+
+    python -m safcore.distributed --profile smoke --dataset breastmnist --n-dataset 8 --out runs/ddp
+
+trains the profile's score model with DDP on the study's ``D_p``, draws the audit samples with
+:func:`sample_split`, audits them (:func:`safcore.audit.audit`) and writes ``samples.safetensors`` and
+``summary.json`` into ``--out`` from the main process. On a machine without CUDA the launched processes
+run DDP over gloo on the CPU. (accelerate 1.15's ``launch --cpu --num_processes 2`` starts ONE process
+unless given an MPI hostfile; ``--multi_gpu --num_processes 2`` starts two through torchrun, and the
+command then builds its ``Accelerator(cpu=True)`` when no GPU is visible.)
+
+Note: :mod:`safcore.train` is not edited. Its :func:`~safcore.train.train` loop calls ``save_checkpoint``
+and ``save_kept`` on every process; :class:`DDPTrainer` overrides them so that every rank joins the
+gathering of the generator states and only the main process writes. Before ``train`` runs, the main
+process alone looks at the existing checkpoints (``safcore.train._resume_point``: sets aside unreadable
+ones) so that two processes never rename the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from safcore.data import from_model_range
+from safcore.models import TIME_LABEL_SCALE, ScoreModel
+from safcore.probe import (
+    ProbeConfig,
+    ProbeResult,
+    _as_single_image,
+    _check_process,
+    _example_ts,
+    _fill_q_curve,
+    _std_fn,
+    _steps_for,
+    _Tally,
+    eq9_indicator,
+    run_seed,
+)
+from safcore.progress import progress_bar
+from safcore.runs import atomic_save_safetensors, atomic_write
+from safcore.sampling import sample
+from safcore.train import (
+    KEPT_FORMAT,
+    TrainConfig,
+    TrainResult,
+    Trainer,
+    _resume_point,
+    kept_path,
+    load_kept,
+    train,
+)
+
+__all__ = [
+    "DDP_FORMAT",
+    "derived_seed",
+    "DDPTrainer",
+    "train_distributed",
+    "SplitSampling",
+    "sample_chunks",
+    "chunks_of_rank",
+    "sample_split",
+    "probe_jobs",
+    "probe_job_tallies",
+    "merge_probe",
+    "probe_split",
+    "main",
+]
+
+DDP_FORMAT = "safcore-ddp/1"
+
+
+def derived_seed(seed: int, index: int) -> int:
+    """The seed of stream ``index`` derived from ``seed`` (module docstring): ``seed`` for index 0, else
+    ``SeedSequence([seed, index]).generate_state(1, uint64)[0] >> 1`` (:func:`safcore.probe.run_seed`)."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        raise ValueError(f"stream index {index!r}: must be an integer ≥ 0")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed {seed!r}: must be an integer ≥ 0")
+    return run_seed(int(seed), int(index))
+
+
+def _rank_world(accelerator: Accelerator | None) -> tuple[int, int]:
+    if accelerator is None:
+        return 0, 1
+    return int(accelerator.process_index), int(accelerator.num_processes)
+
+
+def _gather(accelerator: Accelerator | None, obj):
+    """``[obj of rank 0, obj of rank 1, …]`` on every rank (pickled; for small objects)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return [obj]
+    return gather_object([obj])
+
+
+# --------------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------------
+
+
+class DDPTrainer(Trainer):
+    """:class:`safcore.train.Trainer` trained data-parallel (DDP through ``accelerate``); build it with
+    ``functools.partial(DDPTrainer, accelerator=...)`` as :func:`safcore.train.train`'s ``make_trainer``
+    (or call :func:`train_distributed`).
+
+    Each of the W processes builds the same initial model (``torch.manual_seed(config.seed)``; DDP also
+    broadcasts rank 0's weights), draws ``config.batch_size / W`` images (with their times and noise) per
+    step from its own generator seeded with ``derived_seed(config.seed, rank)``, and runs the U-Net through
+    ``accelerator.prepare_model`` (``DistributedDataParallel`` when W > 1), whose backward all-reduces
+    (averages) the gradients: the step's gradient is that of the loss averaged over the global batch of
+    ``config.batch_size``. Clipping, Adam and the EMA then see identical gradients on every rank, so the
+    weights and the EMA stay identical on all ranks. The recorded loss of a step is the mean over ranks.
+
+    Checkpoints are written by the main process only; they hold every rank's generator state
+    (``rng.generator.rank{r}``) and the world size, so a resume with the same world size continues every
+    rank's stream: bit-identical on CPU (checked for W = 1 and 2; with W ≥ 3 gloo's ring all-reduce may
+    sum in a bucket-dependent order). A resume with another world size is refused. Kept EMA weights
+    (``ema_step*.safetensors``) are written by the main process only and record the world size.
+
+    Args:
+        images_unit (torch.Tensor of shape (N, C, S, S)): training images in [0, 1], the same on every rank.
+        config: the :class:`~safcore.train.TrainConfig`; ``batch_size`` is the GLOBAL batch and must be a
+            multiple of the world size; ``device`` must resolve to the accelerator's device type.
+        sde: the forward SDE (default sub-VP).
+        accelerator: the ``accelerate.Accelerator`` of this process (``None``: world size 1, no DDP).
+    """
+
+    def __init__(self, images_unit: torch.Tensor, config: TrainConfig, sde=None, *,
+                 accelerator: Accelerator | None = None):
+        self.rank, self.world_size = _rank_world(accelerator)
+        if config.batch_size % self.world_size:
+            raise ValueError(
+                f"TrainConfig.batch_size = {config.batch_size} (the global batch) is not a multiple of the world size "
+                f"{self.world_size}; allowed: a multiple of {self.world_size}, e.g. "
+                f"{max(1, round(config.batch_size / self.world_size)) * self.world_size}"
+            )
+        super().__init__(images_unit, config, sde)
+        if accelerator is not None and accelerator.device.type != self.device.type:
+            raise ValueError(
+                f"TrainConfig.device = {config.device!r} resolves to {self.device.type!r} but the accelerator runs on "
+                f"{accelerator.device.type!r}; use device={accelerator.device.type!r}"
+            )
+        self.accelerator = accelerator
+        self.local_batch = config.batch_size // self.world_size
+        self.rank_seeds = [derived_seed(config.seed, r) for r in range(self.world_size)]
+        self.generator = torch.Generator(device="cpu").manual_seed(self.rank_seeds[self.rank])
+        # the DDP wrapper shares the U-Net's parameters (self.params, the optimizer and the EMA see them)
+        self.net = accelerator.prepare_model(self.model.unet) if accelerator is not None else self.model.unet
+        self._gathered: tuple[int, list[torch.Tensor]] | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's share: ``B / W`` indices, times (B/W,) and noise (B/W, C, H, W) from its own generator
+        (the same draws, in the same order, as :meth:`Trainer.draw_batch` with batch B/W)."""
+        cfg, g = self.config, self.generator
+        idx = torch.randint(0, self.data.shape[0], (self.local_batch,), generator=g)
+        t = torch.rand(self.local_batch, generator=g) * (1.0 - cfg.eps) + cfg.eps
+        z = torch.randn((self.local_batch, *self.data.shape[1:]), generator=g)
+        return self.data[idx.to(self.device)], t.to(self.device), z.to(self.device)
+
+    def loss(self, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """:meth:`Trainer.loss` with the U-Net called through its DDP wrapper (so that backward all-reduces)."""
+        mean, std = self.sde.marginal_prob(x0, t)
+        xt = mean + std.reshape(-1, *([1] * (x0.ndim - 1))) * z
+        t = torch.as_tensor(t, dtype=xt.dtype, device=xt.device)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            eps_hat = self.net(xt, t * TIME_LABEL_SCALE).sample
+        return torch.mean((eps_hat.float() - z) ** 2)
+
+    def step(self) -> float:
+        """:meth:`Trainer.step`; the recorded loss is the mean of the ranks' losses (equal local batches)."""
+        value = super().step()
+        if self.world_size > 1:
+            mean = float(np.mean(_gather(self.accelerator, value)))
+            self.losses[-1] = mean
+            return mean
+        return value
+
+    # ----------------------------------------------------------------- checkpoint state
+    def gather_generator_states(self) -> list[torch.Tensor]:
+        """Every rank's generator state (rank order); a collective call: every rank must make it."""
+        states = [s.clone() for s in _gather(self.accelerator, self.generator.get_state())]
+        self._gathered = (self.step_count, states)
+        return states
+
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """:meth:`Trainer.state_tensors` plus ``rng.generator.rank{r}`` for every rank and metadata
+        ``distributed`` (format, world size, rank seeds). Uses the states of :meth:`gather_generator_states`
+        made at this step (not collective itself)."""
+        if self._gathered is None or self._gathered[0] != self.step_count:
+            if self.world_size > 1:
+                raise RuntimeError("DDPTrainer.state_tensors: call gather_generator_states() on every rank at this "
+                                   "step first (save_checkpoint does)")
+            self._gathered = (self.step_count, [self.generator.get_state()])
+        tensors, metadata = super().state_tensors()
+        for r, state in enumerate(self._gathered[1]):
+            tensors[f"rng.generator.rank{r}"] = state
+        metadata["distributed"] = json.dumps(self._ddp_record(), sort_keys=True)
+        return tensors, metadata
+
+    def _ddp_record(self) -> dict:
+        return {"format": DDP_FORMAT, "world_size": self.world_size, "rank_seeds": self.rank_seeds,
+                "seed_rule": "derived_seed(config.seed, rank)"}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, source: str = "checkpoint") -> None:
+        """:meth:`Trainer.load_state`, then this rank's generator state; refuses a checkpoint of another world
+        size or of single-process training (its trajectory cannot be continued here)."""
+        if "distributed" not in metadata:
+            raise ValueError(f"{source} was written by single-process training (safcore.train.train); a distributed "
+                             f"run cannot continue it; use a fresh work_dir")
+        saved = json.loads(metadata["distributed"])
+        if saved.get("world_size") != self.world_size:
+            raise ValueError(
+                f"{source} was written by a run with world size {saved.get('world_size')}; this run has world size "
+                f"{self.world_size}. Each rank's data stream depends on the world size, so a resume is exact only "
+                f"with the same one: relaunch with --num_processes {saved.get('world_size')} or use a fresh work_dir"
+            )
+        super().load_state(tensors, metadata, source=source)
+        self.generator.set_state(tensors[f"rng.generator.rank{self.rank}"])
+
+    def save_checkpoint(self, work_dir: Path) -> Path:
+        """Every rank gathers the generator states; the main process writes the checkpoint
+        (:meth:`Trainer.save_checkpoint`'s guarantees); all ranks then learn whether it succeeded (a barrier)."""
+        self.gather_generator_states()
+        path = Path(work_dir) / f"checkpoint_step{self.step_count:06d}.safetensors"
+        error: BaseException | None = None
+        if self.is_main:
+            try:
+                path = super().save_checkpoint(work_dir)
+            except Exception as caught:  # re-raised below, after the other ranks have heard of it
+                error = caught
+        outcome = _gather(self.accelerator, None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        if outcome[0] is not None:
+            raise RuntimeError(f"the main process failed to write {path}: {outcome[0]}")
+        return path
+
+    def save_kept(self, work_dir: Path) -> Path:
+        """The main process writes the EMA weights as ``ema_step{N:06d}.safetensors`` (as
+        :meth:`Trainer.save_kept`, plus the ``distributed`` record); other ranks write nothing."""
+        path = kept_path(work_dir, self.step_count)
+        if not self.is_main:
+            return path
+        tensors = {name.removeprefix("unet."): s for name, s in zip(self.param_names, self.ema.shadow_params)}
+        metadata = {
+            "format": KEPT_FORMAT,
+            "step": str(self.step_count),
+            "config": json.dumps(self.config.to_dict(), sort_keys=True),
+            "data_fingerprint": self.data_fingerprint,
+            "unet_config": json.dumps(dict(self.model.unet.config)),
+            "distributed": json.dumps(self._ddp_record(), sort_keys=True),
+        }
+        return atomic_save_safetensors(tensors, path, metadata)
+
+    def ema_digest(self) -> str:
+        """SHA-256 of the EMA weights' bytes (to check that every rank holds the same EMA)."""
+        digest = hashlib.sha256()
+        for s in self.ema.shadow_params:
+            digest.update(s.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()
+
+
+def train_distributed(
+    images_unit: torch.Tensor,
+    config: TrainConfig,
+    work_dir: str | Path,
+    *,
+    accelerator: Accelerator | None = None,
+    sde=None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> tuple[TrainResult, DDPTrainer]:
+    """:func:`safcore.train.train` with a :class:`DDPTrainer` on every rank (call it on every rank).
+
+    Before training, the main process alone looks at ``work_dir``'s checkpoints (unreadable ones are set
+    aside with a warning) and the ranks meet at a barrier. The progress bar shows on the main process only.
+
+    Returns:
+        ``(TrainResult, trainer)`` on every rank (the trainer's EMA is the same on all ranks;
+        ``result.kept`` lists the files the main process wrote).
+
+    Raises:
+        ValueError: as :func:`safcore.train.train`, plus a global batch that is not a multiple of the world
+            size and a checkpoint written with another world size (or by single-process training).
+    """
+    rank, world = _rank_world(accelerator)
+    work_dir = Path(work_dir)
+    if rank == 0 and work_dir.is_dir():
+        _resume_point(work_dir)  # sets unreadable checkpoints aside (one process only: it renames files)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    made: list[DDPTrainer] = []
+
+    def make(images, cfg, sde_):
+        trainer = DDPTrainer(images, cfg, sde_, accelerator=accelerator)
+        made.append(trainer)
+        return trainer
+
+    result = train(images_unit, config, work_dir, sde=sde, progress=progress and rank == 0, stop_after=stop_after,
+                   make_trainer=make)
+    return result, made[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# audit sampling
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSampling:
+    """How :func:`sample_split` draws: the chunking and the sampler (the images depend on all of it and on
+    the seed, never on the world size).
+
+    Args:
+        chunk_size: samples per chunk, ≥ 1 (one :func:`safcore.sampling.sample` call each).
+        method, steps, eps: the sampler (:func:`safcore.sampling.sample`).
+        autocast_bf16: evaluate the score under bf16 autocast.
+    """
+
+    chunk_size: int = 256
+    method: str = "euler_maruyama"
+    steps: int = 100
+    eps: float = 1e-3
+    autocast_bf16: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_size", "steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SplitSampling.{name} = {value!r}: must be an integer ≥ 1")
+
+
+def _check_n(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n = {n!r}: the number of samples must be an integer ≥ 1")
+    return int(n)
+
+
+def chunks_of_rank(n: int, chunk_size: int, rank: int, world_size: int) -> list[int]:
+    """The chunks ``c ≡ rank (mod world_size)`` of ``ceil(n / chunk_size)`` chunks, ascending."""
+    n = _check_n(n)
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size = {world_size!r}: must be an integer ≥ 1")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank = {rank!r}: must be an integer in [0, world_size={world_size})")
+    return list(range(rank, math.ceil(n / chunk_size), world_size))
+
+
+def sample_chunks(
+    model: ScoreModel,
+    n: int,
+    seed: int,
+    chunks: Sequence[int],
+    settings: SplitSampling = SplitSampling(),
+    *,
+    shape: tuple[int, int, int] | None = None,
+    progress: bool = False,
+) -> dict[int, torch.Tensor]:
+    """Draw the given chunks of the ``n`` samples: ``{c: images (len_c, C, H, W) in [0, 1], float32, CPU}``.
+
+    Chunk ``c`` holds samples ``[c·chunk_size, min(n, (c+1)·chunk_size))`` and is one
+    :func:`safcore.sampling.sample` call from the prior with a generator (on the model's device) seeded
+    with ``derived_seed(seed, c)``. ``shape``: ``(C, H, W)``, default the model's channels and image size.
+    """
+    n = _check_n(n)
+    n_chunks = math.ceil(n / settings.chunk_size)
+    bad = [c for c in chunks if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < n_chunks]
+    if bad:
+        raise ValueError(f"chunks {bad}: allowed chunk indices 0 … {n_chunks - 1} (n = {n}, chunk_size = {settings.chunk_size})")
+    if shape is None:
+        shape = (model.channels, model.image_size, model.image_size)
+    device = model.device
+    out: dict[int, torch.Tensor] = {}
+    for c in progress_bar(list(chunks), enabled=progress, desc="sample chunks", unit="chunk"):
+        size = min(n, (c + 1) * settings.chunk_size) - c * settings.chunk_size
+        generator = torch.Generator(device=device).manual_seed(derived_seed(seed, int(c)))
+        result = sample(model, model.sde, shape=(size, *shape), method=settings.method, steps=settings.steps,
+                        eps=settings.eps, generator=generator, autocast_bf16=settings.autocast_bf16, progress=False)
+        out[int(c)] = from_model_range(result.images.float().cpu()).clamp(0.0, 1.0)
+    return out
+
+
+def sample_split(
+    model: ScoreModel,
+    n: int,
+    seed: int,
+    settings: SplitSampling = SplitSampling(),
+    *,
+    accelerator: Accelerator | None = None,
+    shape: tuple[int, int, int] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """``n`` samples ``(n, C, H, W)`` in [0, 1] (float32, CPU), drawn across the processes; call on every rank.
+
+    Rank ``r`` of W draws the chunks ``c ≡ r (mod W)`` (:func:`sample_chunks`: chunk ``c`` seeded with
+    ``derived_seed(seed, c)``); the chunks are gathered on every rank as one padded tensor per rank
+    (``accelerator.gather``, so NCCL on GPUs) and put back in chunk order. The result is the same for any
+    world size (and for ``accelerator=None``, one process). The progress bar shows on the main process.
+    """
+    n = _check_n(n)
+    rank, world = _rank_world(accelerator)
+    mine = chunks_of_rank(n, settings.chunk_size, rank, world)
+    drawn = sample_chunks(model, n, seed, mine, settings, shape=shape, progress=progress and rank == 0)
+    if world == 1:
+        return torch.cat([drawn[c] for c in sorted(drawn)])
+    if shape is None:
+        shape = (model.channels, model.image_size, model.image_size)
+    per_rank = math.ceil(math.ceil(n / settings.chunk_size) / world)  # chunk slots per rank (padded)
+    cs = settings.chunk_size
+    padded = torch.zeros((per_rank * cs, *shape), dtype=torch.float32)
+    for slot, c in enumerate(mine):
+        padded[slot * cs: slot * cs + drawn[c].shape[0]] = drawn[c]
+    gathered = accelerator.gather(padded.to(accelerator.device)).cpu()  # (W · per_rank · cs, C, H, W), rank order
+    parts = []
+    for c in range(math.ceil(n / cs)):
+        size = min(n, (c + 1) * cs) - c * cs
+        start = (c % world) * per_rank * cs + (c // world) * cs
+        parts.append(gathered[start: start + size])
+    return torch.cat(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# the t' probe
+# --------------------------------------------------------------------------------------------------
+
+
+def probe_jobs(config: ProbeConfig) -> list[tuple[float, ...]]:
+    """The exhaustive search's sampler calls as groups of grid t (high → low), by :func:`safcore.probe.q_curve`'s
+    batching rule: up to ``max(1, batch_size // M)`` t per call, a t joining only if it costs it at most
+    ``batch_waste`` extra steps. (With ``M > batch_size`` each t is its own group; ``q_curve`` splits its M
+    samples over calls.) Each group, probed alone by ``q_curve``'s code, forms one call again."""
+    if config.M > config.batch_size:
+        return [(t,) for t in config.grid]
+    per_call = max(1, config.batch_size // config.M)
+    groups: list[tuple[float, ...]] = []
+    group: list[float] = []
+    for t in config.grid:
+        s_max = _steps_for(group[0], config.steps_full, config.eps) if group else 0
+        if group and (len(group) == per_call
+                      or s_max > (1.0 + config.batch_waste) * _steps_for(t, config.steps_full, config.eps)):
+            groups.append(tuple(group))
+            group = []
+        group.append(t)
+    groups.append(tuple(group))
+    return groups
+
+
+def _check_split_config(config: ProbeConfig) -> None:
+    if config.search != "exhaustive":
+        raise ValueError(f"ProbeConfig.search = {config.search!r}: the split probe is the exhaustive search; allowed: "
+                         "'exhaustive' (the top-down search is sequential by nature)")
+
+
+def probe_job_tallies(
+    score_fn,
+    sde,
+    x_p: torch.Tensor,
+    c_p,
+    c_id,
+    config: ProbeConfig,
+    jobs: Sequence[tuple[int, int]],
+    *,
+    progress: bool = False,
+) -> dict[tuple[int, int], _Tally]:
+    """Run the given ``(run, job)`` pairs: job ``j`` of :func:`probe_jobs` in run ``k`` with a generator seeded
+    with ``derived_seed(run_seed(config.seed, k), j)``, counted by :func:`safcore.probe.q_curve`'s own code
+    (diffuse, reverse, ``c_p`` AND ``c_id``). Returns ``{(run, job): tally}``."""
+    _check_split_config(config)
+    x_p = _as_single_image(x_p)
+    _check_process(score_fn, sde)
+    groups = probe_jobs(config)
+    out: dict[tuple[int, int], _Tally] = {}
+    for run, j in progress_bar(list(jobs), enabled=progress, desc="q_M(t) split", unit="call"):
+        if not (0 <= run < config.repeats and 0 <= j < len(groups)):
+            raise ValueError(f"probe job {(run, j)}: allowed runs 0 … {config.repeats - 1}, jobs 0 … {len(groups) - 1}")
+        generator = torch.Generator(device=x_p.device).manual_seed(derived_seed(run_seed(config.seed, run), j))
+        out[(run, j)] = _fill_q_curve(
+            _Tally(config.n_examples), score_fn, sde, x_p, c_p, c_id, groups[j], config.M, method=config.method,
+            steps_full=config.steps_full, eps=config.eps, batch_size=config.batch_size,
+            batch_waste=config.batch_waste, generator=generator, progress=False,
+        )
+    return out
+
+
+def merge_probe(score_fn, sde, config: ProbeConfig, tallies: dict[tuple[int, int], _Tally]) -> ProbeResult:
+    """The :class:`~safcore.probe.ProbeResult` of all ``(run, job)`` tallies, built as
+    :func:`safcore.probe.find_t_prime` builds its exhaustive result: per run t' = the largest grid t with a
+    positive; THE t' = the largest over runs; counts pooled; Eq. 9 indicator on the pooled counts."""
+    _check_split_config(config)
+    groups = probe_jobs(config)
+    expected = {(run, j) for run in range(config.repeats) for j in range(len(groups))}
+    if set(tallies) != expected:
+        missing = sorted(expected - set(tallies))
+        raise ValueError(f"merge_probe: tallies of {len(tallies)} (run, job) pairs, expected {len(expected)}; "
+                         f"missing {missing[:5]}")
+    runs = []
+    primes: list[float | None] = []
+    for run in range(config.repeats):
+        tally = _Tally.merge([tallies[(run, j)] for j in range(len(groups))])
+        positive = [t for t in tally.k if tally.k[t] > 0]
+        primes.append(max(positive) if positive else None)
+        runs.append(tally)
+    tally = _Tally.merge(runs)
+    grid = config.grid
+    found = [t for t in primes if t is not None]
+    t_prime = max(found) if found else None
+    curve = tally.curve(_example_ts(grid, list(tally.n), t_prime, config.n_example_t))
+    k_grid = [tally.k.get(t, 0) for t in grid]
+    n_grid = [tally.n.get(t, 0) for t in grid]
+    return ProbeResult(
+        ts=curve.ts, n=curve.n, k=curve.k, k_p=curve.k_p, k_id=curve.k_id, q=curve.q, ci_low=curve.ci_low,
+        ci_high=curve.ci_high, M=config.M, t_prime=t_prime,
+        k_at_t_prime=None if t_prime is None else int(tally.k[t_prime]),
+        n_at_t_prime=None if t_prime is None else int(tally.n[t_prime]),
+        t_prime_runs=tuple(primes),
+        eq9_indicator=eq9_indicator(grid, k_grid, n_grid, _std_fn(score_fn, sde)),
+        nfe=curve.nfe, nfe_exhaustive=config.repeats * config.nfe_exhaustive, search="exhaustive", grid=grid,
+        examples=curve.examples, config=config,
+    )
+
+
+def probe_split(
+    score_fn,
+    sde,
+    x_p: torch.Tensor,
+    c_p,
+    c_id,
+    config: ProbeConfig = ProbeConfig(),
+    *,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+) -> ProbeResult:
+    """Algorithm 1's exhaustive search split across processes; call on every rank, every rank gets the result.
+
+    The sampler calls ``(run k, job j)`` (:func:`probe_jobs`, in run-major order, numbered ``i``) go to rank
+    ``i mod W``; each has its own generator (:func:`probe_job_tallies`); the tallies (counts and the few
+    example images) are gathered and merged in grid order (:func:`merge_probe`). q_M(t) and t' are the same
+    for any world size. They are drawn with other random streams than :func:`safcore.probe.find_t_prime`'s
+    (one generator per call instead of one per run), so they have its law, not its exact draws.
+    """
+    _check_split_config(config)
+    rank, world = _rank_world(accelerator)
+    pairs = [(run, j) for run in range(config.repeats) for j in range(len(probe_jobs(config)))]
+    mine = [pair for i, pair in enumerate(pairs) if i % world == rank]
+    tallies = probe_job_tallies(score_fn, sde, x_p, c_p, c_id, config, mine, progress=progress and rank == 0)
+    merged: dict[tuple[int, int], _Tally] = {}
+    for part in _gather(accelerator, tallies):
+        merged.update(part)
+    return merge_probe(score_fn, sde, config, merged)
+
+
+# --------------------------------------------------------------------------------------------------
+# command
+# --------------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block) and exit with code 2."""
+
+    def error(self, message: str):  # noqa: D401 — argparse's hook
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from safcore.profiles import PROFILES
+
+    p = _Parser(prog="python -m safcore.distributed",
+                description="Train the profile's score model data-parallel on a study's D_p, sample the audit across "
+                            "processes and audit it (run as one process or under accelerate launch).")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
+    p.add_argument("--dataset", default="breastmnist", help="MedMNIST flag or .npz path")
+    p.add_argument("--n-dataset", type=int, default=None, help="N_D (default: the profile's)")
+    p.add_argument("--seed", type=int, default=0, help="the study's seed (subset, x_i, SAF)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--store", default=None, help="run store for c_p / c_id (default: safcore's runs folder)")
+    p.add_argument("--out", required=True, help="folder for train/, samples.safetensors and summary.json")
+    p.add_argument("--train-dir", default=None,
+                   help="training work folder (default OUT/train); a finished training there is reused as it is")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the profile's)")
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--stop-after", type=int, default=None, help="stop training after this step (simulated crash)")
+    p.add_argument("--n-samples", type=int, default=None, help="audit samples (default: the profile's)")
+    p.add_argument("--sample-steps", type=int, default=None, help="sampler steps (default: the profile's)")
+    p.add_argument("--chunk-size", type=int, default=None, help="samples per chunk (default: the profile's sample_batch)")
+    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--classifier-epochs", type=int, default=None, help="cap c_p / c_id epochs (quick runs)")
+    p.add_argument("--classifier-epoch-size", type=int, default=None, help="c_p / c_id samples per epoch (quick runs)")
+    p.add_argument("--probe", action="store_true", help="also run the split t' probe (profile's ProbeConfig)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _positive(args, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} = {value}: must be an integer ≥ 1")
+
+
+def _profile(args):
+    from safcore.profiles import get_profile
+
+    profile = get_profile(args.profile)
+    steps = args.steps if args.steps is not None else profile.train.steps
+    keep = tuple(sorted({k for k in profile.train.keep_steps if k <= steps} | {steps}))
+    train_cfg = dataclasses.replace(
+        profile.train, steps=steps, keep_steps=keep,
+        checkpoint_every=args.checkpoint_every or min(profile.train.checkpoint_every, steps))
+    changes = {}
+    if args.classifier_epochs is not None or args.classifier_epoch_size is not None:
+        def cap(cfg):
+            epochs = cfg.epochs if args.classifier_epochs is None else args.classifier_epochs
+            return dataclasses.replace(cfg, epochs=epochs, patience=min(cfg.patience, epochs),
+                                       epoch_size=args.classifier_epoch_size or cfg.epoch_size)
+        changes["classifier"] = cap(profile.classifier)
+        if profile.saf_classifier is not None:
+            changes["saf_classifier"] = cap(profile.saf_classifier)
+    return dataclasses.replace(
+        profile, train=train_cfg, n_samples=args.n_samples or profile.n_samples,
+        sample_steps=args.sample_steps or profile.sample_steps, sample_batch=args.chunk_size or profile.sample_batch,
+        **changes)
+
+
+def _wait_for(store, kind: str, config: dict, poll: float = 1.0) -> None:
+    """Wait (file-based, no collective timeout) until the run store holds ``(kind, config)``."""
+    while store.find(kind, config) is None:
+        time.sleep(poll)
+
+
+def _finished_model(train_dir: Path, config: TrainConfig, fingerprint: str) -> tuple[ScoreModel, dict] | None:
+    """The final EMA weights of a finished training of this configuration and these images, if present."""
+    from safetensors import safe_open
+
+    path = kept_path(train_dir, config.steps)
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata() or {})
+    if json.loads(meta.get("config", "{}")) != config.to_dict() or meta.get("data_fingerprint") != fingerprint:
+        return None
+    return load_kept(path, config.steps, device=config.device), json.loads(meta.get("distributed", "{}"))
+
+
+def _run(args, accelerator: Accelerator) -> int:
+    from safcore.audit import audit
+    from safcore.runs import RunStore
+    from safcore.study import Study
+    from safcore.train import _fingerprint
+
+    rank, world = _rank_world(accelerator)
+    main_process = rank == 0
+    progress = not args.no_progress
+    profile = _profile(args)
+    store = RunStore(args.store) if args.store else None
+    study = Study(args.dataset, args.n_dataset, profile=profile, seed=args.seed, data_root=args.data_root, store=store,
+                  progress=progress and main_process,
+                  device="cpu" if accelerator.device.type == "cpu" else str(accelerator.device))
+    out = Path(args.out)
+    train_dir = Path(args.train_dir) if args.train_dir else out / "train"
+    times: dict[str, float] = {}
+
+    start = time.perf_counter()
+    if main_process:  # the classifiers once, on the main process; the others wait on the run store
+        study.c_p, study.c_id  # noqa: B018
+    else:
+        for kind in ("c_p", "c_id"):
+            _wait_for(study.store, kind, study.classifier_config(kind))
+    accelerator.wait_for_everyone()
+    times["classifiers_s"] = time.perf_counter() - start
+
+    config = dataclasses.replace(profile.train, device=accelerator.device.type)
+    images = study.private.images
+    start = time.perf_counter()
+    finished = _finished_model(train_dir, config, _fingerprint(images))
+    ema_identical = None
+    if finished is not None:
+        model, trained_by = finished
+        training = {"reused": str(kept_path(train_dir, config.steps)), "trained_world_size": trained_by.get("world_size")}
+    else:
+        result, trainer = train_distributed(images, config, train_dir, accelerator=accelerator, progress=progress,
+                                            stop_after=args.stop_after)
+        digests = _gather(accelerator, trainer.ema_digest())
+        ema_identical = len(set(digests)) == 1
+        if not ema_identical:
+            raise RuntimeError(f"the EMA weights differ between ranks after training (SHA-256 {digests})")
+        if args.stop_after is not None and result.steps_done < config.steps:
+            if main_process:
+                print(f"stopped after step {result.steps_done} (--stop-after); rerun to resume", file=sys.stderr)
+            return 0
+        model = result.model
+        training = {"steps": result.steps_done, "resumed_from": result.resumed_from,
+                    "seconds_per_step": result.seconds_per_step, "final_loss": result.losses[-1],
+                    "trained_world_size": world}
+    times["train_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    settings = SplitSampling(chunk_size=profile.sample_batch, method=profile.sampler, steps=profile.sample_steps,
+                             autocast_bf16=profile.train.bf16)
+    samples = sample_split(model.eval(), profile.n_samples, args.sample_seed, settings, accelerator=accelerator,
+                           shape=tuple(images.shape[1:]), progress=progress)
+    times["sample_s"] = time.perf_counter() - start
+
+    probe = None
+    if args.probe:
+        start = time.perf_counter()
+        private = study.private
+        probe = probe_split(model, model.sde, private.x_p.to(model.device), study.c_p, study.c_id, profile.probe,
+                            accelerator=accelerator, progress=progress)
+        times["probe_s"] = time.perf_counter() - start
+
+    if main_process:
+        start = time.perf_counter()
+        private = study.private
+        result_audit = audit(samples, study.c_p, study.c_id, private.x_p, study.n_dataset,
+                             train_images=private.images, x_p_index=private.index, saf_mask=private.mask,
+                             saf_grey=private.grey, saf_accuracy=study.classifier_accuracies()["saf_accuracy"])
+        times["audit_s"] = time.perf_counter() - start
+        atomic_save_safetensors({"images": samples.contiguous()}, out / "samples.safetensors",
+                                {"n": str(samples.shape[0]), "seed": str(args.sample_seed),
+                                 "chunk_size": str(settings.chunk_size), "world_size": str(world)})
+        summary = {
+            "study": repr(study), "profile": profile.name, "world_size": world, "device": str(accelerator.device),
+            "train_config": config.to_dict(), "training": training, "ema_identical_on_all_ranks": ema_identical,
+            "sampling": {**dataclasses.asdict(settings), "n": int(samples.shape[0]), "seed": args.sample_seed,
+                         "seed_rule": "chunk c: derived_seed(seed, c)",
+                         "sha256": hashlib.sha256(samples.numpy().tobytes()).hexdigest()},
+            "audit": {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                      for k, v in result_audit.to_row().items()},
+            "verdict": str(result_audit.verdict()),
+            "probe": None if probe is None else {"t_prime": probe.t_prime, "t_prime_count": probe.t_prime_count,
+                                                 "ts": probe.ts.tolist(), "q": probe.q.tolist()},
+            "seconds": times,
+        }
+        atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=float))
+        print(f"{study!r}: world size {world}, {samples.shape[0]} samples, |q| = {result_audit.n_q}, "
+              f"verdict {result_audit.verdict().kind}; wrote {out / 'summary.json'}")
+    accelerator.wait_for_everyone()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command (module docstring); bad input ends with one line on stderr and exit code 2."""
+    args = _parser().parse_args(argv)
+    try:
+        _positive(args, ("n_dataset", "steps", "checkpoint_every", "stop_after", "n_samples", "sample_steps",
+                         "chunk_size", "classifier_epochs", "classifier_epoch_size", "threads"))
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        # without CUDA the processes of a launch talk over gloo on the CPU (accelerate needs cpu=True for that)
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        if args.stop_after is not None and args.steps is not None and args.stop_after > args.steps:
+            raise ValueError(f"--stop-after = {args.stop_after} exceeds --steps = {args.steps}")
+        return _run(args, accelerator)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"python -m safcore.distributed: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

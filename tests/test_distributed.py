@@ -1,0 +1,264 @@
+"""safcore.distributed: split sampling and probe independent of the world size, DDP training and its resume,
+and the command under ``accelerate launch`` with two CPU processes (gloo over 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from safcore.distributed import (
+    SplitSampling,
+    chunks_of_rank,
+    derived_seed,
+    main,
+    merge_probe,
+    probe_job_tallies,
+    probe_jobs,
+    probe_split,
+    sample_chunks,
+    sample_split,
+    train_distributed,
+)
+from safcore.models import ScoreModel, build_unet
+from safcore.probe import ProbeConfig
+from safcore.sampling import sample
+from safcore.train import TrainConfig, latest_checkpoint, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+def _model(seed: int = 0) -> ScoreModel:
+    torch.manual_seed(seed)
+    return ScoreModel(build_unet("tiny", channels=1, image_size=28)).eval()
+
+
+def _images(n: int = 6) -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.rand(n, 1, 28, 28)
+
+
+def _config(**changes) -> TrainConfig:
+    base = dict(preset="tiny", steps=6, batch_size=4, lr=2e-3, warmup_steps=2, checkpoint_every=2, keep_steps=(6,),
+                ema_decay=0.9, seed=0, device="cpu")
+    return TrainConfig(**{**base, **changes})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(args: list[str], *, processes: int, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``processes`` CPU processes (torchrun, gloo on 127.0.0.1), one thread each."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "SAFCORE_PROGRESS": "0",
+           "SAFCORE_OFFLINE": "1"}
+    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
+           "--main_process_port", str(_free_port()), *args]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+# ------------------------------------------------------------------ seeds and sampling
+
+
+def test_derived_seed_rule():
+    assert derived_seed(7, 0) == 7
+    assert derived_seed(7, 1) == int(np.random.SeedSequence([7, 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    assert len({derived_seed(s, i) for s in range(3) for i in range(4)}) == 12
+    with pytest.raises(ValueError, match="index"):
+        derived_seed(0, -1)
+
+
+def test_sample_split_is_the_same_for_one_and_two_ranks():
+    model, settings = _model(), SplitSampling(chunk_size=2, steps=3)
+    n, seed = 5, 11
+    one = sample_split(model, n, seed, settings, progress=False)
+    assert one.shape == (5, 1, 28, 28) and 0.0 <= float(one.min()) and float(one.max()) <= 1.0
+    assert chunks_of_rank(n, 2, 0, 2) == [0, 2] and chunks_of_rank(n, 2, 1, 2) == [1]
+    drawn = {}
+    for rank in (0, 1):  # two ranks simulated in one process, then merged in chunk order
+        drawn.update(sample_chunks(model, n, seed, chunks_of_rank(n, 2, rank, 2), settings))
+    two = torch.cat([drawn[c] for c in sorted(drawn)])
+    assert torch.equal(one, two)
+    # chunk 0 is sample() with the seed itself: one chunk reproduces the single-process sampler
+    g = torch.Generator().manual_seed(seed)
+    plain = sample(model, model.sde, shape=(2, 1, 28, 28), steps=3, generator=g, progress=False).images
+    assert torch.equal(one[:2], ((plain.float() + 1) / 2).clamp(0, 1))
+    # another seed or chunking gives other images (the test can fail)
+    assert not torch.equal(one, sample_split(model, n, seed + 1, settings, progress=False))
+    with pytest.raises(ValueError, match="chunk indices"):
+        sample_chunks(model, n, seed, [3], settings)
+    with pytest.raises(ValueError, match="rank"):
+        chunks_of_rank(n, 2, 2, 2)
+
+
+def test_probe_split_is_the_same_for_one_and_two_ranks():
+    model = _model()
+    x_p = torch.rand(1, 28, 28)
+    c_p = lambda x: x.mean(dim=(1, 2, 3)) > 0.5  # noqa: E731 — any fixed classifiers
+    c_id = lambda x: x[:, 0, :14].mean(dim=(1, 2)) > x[:, 0, 14:].mean(dim=(1, 2)) - 0.05  # noqa: E731
+    config = ProbeConfig(M=3, grid=(0.8, 0.6, 0.4, 0.2), steps_full=4, batch_size=6, batch_waste=1.0, repeats=2, n_example_t=2,
+                         n_examples=2)
+    assert probe_jobs(config) == [(0.8, 0.6), (0.4, 0.2)]
+    one = probe_split(model, model.sde, x_p, c_p, c_id, config, progress=False)
+    pairs = [(run, j) for run in range(2) for j in range(2)]
+    tallies = {}
+    for rank in (0, 1):
+        tallies.update(probe_job_tallies(model, model.sde, x_p, c_p, c_id, config,
+                                         [p for i, p in enumerate(pairs) if i % 2 == rank]))
+    two = merge_probe(model, model.sde, config, tallies)
+    assert np.array_equal(one.ts, two.ts) and np.array_equal(one.n, two.n) and np.array_equal(one.k, two.k)
+    assert one.n.tolist() == [6, 6, 6, 6]  # M per run, 2 runs, every grid t
+    assert one.t_prime == two.t_prime and one.t_prime_runs == two.t_prime_runs
+    positive = [t for t, k in zip(one.ts, one.k) if k > 0]
+    assert one.t_prime == (max(positive) if positive else None)
+    assert one.eq9_indicator == two.eq9_indicator
+    for a, b in zip(one.examples, two.examples):
+        assert torch.equal(a.samples, b.samples)
+    with pytest.raises(ValueError, match="exhaustive"):
+        probe_split(model, model.sde, x_p, c_p, c_id, ProbeConfig(M=3, grid=(0.5,), search="topdown"), progress=False)
+    with pytest.raises(ValueError, match="missing"):
+        merge_probe(model, model.sde, config, {k: v for k, v in tallies.items() if k != (1, 1)})
+
+
+# ------------------------------------------------------------------ training
+
+
+def test_world_size_one_is_plain_training_and_refuses_plain_checkpoints(tmp_path):
+    images, config = _images(), _config()
+    plain = train(images, config, tmp_path / "plain", progress=False)
+    ddp, trainer = train_distributed(images, config, tmp_path / "ddp", progress=False)
+    assert ddp.losses == plain.losses
+    for (name, a), (_, b) in zip(plain.model.named_parameters(), ddp.model.named_parameters()):
+        assert torch.equal(a, b), name
+    with safe_open(str(latest_checkpoint(tmp_path / "ddp")), framework="pt") as handle:
+        record = json.loads(handle.metadata()["distributed"])
+    assert record["world_size"] == 1 and record["rank_seeds"] == [config.seed]
+    with pytest.raises(ValueError, match="single-process training"):
+        train_distributed(images, config, tmp_path / "plain", progress=False)
+    with pytest.raises(ValueError, match="multiple of the world size"):
+        from safcore.distributed import DDPTrainer
+
+        class _Two:  # an accelerator of world size 2 is only consulted for its rank and size here
+            process_index, num_processes = 0, 2
+
+        DDPTrainer(images, _config(batch_size=5), accelerator=_Two())
+
+
+_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+from accelerate import Accelerator
+from safcore.distributed import train_distributed
+from safcore.train import TrainConfig
+
+acc = Accelerator(cpu=True)
+torch.manual_seed(1)
+images = torch.rand(6, 1, 28, 28)
+config = TrainConfig(preset="tiny", steps=6, batch_size=4, lr=2e-3, warmup_steps=2, checkpoint_every=2, keep_steps=(6,),
+                     ema_decay=0.9, seed=0, device="cpu")
+root = Path(sys.argv[1])
+full, t_full = train_distributed(images, config, root / "full", accelerator=acc, progress=False)
+crashed, _ = train_distributed(images, config, root / "resumed", accelerator=acc, progress=False, stop_after=5)
+resumed, t_res = train_distributed(images, config, root / "resumed", accelerator=acc, progress=False)
+train_distributed(images, config, root / "unfinished", accelerator=acc, progress=False, stop_after=3)
+out = {"rank": acc.process_index, "world": acc.num_processes, "full_losses": list(full.losses),
+       "resumed_losses": list(resumed.losses), "resumed_from": resumed.resumed_from, "crashed_steps": crashed.steps_done,
+       "ema_full": t_full.ema_digest(), "ema_resumed": t_res.ema_digest()}
+(root / f"rank{acc.process_index}.json").write_text(json.dumps(out))
+"""
+
+
+def test_ddp_two_processes_resume_is_bit_identical(tmp_path):
+    script = tmp_path / "ddp_resume.py"
+    script.write_text(textwrap.dedent(_SCRIPT))
+    _launch([str(script), str(tmp_path)], processes=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["world"] == 2
+        assert r["crashed_steps"] == 5 and r["resumed_from"] == 4
+        assert r["full_losses"] == r["resumed_losses"]
+        assert r["ema_full"] == r["ema_resumed"]
+    assert ranks[0]["ema_full"] == ranks[1]["ema_full"]  # EMA identical on all ranks
+    full = load_file(tmp_path / "full" / "checkpoint_step000006.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "checkpoint_step000006.safetensors")
+    assert full.keys() == resumed.keys() and {"rng.generator.rank0", "rng.generator.rank1"} <= full.keys()
+    for name in full:
+        assert torch.equal(full[name], resumed[name]), name
+    assert not torch.equal(full["rng.generator.rank0"], full["rng.generator.rank1"])
+    # two ranks train another trajectory than one process (their own streams): the check can tell them apart
+    single = train(_images_of_script(), _config(), tmp_path / "single", progress=False)
+    assert list(single.losses) != ranks[0]["full_losses"]
+    with pytest.raises(ValueError, match="world size 2"):
+        train_distributed(_images_of_script(), _config(), tmp_path / "unfinished", progress=False)
+
+
+def _images_of_script() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.rand(6, 1, 28, 28)
+
+
+# ------------------------------------------------------------------ the command
+
+
+def _command_args(data_root, store, out) -> list[str]:
+    return ["--profile", "smoke", "--dataset", "breastmnist", "--n-dataset", "8", "--data-root", str(data_root),
+            "--store", str(store), "--out", str(out), "--steps", "4", "--checkpoint-every", "2", "--n-samples", "6",
+            "--sample-steps", "4", "--chunk-size", "2", "--classifier-epochs", "1", "--classifier-epoch-size", "32",
+            "--threads", "1", "--no-progress"]
+
+
+def test_command_two_processes_then_one_give_the_same_samples(tmp_path, data_root):
+    store = tmp_path / "runs"
+    two = tmp_path / "two"
+    _launch(["-m", "safcore.distributed", *_command_args(data_root, store, two)], processes=2, timeout=300)
+    summary2 = json.loads((two / "summary.json").read_text())
+    assert summary2["world_size"] == 2 and summary2["ema_identical_on_all_ranks"] is True
+    assert summary2["training"]["steps"] == 4 and summary2["audit"]["n"] == 6
+    assert (two / "train" / "ema_step000004.safetensors").is_file()
+    # one plain process samples the model the two trained: identical images (chunk seeds, not rank seeds)
+    one = tmp_path / "one"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "safcore.distributed", *_command_args(data_root, store, one),
+                           "--train-dir", str(two / "train")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary1 = json.loads((one / "summary.json").read_text())
+    assert summary1["world_size"] == 1 and summary1["training"]["trained_world_size"] == 2
+    a = load_file(two / "samples.safetensors")["images"]
+    b = load_file(one / "samples.safetensors")["images"]
+    assert a.shape == (6, 1, 28, 28) and torch.equal(a, b)
+    assert summary1["sampling"]["sha256"] == summary2["sampling"]["sha256"]
+    assert summary1["audit"] == summary2["audit"]
+
+
+def test_command_bad_input_is_one_line_and_exit_2(tmp_path, data_root, capsys):
+    code = main(["--out", str(tmp_path / "o"), "--steps", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--steps = 0" in err[0]
+    code = main(["--out", str(tmp_path / "o"), "--dataset", "breastmnist", "--n-dataset", "100000", "--data-root",
+                 str(data_root), "--store", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "100000" in err[0]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--profile", "huge", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
