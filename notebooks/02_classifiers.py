@@ -21,6 +21,7 @@ DATASET = "breastmnist"  # a 2D MedMNIST flag, or the path of your own MedMNIST-
 N_D = 8  # training-set size; smoke: 8, cpu: 32, paper: 1000 … 50000
 PROFILE = "smoke"  # smoke (CI, seconds) | cpu (laptop, minutes) | paper (GPU, ResNet50, patience 20)
 SEED = 0  # draws the subset, x_i and the SAF's place
+DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cuda | cuda:N
 
 # %%
 import pandas as pd
@@ -28,7 +29,7 @@ import pandas as pd
 from safcore import classifiers, plotting
 from safcore.study import Study
 
-study = Study(DATASET, N_D, profile=PROFILE, seed=SEED)
+study = Study(DATASET, N_D, profile=PROFILE, seed=SEED, device=DEVICE)
 {kind: study.profile.classifier_for(kind) for kind in ("c_p", "c_id")}
 
 # %% [markdown]
@@ -36,7 +37,7 @@ study = Study(DATASET, N_D, profile=PROFILE, seed=SEED)
 # without a SAF, and `c_id`'s augmented `x_p` and negatives.
 
 # %%
-examples = classifiers.augmented_examples(study.private, study.profile.classifier, n=16, seed=SEED)
+examples = classifiers.augmented_examples(study.private, study.profile.classifier, n=16, seed=SEED, device=DEVICE)
 figure = plotting.augmented_examples(examples)
 study.save_figure(figure, "02_augmented_examples")
 

@@ -20,6 +20,7 @@ N_D = 8  # training-set size; smoke: 8, cpu: 32, paper: 1000
 PROFILE = "smoke"  # smoke (CI, seconds) | cpu (laptop, minutes) | paper (GPU)
 N_SAMPLES = None  # images sampled per kept step; None → the profile's (paper: 10 000)
 SEED = 0  # draws the subset, x_i and the SAF's place
+DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cuda | cuda:N
 
 # %%
 import pandas as pd
@@ -27,7 +28,7 @@ import pandas as pd
 from safcore import plotting
 from safcore.study import Study
 
-study = Study(DATASET, N_D, profile=PROFILE, seed=SEED)
+study = Study(DATASET, N_D, profile=PROFILE, seed=SEED, device=DEVICE)
 steps = list(study.profile.train.keep_steps)
 steps
 

@@ -22,6 +22,7 @@ N_DS = [8, 64]  # training-set sizes; cpu: [16, 64, 546] on BreastMNIST (up to 4
 PROFILE = "smoke"  # smoke (CI, seconds) | cpu (laptop, minutes) | paper (GPU)
 N_SAMPLES = 256  # images sampled per model (paper: 150 000); ≥ 3·max(N_DS) lets the test reject H0 when |q| = 0
 SEED = 0  # draws the subsets, x_i and the SAF's place
+DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cuda | cuda:N
 
 # %%
 import pandas as pd
@@ -29,7 +30,7 @@ import pandas as pd
 from safcore import plotting
 from safcore.study import Study
 
-studies = {n_d: Study(DATASET, n_d, profile=PROFILE, seed=SEED) for n_d in N_DS}
+studies = {n_d: Study(DATASET, n_d, profile=PROFILE, seed=SEED, device=DEVICE) for n_d in N_DS}
 audits = {n_d: study.audit(N_SAMPLES) for n_d, study in studies.items()}
 probes = {n_d: study.probe() for n_d, study in studies.items()}
 

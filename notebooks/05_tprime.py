@@ -28,6 +28,7 @@ GRID = None  # t values to probe, e.g. [0.9, 0.5, 0.1]; None → the profile's g
 SEARCH = "exhaustive"  # exhaustive (the whole q_M(t) curve) | topdown (t' alone, same law; cheap when t' is high)
 REPEATS = 1  # independent runs of the search; t' is then the largest over runs, printed with their spread
 SEED = 0  # draws the subset, x_i and the SAF's place
+DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cuda | cuda:N
 N_D_LARGE = 64  # a larger training set for comparison: t' should fall as N_D grows
 
 # %%
@@ -38,7 +39,7 @@ from safcore.study import Study
 # (a flag's size comes from medmnist's INFO, so nothing is downloaded to find out).
 data.check_n_dataset(DATASET, N_D, name="N_D")
 data.check_n_dataset(DATASET, N_D_LARGE, name="N_D_LARGE")
-study = Study(DATASET, N_D, profile=PROFILE, seed=SEED)
+study = Study(DATASET, N_D, profile=PROFILE, seed=SEED, device=DEVICE)
 changes = {k: v for k, v in {"M": M, "grid": GRID, "search": SEARCH, "repeats": REPEATS}.items() if v is not None}
 probe_config = study.probe_config(**changes)
 study
@@ -69,7 +70,7 @@ study.save_figure(figure, "05_reverse_examples")
 # The same probe on a model trained on a larger `D_p` (same seed, same SAF): is its `t'` lower?
 
 # %%
-large = Study(DATASET, N_D_LARGE, profile=PROFILE, seed=SEED)
+large = Study(DATASET, N_D_LARGE, profile=PROFILE, seed=SEED, device=DEVICE)
 result_large = large.probe(large.probe_config(**changes))
 print(result_large)
 

@@ -19,12 +19,13 @@ N_D = 8  # training-set size; smoke: 8, cpu: 32, paper: 1000 … 50000
 PROFILE = "smoke"  # smoke (CI, seconds) | cpu (laptop, minutes) | paper (GPU)
 N_SAMPLES = None  # images to audit; None → the profile's (paper: 150 000)
 SEED = 0  # draws the subset, x_i and the SAF's place
+DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cuda | cuda:N
 
 # %%
 from safcore import memorization, plotting
 from safcore.study import Study
 
-study = Study(DATASET, N_D, profile=PROFILE, seed=SEED)
+study = Study(DATASET, N_D, profile=PROFILE, seed=SEED, device=DEVICE)
 samples = study.samples(N_SAMPLES)
 result = study.audit(N_SAMPLES)
 print(result)

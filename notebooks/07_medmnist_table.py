@@ -21,6 +21,7 @@ DATASETS = ["breastmnist", "pneumoniamnist", "../shared/data/extra/pneumonia_sub
 N_D = 8  # training-set size per dataset; smoke: 8, cpu: 16; paper: the whole train split (e.g. 546, 4708)
 PROFILE = "smoke"  # smoke (CI, seconds) | cpu (laptop, minutes) | paper (GPU)
 SEED = 0  # draws the subsets, x_i and the SAF's place
+DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cuda | cuda:N
 
 # %%
 import pandas as pd
@@ -36,7 +37,7 @@ def resolve(dataset: str) -> str:
     return str((paths.repo_root() / dataset).resolve()) if dataset.endswith(".npz") else dataset
 
 
-studies = [Study(resolve(d), N_D, profile=PROFILE, seed=SEED) for d in DATASETS]
+studies = [Study(resolve(d), N_D, profile=PROFILE, seed=SEED, device=DEVICE) for d in DATASETS]
 
 # %% [markdown]
 # One row per dataset (each model and classifier is trained once and reused from the run store). Beside
@@ -115,4 +116,4 @@ settings = {"datasets": DATASETS, "N_D": N_D, "profile": PROFILE}
 figure_path = plotting.save_figure(figure, paths.figures_dir() / f"07_xp_and_samples_{PROFILE}.png")
 table_path = atomic_write(paths.figures_dir() / f"07_medmnist_table_{PROFILE}.csv", table.to_csv())
 for path in (figure_path, table_path):
-    write_manifest(path, config=settings, seed=SEED)
+    write_manifest(path, config=settings, seed=SEED, device=DEVICE)

@@ -27,6 +27,7 @@ PROFILE = "smoke"  # smoke (CI, seconds) | cpu (laptop, minutes) | paper (GPU): 
 TRAIN_STEPS = 300  # the user's own training: smoke 300, cpu 2000 (about 5 min on 2 cores)
 WIDTHS = (16, 32, 32)  # the user's U-Net: block_out_channels; cpu: (32, 64, 64), ~1.1 M parameters
 SEED = 0  # draws D_p, x_p and the SAF's place
+DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cuda | cuda:N
 WORK = "../runs/notebook08"  # where the fingerprint folder and the trained pipeline go
 
 # %%
@@ -56,20 +57,24 @@ plotting.image_grid(fp.images, ncols=min(8, N_D), title=f"D_p as the trainer rea
 # %%
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+from safcore.device import resolve_device
+
+device = resolve_device(DEVICE)
 with np.load(fp.folder / "dp.npz") as archive:
     x0 = torch.from_numpy(archive["train_images"]).float()[:, None] / 127.5 - 1.0  # (N, 1, 28, 28) in [-1, 1]
+x0 = x0.to(device)
 
 torch.manual_seed(SEED)
 unet = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=WIDTHS, layers_per_block=1,
                    down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                   up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=WIDTHS[0] // 2)
+                   up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=WIDTHS[0] // 2).to(device)
 scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
 optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3 if TRAIN_STEPS < 1000 else 2e-4)
 losses = []
 for step in progress_bar(range(TRAIN_STEPS), desc="training the DDPM"):
     batch = x0[torch.randint(0, len(x0), (32,))]
     noise = torch.randn_like(batch)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),))
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),)).to(device)
     loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(batch, noise, timesteps), timesteps).sample, noise)
     optimizer.zero_grad()
     loss.backward()
@@ -87,7 +92,7 @@ assert np.mean(losses[-20:]) < np.mean(losses[:20]), "the user's training lowere
 # `DDPMScheduler`), checks its channels and size against `D_p`, and samples it with its own scheduler.
 
 # %%
-study = Study.from_fingerprint(fp.folder, model=pipeline_dir, profile=PROFILE)
+study = Study.from_fingerprint(fp.folder, model=pipeline_dir, profile=PROFILE, device=DEVICE)
 result = study.audit()
 print(study.score_model)
 print(result.verdict())

@@ -28,6 +28,7 @@ N_DS = [8, 16]  # training-set sizes; cpu: [16, 64, 546]
 PROFILE = "smoke"  # smoke (CI, seconds) | cpu (laptop, minutes) | paper (GPU)
 N_BOOTSTRAP = 1000  # bootstrap resamples for the ROC intervals
 SEED = 0
+DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cuda | cuda:N
 
 # %%
 import matplotlib.pyplot as plt
@@ -35,7 +36,7 @@ import pandas as pd
 
 from safcore.study import Study
 
-studies = {n_d: Study(DATASET, n_d, profile=PROFILE, seed=SEED) for n_d in N_DS}
+studies = {n_d: Study(DATASET, n_d, profile=PROFILE, seed=SEED, device=DEVICE) for n_d in N_DS}
 audits = {n_d: study.audit() for n_d, study in studies.items()}
 probes = {n_d: study.probe() for n_d, study in studies.items()}
 peers = {n_d: study.peers(n_bootstrap=N_BOOTSTRAP) for n_d, study in studies.items()}

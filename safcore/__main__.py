@@ -36,6 +36,9 @@ def _common(parser: argparse.ArgumentParser, *, profile_default: str = "cpu") ->
                         help="folder holding the MedMNIST .npz files (default: $SAFCORE_DATA_ROOT, else medmnist's cache)")
     parser.add_argument("--offline", action="store_true", help="never download a dataset (also: SAFCORE_OFFLINE=1)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--device", default="auto",
+                        help="where every stage runs (training, the model, c_p / c_id, sampling, t', FID): auto, cpu, cuda "
+                             "or cuda:N (default auto: a GPU when one is visible)")
 
 
 def _model_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -48,7 +51,6 @@ def _model_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
                         help="sample a diffusers model with its own scheduler (default) or with DDPM / DDIM built from its config")
     parser.add_argument("--steps", type=int, default=None,
                         help="inference steps of a full reverse run of a diffusers model (default: the profile's, at most T)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N for the model under audit (default auto)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -152,7 +154,8 @@ def _study(args, model=None):
     from safcore.study import Study
 
     return Study.from_fingerprint(args.fingerprint, model=model, profile=args.profile, data_root=args.data_root,
-                                  progress=not args.no_progress, sample_steps=getattr(args, "steps", None))
+                                  progress=not args.no_progress, sample_steps=getattr(args, "steps", None),
+                                  device=args.device)
 
 
 def _positive(name: str, value) -> None:
@@ -236,7 +239,7 @@ def _run(args) -> int:
     from safcore.study import Study
 
     study = Study(args.dataset, args.n_dataset, profile=args.profile, seed=args.seed, data_root=args.data_root,
-                  progress=progress)
+                  progress=progress, device=args.device)
     out = args.out or paths.runs_dir() / "reports" / f"{study.profile.name}_{study.data.name}_ND{study.n_dataset}"
     print(run_demo(study, out, progress=progress))
     return 0
@@ -252,7 +255,8 @@ def _sweep(args, progress: bool) -> int:
         check_summary_path(args.out)
     grid = SweepGrid(tuple(args.datasets), tuple(args.n_dataset), tuple(args.seeds), profile=args.profile,
                      n_samples=args.n, probe=not args.no_probe, fid=args.fid)
-    result = run_sweep(grid, jobs=args.jobs, data_root=args.data_root, progress=progress, threads=args.threads)
+    result = run_sweep(grid, jobs=args.jobs, data_root=args.data_root, progress=progress, threads=args.threads,
+                       device=args.device)
     print(result.table())
     if args.out is not None:
         print(f"written: {result.write(args.out)}")

@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms import v2
 
+from safcore.device import resolve_device
 from safcore.data import to_model_range
 from safcore.fingerprint import PrivateDataset, SAFConfig, apply_saf, random_circle_masks
 from safcore.progress import progress_bar
@@ -148,16 +149,6 @@ class ClassifierConfig:
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} = {value!r} must lie in (0, 1): c_id needs positives and negatives")
         resolve_device(self.device)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; other strings are checked by ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device {device!r} is not a torch device; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'") from error
 
 
 def build_resnet(

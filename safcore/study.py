@@ -34,6 +34,7 @@ from safcore import paths
 from safcore.audit import AuditResult, audit
 from safcore.classifiers import Classifier, id_accuracy, saf_accuracy, train_id_classifier, train_saf_classifier
 from safcore.defences import CADP, DPSGD, check_defence
+from safcore.device import resolve_device
 from safcore.fingerprint import PrivateDataset, SAFConfig, make_private_dataset
 from safcore.models import ScoreModel
 from safcore.probe import ProbeConfig, ProbeResult, find_t_prime
@@ -77,6 +78,10 @@ class Study:
         defence: ``None``, :class:`safcore.defences.CADP` (the score model is trained on privatized
             images) or :class:`safcore.defences.DPSGD` (trained with DP-SGD). It is part of the key of the
             score model and of everything drawn from it; ``c_p`` and ``c_id`` stay the attacker's.
+        device: where every stage runs — training, the score model, ``c_p`` / ``c_id``, sampling, the probe,
+            FID features, CADP's INN and the utility classifier: ``"auto"`` (CUDA when visible), ``"cpu"``,
+            ``"cuda"`` or ``"cuda:N"`` (:func:`safcore.device.resolve_device`). Not part of any run key: a
+            model trained on a GPU is reused on the CPU and the other way round.
     """
 
     def __init__(
@@ -93,8 +98,10 @@ class Study:
         model: ScoreModel | DiffusersModel | str | os.PathLike | None = None,
         sample_steps: int | None = None,
         defence: CADP | DPSGD | None = None,
+        device: str | torch.device = "auto",
     ) -> None:
         self.dataset = dataset
+        self.device = resolve_device(device)
         self.defence = check_defence(defence)
         if self.defence is not None and model is not None:
             raise ValueError("defence= applies to the model this study trains; a model trained elsewhere (model=) is "
@@ -115,7 +122,7 @@ class Study:
         if model is not None and not isinstance(model, (ScoreModel, DiffusersModel)):
             raise ValueError(f"model is a {type(model).__name__}; allowed: a ScoreModel, a DiffusersModel, a model folder "
                              "or a Hub id")
-        self.model = model.eval() if model is not None else None
+        self.model = model.to(self.device).eval() if model is not None else None
         if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(sample_steps, int) or sample_steps < 1):
             raise ValueError(f"sample_steps = {sample_steps!r}; allowed: an integer ≥ 1")
         self.sample_steps = sample_steps
@@ -134,6 +141,7 @@ class Study:
         store: RunStore | None = None,
         progress: bool = True,
         sample_steps: int | None = None,
+        device: str | torch.device = "auto",
     ) -> Study:
         """The study of a fingerprint folder (``safcore fingerprint``): ``D_p`` exactly as the trainer read it.
 
@@ -150,7 +158,7 @@ class Study:
         base = get_profile(profile)
         study = cls(fp.dataset, fp.n_dataset, profile=dataclasses.replace(base, channels=fp.channels), seed=fp.seed,
                     saf=fp.saf, data_root=data_root, store=store, progress=progress, model=model,
-                    sample_steps=sample_steps)
+                    sample_steps=sample_steps, device=device)
         study.fingerprint = fp
         if study.model is not None:
             study._check_model_size(fp.image_size)
@@ -286,7 +294,9 @@ class Study:
             if self.store.find("score_model", config) is not None:
                 return None
             work_dir = self.store.scratch_dir("score_model", config)
-            result = train(images, train_config, work_dir, progress=self.progress, make_trainer=make_trainer)
+            train_config = dataclasses.replace(train_config, device=self.device.type)
+            with self._on_device():
+                result = train(images, train_config, work_dir, progress=self.progress, make_trainer=make_trainer)
             with self.store.create("score_model", config, seed=train_config.seed,
                                    extra={"seconds_per_step": result.seconds_per_step, **result.record}) as tmp:
                 result.model.save_pretrained(tmp / "model")
@@ -297,6 +307,26 @@ class Study:
                 if result.record:
                     atomic_write(tmp / "training_record.json", json.dumps(result.record, indent=2))
         return result
+
+    def _on_device(self):
+        """Make this study's CUDA device the current one while a stage that says only "cuda" runs."""
+        import contextlib
+
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def tensors(self) -> dict[str, list[torch.Tensor]]:
+        """The parameters and buffers of every model this study has loaded so far, by name (for checking
+        where they live; loading happens on first use, so call the stages first)."""
+        found: dict[str, list[torch.Tensor]] = {}
+        for name in ("score_model", "c_p", "c_id"):
+            model = self.__dict__.get(name)
+            if model is None:
+                continue
+            module = model.model if isinstance(model, Classifier) else model
+            if isinstance(module, DiffusersModel):
+                module = module.unet
+            found[name] = [*module.parameters(), *module.buffers()]
+        return found
 
     # ------------------------------------------------------------------ defences (issue 13)
     def _labels(self) -> torch.Tensor:
@@ -333,13 +363,13 @@ class Study:
                                  "is left to train CADP's INN on")
             images = self.images("train")[torch.as_tensor(others, dtype=torch.long)]
             labels = one_hot(self.data.labels("train")[others], n_classes, task)
-            inn, record = train_inn(images, labels, inn_config, progress=self.progress)
+            inn, record = train_inn(images, labels, inn_config, progress=self.progress, device=self.device)
             inn.save(tmp / "inn")
             atomic_write(tmp / "record.json", json.dumps(record, indent=2))
             return record
 
         run = self.store.get_or_create("cadp_inn", config, make, seed=inn_config.seed)
-        return ConditionalINN.load(run.path / "inn"), json.loads(run.file("record.json").read_text())
+        return ConditionalINN.load(run.path / "inn").to(self.device), json.loads(run.file("record.json").read_text())
 
     def privatized(self):
         """CADP applied to every image of ``D_p`` (``x_p`` with its SAF included), kept in the run store.
@@ -356,7 +386,8 @@ class Study:
         def make(tmp: Path) -> dict:
             inn, _ = self.cadp_inn()
             generator = torch.Generator().manual_seed(self.defence.seed)
-            result = privatize(inn, self.private.images, self._labels(), self.defence, generator=generator)
+            result = privatize(inn, self.private.images.to(self.device), self._labels().to(self.device), self.defence,
+                               generator=generator)
             atomic_save_safetensors({"images": result.images.contiguous(), "clipped": result.clipped},
                                     tmp / "privatized.safetensors")
             record = {"bound": result.bound, "scale": result.scale, "clipped": int(result.clipped.sum())}
@@ -395,7 +426,7 @@ class Study:
             test, test_labels = self.images("test"), self.data.labels("test")
 
             def fit(images, y):
-                return utility_lib.train_label_classifier(images, y, task=task, n_outputs=n_outputs)
+                return utility_lib.train_label_classifier(images, y, task=task, n_outputs=n_outputs, device=self.device)
 
             real = fit(self.private.images, labels)
             result = {"real": utility_lib.score(real, test, test_labels, task=task)}
@@ -420,7 +451,7 @@ class Study:
             return self.model
         self._train()
         run = self.store.find("score_model", self.model_config())
-        return ScoreModel.from_pretrained(run.path / "model").eval()
+        return ScoreModel.from_pretrained(run.path / "model").to(self.device).eval()
 
     def _check_model_size(self, size: int | None = None) -> None:
         size = int(self.private.images.shape[-1]) if size is None else int(size)
@@ -448,7 +479,7 @@ class Study:
         file = run.path / "kept" / f"ema_step{step:06d}.safetensors"
         if not file.is_file():
             raise ValueError(f"training step {step} was not kept; kept steps: {list(self.profile.train.keep_steps)}")
-        return load_kept(file, step).eval()
+        return load_kept(file, step).to(self.device).eval()
 
     # ------------------------------------------------------------------ the adversary
     def classifier_config(self, kind: Literal["c_p", "c_id"]) -> dict:
@@ -463,18 +494,19 @@ class Study:
 
     def _classifier(self, kind: Literal["c_p", "c_id"]) -> Classifier:
         config = self.classifier_config(kind)
+        settings = dataclasses.replace(self.profile.classifier_for(kind), device=str(self.device))
 
         def make(tmp: Path) -> None:
             if kind == "c_p":  # the attacker paints SAFs on the dataset's real training images
-                clf = train_saf_classifier(self.images("train"), self.images("val"), self.saf, self.profile.classifier_for("c_p"),
+                clf = train_saf_classifier(self.images("train"), self.images("val"), self.saf, settings,
                                            progress=self.progress)
             else:
-                clf = train_id_classifier(self.private, self.profile.classifier, progress=self.progress,
+                clf = train_id_classifier(self.private, settings, progress=self.progress,
                                           val_images=self.images("val"))
             clf.save(tmp / "classifier")
 
-        run = self.store.get_or_create(kind, config, make, seed=self.profile.classifier_for(kind).seed)
-        return Classifier.load(run.path / "classifier")
+        run = self.store.get_or_create(kind, config, make, seed=settings.seed)
+        return Classifier.load(run.path / "classifier", device=self.device)
 
     @functools.cached_property
     def c_p(self) -> Classifier:
@@ -626,7 +658,8 @@ class Study:
         sample_config = {"model": config, "step": self.profile.train.steps, "method": self.profile.sampler,
                          "steps": self.profile.sample_steps, "n": n, "seed": 0}
         drawn = self._stored_samples(
-            sample_config, lambda: ScoreModel.from_pretrained(self.store.find("score_model", config).path / "model").eval(),
+            sample_config,
+            lambda: ScoreModel.from_pretrained(self.store.find("score_model", config).path / "model").to(self.device).eval(),
             n, self.profile.sample_steps, 0)
         painted = design.canaries(images)
         distance = torch.cdist(painted.flatten(1), drawn.flatten(1)).min(dim=1).values
@@ -687,4 +720,5 @@ class Study:
         n = min(self.profile.n_fid, len(self.data.split("train")), len(self.data.split("test")),
                 len(self.data.split(split)))
         return fid(self.images(split), self.samples(self.profile.n_fid), extractor, n_per_side=n, seed=seed,
-                   dataset=self.data, cache_dir=self.store.root / "fid_extractors", progress=self.progress)
+                   dataset=self.data, cache_dir=self.store.root / "fid_extractors", progress=self.progress,
+                   device=self.device)

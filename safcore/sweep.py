@@ -123,14 +123,14 @@ class Cell:
         return f"{name}_ND{self.n_dataset}_seed{self.seed}_{self.profile}"
 
     def study(self, *, store: RunStore | None = None, data_root: str | os.PathLike | None = None,
-              progress: bool = True, data: data_lib.MedMNISTData | None = None) -> Study:
+              progress: bool = True, data: data_lib.MedMNISTData | None = None, device: str = "auto") -> Study:
         """The cell's :class:`~safcore.study.Study` — the same one a notebook builds with these settings.
 
         ``data``: the dataset, already loaded (a sweep loads each dataset once for all its cells)."""
         from safcore.study import Study
 
         study = Study(self.dataset, self.n_dataset, profile=self.profile, seed=self.seed, data_root=data_root,
-                      store=store, progress=progress)
+                      store=store, progress=progress, device=device)
         if data is not None:
             # Study has no data= argument; its ``data`` is a functools.cached_property, filled here
             study.__dict__["data"] = data
@@ -313,7 +313,7 @@ class CellOutcome:
 
 
 def run_cell(cell: Cell, *, store: RunStore | None = None, data_root: str | os.PathLike | None = None,
-             progress: bool = True, study: Study | None = None) -> CellOutcome:
+             progress: bool = True, study: Study | None = None, device: str = "auto") -> CellOutcome:
     """Compute one cell through its :class:`~safcore.study.Study` and keep its record in the store.
 
     The record is the run ``("sweep_cell", cell_config(...))`` with ``cell.json``; it is made by
@@ -327,7 +327,7 @@ def run_cell(cell: Cell, *, store: RunStore | None = None, data_root: str | os.P
     Returns:
         :class:`CellOutcome` with status ``"computed"`` or ``"skipped"`` (errors propagate).
     """
-    study = study if study is not None else cell.study(store=store, data_root=data_root, progress=progress)
+    study = study if study is not None else cell.study(store=store, data_root=data_root, progress=progress, device=device)
     config = cell_config(study, cell)
     made: list[bool] = []
 
@@ -473,7 +473,7 @@ class _Running:
 
 def run_sweep(grid: SweepGrid, *, jobs: int = 1, store: RunStore | None = None,
               data_root: str | os.PathLike | None = None, progress: bool = True, threads: int | None = None,
-              poll_s: float = 0.5) -> SweepResult:
+              poll_s: float = 0.5, device: str = "auto") -> SweepResult:
     """Run every cell of ``grid`` whose record is not in the store; return the outcome of every cell.
 
     Before any work: the grid is checked (:meth:`SweepGrid.check`: each ``N_D`` fits each dataset) and
@@ -489,12 +489,17 @@ def run_sweep(grid: SweepGrid, *, jobs: int = 1, store: RunStore | None = None,
         progress: a bar over the cells (and, with ``jobs = 1``, each stage's own bars).
         threads: torch threads per worker process (``jobs > 1``; default this process's // ``jobs``, ≥ 1).
         poll_s: how often the workers are looked at.
+        device: each cell's :class:`~safcore.study.Study` device (``"auto"``: a worker's GPU where there are
+            GPUs, else the CPU; checked before any work).
 
     Raises:
         ValueError: ``jobs`` or ``threads`` not an integer ≥ 1, or a grid :meth:`SweepGrid.check` refuses.
         FileNotFoundError: a dataset's file is missing (offline, or not in ``data_root``).
     """
     jobs = _check_int("jobs", jobs, 1)
+    from safcore.device import resolve_device
+
+    resolve_device(device)  # an unknown or absent device stops here, before any work
     if threads is not None:
         threads = _check_int("threads", threads, 1)
     grid.check()
@@ -506,7 +511,7 @@ def run_sweep(grid: SweepGrid, *, jobs: int = 1, store: RunStore | None = None,
     pending: list[int] = []
     studies: dict[int, Study] = {}
     for i, cell in enumerate(cells):
-        study = cell.study(store=store, data_root=data_root, progress=progress, data=loaded[cell.dataset])
+        study = cell.study(store=store, data_root=data_root, progress=progress, data=loaded[cell.dataset], device=device)
         try:
             run = store.find(KIND, cell_config(study, cell))
         except Exception:  # noqa: BLE001 — a corrupt record: the cell runs and reports it
@@ -530,7 +535,7 @@ def run_sweep(grid: SweepGrid, *, jobs: int = 1, store: RunStore | None = None,
             threads = threads or max(1, _torch_threads() // jobs)
             studies.clear()
             for i, outcome in _run_workers(cells, pending, jobs=jobs, threads=threads, store=store,
-                                           data_root=data_root, poll_s=poll_s):
+                                           data_root=data_root, poll_s=poll_s, device=device):
                 outcomes[i] = outcome
                 bar.set_postfix_str(f"done: {cells[i].label()}")
                 bar.update(1)
@@ -542,7 +547,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def _run_workers(cells: Sequence[Cell], pending: Sequence[int], *, jobs: int, threads: int, store: RunStore,
-                 data_root: str | os.PathLike | None, poll_s: float):
+                 data_root: str | os.PathLike | None, poll_s: float, device: str = "auto"):
     """Run ``pending`` cells in ``jobs`` worker processes (one cell per process, slot ``j`` on GPU ``j mod
     count``); yield ``(index, CellOutcome)`` as each ends. On an error or interrupt here the workers still
     running are terminated."""
@@ -563,7 +568,7 @@ def _run_workers(cells: Sequence[Cell], pending: Sequence[int], *, jobs: int, th
                         outcome.unlink()
                     payload = {"cell": dataclasses.asdict(cell), "store": str(store.root),
                                "data_root": None if data_root is None else str(data_root), "threads": threads,
-                               "outcome": str(outcome)}
+                               "outcome": str(outcome), "device": device}
                     handle = open(log, "w")  # noqa: SIM115 — closed when the worker ends
                     process = subprocess.Popen([sys.executable, "-m", "safcore.sweep", json.dumps(payload)],
                                                stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
@@ -643,7 +648,8 @@ def _worker_main(argv: Sequence[str]) -> int:
         import torch
 
         torch.set_num_threads(int(payload["threads"]))
-        outcome = run_cell(cell, store=RunStore(payload["store"]), data_root=payload["data_root"], progress=False)
+        outcome = run_cell(cell, store=RunStore(payload["store"]), data_root=payload["data_root"], progress=False,
+                           device=payload.get("device", "auto"))
     except Exception as error:  # noqa: BLE001 — the sweep reports it
         traceback.print_exc()
         atomic_write(outcome_path, json.dumps({"status": "failed", "error": _one_line(error)}))

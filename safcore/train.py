@@ -208,14 +208,13 @@ class TrainResult:
 
 
 def resolve_device(device: DeviceName) -> torch.device:
-    """``"auto"`` → CUDA if available else CPU; ``"cuda"`` without a GPU raises ``ValueError``."""
+    """Training's device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (the current CUDA device), checked by the package's
+    one :func:`safcore.device.resolve_device` (``"cuda"`` without a GPU raises ``ValueError``)."""
     if device not in _DEVICES:
         raise ValueError(f"device {device!r}: must be one of {_DEVICES}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False; use 'auto' or 'cpu'")
-    return torch.device(device)
+    from safcore.device import resolve_device as resolve
+
+    return resolve(device)
 
 
 def _fingerprint(images: torch.Tensor) -> str:

@@ -36,11 +36,12 @@ Task = Literal["multi-class", "multi-label"]
 
 
 def train_label_classifier(images: torch.Tensor, labels, *, task: Task, n_outputs: int,
-                           config: DomainExtractorConfig = UTILITY_CLASSIFIER, progress: bool = False) -> torch.nn.Module:
+                           config: DomainExtractorConfig = UTILITY_CLASSIFIER, progress: bool = False,
+                           device: str | torch.device = "cpu") -> torch.nn.Module:
     """A :class:`~safcore.metrics.DomainClassifier` trained on ``images`` (N, C, S, S) in [0, 1] with ``labels``
-    ((N, 1) class indices or (N, L) 0/1); eval mode, on the CPU."""
+    ((N, 1) class indices or (N, L) 0/1), trained on ``device``; returned in eval mode on the CPU."""
     extractor = train_domain_extractor(images, labels, task=task, n_outputs=n_outputs, config=config,
-                                       dataset_name="utility", progress=progress)
+                                       dataset_name="utility", progress=progress, device=device)
     return extractor.classifier.eval()
 
 

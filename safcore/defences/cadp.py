@@ -250,14 +250,15 @@ def one_hot(labels, n_classes: int, task: Literal["multi-class", "multi-label"] 
 
 
 def train_inn(images: torch.Tensor, labels: torch.Tensor, config: INNConfig = INNConfig(), *,
-              progress: bool = True) -> tuple[ConditionalINN, dict]:
+              progress: bool = True, device: str | torch.device = "cpu") -> tuple[ConditionalINN, dict]:
     """Maximum-likelihood training of a :class:`ConditionalINN` on ``images`` (N, C, S, S) in [0, 1] with
     condition vectors ``labels`` (N, n_classes). Returns the model (eval mode) and a record (final NLL per
-    dimension in bits, seconds)."""
+    dimension in nats, seconds). Batches are drawn on the CPU (one seeded generator) and moved to ``device``."""
     if images.ndim != 4 or len(images) != len(labels):
         raise ValueError(f"train_inn needs images (N, C, S, S) and N condition vectors; got {tuple(images.shape)} "
                          f"and {tuple(labels.shape)}")
-    model = ConditionalINN(int(images.shape[1]), int(images.shape[-1]), int(labels.shape[1]), config).train()
+    device = torch.device(device)
+    model = ConditionalINN(int(images.shape[1]), int(images.shape[-1]), int(labels.shape[1]), config).to(device).train()
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=1e-8)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
@@ -267,7 +268,7 @@ def train_inn(images: torch.Tensor, labels: torch.Tensor, config: INNConfig = IN
     for step in range(config.steps):
         idx = torch.randint(0, len(images), (config.batch_size,), generator=generator)
         x = images[idx] + config.dequantize * torch.rand(images[idx].shape, generator=generator)
-        loss = model.nll(x.clamp(0.0, 1.0), labels[idx])
+        loss = model.nll(x.clamp(0.0, 1.0).to(device), labels[idx].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -281,7 +282,7 @@ def train_inn(images: torch.Tensor, labels: torch.Tensor, config: INNConfig = IN
     tail = losses[-min(50, len(losses)):]
     record = {"nll_per_dim_nats": sum(tail) / len(tail), "seconds": time.perf_counter() - start,
               "n_images": int(len(images))}
-    return model.eval(), record
+    return model.cpu().eval(), record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,4 +315,4 @@ def privatize(inn: ConditionalINN, images: torch.Tensor, labels: torch.Tensor, d
     decoded = torch.cat(outputs)
     # a latent far outside the training distribution can decode to inf/NaN through the inverse couplings
     decoded = torch.nan_to_num(decoded, nan=0.5, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
-    return Privatized(decoded, torch.cat(clipped), bound, scale)
+    return Privatized(decoded.cpu(), torch.cat(clipped).cpu(), bound, scale)
