@@ -21,4 +21,5 @@ pm 05_tprime -p N_D 16 -p N_D_LARGE 546
 pm 02_classifiers -p N_D 16
 pm 03_training_length -p N_D 16 -p N_SAMPLES 128
 pm 08_audit_your_model -p N_D 16 -p TRAIN_STEPS 2000 -y "WIDTHS: [32, 64, 64]"
+pm 09_defences -p N_D 16 -y "CADP_EPSILONS: [.inf, 10000, 1000, 10, 1, 0.1]" -y "DPSGD_EPSILONS: [.inf, 10, 1]"
 pm 10_peers -y "N_DS: [16, 64, 546]"
