@@ -679,13 +679,28 @@ class Study:
         return dataclasses.replace(self.profile.probe, **changes)
 
     def probe(self, config: ProbeConfig | None = None, *, step: int | None = None) -> ProbeResult:
-        """Algorithm 1: ``q_M(t)`` and ``t'`` for ``x_p`` under the score model at ``step``."""
-        model = self.model_at(step if step is not None or self.model is not None else self.profile.train.steps)
+        """Algorithm 1: ``q_M(t)`` and ``t'`` for ``x_p`` under the score model at ``step``, computed once per
+        model, step, probe settings and classifiers (the search is seeded by ``config.seed``) and kept in the
+        run store, so notebooks, sweeps and the command line read it back instead of probing again."""
+        from safcore.probe_io import load_probe, save_probe
+
+        step = step if step is not None or self.model is not None else self.profile.train.steps
         config = config or self.profile.probe
-        if isinstance(model, DiffusersModel):
+        if isinstance(self.model, DiffusersModel):
             config = dataclasses.replace(config, steps_full=self.diffusers_steps(config.steps_full))
-        return find_t_prime(model, model.sde, self.private.x_p.to(model.device), self.c_p, self.c_id, config,
-                            progress=self.progress)
+        # seeded by config.seed, so one computation per key; kept in the run store like every other stage
+        key = {"model": self.model_config(), "step": step, "probe": dataclasses.asdict(config),
+               "c_p": self.classifier_config("c_p"), "c_id": self.classifier_config("c_id"), "version": 1}
+
+        def make(tmp: Path) -> dict:
+            model = self.model_at(step)
+            result = find_t_prime(model, model.sde, self.private.x_p.to(model.device), self.c_p, self.c_id, config,
+                                  progress=self.progress)
+            save_probe(result, tmp / "probe")
+            return {"t_prime": result.t_prime, "nfe": result.nfe}
+
+        run = self.store.get_or_create("probe", key, make, seed=config.seed)
+        return load_probe(run.path / "probe")
 
     # ------------------------------------------------------------------ figures
     def save_figure(self, figure, name: str) -> Path:

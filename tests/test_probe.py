@@ -409,3 +409,21 @@ def test_explorer_builds_headless_and_slider_updates_verdict(sde, images, classi
     assert "t = 0.90: 0/4 positive" in verdict.value
     assert "c_p 4/4" in verdict.value and "c_id 0/4" in verdict.value
     assert app.example.t == 0.9
+
+
+def test_a_saved_probe_reads_back_whole(sde, images, classifiers, tmp_path):
+    """probe_io: what Study.probe keeps in the run store is the result, arrays, t' and examples."""
+    from safcore.probe_io import load_probe, save_probe
+
+    for kw in ({}, {"search": "topdown", "repeats": 2}):
+        result = _probe(sde, images, classifiers, ["xp", "y"], torch.log(torch.tensor([0.5, 0.5])), **kw)
+        back = load_probe(save_probe(result, tmp_path / result.search))
+        for name in ("ts", "n", "k", "k_p", "k_id", "q", "ci_low", "ci_high"):
+            np.testing.assert_array_equal(getattr(back, name), getattr(result, name), err_msg=name)
+        assert (back.t_prime, back.k_at_t_prime, back.n_at_t_prime, back.t_prime_runs) == \
+               (result.t_prime, result.k_at_t_prime, result.n_at_t_prime, result.t_prime_runs)
+        assert back.eq9_indicator == result.eq9_indicator and back.config == result.config and back.grid == result.grid
+        assert len(back.examples) == len(result.examples) > 0
+        for a, b in zip(back.examples, result.examples):
+            assert a.t == b.t and torch.equal(a.samples, b.samples) and torch.equal(a.positive, b.positive)
+        assert str(back) == str(result)

@@ -14,11 +14,20 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_every_tensor_of_a_loaded_study_is_on_its_device(data_root, run_store, device):
+def test_every_tensor_of_a_loaded_study_is_on_its_device(data_root, run_store, device, monkeypatch):
     study = Study("breastmnist", 8, profile="smoke", data_root=data_root, store=run_store, progress=False, device=device)
     assert study.device.type == device
     result = study.audit()
-    study.probe(study.probe_config(M=2, grid=(0.5, 0.1)))
+    probe = study.probe(study.probe_config(M=2, grid=(0.5, 0.1)))
+    # t' is kept in the run store: asked again (here or by a sweep, a notebook) it is read, not probed
+    import safcore.study
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(safcore.study, "find_t_prime", no_probe)
+    again = study.probe(study.probe_config(M=2, grid=(0.5, 0.1)))
+    assert (again.t_prime, again.k.tolist()) == (probe.t_prime, probe.k.tolist())
     loaded = study.tensors()
     assert set(loaded) == {"score_model", "c_p", "c_id"}
     for name, tensors in loaded.items():
