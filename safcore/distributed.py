@@ -82,7 +82,6 @@ from safcore.progress import progress_bar
 from safcore.runs import atomic_save_safetensors, atomic_write
 from safcore.sampling import sample
 from safcore.train import (
-    KEPT_FORMAT,
     TrainConfig,
     TrainResult,
     Trainer,
@@ -286,16 +285,8 @@ class DDPTrainer(Trainer):
         path = kept_path(work_dir, self.step_count)
         if not self.is_main:
             return path
-        tensors = {name.removeprefix("unet."): s for name, s in zip(self.param_names, self.ema.shadow_params)}
-        metadata = {
-            "format": KEPT_FORMAT,
-            "step": str(self.step_count),
-            "config": json.dumps(self.config.to_dict(), sort_keys=True),
-            "data_fingerprint": self.data_fingerprint,
-            "unet_config": json.dumps(dict(self.model.unet.config)),
-            "distributed": json.dumps(self._ddp_record(), sort_keys=True),
-        }
-        return atomic_save_safetensors(tensors, path, metadata)
+        metadata = {**self.kept_metadata(), "distributed": json.dumps(self._ddp_record(), sort_keys=True)}
+        return atomic_save_safetensors(self.kept_tensors(), path, metadata)
 
     def ema_digest(self) -> str:
         """SHA-256 of the EMA weights' bytes (to check that every rank holds the same EMA)."""

@@ -474,17 +474,23 @@ class Trainer:
             (work_dir / f"checkpoint_step{step:06d}.safetensors").unlink(missing_ok=True)
         return path
 
-    def save_kept(self, work_dir: Path) -> Path:
-        """Write the current EMA weights as ``ema_step{N:06d}.safetensors`` (UNet state-dict names)."""
-        tensors = {name.removeprefix("unet."): s for name, s in zip(self.param_names, self.ema.shadow_params)}
-        metadata = {
+    def kept_tensors(self) -> dict[str, torch.Tensor]:
+        """The current EMA weights under the UNet's state-dict names."""
+        return {name.removeprefix("unet."): s for name, s in zip(self.param_names, self.ema.shadow_params)}
+
+    def kept_metadata(self) -> dict[str, str]:
+        """Metadata of a kept EMA weights file: format, step, config, data fingerprint, U-Net config."""
+        return {
             "format": KEPT_FORMAT,
             "step": str(self.step_count),
             "config": json.dumps(self.config.to_dict(), sort_keys=True),
             "data_fingerprint": self.data_fingerprint,
             "unet_config": json.dumps(dict(self.model.unet.config)),
         }
-        return atomic_save_safetensors(tensors, kept_path(work_dir, self.step_count), metadata)
+
+    def save_kept(self, work_dir: Path) -> Path:
+        """Write the current EMA weights as ``ema_step{N:06d}.safetensors`` (UNet state-dict names)."""
+        return atomic_save_safetensors(self.kept_tensors(), kept_path(work_dir, self.step_count), self.kept_metadata())
 
 
 def sde_identity(sde) -> str:
