@@ -98,6 +98,17 @@ for d, s, u in zip(defences, studies, utilities):
         assert (s.privatized().images - s.private.images).abs().max() < 1e-3
     if isinstance(d, CADP) and d.epsilon <= 1.0:  # ε ≤ 1 in 784 dimensions: the images are noise
         assert (s.privatized().images - s.private.images).abs().mean() > 0.1
+if PROFILE == "cpu":
+    for i, d in enumerate(defences):
+        if d is None or math.isinf(d.epsilon):
+            # the undefended 16-image model hands x_p back — and so do CADP's INN round trip and DP-SGD's
+            # per-sample clipping without noise: neither is a defence by itself
+            assert audits[i].copies.n_xp_copies >= 4 and copies[i] > audits[i].n // 2
+        elif d.epsilon <= 10:
+            # with noise at ε ≤ 10, x_p never comes back and no sample copies any training image ...
+            assert audits[i].n_q == 0 and audits[i].copies.n_xp_copies == 0 and copies[i] == 0
+            # ... and the price is the images: FID at least ten times the undefended model's
+            assert fids[i].value > 10 * fids[0].value
 
 # %% [markdown]
 # **Privacy against cost.** Each defence's `|q|` and `x_p` copies (left), `t'` (middle) and FID (right)
