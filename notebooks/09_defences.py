@@ -111,8 +111,9 @@ if PROFILE == "cpu":
             assert fids[i].value > 10 * fids[0].value
 
 # %% [markdown]
-# **Privacy against cost.** Each defence's `|q|` and `x_p` copies (left), `t'` (middle) and FID (right)
-# against ε; the undefended model as a dashed line.
+# **Privacy against cost.** Each defence's `|q|` and `x_p` copies (left), `t'` (middle) and FID (right, log
+# scale) against ε; the undefended model as a dashed line. A `t'` at the grid's bottom means `x_p` comes back
+# only from a barely noised `x_p` — what any model does.
 
 # %%
 finite_eps = [d.epsilon for d in defences if d is not None and not math.isinf(d.epsilon)]
@@ -139,9 +140,10 @@ axes[0].axhline(audits[none].n_q, color="k", ls="--", lw=1, label="no defence: |
 axes[1].axhline(probes[none].t_prime_or_zero, color="k", ls="--", lw=1, label="no defence")
 axes[2].axhline(fids[none].value, color="k", ls="--", lw=1, label="no defence")
 ticks = sorted({x_of(d) for d in defences if d is not None})
+axes[2].set_yscale("log")
 for ax, ylabel, title in zip(axes, ["samples (of n)", "t' (diffusion time)", "FID_train (domain features)"],
                              ["x_p handed back", "Algorithm 1: t'", "image quality (lower = closer)"]):
-    ax.set(xscale="log", xlabel="ε (∞ at the right)", ylabel=ylabel, title=title)
+    ax.set(xscale="log", xlabel="ε per image (CADP) / per model (DP-SGD); ∞ at the right", ylabel=ylabel, title=title)
     ax.set_xticks(ticks, ["∞" if t == INF_AT else f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.legend(fontsize=7)
@@ -152,7 +154,10 @@ def stop_text(kind):
     """Largest ε of ``kind`` from which x_p is no longer handed back (no q-positive, no NN copy)."""
     safe = [defences[i].epsilon for i in finite if isinstance(defences[i], kind)
             and audits[i].n_q == 0 and audits[i].copies.n_xp_copies == 0]
-    return f"{kind.__name__} at ε ≤ {max(safe):g}" if safe else f"{kind.__name__} at no ε tried"
+    if not safe:
+        return f"{kind.__name__} at no ε tried"
+    i = next(i for i in finite if isinstance(defences[i], kind) and defences[i].epsilon == max(safe))
+    return f"{kind.__name__} at ε ≤ {max(safe):g} (there {copies[i]}/{audits[i].n} samples still copy a training image)"
 
 
 kinds = [k for k in (CADP, DPSGD) if any(isinstance(defences[i], k) for i in finite)]
@@ -182,7 +187,8 @@ for col, (d, s, a) in enumerate(zip(defences, studies, audits)):
         top.imshow(s.privatized().images[s.private.index, 0], cmap="gray", vmin=0, vmax=1)
         top.set_title(f"CADP ε={eps_text(d)}", fontsize=8)
     else:
-        top.set_title(f"DP-SGD ε={eps_text(d)}\n(trains on D_p)", fontsize=8)
+        top.imshow(x_p[0], cmap="gray", vmin=0, vmax=1)
+        top.set_title(f"DP-SGD ε={eps_text(d)}: x_p", fontsize=8)
     samples = s.samples()
     if a.q_indices:
         shown, label = samples[a.q_indices[0]], f"q-positive (|q|={a.n_q})"
