@@ -162,7 +162,7 @@ def stop_text(kind):
 
 kinds = [k for k in (CADP, DPSGD) if any(isinstance(defences[i], k) for i in finite)]
 fig.suptitle(f"{DATASET}, N_D = {N_D} ({PROFILE}): undefended, x_p comes back {audits[none].copies.n_xp_copies}× in "
-             f"{audits[none].n} samples; it stops with {' and '.join(stop_text(k) for k in kinds)}; "
+             f"{audits[none].n} samples;\nit stops with {' and '.join(stop_text(k) for k in kinds)}; "
              f"FID {fids[none].value:.1f} → up to {max(fids[i].value for i in finite) if finite else float('nan'):.1f}",
              fontsize=10)
 fig.tight_layout()
