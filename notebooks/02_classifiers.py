@@ -37,7 +37,7 @@ study = Study(DATASET, N_D, profile=PROFILE, seed=SEED, device=DEVICE)
 # without a SAF, and `c_id`'s augmented `x_p` and negatives.
 
 # %%
-examples = classifiers.augmented_examples(study.private, study.profile.classifier, n=16, seed=SEED, device=DEVICE)
+examples = classifiers.augmented_examples(study.private, study.profile.classifier, n=16, seed=SEED)
 figure = plotting.augmented_examples(examples)
 study.save_figure(figure, "02_augmented_examples")
 

@@ -116,4 +116,4 @@ settings = {"datasets": DATASETS, "N_D": N_D, "profile": PROFILE}
 figure_path = plotting.save_figure(figure, paths.figures_dir() / f"07_xp_and_samples_{PROFILE}.png")
 table_path = atomic_write(paths.figures_dir() / f"07_medmnist_table_{PROFILE}.csv", table.to_csv())
 for path in (figure_path, table_path):
-    write_manifest(path, config=settings, seed=SEED, device=DEVICE)
+    write_manifest(path, config=settings, seed=SEED)

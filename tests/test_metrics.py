@@ -176,6 +176,7 @@ def test_study_fid_uses_the_same_n_for_train_and_test(monkeypatch, tmp_path):
             profile=SimpleNamespace(n_fid=n_fid),
             data=SimpleNamespace(split=lambda s: np.zeros((len(splits[s]), 28, 28), np.uint8)),
             images=lambda s: splits[s], samples=samples, store=SimpleNamespace(root=tmp_path), progress=False,
+            device=torch.device("cpu"),
         )
 
     pool = _PoolFeatures()
