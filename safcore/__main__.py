@@ -166,9 +166,12 @@ def _positive(name: str, value) -> None:
 def _run(args) -> int:
     progress = not getattr(args, "no_progress", False)
     if args.command == "fingerprint":
+        from safcore.distributed import is_main_process
         from safcore.fingerprint import SAFConfig
         from safcore.fingerprint_io import export_fingerprint
 
+        if not is_main_process():  # under a launcher one process writes the folder
+            return 0
         fp = export_fingerprint(args.dataset, args.n_dataset, args.out, seed=args.seed,
                                 saf=SAFConfig(radius=args.radius, grey=args.grey), data_root=args.data_root,
                                 overwrite=args.overwrite)
@@ -179,13 +182,18 @@ def _run(args) -> int:
               f"safcore audit --model YOUR_MODEL --fingerprint {fp.folder} --probe")
         return 0
     if args.command == "train":
+        from safcore.distributed import is_main_process
+
         study = _study(args)
-        model = study.score_model
+        model = study.score_model  # under accelerate launch: DDP training on every rank
+        if not is_main_process():
+            return 0
         model.save_pretrained(args.out)
         print(f"{study}: sub-VP score model ({study.profile.train.steps} steps) saved to {args.out}; "
               f"audit it with: safcore audit --model {args.out} --fingerprint {args.fingerprint} --probe")
         return 0
     if args.command == "audit":
+        from safcore.distributed import is_main_process
         from safcore.images import load_images
         from safcore.report import run_audit
 
@@ -203,12 +211,14 @@ def _run(args) -> int:
         out = args.out or paths.runs_dir() / "reports" / f"audit_{study.data.name}_ND{study.n_dataset}_{study.profile.name}"
         report = run_audit(study, out, images=images, n=args.n, probe=args.probe, spread_runs=args.spread if args.probe else 0,
                            progress=progress)
-        print(report)
+        if is_main_process():
+            print(report)
         return 0
     if args.command == "probe":
         import dataclasses
 
         from safcore import plotting
+        from safcore.distributed import is_main_process
         from safcore.runs import atomic_write, write_manifest
 
         _positive("--M", args.M)
@@ -216,6 +226,8 @@ def _run(args) -> int:
         study = _study(args, _load(args))
         changes = {"search": args.search, "repeats": args.repeats, **({"M": args.M} if args.M else {})}
         result = study.probe(study.probe_config(**changes))
+        if not is_main_process():
+            return 0
         out = args.out or paths.runs_dir() / "reports" / f"probe_{study.data.name}_ND{study.n_dataset}_{study.profile.name}"
         out.mkdir(parents=True, exist_ok=True)
         figure = plotting.q_curve(result.ts, result.q, result.ci_low, result.ci_high, result.t_prime,
@@ -236,17 +248,25 @@ def _run(args) -> int:
         return _sweep(args, progress)
     # demo
     from safcore.demo import run_demo
+    from safcore.distributed import is_main_process
     from safcore.study import Study
 
     study = Study(args.dataset, args.n_dataset, profile=args.profile, seed=args.seed, data_root=args.data_root,
                   progress=progress, device=args.device)
     out = args.out or paths.runs_dir() / "reports" / f"{study.profile.name}_{study.data.name}_ND{study.n_dataset}"
-    print(run_demo(study, out, progress=progress))
+    report = run_demo(study, out, progress=progress)
+    if is_main_process():
+        print(report)
     return 0
 
 
 def _sweep(args, progress: bool) -> int:
+    from safcore.distributed import launched
     from safcore.sweep import SweepGrid, check_summary_path, run_sweep
+
+    if launched():
+        raise ValueError("safcore sweep runs its cells in its own worker processes (--jobs K, one per GPU); do not start "
+                         "it under accelerate launch / torchrun (WORLD_SIZE > 1)")
 
     _positive("--jobs", args.jobs)
     _positive("--threads", args.threads)

@@ -27,16 +27,19 @@ single-process function — and the others are independent streams that do not c
   call ``j`` of run ``k`` uses ``derived_seed(run_seed(config.seed, k), j)``; rank ``r`` makes the calls
   ``j ≡ r (mod W)``. q_M(t) and t' depend on the config, never on the world size.
 
-Command (one process, or ``accelerate launch --multi_gpu --num_processes 2 -m safcore.distributed ...``)::
+Under a launcher, :class:`safcore.study.Study` (and with it ``safcore train``, ``audit``, ``probe``, ``demo``
+and the notebooks' code) runs every stage this way (:func:`process_accelerator`, :func:`collective_stage`)::
 
-    python -m safcore.distributed --profile smoke --dataset breastmnist --n-dataset 8 --out runs/ddp
+    accelerate launch --multi_gpu --num_processes 2 -m safcore demo --profile smoke --n-dataset 8
 
-trains the profile's score model with DDP on the study's ``D_p``, draws the audit samples with
-:func:`sample_split`, audits them (:func:`safcore.audit.audit`) and writes ``samples.safetensors`` and
-``summary.json`` into ``--out`` from the main process. On a machine without CUDA the launched processes
-run DDP over gloo on the CPU. (accelerate 1.15's ``launch --cpu --num_processes 2`` starts ONE process
-unless given an MPI hostfile; ``--multi_gpu --num_processes 2`` starts two through torchrun, and the
-command then builds its ``Accelerator(cpu=True)`` when no GPU is visible.)
+trains the score model with DDP, draws the audit samples with :func:`sample_split` and the exhaustive t'
+probe with :func:`probe_split` (for profiles with ``split_seeds``), and lets the main process write the
+report. Stages that do not split (``c_p``, ``c_id``, FID features, a top-down probe) are computed by the
+first process that takes the run key's lock while the others wait and reuse them. On a machine without
+CUDA the launched processes run DDP over gloo on the CPU. (accelerate 1.15's ``launch --cpu
+--num_processes 2`` starts ONE process unless given an MPI hostfile; ``--multi_gpu --num_processes 2``
+starts two through torchrun, and :func:`process_accelerator` builds ``Accelerator(cpu=True)`` when no GPU
+is visible.)
 
 Note: :mod:`safcore.train` is not edited. Its :func:`~safcore.train.train` loop calls ``save_checkpoint``
 and ``save_kept`` on every process; :class:`DDPTrainer` overrides them so that every rank joins the
@@ -47,14 +50,11 @@ ones) so that two processes never rename the same file.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import math
 import os
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,15 +79,14 @@ from safcore.probe import (
     run_seed,
 )
 from safcore.progress import progress_bar
-from safcore.runs import atomic_save_safetensors, atomic_write
+from safcore.runs import atomic_save_safetensors
 from safcore.sampling import sample
 from safcore.train import (
     TrainConfig,
-    TrainResult,
     Trainer,
+    TrainResult,
     _resume_point,
     kept_path,
-    load_kept,
     train,
 )
 
@@ -104,7 +103,12 @@ __all__ = [
     "probe_job_tallies",
     "merge_probe",
     "probe_split",
-    "main",
+    "COLLECTIVE_TIMEOUT_S",
+    "launched",
+    "process_accelerator",
+    "is_main_process",
+    "broadcast_from_main",
+    "collective_stage",
 ]
 
 DDP_FORMAT = "safcore-ddp/1"
@@ -396,7 +400,8 @@ def sample_chunks(
 
     Chunk ``c`` holds samples ``[c·chunk_size, min(n, (c+1)·chunk_size))`` and is one
     :func:`safcore.sampling.sample` call from the prior with a generator (on the model's device) seeded
-    with ``derived_seed(seed, c)``. ``shape``: ``(C, H, W)``, default the model's channels and image size.
+    with ``derived_seed(seed, c)`` — or, for a :class:`safcore.schedulers.DiffusersModel`, one call of its
+    ``sample`` (its scheduler's ``settings.steps`` steps; ``method`` and ``eps`` do not apply). ``shape``: ``(C, H, W)``, default the model's channels and image size.
     """
     n = _check_n(n)
     n_chunks = math.ceil(n / settings.chunk_size)
@@ -410,8 +415,12 @@ def sample_chunks(
     for c in progress_bar(list(chunks), enabled=progress, desc="sample chunks", unit="chunk"):
         size = min(n, (c + 1) * settings.chunk_size) - c * settings.chunk_size
         generator = torch.Generator(device=device).manual_seed(derived_seed(seed, int(c)))
-        result = sample(model, model.sde, shape=(size, *shape), method=settings.method, steps=settings.steps,
-                        eps=settings.eps, generator=generator, autocast_bf16=settings.autocast_bf16, progress=False)
+        if isinstance(model, ScoreModel):
+            result = sample(model, model.sde, shape=(size, *shape), method=settings.method, steps=settings.steps,
+                            eps=settings.eps, generator=generator, autocast_bf16=settings.autocast_bf16, progress=False)
+        else:  # a diffusers model under audit (safcore.schedulers.DiffusersModel): its own scheduler's steps
+            result = model.sample(size, steps=settings.steps, generator=generator, autocast_bf16=settings.autocast_bf16,
+                                  progress=False)
         out[int(c)] = from_model_range(result.images.float().cpu()).clamp(0.0, 1.0)
     return out
 
@@ -586,213 +595,88 @@ def probe_split(
 
 
 # --------------------------------------------------------------------------------------------------
-# command
+# a study under a launcher
 # --------------------------------------------------------------------------------------------------
 
+#: How long a process waits in a collective call (a rank waits there while the main process waits for a run
+#: key's lock held by another job, e.g. one training the same model): a day, not torch's 30 minutes.
+COLLECTIVE_TIMEOUT_S = 24 * 3600
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line (no usage block) and exit with code 2."""
-
-    def error(self, message: str):  # noqa: D401 — argparse's hook
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _parser() -> argparse.ArgumentParser:
-    from safcore.profiles import PROFILES
-
-    p = _Parser(prog="python -m safcore.distributed",
-                description="Train the profile's score model data-parallel on a study's D_p, sample the audit across "
-                            "processes and audit it (run as one process or under accelerate launch).")
-    p.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
-    p.add_argument("--dataset", default="breastmnist", help="MedMNIST flag or .npz path")
-    p.add_argument("--n-dataset", type=int, default=None, help="N_D (default: the profile's)")
-    p.add_argument("--seed", type=int, default=0, help="the study's seed (subset, x_i, SAF)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--store", default=None, help="run store for c_p / c_id (default: safcore's runs folder)")
-    p.add_argument("--out", required=True, help="folder for train/, samples.safetensors and summary.json")
-    p.add_argument("--train-dir", default=None,
-                   help="training work folder (default OUT/train); a finished training there is reused as it is")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the profile's)")
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--stop-after", type=int, default=None, help="stop training after this step (simulated crash)")
-    p.add_argument("--n-samples", type=int, default=None, help="audit samples (default: the profile's)")
-    p.add_argument("--sample-steps", type=int, default=None, help="sampler steps (default: the profile's)")
-    p.add_argument("--chunk-size", type=int, default=None, help="samples per chunk (default: the profile's sample_batch)")
-    p.add_argument("--sample-seed", type=int, default=0)
-    p.add_argument("--classifier-epochs", type=int, default=None, help="cap c_p / c_id epochs (quick runs)")
-    p.add_argument("--classifier-epoch-size", type=int, default=None, help="c_p / c_id samples per epoch (quick runs)")
-    p.add_argument("--probe", action="store_true", help="also run the split t' probe (profile's ProbeConfig)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
-    p.add_argument("--no-progress", action="store_true")
-    return p
+_ACCELERATOR: list[Accelerator] = []
 
 
-def _positive(args, names: Sequence[str]) -> None:
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} = {value}: must be an integer ≥ 1")
-
-
-def _profile(args):
-    from safcore.profiles import get_profile
-
-    profile = get_profile(args.profile)
-    steps = args.steps if args.steps is not None else profile.train.steps
-    keep = tuple(sorted({k for k in profile.train.keep_steps if k <= steps} | {steps}))
-    train_cfg = dataclasses.replace(
-        profile.train, steps=steps, keep_steps=keep,
-        checkpoint_every=args.checkpoint_every or min(profile.train.checkpoint_every, steps))
-    changes = {}
-    if args.classifier_epochs is not None or args.classifier_epoch_size is not None:
-        def cap(cfg):
-            epochs = cfg.epochs if args.classifier_epochs is None else args.classifier_epochs
-            return dataclasses.replace(cfg, epochs=epochs, patience=min(cfg.patience, epochs),
-                                       epoch_size=args.classifier_epoch_size or cfg.epoch_size)
-        changes["classifier"] = cap(profile.classifier)
-        if profile.saf_classifier is not None:
-            changes["saf_classifier"] = cap(profile.saf_classifier)
-    return dataclasses.replace(
-        profile, train=train_cfg, n_samples=args.n_samples or profile.n_samples,
-        sample_steps=args.sample_steps or profile.sample_steps, sample_batch=args.chunk_size or profile.sample_batch,
-        **changes)
-
-
-def _wait_for(store, kind: str, config: dict, poll: float = 1.0) -> None:
-    """Wait (file-based, no collective timeout) until the run store holds ``(kind, config)``."""
-    while store.find(kind, config) is None:
-        time.sleep(poll)
-
-
-def _finished_model(train_dir: Path, config: TrainConfig, fingerprint: str) -> tuple[ScoreModel, dict] | None:
-    """The final EMA weights of a finished training of this configuration and these images, if present."""
-    from safetensors import safe_open
-
-    path = kept_path(train_dir, config.steps)
-    if not path.is_file():
-        return None
-    with safe_open(str(path), framework="pt") as handle:
-        meta = dict(handle.metadata() or {})
-    if json.loads(meta.get("config", "{}")) != config.to_dict() or meta.get("data_fingerprint") != fingerprint:
-        return None
-    return load_kept(path, config.steps, device=config.device), json.loads(meta.get("distributed", "{}"))
-
-
-def _run(args, accelerator: Accelerator) -> int:
-    from safcore.audit import audit
-    from safcore.runs import RunStore
-    from safcore.study import Study
-    from safcore.train import _fingerprint
-
-    rank, world = _rank_world(accelerator)
-    main_process = rank == 0
-    progress = not args.no_progress
-    profile = _profile(args)
-    store = RunStore(args.store) if args.store else None
-    study = Study(args.dataset, args.n_dataset, profile=profile, seed=args.seed, data_root=args.data_root, store=store,
-                  progress=progress and main_process,
-                  device="cpu" if accelerator.device.type == "cpu" else str(accelerator.device))
-    out = Path(args.out)
-    train_dir = Path(args.train_dir) if args.train_dir else out / "train"
-    times: dict[str, float] = {}
-
-    start = time.perf_counter()
-    if main_process:  # the classifiers once, on the main process; the others wait on the run store
-        study.c_p, study.c_id  # noqa: B018
-    else:
-        for kind in ("c_p", "c_id"):
-            _wait_for(study.store, kind, study.classifier_config(kind))
-    accelerator.wait_for_everyone()
-    times["classifiers_s"] = time.perf_counter() - start
-
-    config = dataclasses.replace(profile.train, device=accelerator.device.type)
-    images = study.private.images
-    start = time.perf_counter()
-    finished = _finished_model(train_dir, config, _fingerprint(images))
-    ema_identical = None
-    if finished is not None:
-        model, trained_by = finished
-        training = {"reused": str(kept_path(train_dir, config.steps)), "trained_world_size": trained_by.get("world_size")}
-    else:
-        result, trainer = train_distributed(images, config, train_dir, accelerator=accelerator, progress=progress,
-                                            stop_after=args.stop_after)
-        digests = _gather(accelerator, trainer.ema_digest())
-        ema_identical = len(set(digests)) == 1
-        if not ema_identical:
-            raise RuntimeError(f"the EMA weights differ between ranks after training (SHA-256 {digests})")
-        if args.stop_after is not None and result.steps_done < config.steps:
-            if main_process:
-                print(f"stopped after step {result.steps_done} (--stop-after); rerun to resume", file=sys.stderr)
-            return 0
-        model = result.model
-        training = {"steps": result.steps_done, "resumed_from": result.resumed_from,
-                    "seconds_per_step": result.seconds_per_step, "final_loss": result.losses[-1],
-                    "trained_world_size": world}
-    times["train_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    settings = SplitSampling(chunk_size=profile.sample_batch, method=profile.sampler, steps=profile.sample_steps,
-                             autocast_bf16=profile.train.bf16)
-    samples = sample_split(model.eval(), profile.n_samples, args.sample_seed, settings, accelerator=accelerator,
-                           shape=tuple(images.shape[1:]), progress=progress)
-    times["sample_s"] = time.perf_counter() - start
-
-    probe = None
-    if args.probe:
-        start = time.perf_counter()
-        private = study.private
-        probe = probe_split(model, model.sde, private.x_p.to(model.device), study.c_p, study.c_id, profile.probe,
-                            accelerator=accelerator, progress=progress)
-        times["probe_s"] = time.perf_counter() - start
-
-    if main_process:
-        start = time.perf_counter()
-        private = study.private
-        result_audit = audit(samples, study.c_p, study.c_id, private.x_p, study.n_dataset,
-                             train_images=private.images, x_p_index=private.index, saf_mask=private.mask,
-                             saf_grey=private.grey, saf_accuracy=study.classifier_accuracies()["saf_accuracy"])
-        times["audit_s"] = time.perf_counter() - start
-        atomic_save_safetensors({"images": samples.contiguous()}, out / "samples.safetensors",
-                                {"n": str(samples.shape[0]), "seed": str(args.sample_seed),
-                                 "chunk_size": str(settings.chunk_size), "world_size": str(world)})
-        summary = {
-            "study": repr(study), "profile": profile.name, "world_size": world, "device": str(accelerator.device),
-            "train_config": config.to_dict(), "training": training, "ema_identical_on_all_ranks": ema_identical,
-            "sampling": {**dataclasses.asdict(settings), "n": int(samples.shape[0]), "seed": args.sample_seed,
-                         "seed_rule": "chunk c: derived_seed(seed, c)",
-                         "sha256": hashlib.sha256(samples.numpy().tobytes()).hexdigest()},
-            "audit": {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                      for k, v in result_audit.to_row().items()},
-            "verdict": str(result_audit.verdict()),
-            "probe": None if probe is None else {"t_prime": probe.t_prime, "t_prime_count": probe.t_prime_count,
-                                                 "ts": probe.ts.tolist(), "q": probe.q.tolist()},
-            "seconds": times,
-        }
-        atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=float))
-        print(f"{study!r}: world size {world}, {samples.shape[0]} samples, |q| = {result_audit.n_q}, "
-              f"verdict {result_audit.verdict().kind}; wrote {out / 'summary.json'}")
-    accelerator.wait_for_everyone()
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command (module docstring); bad input ends with one line on stderr and exit code 2."""
-    args = _parser().parse_args(argv)
+def launched() -> bool:
+    """Whether this process is one of several started by a launcher (``accelerate launch``, ``torchrun``):
+    the launcher's ``WORLD_SIZE`` is above 1."""
     try:
-        _positive(args, ("n_dataset", "steps", "checkpoint_every", "stop_after", "n_samples", "sample_steps",
-                         "chunk_size", "classifier_epochs", "classifier_epoch_size", "threads"))
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        # without CUDA the processes of a launch talk over gloo on the CPU (accelerate needs cpu=True for that)
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        if args.stop_after is not None and args.steps is not None and args.stop_after > args.steps:
-            raise ValueError(f"--stop-after = {args.stop_after} exceeds --steps = {args.steps}")
-        return _run(args, accelerator)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"python -m safcore.distributed: error: {message}", file=sys.stderr)
-        return 2
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def process_accelerator() -> Accelerator | None:
+    """This process's :class:`accelerate.Accelerator` under a launcher (made once; DDP over NCCL on GPUs, over
+    gloo on the CPU when no GPU is visible; collective timeout :data:`COLLECTIVE_TIMEOUT_S`); ``None`` for a
+    plain single process, which then runs every stage as it always did."""
+    if not launched():
+        return None
+    if not _ACCELERATOR:
+        from datetime import timedelta
+
+        from accelerate.utils import InitProcessGroupKwargs
+
+        handler = InitProcessGroupKwargs(timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+        _ACCELERATOR.append(Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[handler]))
+    return _ACCELERATOR[0]
+
+
+def is_main_process() -> bool:
+    """True for a plain process and for the launcher's global rank 0 (the one that writes reports)."""
+    return not launched() or int(os.environ.get("RANK", "0")) == 0
+
+
+def broadcast_from_main(value):
+    """``value`` of the main process, on every rank (a collective call; a plain process gets its own)."""
+    accelerator = process_accelerator()
+    if accelerator is None or accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value if accelerator.is_main_process else None]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def collective_stage(store, kind: str, config: dict, compute, write, *, seed: int | None = None):
+    """The run ``(kind, config)`` of ``store``; when it is missing every process computes it together.
+
+    A plain process: :meth:`safcore.runs.RunStore.get_or_create` with ``make = write(tmp, compute())``.
+    Under a launcher (call it on every rank at the same point): the main process looks the key up and tells
+    the others; if it is missing, ``compute()`` runs on every rank (it may make collective calls, e.g.
+    :func:`sample_split`) and returns the same value everywhere (or ``None`` off the main process); the
+    main process alone writes it (``write(tmp, value)``, under the key's lock, reusing a run another job
+    published meanwhile) and the ranks meet at a barrier. The manifest's ``extra`` records the number of
+    processes. Returns the published :class:`~safcore.runs.Run`.
+    """
+    accelerator = process_accelerator()
+    if accelerator is None or accelerator.num_processes == 1:
+        return store.get_or_create(kind, config, lambda tmp: write(tmp, compute()), seed=seed, extra={"processes": 1})
+    missing = broadcast_from_main(store.find(kind, config) is None if accelerator.is_main_process else None)
+    if missing:
+        value = compute()
+        error = None
+        if accelerator.is_main_process:
+            try:
+                store.get_or_create(kind, config, lambda tmp: write(tmp, value), seed=seed,
+                                    extra={"processes": accelerator.num_processes})
+            except Exception as caught:  # the others hear of it before it is raised
+                error = caught
+        failed = broadcast_from_main(None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise RuntimeError(f"the main process failed to write the {kind} run {store.path(kind, config)}: {failed}")
+    run = store.find(kind, config)
+    if run is None:  # pragma: no cover — published above or found by the main process
+        raise RuntimeError(f"the {kind} run {store.path(kind, config)} is missing after the main process published it")
+    return run

@@ -43,6 +43,12 @@ class Profile:
             size always follows the data (28, 64 or 128 px; the U-Net gets the levels for it).
         inn: the conditional INN of the CADP defence (:class:`safcore.defences.INNConfig`), used when
             ``CADP(inn=None)``.
+        split_seeds: how audit samples and the exhaustive t' probe draw their randomness. ``True`` (smoke,
+            paper): samples in chunks of ``sample_batch``, chunk ``c`` seeded ``derived_seed(seed, c)``, and one
+            generator per probe sampler call (:mod:`safcore.distributed`) — the same images and t' for one
+            process or any number under ``accelerate launch``, which split them. ``False`` (cpu): one generator
+            through all batches, as the committed cpu reports were drawn (kept so that their stored samples
+            stay valid); under a launcher these stages then run on one process while the others wait.
     """
 
     name: ProfileName
@@ -58,6 +64,7 @@ class Profile:
     saf_classifier: ClassifierConfig | None = None
     channels: int | None = None
     inn: INNConfig = INNConfig()
+    split_seeds: bool = False
 
     def classifier_for(self, kind: Literal["c_p", "c_id"]) -> ClassifierConfig:
         """The settings of ``c_p`` (``saf_classifier`` when set) or ``c_id`` (``classifier``)."""
@@ -68,6 +75,8 @@ class Profile:
     def __post_init__(self) -> None:
         if self.channels is not None and (isinstance(self.channels, bool) or self.channels not in (1, 3)):
             raise ValueError(f"Profile.channels = {self.channels!r}: allowed None (follow the data), 1 or 3")
+        if not isinstance(self.split_seeds, bool):
+            raise ValueError(f"Profile.split_seeds = {self.split_seeds!r}: allowed True or False")
         for name in ("n_dataset", "sample_steps", "n_samples", "sample_batch", "n_fid"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -93,6 +102,7 @@ SMOKE = Profile(
     probe=ProbeConfig(M=4, grid=(*_grid(0.9, 0.1, 0.1), 0.05, 0.02), steps_full=50, batch_size=64),
     n_fid=64,
     inn=INNConfig(depths=(1, 1), width=8, fc_blocks=1, fc_width=32, steps=40, batch_size=32),
+    split_seeds=True,
 )
 
 CPU = Profile(
@@ -132,6 +142,7 @@ PAPER = Profile(
     n_fid=50_000,
     # CADP's chest X-ray / MNIST settings: conv subnets 128 wide, 4 couplings per level, fc width 392
     inn=INNConfig(depths=(4, 4), width=128, fc_blocks=2, fc_width=392, steps=20_000, batch_size=256),
+    split_seeds=True,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, CPU, PAPER)}

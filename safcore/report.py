@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from safcore import plotting
+from safcore import distributed, plotting
 from safcore.audit import AuditResult
 from safcore.probe import ProbeResult
 from safcore.progress import progress_bar
@@ -65,6 +65,9 @@ def run_audit(study: Study, out_dir: str | Path, *, images=None, n: int | None =
               spread_runs: int = 3, progress: bool = True) -> AuditReport:
     """Run every stage of ``study`` and write the report into ``out_dir`` (created).
 
+    Under ``accelerate launch`` call it on every rank: the stages run as :class:`~safcore.study.Study` runs
+    them there (DDP training, split sampling and probe) and the main process alone writes the report.
+
     Args:
         images: audit these ``(n, C, H, W)`` unit-range images (generated elsewhere) instead of sampling.
         n: samples to draw (default: the profile's ``n_samples``).
@@ -106,8 +109,9 @@ def run_audit(study: Study, out_dir: str | Path, *, images=None, n: int | None =
     accuracies = study.classifier_accuracies()
     copies = audit_result.copies.n_copies  # the audit's own neighbour search, not a second one
     seconds = time.perf_counter() - start
-    _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds, stage_seconds,
-                  images_given=images is not None)
+    if distributed.is_main_process():  # under accelerate launch every rank ran the stages; one writes
+        _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds,
+                      stage_seconds, images_given=images is not None)
     return AuditReport(repr(study), audit_result, probe_result, accuracies, copies, seconds, out_dir)
 
 

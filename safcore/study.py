@@ -285,9 +285,13 @@ class Study:
     def _train_on(self, images: torch.Tensor, config: dict, *, train_config=None, make_trainer=None) -> TrainResult | None:
         """Train the profile's score model (or ``train_config``) on ``images`` into the run ``("score_model",
         config)`` unless it exists; ``make_trainer``: see :func:`safcore.train.train`."""
+        from safcore import distributed
+
+        train_config = self.profile.train if train_config is None else train_config
+        if distributed.process_accelerator() is not None:
+            return self._train_on_ranks(images, config, train_config, make_trainer)
         if self.store.find("score_model", config) is not None:
             return None
-        train_config = self.profile.train if train_config is None else train_config
         # one process trains a key at a time (others wait here, then reuse its run); the holder alone
         # uses the key's resume folder, so a crashed training resumes and two never mix checkpoints
         with self.store.lock("score_model", config):
@@ -297,15 +301,54 @@ class Study:
             train_config = dataclasses.replace(train_config, device=self.device.type)
             with self._on_device():
                 result = train(images, train_config, work_dir, progress=self.progress, make_trainer=make_trainer)
-            with self.store.create("score_model", config, seed=train_config.seed,
-                                   extra={"seconds_per_step": result.seconds_per_step, **result.record}) as tmp:
-                result.model.save_pretrained(tmp / "model")
-                (tmp / "kept").mkdir()
-                for step, path in result.kept.items():
-                    shutil.copy2(path, tmp / "kept" / path.name)
-                atomic_write(tmp / "losses.json", json.dumps(list(result.losses)))
-                if result.record:
-                    atomic_write(tmp / "training_record.json", json.dumps(result.record, indent=2))
+            self._publish_training(config, train_config, result, processes=1)
+        return result
+
+    def _publish_training(self, config: dict, train_config, result: TrainResult, *, processes: int) -> None:
+        """Write a finished training into the run ``("score_model", config)`` (the caller holds its lock)."""
+        extra = {"seconds_per_step": result.seconds_per_step, "processes": processes, **result.record}
+        with self.store.create("score_model", config, seed=train_config.seed, extra=extra) as tmp:
+            result.model.save_pretrained(tmp / "model")
+            (tmp / "kept").mkdir()
+            for path in result.kept.values():
+                shutil.copy2(path, tmp / "kept" / path.name)
+            atomic_write(tmp / "losses.json", json.dumps(list(result.losses)))
+            if result.record:
+                atomic_write(tmp / "training_record.json", json.dumps(result.record, indent=2))
+
+    def _train_on_ranks(self, images: torch.Tensor, config: dict, train_config, make_trainer) -> TrainResult | None:
+        """:meth:`_train_on` under ``accelerate launch`` (every rank calls it): DDP training
+        (:func:`safcore.distributed.train_distributed`) in the key's resume folder.
+
+        The main process takes the key's lock (a training by another job is waited for and reused), tells the
+        others whether to train and where; every rank trains its share of each global batch; the main process
+        writes checkpoints, the kept EMA weights and the run (its manifest records the number of processes:
+        each rank's data stream depends on it, so another number of processes trains another, equally valid
+        model, and resumes only with the same one)."""
+        import contextlib
+
+        from safcore import distributed
+
+        if make_trainer is not None:
+            raise ValueError("DP-SGD training under accelerate launch is not built (Opacus needs its DPDDP wrapper "
+                             "and a per-rank accountant); run a DP-SGD study as one process")
+        accelerator = distributed.process_accelerator()
+        with contextlib.ExitStack() as held:
+            work_dir = None
+            if accelerator.is_main_process:
+                held.enter_context(self.store.lock("score_model", config))
+                if self.store.find("score_model", config) is None:
+                    work_dir = str(self.store.scratch_dir("score_model", config))
+            work_dir = distributed.broadcast_from_main(work_dir)
+            if work_dir is None:  # published (by this group earlier, or by another job)
+                return None
+            train_config = dataclasses.replace(train_config, device=self.device.type)
+            with self._on_device():
+                result, _ = distributed.train_distributed(images, train_config, work_dir, accelerator=accelerator,
+                                                          progress=self.progress)
+            if accelerator.is_main_process:
+                self._publish_training(config, train_config, result, processes=accelerator.num_processes)
+        accelerator.wait_for_everyone()
         return result
 
     def _on_device(self):
@@ -541,24 +584,44 @@ class Study:
         return self._stored_samples(config, lambda: self.model_at(step), n, steps, seed)
 
     def _stored_samples(self, config: dict, load_model, n: int, steps: int, seed: int) -> torch.Tensor:
-        """``n`` samples of ``load_model()`` kept in the run store under ``("samples", config)`` (drawn once)."""
+        """``n`` samples of ``load_model()`` kept in the run store under ``("samples", config)`` (drawn once).
 
-        def make(tmp: Path) -> dict:
-            model = load_model()
+        With the profile's ``split_seeds`` they are drawn in chunks of ``sample_batch``, chunk ``c`` seeded
+        ``derived_seed(seed, c)`` (:func:`safcore.distributed.sample_split`; the key records it): the same
+        images for one process or several under ``accelerate launch``, which share the chunks. Otherwise one
+        generator runs through all batches (under a launcher the main process draws them alone)."""
+        from safcore import distributed
+
+        split = self.profile.split_seeds
+        if split:
+            config = {**config, "seeding": "chunk c: derived_seed(seed, c)", "chunk_size": self.profile.sample_batch}
+        shape = (self.channels, *self.private.images.shape[-2:])
+
+        def compute() -> torch.Tensor | None:
+            model = load_model()  # on every rank: it may train the score model with DDP first
+            external = isinstance(model, DiffusersModel)
+            bf16 = self.profile.train.bf16 and not external
+            if split:
+                settings = distributed.SplitSampling(chunk_size=self.profile.sample_batch, method=self.profile.sampler,
+                                                     steps=steps, autocast_bf16=bf16)
+                return distributed.sample_split(model, n, seed, settings, accelerator=distributed.process_accelerator(),
+                                                shape=shape, progress=self.progress)
+            if not distributed.is_main_process():
+                return None
             generator = torch.Generator(device=model.device).manual_seed(seed)
-            if isinstance(model, DiffusersModel):
+            if external:
                 result = model.sample(n, steps=steps, generator=generator, batch_size=self.profile.sample_batch,
                                       progress=self.progress)
             else:
-                shape = (n, self.channels, *self.private.images.shape[-2:])
-                result = sample(model, model.sde, shape=shape, method=self.profile.sampler, steps=steps,
-                                generator=generator, batch_size=self.profile.sample_batch,
-                                autocast_bf16=self.profile.train.bf16, progress=self.progress)
-            images = data_lib.from_model_range(result.images.float().cpu()).clamp(0.0, 1.0)
-            atomic_save_safetensors({"images": images}, tmp / "samples.safetensors")
-            return {"nfe": result.nfe}
+                result = sample(model, model.sde, shape=(n, *shape), method=self.profile.sampler, steps=steps,
+                                generator=generator, batch_size=self.profile.sample_batch, autocast_bf16=bf16,
+                                progress=self.progress)
+            return data_lib.from_model_range(result.images.float().cpu()).clamp(0.0, 1.0)
 
-        run = self.store.get_or_create("samples", config, make, seed=seed)
+        def write(tmp: Path, images: torch.Tensor) -> None:
+            atomic_save_safetensors({"images": images.contiguous()}, tmp / "samples.safetensors")
+
+        run = distributed.collective_stage(self.store, "samples", config, compute, write, seed=seed)
         return load_file(run.file("samples.safetensors"))["images"]
 
     def diffusers_steps(self, steps: int) -> int:
@@ -610,9 +673,11 @@ class Study:
         """The field's metrics on this study's model and audit samples (:func:`safcore.peers.peer_metrics`),
         kept in the run store: membership inference (loss, SecMI, PIA: AUC, TPR at 1 % / 0.1 % FPR),
         Carlini copies and distinct images extracted, Dar et al. copies, Gu et al.'s ratio."""
-        from safcore import peers
+        from safcore import distributed, peers
 
         samples = self.samples()
+        if distributed.launched():
+            self.score_model  # noqa: B018 — on every rank before one takes the key's lock (DDP training is collective)
         config = {"model": self.model_config(), "n_samples": int(samples.shape[0]), "n_draws": n_draws,
                   "n_bootstrap": n_bootstrap, "nonmembers": "train-rest, val, test", "version": 1}
 
@@ -681,7 +746,13 @@ class Study:
     def probe(self, config: ProbeConfig | None = None, *, step: int | None = None) -> ProbeResult:
         """Algorithm 1: ``q_M(t)`` and ``t'`` for ``x_p`` under the score model at ``step``, computed once per
         model, step, probe settings and classifiers (the search is seeded by ``config.seed``) and kept in the
-        run store, so notebooks, sweeps and the command line read it back instead of probing again."""
+        run store, so notebooks, sweeps and the command line read it back instead of probing again.
+
+        With the profile's ``split_seeds`` the exhaustive search uses one generator per sampler call
+        (:func:`safcore.distributed.probe_split`; the key records it) and is shared by the processes of an
+        ``accelerate launch``; the top-down search (and every search without ``split_seeds``) runs on the
+        main process while the others wait."""
+        from safcore import distributed
         from safcore.probe_io import load_probe, save_probe
 
         step = step if step is not None or self.model is not None else self.profile.train.steps
@@ -692,14 +763,25 @@ class Study:
         key = {"model": self.model_config(), "step": step, "probe": dataclasses.asdict(config),
                "c_p": self.classifier_config("c_p"), "c_id": self.classifier_config("c_id"), "version": 1}
 
-        def make(tmp: Path) -> dict:
-            model = self.model_at(step)
-            result = find_t_prime(model, model.sde, self.private.x_p.to(model.device), self.c_p, self.c_id, config,
-                                  progress=self.progress)
+        split = self.profile.split_seeds and config.search == "exhaustive"
+        if split:  # one generator per sampler call: the same q_M(t) and t' for 1 or N processes
+            key["seeding"] = "call j of run k: derived_seed(run_seed(seed, k), j)"
+
+        def compute() -> ProbeResult | None:
+            model = self.model_at(step)  # on every rank: it may train the score model with DDP first
+            x_p = self.private.x_p.to(model.device)
+            if split:
+                return distributed.probe_split(model, model.sde, x_p, self.c_p, self.c_id, config,
+                                               accelerator=distributed.process_accelerator(), progress=self.progress)
+            if not distributed.is_main_process():
+                return None
+            return find_t_prime(model, model.sde, x_p, self.c_p, self.c_id, config, progress=self.progress)
+
+        def write(tmp: Path, result: ProbeResult) -> dict:
             save_probe(result, tmp / "probe")
             return {"t_prime": result.t_prime, "nfe": result.nfe}
 
-        run = self.store.get_or_create("probe", key, make, seed=config.seed)
+        run = distributed.collective_stage(self.store, "probe", key, compute, write, seed=config.seed)
         return load_probe(run.path / "probe")
 
     # ------------------------------------------------------------------ figures

@@ -1,10 +1,11 @@
 """safcore.distributed: split sampling and probe independent of the world size, DDP training and its resume,
-and the command under ``accelerate launch`` with two CPU processes (gloo over 127.0.0.1)."""
+and ``safcore demo`` under ``accelerate launch`` with two CPU processes (gloo over 127.0.0.1)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +22,6 @@ from safcore.distributed import (
     SplitSampling,
     chunks_of_rank,
     derived_seed,
-    main,
     merge_probe,
     probe_job_tallies,
     probe_jobs,
@@ -63,10 +63,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args: list[str], *, processes: int, timeout: float = 120) -> subprocess.CompletedProcess:
+_QUIET = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "SAFCORE_PROGRESS": "0", "SAFCORE_OFFLINE": "1"}
+
+
+def _launch(args: list[str], *, processes: int, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     """``accelerate launch`` of ``processes`` CPU processes (torchrun, gloo on 127.0.0.1), one thread each."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "SAFCORE_PROGRESS": "0",
-           "SAFCORE_OFFLINE": "1"}
+    env = {**os.environ, **_QUIET, **(env or {})}
     cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
            "--main_process_port", str(_free_port()), *args]
@@ -217,49 +219,77 @@ def _images_of_script() -> torch.Tensor:
     return torch.rand(6, 1, 28, 28)
 
 
-# ------------------------------------------------------------------ the command
+# ------------------------------------------------------------------ the standard commands under a launcher
+
+# ``safcore demo`` itself, with the smoke profile shrunk to seconds (the registry is patched in the launched
+# process only): the command a user runs, started by ``accelerate launch`` or as one plain process.
+_DEMO = """
+import dataclasses, sys
+import safcore.profiles as profiles
+
+smoke = profiles.PROFILES["smoke"]
+cap = lambda c: dataclasses.replace(c, epochs=1, patience=1, epoch_size=32)
+profiles.PROFILES["smoke"] = dataclasses.replace(
+    smoke, train=dataclasses.replace(smoke.train, steps=4, batch_size=4, checkpoint_every=2, keep_steps=(4,)),
+    n_samples=6, sample_batch=2, sample_steps=4, classifier=cap(smoke.classifier),
+    saf_classifier=None if smoke.saf_classifier is None else cap(smoke.saf_classifier),
+    probe=dataclasses.replace(smoke.probe, M=2, grid=(0.9, 0.5, 0.1), steps_full=8, batch_size=4), n_fid=8)
+from safcore.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
-def _command_args(data_root, store, out) -> list[str]:
-    return ["--profile", "smoke", "--dataset", "breastmnist", "--n-dataset", "8", "--data-root", str(data_root),
-            "--store", str(store), "--out", str(out), "--steps", "4", "--checkpoint-every", "2", "--n-samples", "6",
-            "--sample-steps", "4", "--chunk-size", "2", "--classifier-epochs", "1", "--classifier-epoch-size", "32",
-            "--threads", "1", "--no-progress"]
+def _demo_args(out) -> list[str]:
+    return ["demo", "--profile", "smoke", "--dataset", "breastmnist", "--n-dataset", "8", "--seed", "0",
+            "--device", "cpu", "--out", str(out)]
 
 
-def test_command_two_processes_then_one_give_the_same_samples(tmp_path, data_root):
+def _manifest(store: Path, kind: str) -> dict:
+    (run,) = [p for p in (store / kind).iterdir() if p.is_dir() and not p.name.endswith((".partial", ".tmp"))]
+    return json.loads((run / "manifest.json").read_text())
+
+
+def test_demo_under_accelerate_launch_then_as_one_process(tmp_path, data_root):
+    """``accelerate launch`` (2 CPU processes, gloo) of ``safcore demo``: DDP training, the samples and the
+    exhaustive t' probe split over both, one report. Then the same command as one plain process, on the model
+    the two trained: identical samples, audit and t' (derived seeds, not rank seeds)."""
+    script = tmp_path / "demo.py"
+    script.write_text(textwrap.dedent(_DEMO))
     store = tmp_path / "runs"
-    two = tmp_path / "two"
-    _launch(["-m", "safcore.distributed", *_command_args(data_root, store, two)], processes=2, timeout=300)
-    summary2 = json.loads((two / "summary.json").read_text())
-    assert summary2["world_size"] == 2 and summary2["ema_identical_on_all_ranks"] is True
-    assert summary2["training"]["steps"] == 4 and summary2["audit"]["n"] == 6
-    assert (two / "train" / "ema_step000004.safetensors").is_file()
-    # one plain process samples the model the two trained: identical images (chunk seeds, not rank seeds)
-    one = tmp_path / "one"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "safcore.distributed", *_command_args(data_root, store, one),
-                           "--train-dir", str(two / "train")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=180)
+    env = {"SAFCORE_RUNS_DIR": str(store), "SAFCORE_DATA_ROOT": str(data_root)}
+    _launch([str(script), *_demo_args(tmp_path / "two")], processes=2, timeout=300, env=env)
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    model = _manifest(store, "score_model")
+    assert model["extra"]["processes"] == 2  # trained by DDP over both processes
+    assert _manifest(store, "samples")["extra"]["processes"] == 2
+    probes = [json.loads((p / "manifest.json").read_text()) for p in (store / "probe").iterdir()
+              if (p / "manifest.json").is_file()]
+    # the exhaustive probe split (one generator per sampler call); the demo's top-down spread probes on one
+    assert sorted("seeding" in m["config"] for m in probes) == [False, True]
+    kept = list((store / "score_model").glob("*/kept/ema_step000004.safetensors"))
+    with safe_open(str(kept[0]), framework="pt") as handle:
+        assert json.loads(handle.metadata()["distributed"])["world_size"] == 2
+    samples_two = load_file(next((store / "samples").glob("*/samples.safetensors")))["images"]
+    assert samples_two.shape == (6, 1, 28, 28)
+
+    for kind in ("samples", "probe"):  # draw them again, now with one plain process
+        shutil.rmtree(store / kind)
+    done = subprocess.run([sys.executable, str(script), *_demo_args(tmp_path / "one")], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **env, **_QUIET})
     assert done.returncode == 0, done.stderr[-3000:]
-    summary1 = json.loads((one / "summary.json").read_text())
-    assert summary1["world_size"] == 1 and summary1["training"]["trained_world_size"] == 2
-    a = load_file(two / "samples.safetensors")["images"]
-    b = load_file(one / "samples.safetensors")["images"]
-    assert a.shape == (6, 1, 28, 28) and torch.equal(a, b)
-    assert summary1["sampling"]["sha256"] == summary2["sampling"]["sha256"]
-    assert summary1["audit"] == summary2["audit"]
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert _manifest(store, "score_model") == model  # the model the two processes trained, reused
+    assert _manifest(store, "samples")["extra"]["processes"] == 1
+    samples_one = load_file(next((store / "samples").glob("*/samples.safetensors")))["images"]
+    assert torch.equal(samples_one, samples_two)
+    for name in ("audit", "copy_check", "t_prime", "t_prime_k", "t_prime_n", "eq9_indicator", "t_prime_runs"):
+        assert one[name] == two[name], name
 
 
-def test_command_bad_input_is_one_line_and_exit_2(tmp_path, data_root, capsys):
-    code = main(["--out", str(tmp_path / "o"), "--steps", "0"])
+def test_sweep_under_a_launcher_is_refused(monkeypatch, capsys):
+    from safcore.__main__ import main as cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = cli(["sweep", "--datasets", "breastmnist", "--n-dataset", "8", "--seeds", "0", "--profile", "smoke"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--steps = 0" in err[0]
-    code = main(["--out", str(tmp_path / "o"), "--dataset", "breastmnist", "--n-dataset", "100000", "--data-root",
-                 str(data_root), "--store", str(tmp_path / "runs")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "100000" in err[0]
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--profile", "huge", "--out", str(tmp_path / "o")])
-    assert exit_info.value.code == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert code == 2 and len(err) == 1 and "--jobs" in err[0]
