@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms import v2
 
-from safcore.device import resolve_device
+from safcore.device import batches_ahead, resolve_device
 from safcore.data import to_model_range
 from safcore.fingerprint import PrivateDataset, SAFConfig, apply_saf, random_circle_masks
 from safcore.progress import progress_bar
@@ -535,8 +535,9 @@ def _fit(
         model.train()
         total, correct, count = 0.0, 0, 0
         recent: list[torch.Tensor] = []
-        for images, labels in train_batches(epoch):
-            inputs, labels = to_model_range(images.to(device)), labels.to(device)
+        # the next batches are painted / augmented on the CPU while the device trains (on CUDA; pinned memory)
+        for images, labels in batches_ahead(train_batches(epoch), device):
+            inputs = to_model_range(images)
             logits = model(inputs).squeeze(1)
             loss = F.binary_cross_entropy_with_logits(logits, labels)
             optimizer.zero_grad(set_to_none=True)

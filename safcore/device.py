@@ -46,3 +46,71 @@ def _launched_local_rank() -> int | None:
     except ValueError:
         return None
     return None
+
+
+def batches_ahead(batches, device: str | torch.device, *, depth: int | None = None):
+    """Iterate ``batches`` (tuples of CPU tensors) while a background thread prepares the next ``depth`` ones,
+    so that the device is not idle while the CPU builds a batch (SAF painting, AugMix, the c_id augmentations).
+
+    ``depth=None``: 2 batches ahead on CUDA — there pinned (page-locked) and copied with ``non_blocking=True`` —
+    and none on the CPU, where the preparing thread would compete with training for the same cores. The
+    batches are made by the one producer thread in their order, so their content (and every random draw in
+    them) is the same as without it. An exception in the producer is raised here.
+
+    Yields:
+        the batches, each tensor on ``device``.
+    """
+    import queue
+    import threading
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    depth = (2 if cuda else 0) if depth is None else int(depth)
+    if depth < 0:
+        raise ValueError(f"depth = {depth}: allowed an integer ≥ 0 (0: no batch prepared ahead)")
+
+    def move(batch):
+        if cuda:
+            return tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
+        return tuple(t.to(device) for t in batch)
+
+    if depth == 0:
+        for batch in batches:
+            yield move(batch)
+        return
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        """Hand ``item`` over unless the consumer has stopped; False once it has."""
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(tuple(t.pin_memory() for t in batch) if cuda else batch):
+                    return
+            put(done)
+        except BaseException as error:  # handed to the consumer, raised there
+            put(error)
+
+    worker = threading.Thread(target=produce, name="safcore-batches-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield tuple(t.to(device, non_blocking=cuda) for t in item)
+    finally:
+        stop.set()
+        worker.join(timeout=5)
