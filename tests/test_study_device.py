@@ -48,3 +48,75 @@ def test_a_device_this_machine_lacks_is_one_clear_error(data_root, run_store):
         Study("breastmnist", 8, profile="smoke", data_root=data_root, store=run_store, device=f"cuda:{count}")
     with pytest.raises(ValueError, match="device 'tpu'; allowed: auto, cpu, cuda, cuda:N"):
         Study("breastmnist", 8, profile="smoke", data_root=data_root, store=run_store, device="tpu")
+
+
+# ------------------------------------------------------------------ batches prepared ahead (classifier training)
+
+
+def _random_batches(seed: int, n: int = 7):
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        yield torch.rand(4, 1, 8, 8, generator=generator), torch.randint(0, 2, (4,), generator=generator)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_batches_ahead_yields_the_same_batches_in_order(depth):
+    from safcore.device import batches_ahead
+
+    direct = list(_random_batches(0))
+    ahead = list(batches_ahead(_random_batches(0), "cpu", depth=depth))
+    assert len(ahead) == len(direct) == 7
+    for (a, b), (c, d) in zip(ahead, direct, strict=True):
+        assert torch.equal(a, c) and torch.equal(b, d) and a.device.type == "cpu"
+
+
+def test_batches_ahead_raises_the_producers_error_and_stops_its_thread():
+    import threading
+
+    from safcore.device import batches_ahead
+
+    def failing():
+        yield torch.zeros(1), torch.zeros(1)
+        raise RuntimeError("augmentation broke")
+
+    with pytest.raises(RuntimeError, match="augmentation broke"):
+        list(batches_ahead(failing(), "cpu", depth=2))
+    taken = batches_ahead(_random_batches(1, n=50), "cpu", depth=2)
+    next(taken)
+    taken.close()  # a consumer that stops early: the producer thread ends
+    assert not [t for t in threading.enumerate() if t.name == "safcore-batches-ahead" and t.is_alive()]
+    with pytest.raises(ValueError, match="depth = -1"):
+        next(batches_ahead(_random_batches(0), "cpu", depth=-1))
+
+
+def test_classifier_training_is_the_same_with_batches_prepared_ahead(monkeypatch):
+    """The producer thread makes every SAF batch (and its random draws) in order: same weights as without it."""
+    import safcore.classifiers as classifiers
+    from safcore.classifiers import ClassifierConfig, train_saf_classifier
+    from safcore.device import batches_ahead
+
+    torch.manual_seed(3)
+    train, val = torch.rand(24, 1, 28, 28), torch.rand(12, 1, 28, 28)
+    config = ClassifierConfig(arch="resnet18", stem_stride=2, epochs=2, patience=2, batch_size=8, augmix=False,
+                              device="cpu")
+    plain = train_saf_classifier(train, val, config=config, progress=False)
+    monkeypatch.setattr(classifiers, "batches_ahead", lambda batches, device: batches_ahead(batches, device, depth=2))
+    ahead = train_saf_classifier(train, val, config=config, progress=False)
+    for (name, a), (_, b) in zip(plain.model.state_dict().items(), ahead.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_study_of_loaded_data_is_the_study_of_its_flag(data_root, run_store):
+    """``Study(MedMNISTData, ...)`` (a sweep loads each dataset once) uses that object and keys every stage as the
+    study of the flag does."""
+    from safcore.data import load_dataset
+
+    data = load_dataset("breastmnist", root=data_root)
+    loaded = Study(data, 8, profile="smoke", store=run_store, progress=False)
+    by_flag = Study("breastmnist", 8, profile="smoke", data_root=data_root, store=run_store, progress=False)
+    assert loaded.data is data
+    assert loaded.model_config() == by_flag.model_config()
+    assert loaded.classifier_config("c_p") == by_flag.classifier_config("c_p")
+    assert torch.equal(loaded.private.images, by_flag.private.images)
+    with pytest.raises(ValueError, match="100000"):
+        Study(data, 100000, profile="smoke", store=run_store)
