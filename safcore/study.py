@@ -61,7 +61,8 @@ class Study:
     """One experiment of the paper, computed lazily and cached in the run store.
 
     Args:
-        dataset: a 2D MedMNIST flag or the path of a MedMNIST-layout ``.npz``.
+        dataset: a 2D MedMNIST flag, the path of a MedMNIST-layout ``.npz``, or one already loaded
+            (:class:`safcore.data.MedMNISTData`, e.g. shared by the cells of a sweep).
         n_dataset: ``N_D``, drawn from the train split with ``seed``; ``None`` → the profile's.
         profile: ``"smoke"``, ``"cpu"``, ``"paper"`` or a :class:`~safcore.profiles.Profile`.
         seed: draws the subset, ``x_i`` and the SAF's place (the models' own seeds are in the profile).
@@ -86,7 +87,7 @@ class Study:
 
     def __init__(
         self,
-        dataset: str | os.PathLike = "breastmnist",
+        dataset: str | os.PathLike | data_lib.MedMNISTData = "breastmnist",
         n_dataset: int | None = None,
         *,
         profile: str | Profile = "smoke",
@@ -187,6 +188,8 @@ class Study:
     # ------------------------------------------------------------------ data and the SAF
     @functools.cached_property
     def data(self) -> data_lib.MedMNISTData:
+        if isinstance(self.dataset, data_lib.MedMNISTData):
+            return self.dataset
         return data_lib.load_dataset(self.dataset, root=self.data_root)
 
     @functools.cached_property
@@ -452,10 +455,41 @@ class Study:
         file = run.path / "training_record.json"
         return json.loads(file.read_text()) if file.is_file() else {}
 
+    def utility_reference(self) -> torch.nn.Module:
+        """The classifier trained on the real ``D_p`` with its labels (:mod:`safcore.utility`'s "train on real"):
+        the reference every defence's utility is compared with, and the labeller of a model's samples.
+        It depends on ``D_p`` alone (not on the defence or the model), so it is trained once per ``D_p`` and
+        kept in the run store. Returned in eval mode on the study's device."""
+        from safetensors import safe_open
+
+        from safcore import utility as utility_lib
+        from safcore.metrics import DomainClassifier
+
+        task, n_outputs = data_lib.label_task(self.data)
+        config = {**self.data_config, "task": task, "n_outputs": n_outputs,
+                  "classifier": dataclasses.asdict(utility_lib.UTILITY_CLASSIFIER), "version": 1}
+
+        def make(tmp: Path) -> None:
+            _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+            classifier = utility_lib.train_label_classifier(self.private.images, self.data.labels("train")[chosen],
+                                                            task=task, n_outputs=n_outputs, device=self.device)
+            metadata = {"in_channels": str(self.channels), "image_size": str(self.image_size)}
+            atomic_save_safetensors({k: v.contiguous() for k, v in classifier.state_dict().items()},
+                                    tmp / "classifier.safetensors", metadata)
+
+        run = self.store.get_or_create("utility_reference", config, make, seed=utility_lib.UTILITY_CLASSIFIER.seed)
+        with safe_open(str(run.file("classifier.safetensors")), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        classifier = DomainClassifier(int(meta["in_channels"]), n_outputs, utility_lib.UTILITY_CLASSIFIER.widths,
+                                      image_size=int(meta["image_size"]))
+        classifier.load_state_dict(load_file(run.file("classifier.safetensors")))
+        return classifier.to(self.device).eval()
+
     def utility(self, n: int | None = None) -> dict[str, float]:
         """Downstream utility (:mod:`safcore.utility`): balanced test accuracy of a classifier trained on the real
-        ``D_p`` (``"real"``), on ``n`` samples of the model labelled by that classifier (``"samples"``) and, under
-        CADP, on the privatized ``D_p`` with its labels (``"privatized"``); kept in the run store."""
+        ``D_p`` (``"real"``, :meth:`utility_reference`, trained once per ``D_p``), on ``n`` samples of the model
+        labelled by that classifier (``"samples"``) and, under CADP, on the privatized ``D_p`` with its labels
+        (``"privatized"``); kept in the run store."""
         from safcore import utility as utility_lib
 
         samples = self.samples(n)
@@ -471,7 +505,7 @@ class Study:
             def fit(images, y):
                 return utility_lib.train_label_classifier(images, y, task=task, n_outputs=n_outputs, device=self.device)
 
-            real = fit(self.private.images, labels)
+            real = self.utility_reference().cpu()
             result = {"real": utility_lib.score(real, test, test_labels, task=task)}
             pseudo = utility_lib.predict_labels(real, samples, task=task)
             result["samples"] = utility_lib.score(fit(samples, pseudo), test, test_labels, task=task)

@@ -129,12 +129,8 @@ class Cell:
         ``data``: the dataset, already loaded (a sweep loads each dataset once for all its cells)."""
         from safcore.study import Study
 
-        study = Study(self.dataset, self.n_dataset, profile=self.profile, seed=self.seed, data_root=data_root,
-                      store=store, progress=progress, device=device)
-        if data is not None:
-            # Study has no data= argument; its ``data`` is a functools.cached_property, filled here
-            study.__dict__["data"] = data
-        return study
+        return Study(self.dataset if data is None else data, self.n_dataset, profile=self.profile, seed=self.seed,
+                     data_root=data_root, store=store, progress=progress, device=device)
 
 
 @dataclasses.dataclass(frozen=True)

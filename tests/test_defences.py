@@ -276,3 +276,38 @@ def test_cadp_study_trains_on_privatized_images_and_keeps_the_attackers(data_roo
         noisy.canary_audit()
     with pytest.raises(ValueError, match="privatized\\(\\) belongs to a study with defence=CADP"):
         Study("breastmnist", 8, profile="smoke", data_root=data_root, store=run_store).privatized()
+
+
+# ------------------------------------------------------------------ utility's reference classifier
+
+
+def test_the_utility_reference_is_trained_once_per_dp_and_shared_by_every_defence(data_root, run_store, monkeypatch):
+    """The classifier trained on the real D_p depends on D_p alone: stored once, read back with the weights it was
+    trained with, and reused (not retrained) by a study of the same D_p under a defence."""
+    import safcore.utility as utility_lib
+    from safcore import data as data_lib
+    from safcore.study import Study
+
+    plain = Study("breastmnist", 8, profile="smoke", data_root=data_root, store=run_store, progress=False, device="cpu")
+    stored = plain.utility_reference()
+    task, n_outputs = data_lib.label_task(plain.data)
+    _, chosen = data_lib.seeded_subset(plain.data.split("train"), 8, seed=0)
+    fresh = utility_lib.train_label_classifier(plain.private.images, plain.data.labels("train")[chosen], task=task,
+                                               n_outputs=n_outputs)
+    for (name, a), (_, b) in zip(stored.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    test = plain.images("test")
+    assert utility_lib.score(stored, test, plain.data.labels("test"), task=task) == utility_lib.score(
+        fresh, test, plain.data.labels("test"), task=task)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the reference classifier was trained again")
+
+    monkeypatch.setattr(utility_lib, "train_label_classifier", no_training)
+    defended = Study("breastmnist", 8, profile="smoke", data_root=data_root, store=run_store, progress=False,
+                     device="cpu", defence=CADP(epsilon=1.0))
+    again = defended.utility_reference()
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), stored.state_dict().values(), strict=True))
+    other = Study("breastmnist", 8, profile="smoke", seed=1, data_root=data_root, store=run_store, progress=False)
+    with pytest.raises(AssertionError, match="trained again"):  # another D_p has its own reference
+        other.utility_reference()
