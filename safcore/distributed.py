@@ -44,7 +44,7 @@ is visible.)
 Note: :mod:`safcore.train` is not edited. Its :func:`~safcore.train.train` loop calls ``save_checkpoint``
 and ``save_kept`` on every process; :class:`DDPTrainer` overrides them so that every rank joins the
 gathering of the generator states and only the main process writes. Before ``train`` runs, the main
-process alone looks at the existing checkpoints (``safcore.train._resume_point``: sets aside unreadable
+process alone looks at the existing checkpoints (``safcore.train.resume_point``: sets aside unreadable
 ones) so that two processes never rename the same file.
 """
 
@@ -71,10 +71,10 @@ from safcore.probe import (
     _as_single_image,
     _check_process,
     _example_ts,
-    _fill_q_curve,
+    fill_q_curve,
     _std_fn,
     _steps_for,
-    _Tally,
+    QTally,
     eq9_indicator,
     run_seed,
 )
@@ -85,7 +85,7 @@ from safcore.train import (
     TrainConfig,
     Trainer,
     TrainResult,
-    _resume_point,
+    resume_point,
     kept_path,
     train,
 )
@@ -326,7 +326,7 @@ def train_distributed(
     rank, world = _rank_world(accelerator)
     work_dir = Path(work_dir)
     if rank == 0 and work_dir.is_dir():
-        _resume_point(work_dir)  # sets unreadable checkpoints aside (one process only: it renames files)
+        resume_point(work_dir)  # sets unreadable checkpoints aside (one process only: it renames files)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     made: list[DDPTrainer] = []
@@ -506,7 +506,7 @@ def probe_job_tallies(
     jobs: Sequence[tuple[int, int]],
     *,
     progress: bool = False,
-) -> dict[tuple[int, int], _Tally]:
+) -> dict[tuple[int, int], QTally]:
     """Run the given ``(run, job)`` pairs: job ``j`` of :func:`probe_jobs` in run ``k`` with a generator seeded
     with ``derived_seed(run_seed(config.seed, k), j)``, counted by :func:`safcore.probe.q_curve`'s own code
     (diffuse, reverse, ``c_p`` AND ``c_id``). Returns ``{(run, job): tally}``."""
@@ -514,20 +514,20 @@ def probe_job_tallies(
     x_p = _as_single_image(x_p)
     _check_process(score_fn, sde)
     groups = probe_jobs(config)
-    out: dict[tuple[int, int], _Tally] = {}
+    out: dict[tuple[int, int], QTally] = {}
     for run, j in progress_bar(list(jobs), enabled=progress, desc="q_M(t) split", unit="call"):
         if not (0 <= run < config.repeats and 0 <= j < len(groups)):
             raise ValueError(f"probe job {(run, j)}: allowed runs 0 … {config.repeats - 1}, jobs 0 … {len(groups) - 1}")
         generator = torch.Generator(device=x_p.device).manual_seed(derived_seed(run_seed(config.seed, run), j))
-        out[(run, j)] = _fill_q_curve(
-            _Tally(config.n_examples), score_fn, sde, x_p, c_p, c_id, groups[j], config.M, method=config.method,
+        out[(run, j)] = fill_q_curve(
+            QTally(config.n_examples), score_fn, sde, x_p, c_p, c_id, groups[j], config.M, method=config.method,
             steps_full=config.steps_full, eps=config.eps, batch_size=config.batch_size,
             batch_waste=config.batch_waste, generator=generator, progress=False,
         )
     return out
 
 
-def merge_probe(score_fn, sde, config: ProbeConfig, tallies: dict[tuple[int, int], _Tally]) -> ProbeResult:
+def merge_probe(score_fn, sde, config: ProbeConfig, tallies: dict[tuple[int, int], QTally]) -> ProbeResult:
     """The :class:`~safcore.probe.ProbeResult` of all ``(run, job)`` tallies, built as
     :func:`safcore.probe.find_t_prime` builds its exhaustive result: per run t' = the largest grid t with a
     positive; THE t' = the largest over runs; counts pooled; Eq. 9 indicator on the pooled counts."""
@@ -541,11 +541,11 @@ def merge_probe(score_fn, sde, config: ProbeConfig, tallies: dict[tuple[int, int
     runs = []
     primes: list[float | None] = []
     for run in range(config.repeats):
-        tally = _Tally.merge([tallies[(run, j)] for j in range(len(groups))])
+        tally = QTally.merge([tallies[(run, j)] for j in range(len(groups))])
         positive = [t for t in tally.k if tally.k[t] > 0]
         primes.append(max(positive) if positive else None)
         runs.append(tally)
-    tally = _Tally.merge(runs)
+    tally = QTally.merge(runs)
     grid = config.grid
     found = [t for t in primes if t is not None]
     t_prime = max(found) if found else None
@@ -588,7 +588,7 @@ def probe_split(
     pairs = [(run, j) for run in range(config.repeats) for j in range(len(probe_jobs(config)))]
     mine = [pair for i, pair in enumerate(pairs) if i % world == rank]
     tallies = probe_job_tallies(score_fn, sde, x_p, c_p, c_id, config, mine, progress=progress and rank == 0)
-    merged: dict[tuple[int, int], _Tally] = {}
+    merged: dict[tuple[int, int], QTally] = {}
     for part in _gather(accelerator, tallies):
         merged.update(part)
     return merge_probe(score_fn, sde, config, merged)

@@ -38,6 +38,8 @@ from safcore.sde import SDE
 
 __all__ = [
     "DEFAULT_GRID",
+    "QTally",
+    "fill_q_curve",
     "ProbeConfig",
     "ProbeExample",
     "QCurve",
@@ -579,8 +581,9 @@ def probe_at(
     return ex, int(b.nfe.sum())
 
 
-class _Tally:
-    """Per-t counters and kept images, filled batch by batch."""
+class QTally:
+    """Per-t counters and kept images of the q_M(t) search, filled batch by batch (public for
+    :mod:`safcore.distributed`, whose split probe merges the tallies of several processes)."""
 
     def __init__(self, n_keep: int) -> None:
         self.n: dict[float, int] = {}
@@ -607,7 +610,7 @@ class _Tally:
             kept.append((q, b.samples[rows][:take], vp[:take], vid[:take]))
 
     @classmethod
-    def merge(cls, tallies: Sequence[_Tally]) -> _Tally:
+    def merge(cls, tallies: Sequence[QTally]) -> QTally:
         """One tally with the counts of ``tallies`` summed and their images concatenated (up to ``n_keep``)."""
         out = cls(tallies[0].n_keep)
         for tally in tallies:
@@ -729,15 +732,15 @@ def q_curve(
     """
     grid = _check_grid(ts, eps)
     keep = set(float(t) for t in (example_ts or ()))
-    tally = _fill_q_curve(
-        _Tally(n_examples), score_fn, sde, x_p, c_p, c_id, grid, M, method=method, steps_full=steps_full, eps=eps,
+    tally = fill_q_curve(
+        QTally(n_examples), score_fn, sde, x_p, c_p, c_id, grid, M, method=method, steps_full=steps_full, eps=eps,
         batch_size=batch_size, batch_waste=batch_waste, generator=generator, progress=progress,
     )  # fmt: skip
     return tally.curve([t for t in grid if t in keep])
 
 
-def _fill_q_curve(
-    tally: _Tally,
+def fill_q_curve(
+    tally: QTally,
     score_fn: ScoreFn,
     sde: SDE | None,
     x_p: torch.Tensor,
@@ -753,7 +756,7 @@ def _fill_q_curve(
     batch_waste: float,
     generator: torch.Generator | None,
     progress: bool,
-) -> _Tally:
+) -> QTally:
     """:func:`q_curve`'s sampling, counted into ``tally`` (which is returned)."""
     if isinstance(M, bool) or not isinstance(M, (int, np.integer)) or M < 1:
         raise ValueError(f"M={M!r}: the number of reverse samples per t must be an int >= 1")
@@ -921,13 +924,13 @@ def find_t_prime(
     _check_process(score_fn, sde)
     cfg = config
     grid = cfg.grid  # high -> low
-    tallies: list[_Tally] = []
+    tallies: list[QTally] = []
     primes: list[float | None] = []
     for run in range(cfg.repeats):
         gen = _generator_for(x_p, run_seed(cfg.seed, run))
         if cfg.search == "exhaustive":
-            tally = _fill_q_curve(
-                _Tally(cfg.n_examples), score_fn, sde, x_p, c_p, c_id, grid, cfg.M,
+            tally = fill_q_curve(
+                QTally(cfg.n_examples), score_fn, sde, x_p, c_p, c_id, grid, cfg.M,
                 method=cfg.method, steps_full=cfg.steps_full, eps=cfg.eps, batch_size=cfg.batch_size,
                 batch_waste=cfg.batch_waste, generator=gen, progress=progress,
             )  # fmt: skip
@@ -937,7 +940,7 @@ def find_t_prime(
             tally, t_run = _topdown(score_fn, sde, x_p, c_p, c_id, cfg, gen, progress)
             primes.append(t_run)
         tallies.append(tally)
-    tally = _Tally.merge(tallies)
+    tally = QTally.merge(tallies)
     found = [t for t in primes if t is not None]
     t_prime = max(found) if found else None
     keep = _example_ts(grid, list(tally.n), t_prime, cfg.n_example_t)
@@ -977,10 +980,10 @@ def _topdown(
     cfg: ProbeConfig,
     gen: torch.Generator,
     progress: bool,
-) -> tuple[_Tally, float | None]:
+) -> tuple[QTally, float | None]:
     """One run of :func:`topdown_search` with the probe's reverse samples as ``draw``."""
     grid = cfg.grid
-    tally = _Tally(cfg.n_examples)
+    tally = QTally(cfg.n_examples)
     device = x_p.device
     bar = progress_bar(total=len(grid), desc="top-down t'", unit="t", enabled=progress, leave=False)
 

@@ -55,6 +55,7 @@ from safcore.sde import SubVPSDE
 
 __all__ = [
     "TrainConfig",
+    "resume_point",
     "TrainResult",
     "Trainer",
     "train",
@@ -578,7 +579,7 @@ def read_checkpoint(path: str | Path, *, expect_step: int | None = None) -> tupl
     return tensors, metadata
 
 
-def _resume_point(work_dir: Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, str]] | None:
+def resume_point(work_dir: Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, str]] | None:
     """The highest-step readable checkpoint of ``work_dir`` with its content; ``None`` if there is none.
 
     Unreadable checkpoints above it are renamed ``<name>.unreadable`` (kept for inspection, out of the
@@ -660,7 +661,7 @@ def train(
     trainer = (make_trainer or Trainer)(images_unit, config, sde)  # checks the images before anything is written
     work_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(work_dir)
-    found = _resume_point(work_dir)
+    found = resume_point(work_dir)
     if found is not None:
         checkpoint, tensors, metadata = found
         trainer.load_state(tensors, metadata, source=str(checkpoint))

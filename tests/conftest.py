@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data" / "medmnist"
@@ -89,3 +90,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def half_images(n: int = 4) -> torch.Tensor:
+    """(n ≤ 4, 1, 28, 28) unit-range training images a tiny score model learns in a few steps: left/right and
+    top/bottom halves bright (0.9) on dark (0.1). Shared by the training and checkpoint tests."""
+    torch.manual_seed(0)
+    base = torch.zeros(4, 1, 28, 28)
+    base[0, :, :, :14] = 1.0
+    base[1, :, :, 14:] = 1.0
+    base[2, :, :14] = 1.0
+    base[3, :, 14:] = 1.0
+    return (0.1 + 0.8 * base[:n]).clamp(0, 1)

@@ -40,18 +40,9 @@ from safcore.train import (
     train,
 )
 
+from conftest import half_images
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _images() -> torch.Tensor:
-    """(4, 1, 28, 28) unit-range images: left/right and top/bottom halves bright."""
-    torch.manual_seed(0)
-    base = torch.zeros(4, 1, 28, 28)
-    base[0, :, :, :14] = 1.0
-    base[1, :, :, 14:] = 1.0
-    base[2, :, :14] = 1.0
-    base[3, :, 14:] = 1.0
-    return 0.1 + 0.8 * base
 
 
 def _config(**changes) -> TrainConfig:
@@ -79,7 +70,7 @@ def _named_for(target: str, pid: int) -> str:
 
 # ------------------------------------------------------------------ fallback and keeping the previous one
 def test_truncated_latest_checkpoint_falls_back_and_resume_is_bit_identical(tmp_path):
-    images, config = _images(), _config()
+    images, config = half_images(), _config()
     full = train(images, config, tmp_path / "full", progress=False)
     crashed = train(images, config, tmp_path / "resumed", progress=False, stop_after=7)
     work = tmp_path / "resumed"
@@ -101,7 +92,7 @@ def test_truncated_latest_checkpoint_falls_back_and_resume_is_bit_identical(tmp_
 
 
 def test_bit_flip_in_tensor_data_is_caught_by_the_recorded_digest(tmp_path):
-    images, config = _images(), _config(steps=2, checkpoint_every=1)
+    images, config = half_images(), _config(steps=2, checkpoint_every=1)
     train(images, config, tmp_path, progress=False)
     path = latest_checkpoint(tmp_path)
     raw = bytearray(path.read_bytes())
@@ -117,7 +108,7 @@ def test_bit_flip_in_tensor_data_is_caught_by_the_recorded_digest(tmp_path):
 
 
 def test_no_readable_checkpoint_is_one_clear_error_naming_the_files(tmp_path):
-    images, config = _images(), _config(steps=2, checkpoint_every=1)
+    images, config = half_images(), _config(steps=2, checkpoint_every=1)
     train(images, config, tmp_path, progress=False)
     for path in tmp_path.glob("checkpoint_step*.safetensors"):
         path.write_bytes(b"\x00" * 5)
@@ -128,7 +119,7 @@ def test_no_readable_checkpoint_is_one_clear_error_naming_the_files(tmp_path):
 
 
 def test_older_checkpoints_stay_until_the_new_one_reads_back(tmp_path, monkeypatch):
-    trainer = Trainer(_images(), _config())
+    trainer = Trainer(half_images(), _config())
     for _ in range(2):
         trainer.step()
         trainer.save_checkpoint(tmp_path)
@@ -158,7 +149,7 @@ def test_older_checkpoints_stay_until_the_new_one_reads_back(tmp_path, monkeypat
 # ------------------------------------------------------------------ SDE and device type
 def _checkpoint(tmp_path: Path) -> tuple[TrainConfig, Path]:
     config = _config(steps=1, checkpoint_every=1)
-    train(_images(), config, tmp_path, progress=False)
+    train(half_images(), config, tmp_path, progress=False)
     return config, latest_checkpoint(tmp_path)
 
 
@@ -167,10 +158,10 @@ def test_resume_refuses_another_sde(tmp_path):
     longer = dataclasses.replace(config, steps=2)
     with pytest.raises(ValueError, match=r"trained with the SDE SubVPSDE\(beta_min=0\.1, beta_max=20\.0\), but this "
                                          r"run uses VPSDE\(beta_min=0\.1, beta_max=20\.0\)"):
-        train(_images(), longer, tmp_path, progress=False, sde=VPSDE())
+        train(half_images(), longer, tmp_path, progress=False, sde=VPSDE())
     with pytest.raises(ValueError, match=r"beta_max=10\.0"):
-        train(_images(), longer, tmp_path, progress=False, sde=SubVPSDE(beta_max=10.0))
-    again = train(_images(), longer, tmp_path, progress=False, sde=SubVPSDE())  # the same SDE, spelled out
+        train(half_images(), longer, tmp_path, progress=False, sde=SubVPSDE(beta_max=10.0))
+    again = train(half_images(), longer, tmp_path, progress=False, sde=SubVPSDE())  # the same SDE, spelled out
     assert again.resumed_from == 1 and again.steps_done == 2
 
 
@@ -185,7 +176,7 @@ def test_resume_refuses_another_device_type(tmp_path):
     _rewrite_metadata(path, lambda m: m.update(device_type="cuda"))
     tensors, metadata = read_checkpoint(path)
     with pytest.raises(ValueError, match="written on device type 'cuda', but this run is on 'cpu'.*device='cuda'"):
-        Trainer(_images(), config).load_state(tensors, metadata, source=str(path))
+        Trainer(half_images(), config).load_state(tensors, metadata, source=str(path))
 
 
 def test_checkpoints_without_sde_or_device_count_as_the_old_defaults(tmp_path):
@@ -196,14 +187,14 @@ def test_checkpoints_without_sde_or_device_count_as_the_old_defaults(tmp_path):
 
     _rewrite_metadata(path, strip)
     tensors, metadata = read_checkpoint(path)
-    trainer = Trainer(_images(), config)
+    trainer = Trainer(half_images(), config)
     trainer.load_state(tensors, metadata, source=str(path))  # default SubVPSDE, no rng.cuda → cpu: accepted
     assert trainer.step_count == 1
     with pytest.raises(ValueError, match="records no SDE"):
-        Trainer(_images(), config, sde=VPSDE()).load_state(tensors, metadata, source=str(path))
+        Trainer(half_images(), config, sde=VPSDE()).load_state(tensors, metadata, source=str(path))
     tensors["rng.cuda"] = torch.zeros(16, dtype=torch.uint8)  # what a CUDA run records
     with pytest.raises(ValueError, match="device type 'cuda'"):
-        Trainer(_images(), config).load_state(tensors, metadata, source=str(path))
+        Trainer(half_images(), config).load_state(tensors, metadata, source=str(path))
 
 
 # ------------------------------------------------------------------ the run store's manifest
@@ -259,7 +250,7 @@ def test_stale_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_
         work.mkdir()
         (work / names["dead_file"]).write_bytes(b"half")
         (work / names["live_file"]).write_bytes(b"half")
-        train(_images(), _config(steps=1, checkpoint_every=1), work, progress=False)
+        train(half_images(), _config(steps=1, checkpoint_every=1), work, progress=False)
         assert _names(work) == sorted(["checkpoint_step000001.safetensors", names["live_file"]])
     finally:
         live.kill()

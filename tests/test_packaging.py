@@ -107,15 +107,18 @@ class _Imports(ast.NodeVisitor):
 
 
 def third_party_imports(files) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    """``(eager, lazy)``: third-party top-level module -> the files that import it."""
+    """``(eager, lazy)``: third-party top-level module -> the files that import it (a module that is a file
+    beside the importing one, e.g. the tests' ``conftest``, is local, not third-party)."""
     eager: dict[str, set[str]] = {}
     lazy: dict[str, set[str]] = {}
+    files = list(files)
+    local = {file.stem for file in files}
     for file in files:
         visitor = _Imports()
         visitor.visit(ast.parse(file.read_text(), filename=str(file)))
         for modules, into in ((visitor.eager, eager), (visitor.lazy - visitor.eager, lazy)):
             for module in modules:
-                if module not in sys.stdlib_module_names and module != "safcore" and module != "__future__":
+                if module not in sys.stdlib_module_names and module not in {"safcore", "__future__", *local}:
                     into.setdefault(module, set()).add(str(file.relative_to(REPO)))
     return eager, lazy
 

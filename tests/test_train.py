@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 from safcore.models import ScoreModel
 from safcore.train import TrainConfig, Trainer, kept_path, latest_checkpoint, load_kept, train
 
+from conftest import half_images
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -22,17 +24,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _images(n: int = 4) -> torch.Tensor:
-    """(n, 1, 28, 28) unit-range images: left/right halves and top/bottom halves, bright and dark."""
-    torch.manual_seed(0)
-    base = torch.zeros(4, 1, 28, 28)
-    base[0, :, :, :14] = 1.0
-    base[1, :, :, 14:] = 1.0
-    base[2, :, :14] = 1.0
-    base[3, :, 14:] = 1.0
-    return (0.1 + 0.8 * base[:n]).clamp(0, 1)
 
 
 def _config(**changes) -> TrainConfig:
@@ -46,7 +37,7 @@ def _params(model: ScoreModel) -> dict[str, torch.Tensor]:
 
 
 def test_loss_finite_and_falling(tmp_path):
-    images = _images()
+    images = half_images()
     config = _config(steps=40, batch_size=8, checkpoint_every=40, keep_steps=())
     # A fixed evaluation batch: the same (x0, t, z) before and after training.
     probe = Trainer(images, config)
@@ -72,8 +63,8 @@ PINNED_FIRST_LOSS = 1.27334  # seed 0, tiny preset, fp32 on CPU (torch 2.14.1, d
 
 def test_bf16_autocast_trains_and_differs_from_fp32(tmp_path):
     config = _config(steps=3, keep_steps=(), checkpoint_every=3)
-    fp32 = train(_images(), config, tmp_path / "fp32", progress=False)
-    bf16 = train(_images(), dataclasses.replace(config, bf16=True), tmp_path / "bf16", progress=False)
+    fp32 = train(half_images(), config, tmp_path / "fp32", progress=False)
+    bf16 = train(half_images(), dataclasses.replace(config, bf16=True), tmp_path / "bf16", progress=False)
     assert all(math.isfinite(v) for v in bf16.losses)
     assert abs(bf16.losses[0] - fp32.losses[0]) < 0.05 and bf16.losses[0] != fp32.losses[0]
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
@@ -81,12 +72,12 @@ def test_bf16_autocast_trains_and_differs_from_fp32(tmp_path):
 
 def test_first_loss_is_pinned(tmp_path):
     """Seed 0 fixes the initial weights and the first (idx, t, z) draw: the first loss is a known number."""
-    result = train(_images(), _config(steps=1, keep_steps=(), checkpoint_every=1), tmp_path, progress=False)
+    result = train(half_images(), _config(steps=1, keep_steps=(), checkpoint_every=1), tmp_path, progress=False)
     assert abs(result.losses[0] - PINNED_FIRST_LOSS) < 1e-4, result.losses[0]
 
 
 def test_resume_after_crash_is_bit_identical(tmp_path):
-    images, config = _images(), _config()
+    images, config = half_images(), _config()
     full = train(images, config, tmp_path / "full", progress=False)
     crashed = train(images, config, tmp_path / "resumed", progress=False, stop_after=7)
     assert crashed.steps_done == 7
@@ -108,7 +99,7 @@ def test_resume_after_crash_is_bit_identical(tmp_path):
 
 
 def test_finished_run_is_reused_without_training(tmp_path):
-    images, config = _images(), _config(steps=3, keep_steps=())
+    images, config = half_images(), _config(steps=3, keep_steps=())
     first = train(images, config, tmp_path, progress=False)
     again = train(images, config, tmp_path, progress=False)
     assert again.resumed_from == 3 and again.steps_done == 3 and math.isnan(again.seconds_per_step)
@@ -117,7 +108,7 @@ def test_finished_run_is_reused_without_training(tmp_path):
 
 
 def test_checkpoints_are_pickle_free_safetensors(tmp_path):
-    train(_images(), _config(), tmp_path, progress=False)
+    train(half_images(), _config(), tmp_path, progress=False)
     files = sorted(p.name for p in tmp_path.iterdir())
     # the final checkpoint and the previous one (kept as the fallback, tests/test_checkpoints.py)
     assert files == ["checkpoint_step000009.safetensors", "checkpoint_step000010.safetensors",
@@ -140,7 +131,7 @@ def test_checkpoints_are_pickle_free_safetensors(tmp_path):
 
 
 def test_kept_steps_load_as_score_models(tmp_path):
-    result = train(_images(), _config(), tmp_path, progress=False)
+    result = train(half_images(), _config(), tmp_path, progress=False)
     assert sorted(result.kept) == [5, 10]
     assert all(p.is_file() for p in result.kept.values())
     final = load_kept(tmp_path, 10)
@@ -186,17 +177,17 @@ def test_bad_config_raises(changes, message):
 
 def test_bad_inputs_raise(tmp_path):
     with pytest.raises(ValueError, match="unknown U-Net preset; allowed: 'tiny', 'small', 'paper'"):
-        Trainer(_images(), _config(preset="huge"))
+        Trainer(half_images(), _config(preset="huge"))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        Trainer(_images() * 2 - 1, _config())
+        Trainer(half_images() * 2 - 1, _config())
     with pytest.raises(ValueError, match="shape"):
         Trainer(torch.rand(1, 28, 28), _config())
     with pytest.raises(ValueError, match="stop_after"):
-        train(_images(), _config(), tmp_path, progress=False, stop_after=11)
+        train(half_images(), _config(), tmp_path, progress=False, stop_after=11)
 
 
 def test_resume_refuses_another_configuration_or_data(tmp_path):
-    images, config = _images(), _config(steps=3, keep_steps=(), checkpoint_every=1)
+    images, config = half_images(), _config(steps=3, keep_steps=(), checkpoint_every=1)
     train(images, config, tmp_path, progress=False)
     with pytest.raises(ValueError, match="lr: saved 0.002 vs now 0.001"):
         train(images, dataclasses.replace(config, lr=1e-3, steps=4), tmp_path, progress=False)
