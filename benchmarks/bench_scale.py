@@ -11,7 +11,7 @@ steps): a few paper-preset steps and sampler network evaluations are timed in on
 linearly (a projection, not a run: no data-loading, checkpoint or classifier time; on a busy machine the
 measured rates are lower than on an idle one).
 
-    .venv/bin/python benchmarks/bench_scale.py --budget short --out benchmarks/results/bench_scale_cpu.txt
+    .venv/bin/python benchmarks/bench_scale.py --budget medium --out benchmarks/results/bench_scale_cpu.txt
 """
 
 from __future__ import annotations
@@ -152,8 +152,9 @@ def _hours(seconds: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", choices=("short", "full"), default="short",
-                        help="short: a handful of steps (CPU); full: more steps and images (GPU)")
+    parser.add_argument("--budget", choices=("short", "medium", "full"), default="short",
+                        help="short: a handful of steps (CPU, ~1.5 min); medium: 6x the steps and 4x the images "
+                             "(CPU, a few minutes); full: more steps and images (GPU)")
     parser.add_argument("--preset", default="small", help="U-Net preset of the 1-vs-2-process comparison")
     parser.add_argument("--batch", type=int, default=32, help="global training batch (cpu profile: 32)")
     parser.add_argument("--threads", type=int, default=1,
@@ -183,8 +184,8 @@ def main() -> None:
     env = {**os.environ, "SAFCORE_PROGRESS": "0"}
     if not cuda:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    short = args.budget == "short"
-    steps, n, chunk, sample_steps = (4, 32, 8, 10) if short else (50, 2048, 256, 100)
+    steps, n, chunk, sample_steps = {"short": (4, 32, 8, 10), "medium": (24, 128, 16, 10),
+                                     "full": (50, 2048, 256, 100)}[args.budget]
     worlds = [1, 2] if (not cuda or n_gpu >= 2) else [1]
     lines = [f"bench_scale: device {'cuda x' + str(n_gpu) if cuda else 'cpu'}, {args.threads} torch thread(s) per process, "
              f"budget {args.budget}, torch {torch.__version__}"]
@@ -213,7 +214,7 @@ def main() -> None:
     for line in lines[1:]:
         print(line, flush=True)
 
-    paper_steps, paper_chunk, paper_nfe = (2, 16, 3) if short else (20, 1024, 20)
+    paper_steps, paper_chunk, paper_nfe = (20, 1024, 20) if args.budget == "full" else (2, 16, 3)
     paper = _run(["--worker", "paper", "--threads", str(args.threads), "--steps", str(paper_steps), "--chunk",
                   str(paper_chunk), "--sample-steps", str(paper_nfe)], 1,
                  {**env, "OMP_NUM_THREADS": str(args.threads)}, args.timeout)
