@@ -83,7 +83,8 @@ def run_audit(study: Study, out_dir: str | Path, *, images=None, n: int | None =
     stage_seconds: dict[str, float] = {}
     stages = _stages(study, images, n, probe)
     total_weight = sum(STAGE_WEIGHTS[name] for name, _ in stages)
-    with progress_bar(total=len(stages), desc="safcore demo", unit="stage", enabled=progress, position=0) as bar:
+    with progress_bar(total=len(stages), desc="safcore demo", unit="stage", enabled=progress and distributed.is_main_process(),
+                      position=0) as bar:
         done_weight = 0.0
         for name, run in stages:
             bar.set_postfix_str(f"now: {name}")
