@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -114,3 +115,42 @@ def batches_ahead(batches, device: str | torch.device, *, depth: int | None = No
     finally:
         stop.set()
         worker.join(timeout=5)
+
+
+def bf16_supported(device: str | torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 natively: the CPU (autocast works everywhere; AVX512-BF16 / AMX make
+    it fast), a CUDA GPU with compute capability ≥ 8.0 (Ampere: A100, H100, H200 …; not emulated); no other."""
+    return _bf16_supported(str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=None)
+def _bf16_supported(device: str) -> bool:
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    return False
+
+
+_WARNED_BF16: set[str] = set()
+
+
+def bf16_autocast(device: str | torch.device, enabled: bool = True):
+    """``torch.autocast(device.type, dtype=torch.bfloat16)`` where the device supports bf16
+    (:func:`bf16_supported`) and ``enabled``; elsewhere full precision, with one warning per device type
+    (e.g. a V100 runs a bf16 profile in fp32 instead of failing or emulating bf16)."""
+    import contextlib
+    import warnings
+
+    device = torch.device(device)
+    if not enabled:
+        return contextlib.nullcontext()
+    if not bf16_supported(device):
+        if device.type not in _WARNED_BF16:
+            _WARNED_BF16.add(device.type)
+            warnings.warn(f"{device} has no native bfloat16: running in float32 where the settings ask for bf16 "
+                          "autocast", RuntimeWarning, stacklevel=2)
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -64,18 +64,19 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from safcore.data import from_model_range
+from safcore.device import bf16_autocast
 from safcore.models import TIME_LABEL_SCALE, ScoreModel
 from safcore.probe import (
     ProbeConfig,
     ProbeResult,
+    QTally,
     _as_single_image,
     _check_process,
     _example_ts,
-    fill_q_curve,
     _std_fn,
     _steps_for,
-    QTally,
     eq9_indicator,
+    fill_q_curve,
     run_seed,
 )
 from safcore.progress import progress_bar
@@ -85,8 +86,8 @@ from safcore.train import (
     TrainConfig,
     Trainer,
     TrainResult,
-    resume_point,
     kept_path,
+    resume_point,
     train,
 )
 
@@ -210,7 +211,7 @@ class DDPTrainer(Trainer):
         mean, std = self.sde.marginal_prob(x0, t)
         xt = mean + std.reshape(-1, *([1] * (x0.ndim - 1))) * z
         t = torch.as_tensor(t, dtype=xt.dtype, device=xt.device)
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+        with bf16_autocast(self.device, self.config.bf16):
             eps_hat = self.net(xt, t * TIME_LABEL_SCALE).sample
         return torch.mean((eps_hat.float() - z) ** 2)
 

@@ -63,6 +63,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from safcore.data import label_task
+from safcore.device import bf16_autocast
 from safcore.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -521,7 +522,7 @@ def train_domain_extractor(
                 idx = order[i : i + config.batch_size]
                 xb = _random_shift(x_train[idx], config.shift, generator).to(device)
                 yb = y_train[idx].to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                with bf16_autocast(device, config.bf16):
                     logits = model(xb).float()
                 loss, right = _loss_and_correct(logits, yb, task)
                 optimiser.zero_grad(set_to_none=True)

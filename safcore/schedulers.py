@@ -24,7 +24,6 @@ Images: unit range ``[0, 1]`` outside, model range ``[-1, 1]`` inside (diffusers
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from safcore.device import bf16_autocast
 from safcore.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -204,9 +204,7 @@ class DiffusersModel:
         return scheduler.add_noise(x0, noise, starts.to(x0.device))
 
     def _unet(self, x: torch.Tensor, timestep: torch.Tensor, autocast_bf16: bool) -> torch.Tensor:
-        ctx = (torch.autocast(device_type=x.device.type, dtype=torch.bfloat16) if autocast_bf16
-               else contextlib.nullcontext())
-        with ctx:
+        with bf16_autocast(x.device, autocast_bf16):
             out = self.unet(x, timestep)
         out = out.sample if hasattr(out, "sample") else out
         return out.float()

@@ -48,6 +48,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from safcore.data import check_image_size, to_model_range
+from safcore.device import bf16_autocast
 from safcore.models import UNET_PRESETS, ScoreModel, build_unet
 from safcore.progress import progress_bar
 from safcore.runs import atomic_save_safetensors, remove_stale_temporaries
@@ -297,7 +298,7 @@ class Trainer:
         """
         mean, std = self.sde.marginal_prob(x0, t)
         xt = mean + std.reshape(-1, *([1] * (x0.ndim - 1))) * z
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+        with bf16_autocast(self.device, self.config.bf16):
             eps_hat = self.model.eps(xt, t)
         return torch.mean((eps_hat.float() - z) ** 2)
 

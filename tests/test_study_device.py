@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -120,3 +122,27 @@ def test_a_study_of_loaded_data_is_the_study_of_its_flag(data_root, run_store):
     assert torch.equal(loaded.private.images, by_flag.private.images)
     with pytest.raises(ValueError, match="100000"):
         Study(data, 100000, profile="smoke", store=run_store)
+
+
+def test_bf16_runs_where_the_device_has_it_and_full_precision_elsewhere(monkeypatch, tmp_path):
+    """A bf16 profile on a device without native bf16 (a V100, say) trains in fp32 — bit for bit the fp32 run — with
+    one warning, instead of failing or emulating; the CPU autocasts."""
+    import safcore.device as device_lib
+    from conftest import half_images
+    from safcore.train import TrainConfig, train
+
+    assert device_lib.bf16_supported("cpu")
+    with device_lib.bf16_autocast("cpu"):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    with device_lib.bf16_autocast("cpu", enabled=False):
+        assert not torch.is_autocast_enabled("cpu")
+    config = TrainConfig(preset="tiny", steps=3, batch_size=4, lr=2e-3, warmup_steps=1, checkpoint_every=3,
+                         keep_steps=(3,), ema_decay=0.9, seed=0, device="cpu")
+    fp32 = train(half_images(), config, tmp_path / "fp32", progress=False)
+    bf16 = train(half_images(), dataclasses.replace(config, bf16=True), tmp_path / "bf16", progress=False)
+    assert fp32.losses != bf16.losses  # the CPU does run bf16
+    monkeypatch.setattr(device_lib, "_bf16_supported", lambda device: False)
+    monkeypatch.setattr(device_lib, "_WARNED_BF16", set())
+    with pytest.warns(RuntimeWarning, match="no native bfloat16"):
+        fallback = train(half_images(), dataclasses.replace(config, bf16=True), tmp_path / "fallback", progress=False)
+    assert fallback.losses == fp32.losses
