@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.resnet import BasicBlock
@@ -579,7 +580,8 @@ def domain_extractor(
 
     The cache file is ``domain_extractor-<name>-<key>.safetensors``, where ``key`` hashes the
     configuration and the train/val images and labels (a changed file retrains); its metadata holds
-    the configuration, the label task, the history and the training time. Written atomically.
+    the configuration, the label task, the history and the training time. Written atomically, under a file
+    lock beside it: of several processes that need it at once, one trains it and the others load it.
 
     Args:
         dataset: a MedMNIST flag or MedMNIST-layout ``.npz`` path (see :func:`safcore.data.load_dataset`)
@@ -597,49 +599,52 @@ def domain_extractor(
     task, n_outputs = _label_task(data)
     key = config_key({"config": config, "data": _data_digest(data), "task": task, "n_outputs": n_outputs})
     path = Path(cache_dir).expanduser() / f"domain_extractor-{data.name}-{key}.safetensors"
-    in_channels = data.n_channels
-    if path.is_file():
-        state = load_file(path)
-        from safetensors import safe_open
+    # one process trains it while the others (sweep jobs, the ranks of an accelerate launch) wait and load it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        in_channels = data.n_channels
+        if path.is_file():
+            state = load_file(path)
+            from safetensors import safe_open
 
-        with safe_open(path, framework="pt") as handle:
-            meta = handle.metadata() or {}
-        classifier = DomainClassifier(int(meta.get("in_channels", in_channels)), n_outputs, config.widths,
-                                      image_size=int(meta.get("image_size", data.image_size)))
-        classifier.load_state_dict(state)
-        log.info("loaded the domain FID extractor from %s", path)
-        return DomainFeatureExtractor(
-            classifier.eval(),
+            with safe_open(path, framework="pt") as handle:
+                meta = handle.metadata() or {}
+            classifier = DomainClassifier(int(meta.get("in_channels", in_channels)), n_outputs, config.widths,
+                                          image_size=int(meta.get("image_size", data.image_size)))
+            classifier.load_state_dict(state)
+            log.info("loaded the domain FID extractor from %s", path)
+            return DomainFeatureExtractor(
+                classifier.eval(),
+                dataset_name=data.name,
+                history=json.loads(meta.get("history", "[]")),
+                train_seconds=float(meta.get("train_seconds", "nan")),
+            ).to(device)
+        extractor = train_domain_extractor(
+            to_unit_tensor(data.split("train")),
+            data.labels("train"),
+            task=task,
+            n_outputs=n_outputs,
+            val_images=to_unit_tensor(data.split("val")),
+            val_labels=data.labels("val"),
+            config=config,
             dataset_name=data.name,
-            history=json.loads(meta.get("history", "[]")),
-            train_seconds=float(meta.get("train_seconds", "nan")),
-        ).to(device)
-    extractor = train_domain_extractor(
-        to_unit_tensor(data.split("train")),
-        data.labels("train"),
-        task=task,
-        n_outputs=n_outputs,
-        val_images=to_unit_tensor(data.split("val")),
-        val_labels=data.labels("val"),
-        config=config,
-        dataset_name=data.name,
-        device=device,
-        progress=progress,
-    )
-    metadata = {
-        "config": json.dumps(dataclasses.asdict(config), sort_keys=True),
-        "dataset": data.name,
-        "source": str(data.source),
-        "task": task,
-        "n_outputs": str(n_outputs),
-        "in_channels": str(in_channels),
-        "image_size": str(data.image_size),
-        "history": json.dumps(extractor.history),
-        "train_seconds": repr(extractor.train_seconds),
-    }
-    atomic_save_safetensors(extractor.classifier.state_dict(), path, metadata=metadata)
-    log.info("trained the domain FID extractor in %.1f s and cached it at %s", extractor.train_seconds, path)
-    return extractor.to(device)
+            device=device,
+            progress=progress,
+        )
+        metadata = {
+            "config": json.dumps(dataclasses.asdict(config), sort_keys=True),
+            "dataset": data.name,
+            "source": str(data.source),
+            "task": task,
+            "n_outputs": str(n_outputs),
+            "in_channels": str(in_channels),
+            "image_size": str(data.image_size),
+            "history": json.dumps(extractor.history),
+            "train_seconds": repr(extractor.train_seconds),
+        }
+        atomic_save_safetensors(extractor.classifier.state_dict(), path, metadata=metadata)
+        log.info("trained the domain FID extractor in %.1f s and cached it at %s", extractor.train_seconds, path)
+        return extractor.to(device)
 
 
 # --------------------------------------------------------------------------------------------------

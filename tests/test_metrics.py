@@ -271,3 +271,36 @@ def test_inception_extractor_runs_with_local_weights(monkeypatch, tmp_path):
         features = network(real)
         assert features.shape == (2, 2048)
         assert torch.allclose(network(real.repeat(1, 3, 1, 1)), features)
+
+
+def test_processes_that_need_the_domain_extractor_at_once_train_it_once(tmp_path, monkeypatch):
+    """Four callers at once (sweep jobs, the ranks of an accelerate launch): one trains the extractor, the others
+    wait on its lock and load the same weights."""
+    import threading
+    import time
+
+    data = _npz_dataset(tmp_path / "blobs.npz")
+    cache = tmp_path / "cache"
+    trained = []
+    real_train = metrics.train_domain_extractor
+
+    def slow_train(*args, **kwargs):
+        trained.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the others to arrive while it trains
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "train_domain_extractor", slow_train)
+    got: list = [None] * 4
+
+    def ask(i: int) -> None:
+        got[i] = metrics.domain_extractor(data, cache, config=TINY)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(trained) == 1
+    weights = [tuple(e.classifier.state_dict().values()) for e in got]
+    assert all(all(torch.equal(a, b) for a, b in zip(w, weights[0], strict=True)) for w in weights)
+    assert len(list(cache.glob("domain_extractor-blobs-*.safetensors"))) == 1
