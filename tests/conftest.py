@@ -102,3 +102,52 @@ def half_images(n: int = 4) -> torch.Tensor:
     base[2, :, :14] = 1.0
     base[3, :, 14:] = 1.0
     return (0.1 + 0.8 * base[:n]).clamp(0, 1)
+
+
+# ------------------------------------------------------------------ one smoke study's trained stages, once per session
+
+#: The smoke study several tests audit: c_p, c_id and the score model cost ~90 s on one thread, so they are trained
+#: once per session (``smoke_stages``) and copied into a test's own store (``smoke_store``, ``copy_smoke_stages``).
+SMOKE_STUDY = {"dataset": "breastmnist", "n_dataset": 8, "profile": "smoke", "seed": 0}
+
+
+def _smoke_study(store, data_root):
+    from safcore.study import Study
+
+    spec = dict(SMOKE_STUDY)
+    return Study(spec.pop("dataset"), spec.pop("n_dataset"), **spec, data_root=data_root, store=store, progress=False,
+                 device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smoke_stages(tmp_path_factory, data_root):
+    """A run store holding ``c_p``, ``c_id`` and the score model of the :data:`SMOKE_STUDY` (trained on one thread,
+    as the tests that compute them themselves do, so a copy is bit for bit what they would train)."""
+    from safcore.runs import RunStore
+
+    store = RunStore(tmp_path_factory.mktemp("smoke_stages") / "runs")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        study = _smoke_study(store, data_root)
+        study.c_p, study.c_id, study.score_model  # noqa: B018
+    finally:
+        torch.set_num_threads(before)
+    return store
+
+
+def copy_smoke_stages(source, target, data_root) -> None:
+    """Copy the :data:`SMOKE_STUDY`'s ``c_p``, ``c_id`` and score model runs from ``source`` into ``target``."""
+    import shutil
+
+    study = _smoke_study(source, data_root)
+    for kind, config in (("c_p", study.classifier_config("c_p")), ("c_id", study.classifier_config("c_id")),
+                         ("score_model", study.model_config())):
+        shutil.copytree(source.path(kind, config), target.path(kind, config))
+
+
+@pytest.fixture
+def smoke_store(smoke_stages, run_store, data_root):
+    """This test's own run store with the :data:`SMOKE_STUDY`'s trained stages already in it."""
+    copy_smoke_stages(smoke_stages, run_store, data_root)
+    return run_store

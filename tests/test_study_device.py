@@ -16,7 +16,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_every_tensor_of_a_loaded_study_is_on_its_device(data_root, run_store, device, monkeypatch):
+def test_every_tensor_of_a_loaded_study_is_on_its_device(data_root, smoke_store, device, monkeypatch):
+    """The smoke study's stages are read from the run store (trained once per session) and land on the device."""
+    run_store = smoke_store
     study = Study("breastmnist", 8, profile="smoke", data_root=data_root, store=run_store, progress=False, device=device)
     assert study.device.type == device
     result = study.audit()

@@ -1,7 +1,7 @@
 """Sweeps (issue 12, item 6): the grid cell by cell, skipping recorded cells, resuming after a kill, K at once.
 
 Real BreastMNIST at the smoke profile, N_D = 8, two cells (seeds 0 and 1). The two-cell sweep is computed
-once per module (``swept``); the other tests reuse its records as the reference and copy the shared
+once per module (``swept``, starting from the first cell's trained stages, the session's smoke study); the other tests reuse its records as the reference and copy the shared
 ``c_p`` (one per dataset, not per cell) into their own fresh stores, so each cell's own stages (score
 model, ``c_id``, samples, audit, probe) are computed again where the test is about computing them.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SMOKE_STUDY, copy_smoke_stages
 from safcore.__main__ import main
 from safcore.runs import RunStore, config_key
 from safcore.sweep import (
@@ -35,6 +36,8 @@ from safcore.sweep import (
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = SweepGrid(("breastmnist",), n_datasets=(8,), seeds=(0, 1), profile="smoke")
+assert (GRID.cells()[0].dataset, GRID.cells()[0].n_dataset, GRID.cells()[0].seed, GRID.profile) == tuple(
+    SMOKE_STUDY[k] for k in ("dataset", "n_dataset", "seed", "profile"))  # the first cell is the session's smoke study
 
 
 def _runs(store: RunStore) -> set[str]:
@@ -53,9 +56,12 @@ def _copy_run(source: RunStore, target: RunStore, kind: str, config) -> None:
 
 
 @pytest.fixture(scope="module")
-def swept(one_thread, tmp_path_factory, data_root):
-    """GRID swept once into a fresh store, in this process (jobs=1), with its wall time."""
+def swept(one_thread, tmp_path_factory, data_root, smoke_stages):
+    """GRID swept once in this process (jobs=1), with its wall time, into a store that holds only the first cell's
+    trained c_p, c_id and score model (the session's smoke study: a notebook would have left them): the sweep
+    records both cells, samples, audits and probes both, and trains the second cell's c_id and model."""
     store = RunStore(tmp_path_factory.mktemp("sweep") / "runs")
+    copy_smoke_stages(smoke_stages, store, data_root)
     start = time.perf_counter()
     result = run_sweep(GRID, store=store, data_root=data_root, progress=False)
     return store, result, time.perf_counter() - start
