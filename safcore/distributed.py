@@ -25,17 +25,19 @@ single-process function — and the others are independent streams that do not c
 * the t' probe: the exhaustive search's sampler calls (groups of grid t formed by
   :func:`safcore.probe.q_curve`'s batching rule) are numbered ``j = 0, 1, …`` from the top of the grid;
   call ``j`` of run ``k`` uses ``derived_seed(run_seed(config.seed, k), j)``; rank ``r`` makes the calls
-  ``j ≡ r (mod W)``. q_M(t) and t' depend on the config, never on the world size.
+  ``j ≡ r (mod W)``. The top-down search's units (a grid t and one chunk of its M samples, in the search's
+  order) are numbered ``u``; unit ``u`` of run ``k`` uses ``derived_seed(run_seed(config.seed, k), u)``;
+  rank ``r`` draws unit ``round·W + r``. q_M(t) and t' depend on the config, never on the world size.
 
 Under a launcher, :class:`safcore.study.Study` (and with it ``safcore train``, ``audit``, ``probe``, ``demo``
 and the notebooks' code) runs every stage this way (:func:`process_accelerator`, :func:`collective_stage`)::
 
     accelerate launch --multi_gpu --num_processes 2 -m safcore demo --profile smoke --n-dataset 8
 
-trains the score model with DDP, draws the audit samples with :func:`sample_split` and the exhaustive t'
-probe with :func:`probe_split` (for profiles with ``split_seeds``), and lets the main process write the
-report. Stages that do not split (``c_p``, ``c_id``, FID features, a top-down probe) are computed by the
-first process that takes the run key's lock while the others wait and reuse them. On a machine without
+trains the score model with DDP, draws the audit samples with :func:`sample_split` and the t' probe with
+:func:`probe_split` (exhaustive) or :func:`topdown_split` (for profiles with ``split_seeds``), and lets the
+main process write the report. Stages that do not split (``c_p``, ``c_id``, the FID extractor) are computed
+by the first process that takes the run key's lock while the others wait and reuse them. On a machine without
 CUDA the launched processes run DDP over gloo on the CPU. (accelerate 1.15's ``launch --cpu
 --num_processes 2`` starts ONE process unless given an MPI hostfile; ``--multi_gpu --num_processes 2``
 starts two through torchrun, and :func:`process_accelerator` builds ``Accelerator(cpu=True)`` when no GPU
@@ -72,12 +74,12 @@ from safcore.probe import (
     QTally,
     _as_single_image,
     _check_process,
-    _example_ts,
-    _std_fn,
     _steps_for,
-    eq9_indicator,
+    chunk_sizes,
     fill_q_curve,
+    probe_result,
     run_seed,
+    tally_draws,
 )
 from safcore.progress import progress_bar
 from safcore.runs import atomic_save_safetensors
@@ -104,6 +106,8 @@ __all__ = [
     "probe_job_tallies",
     "merge_probe",
     "probe_split",
+    "topdown_units",
+    "topdown_split",
     "COLLECTIVE_TIMEOUT_S",
     "launched",
     "process_accelerator",
@@ -493,8 +497,8 @@ def probe_jobs(config: ProbeConfig) -> list[tuple[float, ...]]:
 
 def _check_split_config(config: ProbeConfig) -> None:
     if config.search != "exhaustive":
-        raise ValueError(f"ProbeConfig.search = {config.search!r}: the split probe is the exhaustive search; allowed: "
-                         "'exhaustive' (the top-down search is sequential by nature)")
+        raise ValueError(f"ProbeConfig.search = {config.search!r}: the sampler calls of the exhaustive search; "
+                         "allowed: 'exhaustive' (the top-down search is split by topdown_split)")
 
 
 def probe_job_tallies(
@@ -546,23 +550,69 @@ def merge_probe(score_fn, sde, config: ProbeConfig, tallies: dict[tuple[int, int
         positive = [t for t in tally.k if tally.k[t] > 0]
         primes.append(max(positive) if positive else None)
         runs.append(tally)
-    tally = QTally.merge(runs)
-    grid = config.grid
-    found = [t for t in primes if t is not None]
-    t_prime = max(found) if found else None
-    curve = tally.curve(_example_ts(grid, list(tally.n), t_prime, config.n_example_t))
-    k_grid = [tally.k.get(t, 0) for t in grid]
-    n_grid = [tally.n.get(t, 0) for t in grid]
-    return ProbeResult(
-        ts=curve.ts, n=curve.n, k=curve.k, k_p=curve.k_p, k_id=curve.k_id, q=curve.q, ci_low=curve.ci_low,
-        ci_high=curve.ci_high, M=config.M, t_prime=t_prime,
-        k_at_t_prime=None if t_prime is None else int(tally.k[t_prime]),
-        n_at_t_prime=None if t_prime is None else int(tally.n[t_prime]),
-        t_prime_runs=tuple(primes),
-        eq9_indicator=eq9_indicator(grid, k_grid, n_grid, _std_fn(score_fn, sde)),
-        nfe=curve.nfe, nfe_exhaustive=config.repeats * config.nfe_exhaustive, search="exhaustive", grid=grid,
-        examples=curve.examples, config=config,
-    )
+    return probe_result(score_fn, sde, config, runs, primes, search="exhaustive")
+
+
+def topdown_units(config: ProbeConfig) -> list[tuple[int, int]]:
+    """The top-down search's units in its order: ``(grid index i, chunk size m)`` for every grid t from the top,
+    its M samples in the chunks of :func:`safcore.probe.chunk_sizes` (1, 1, 2, 4, … up to M)."""
+    sizes = chunk_sizes(config.M, config.first_chunk)
+    return [(i, m) for i in range(len(config.grid)) for m in sizes]
+
+
+def topdown_split(
+    score_fn,
+    sde,
+    x_p: torch.Tensor,
+    c_p,
+    c_id,
+    config: ProbeConfig,
+    *,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+) -> ProbeResult:
+    """Algorithm 1's top-down search shared by the processes; call on every rank, every rank gets the result.
+
+    Unit ``u`` (:func:`topdown_units`: a grid t and one chunk of its M samples) of run ``k`` is drawn with a
+    generator seeded ``derived_seed(run_seed(config.seed, k), u)``. The units are taken in rounds of W: rank
+    ``r`` draws unit ``round·W + r``; after each round the first unit (in the search's order) with a positive
+    ends the run at its t, and only the units up to it are counted. So t', the counts and q are the same for
+    any world size (W − 1 units of a round may be drawn in vain), and t' has the law of the single-process
+    top-down search (:func:`safcore.probe.topdown_search`: each unit is a fresh draw of its chunk, in its
+    order) and hence of the exhaustive search."""
+    x_p = _as_single_image(x_p)
+    _check_process(score_fn, sde)
+    rank, world = _rank_world(accelerator)
+    units = topdown_units(config)
+    tallies: list[QTally] = []
+    primes: list[float | None] = []
+    bar = progress_bar(total=config.repeats * len(units), desc="top-down t' split", unit="chunk",
+                       enabled=progress and rank == 0, leave=False)
+    for run in range(config.repeats):
+        base = run_seed(config.seed, run)
+        counted: list[QTally] = []
+        prime = None
+        for start in range(0, len(units), world):
+            mine = None
+            u = start + rank
+            if u < len(units):
+                i, m = units[u]
+                tally = QTally(config.n_examples)
+                generator = torch.Generator(device=x_p.device).manual_seed(derived_seed(base, u))
+                mine = (u, tally, tally_draws(tally, score_fn, sde, x_p, c_p, c_id, config, config.grid[i], m, generator))
+            drawn = sorted((x for x in _gather(accelerator, mine) if x is not None), key=lambda x: x[0])
+            bar.update(len(drawn))
+            for u_done, tally, found in drawn:
+                counted.append(tally)
+                if found > 0:
+                    prime = config.grid[units[u_done][0]]
+                    break
+            if prime is not None:
+                break
+        tallies.append(QTally.merge(counted))
+        primes.append(prime)
+    bar.close()
+    return probe_result(score_fn, sde, config, tallies, primes, search="topdown")
 
 
 def probe_split(
@@ -576,7 +626,8 @@ def probe_split(
     accelerator: Accelerator | None = None,
     progress: bool = True,
 ) -> ProbeResult:
-    """Algorithm 1's exhaustive search split across processes; call on every rank, every rank gets the result.
+    """Algorithm 1 split across processes; call on every rank, every rank gets the result. A top-down
+    ``config.search`` goes to :func:`topdown_split`; the exhaustive search is split as follows.
 
     The sampler calls ``(run k, job j)`` (:func:`probe_jobs`, in run-major order, numbered ``i``) go to rank
     ``i mod W``; each has its own generator (:func:`probe_job_tallies`); the tallies (counts and the few
@@ -584,6 +635,8 @@ def probe_split(
     for any world size. They are drawn with other random streams than :func:`safcore.probe.find_t_prime`'s
     (one generator per call instead of one per run), so they have its law, not its exact draws.
     """
+    if config.search == "topdown":
+        return topdown_split(score_fn, sde, x_p, c_p, c_id, config, accelerator=accelerator, progress=progress)
     _check_split_config(config)
     rank, world = _rank_world(accelerator)
     pairs = [(run, j) for run in range(config.repeats) for j in range(len(probe_jobs(config)))]

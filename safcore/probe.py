@@ -40,6 +40,8 @@ __all__ = [
     "DEFAULT_GRID",
     "QTally",
     "fill_q_curve",
+    "probe_result",
+    "tally_draws",
     "ProbeConfig",
     "ProbeExample",
     "QCurve",
@@ -940,11 +942,26 @@ def find_t_prime(
             tally, t_run = _topdown(score_fn, sde, x_p, c_p, c_id, cfg, gen, progress)
             primes.append(t_run)
         tallies.append(tally)
-    tally = QTally.merge(tallies)
-    found = [t for t in primes if t is not None]
+    return probe_result(score_fn, sde, cfg, tallies, primes, search=cfg.search)
+
+
+def probe_result(
+    score_fn: ScoreFn,
+    sde: SDE | None,
+    config: ProbeConfig,
+    run_tallies: Sequence[QTally],
+    run_primes: Sequence[float | None],
+    *,
+    search: Search,
+) -> ProbeResult:
+    """The :class:`ProbeResult` of ``R`` runs (their tallies and t'), as Algorithm 1 with ``R·M`` samples per t:
+    THE t' is the largest of the runs' t', the counts are pooled, the Eq. 9 indicator is computed on the pooled
+    counts. Shared by :func:`find_t_prime` and the split searches of :mod:`safcore.distributed`."""
+    grid = config.grid
+    tally = QTally.merge(list(run_tallies))
+    found = [t for t in run_primes if t is not None]
     t_prime = max(found) if found else None
-    keep = _example_ts(grid, list(tally.n), t_prime, cfg.n_example_t)
-    curve = tally.curve(keep)
+    curve = tally.curve(_example_ts(grid, list(tally.n), t_prime, config.n_example_t))
     k_grid = [tally.k.get(t, 0) for t in grid]
     n_grid = [tally.n.get(t, 0) for t in grid]
     return ProbeResult(
@@ -956,18 +973,18 @@ def find_t_prime(
         q=curve.q,
         ci_low=curve.ci_low,
         ci_high=curve.ci_high,
-        M=cfg.M,
+        M=config.M,
         t_prime=t_prime,
         k_at_t_prime=None if t_prime is None else int(tally.k[t_prime]),
         n_at_t_prime=None if t_prime is None else int(tally.n[t_prime]),
-        t_prime_runs=tuple(primes),
+        t_prime_runs=tuple(run_primes),
         eq9_indicator=eq9_indicator(grid, k_grid, n_grid, _std_fn(score_fn, sde)),
         nfe=curve.nfe,
-        nfe_exhaustive=cfg.repeats * cfg.nfe_exhaustive,
-        search=cfg.search,
+        nfe_exhaustive=config.repeats * config.nfe_exhaustive,
+        search=search,
         grid=grid,
         examples=curve.examples,
-        config=cfg,
+        config=config,
     )
 
 
@@ -984,21 +1001,11 @@ def _topdown(
     """One run of :func:`topdown_search` with the probe's reverse samples as ``draw``."""
     grid = cfg.grid
     tally = QTally(cfg.n_examples)
-    device = x_p.device
     bar = progress_bar(total=len(grid), desc="top-down t'", unit="t", enabled=progress, leave=False)
 
     def draw(i: int, m: int) -> int:
         t = grid[i]
-        before = tally.k.get(t, 0)
-        for j in range(0, m, cfg.batch_size):  # respect batch_size inside a chunk
-            mm = min(cfg.batch_size, m - j)
-            t_vec = torch.full((mm,), t, dtype=torch.float32, device=device)
-            b = _run_batch(
-                score_fn, sde, x_p, c_p, c_id, t_vec,
-                method=cfg.method, steps=cfg.steps(t), steps_full=cfg.steps_full, eps=cfg.eps, generator=gen,
-            )  # fmt: skip
-            tally.add(t, b, slice(0, mm))
-        found = tally.k[t] - before
+        found = tally_draws(tally, score_fn, sde, x_p, c_p, c_id, cfg, t, m, gen)
         if found or tally.n[t] >= cfg.M:
             bar.update(1)
             bar.set_postfix(t=f"{t:.3f}", positive=bool(tally.k[t]))
@@ -1007,3 +1014,30 @@ def _topdown(
     hit = topdown_search(len(grid), cfg.M, draw, cfg.first_chunk)
     bar.close()
     return tally, (grid[hit] if hit is not None else None)
+
+
+def tally_draws(
+    tally: QTally,
+    score_fn: ScoreFn,
+    sde: SDE | None,
+    x_p: torch.Tensor,
+    c_p: Classifier,
+    c_id: Classifier,
+    cfg: ProbeConfig,
+    t: float,
+    m: int,
+    generator: torch.Generator,
+) -> int:
+    """Diffuse ``x_p`` to ``t`` and reverse it ``m`` times (in batches of at most ``cfg.batch_size``, drawn from
+    ``generator`` in turn), classify, count into ``tally``; returns the positives (``c_p`` AND ``c_id``) among them.
+    One chunk of the top-down search."""
+    before = tally.k.get(t, 0)
+    for j in range(0, m, cfg.batch_size):  # respect batch_size inside a chunk
+        mm = min(cfg.batch_size, m - j)
+        t_vec = torch.full((mm,), t, dtype=torch.float32, device=x_p.device)
+        b = _run_batch(
+            score_fn, sde, x_p, c_p, c_id, t_vec,
+            method=cfg.method, steps=cfg.steps(t), steps_full=cfg.steps_full, eps=cfg.eps, generator=generator,
+        )  # fmt: skip
+        tally.add(t, b, slice(0, mm))
+    return tally.k[t] - before

@@ -782,10 +782,11 @@ class Study:
         model, step, probe settings and classifiers (the search is seeded by ``config.seed``) and kept in the
         run store, so notebooks, sweeps and the command line read it back instead of probing again.
 
-        With the profile's ``split_seeds`` the exhaustive search uses one generator per sampler call
-        (:func:`safcore.distributed.probe_split`; the key records it) and is shared by the processes of an
-        ``accelerate launch``; the top-down search (and every search without ``split_seeds``) runs on the
-        main process while the others wait."""
+        With the profile's ``split_seeds`` the exhaustive search uses one generator per sampler call and the
+        top-down search one per unit (a t and a chunk of its M samples) (:func:`safcore.distributed.probe_split`;
+        the key records it): either is shared by the processes of an ``accelerate launch`` and gives the same
+        result for any number of them. Without ``split_seeds`` (the cpu profile) the search runs on the main
+        process while the others wait."""
         from safcore import distributed
         from safcore.probe_io import load_probe, save_probe
 
@@ -797,9 +798,10 @@ class Study:
         key = {"model": self.model_config(), "step": step, "probe": dataclasses.asdict(config),
                "c_p": self.classifier_config("c_p"), "c_id": self.classifier_config("c_id"), "version": 1}
 
-        split = self.profile.split_seeds and config.search == "exhaustive"
-        if split:  # one generator per sampler call: the same q_M(t) and t' for 1 or N processes
-            key["seeding"] = "call j of run k: derived_seed(run_seed(seed, k), j)"
+        split = self.profile.split_seeds
+        if split:  # one generator per sampler call / search unit: the same q_M(t) and t' for 1 or N processes
+            key["seeding"] = ("call j of run k: derived_seed(run_seed(seed, k), j)" if config.search == "exhaustive"
+                              else "unit u of run k: derived_seed(run_seed(seed, k), u)")
 
         def compute() -> ProbeResult | None:
             model = self.model_at(step)  # on every rank: it may train the score model with DDP first

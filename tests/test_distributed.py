@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ from safcore.distributed import (
     probe_split,
     sample_chunks,
     sample_split,
+    topdown_split,
+    topdown_units,
     train_distributed,
 )
 from safcore.models import ScoreModel, build_unet
@@ -136,9 +139,78 @@ def test_probe_split_is_the_same_for_one_and_two_ranks():
     for a, b in zip(one.examples, two.examples):
         assert torch.equal(a.samples, b.samples)
     with pytest.raises(ValueError, match="exhaustive"):
-        probe_split(model, model.sde, x_p, c_p, c_id, ProbeConfig(M=3, grid=(0.5,), search="topdown"), progress=False)
+        merge_probe(model, model.sde, ProbeConfig(M=3, grid=(0.5,), search="topdown"), tallies)
     with pytest.raises(ValueError, match="missing"):
         merge_probe(model, model.sde, config, {k: v for k, v in tallies.items() if k != (1, 1)})
+
+
+class _ThreadWorld:
+    """W ranks as W threads of this process: ``gather`` hands every rank the objects of all (rank order)."""
+
+    def __init__(self, world: int):
+        self.world, self.slots = world, [None] * world
+        self.barrier = threading.Barrier(world)
+
+    def gather(self, rank: int, obj):
+        self.slots[rank] = obj
+        self.barrier.wait()
+        out = list(self.slots)
+        self.barrier.wait()
+        return out
+
+
+class _ThreadRank:
+    def __init__(self, world: _ThreadWorld, rank: int):
+        self.world, self.process_index, self.num_processes = world, rank, world.world
+
+
+def _in_threads(world: int, run, monkeypatch):
+    """``run(accelerator)`` on ``world`` simulated ranks (threads); returns every rank's result."""
+    import safcore.distributed as distributed
+
+    monkeypatch.setattr(distributed, "_gather", lambda acc, obj: [obj] if acc is None else acc.world.gather(
+        acc.process_index, obj))
+    shared, results = _ThreadWorld(world), [None] * world
+
+    def target(rank: int) -> None:
+        results[rank] = run(_ThreadRank(shared, rank))
+
+    threads = [threading.Thread(target=target, args=(r,)) for r in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_topdown_split_is_the_same_for_one_two_and_three_ranks(monkeypatch):
+    """Rounds of W units, the first positive in the search's order ends a run: t', counts and examples do not
+    depend on W; classifiers that always / never fire give the known answers (top of the grid after one
+    sample / no t' after all M at every t)."""
+    model = _model()
+    x_p = torch.rand(1, 28, 28)
+    c_p = lambda x: x[:, 0, :, :14].mean(dim=(1, 2)) > x[:, 0, :, 14:].mean(dim=(1, 2))  # noqa: E731
+    c_id = lambda x: x[:, 0, :14].mean(dim=(1, 2)) > x[:, 0, 14:].mean(dim=(1, 2)) - 0.05  # noqa: E731
+    config = ProbeConfig(M=4, grid=(0.8, 0.6, 0.4, 0.2), steps_full=4, batch_size=4, search="topdown", repeats=3,
+                         n_example_t=2, n_examples=2)
+    assert topdown_units(config)[:4] == [(0, 1), (0, 1), (0, 2), (1, 1)]
+    one = probe_split(model, model.sde, x_p, c_p, c_id, config, progress=False)
+    assert one.search == "topdown" and one.k.sum() > 0 and one.t_prime is not None  # positives occur
+    for world in (2, 3):
+        results = _in_threads(world, lambda acc: topdown_split(model, model.sde, x_p, c_p, c_id, config,
+                                                               accelerator=acc, progress=False), monkeypatch)
+        for other in results:
+            assert other.t_prime_runs == one.t_prime_runs and other.t_prime == one.t_prime
+            assert np.array_equal(other.ts, one.ts) and np.array_equal(other.n, one.n) and np.array_equal(other.k, one.k)
+            assert other.k_at_t_prime == one.k_at_t_prime and other.nfe == one.nfe
+            for a, b in zip(other.examples, one.examples, strict=True):
+                assert torch.equal(a.samples, b.samples)
+    always = lambda x: torch.ones(x.shape[0], dtype=torch.bool)  # noqa: E731
+    never = lambda x: torch.zeros(x.shape[0], dtype=torch.bool)  # noqa: E731
+    top = probe_split(model, model.sde, x_p, always, always, config, progress=False)
+    assert top.t_prime == 0.8 and top.n.tolist() == [3] and top.k.tolist() == [3]  # one sample per run
+    none = probe_split(model, model.sde, x_p, always, never, config, progress=False)
+    assert none.t_prime is None and none.n.tolist() == [12, 12, 12, 12] and none.k.sum() == 0
 
 
 # ------------------------------------------------------------------ training
@@ -264,8 +336,9 @@ def test_demo_under_accelerate_launch_then_as_one_process(tmp_path, data_root):
     assert _manifest(store, "samples")["extra"]["processes"] == 2
     probes = [json.loads((p / "manifest.json").read_text()) for p in (store / "probe").iterdir()
               if (p / "manifest.json").is_file()]
-    # the exhaustive probe split (one generator per sampler call); the demo's top-down spread probes on one
-    assert sorted("seeding" in m["config"] for m in probes) == [False, True]
+    # the exhaustive probe (one generator per sampler call) and the demo's top-down spread probes (one per unit)
+    assert sorted(m["config"]["probe"]["search"] for m in probes) == ["exhaustive", "topdown"]
+    assert all("seeding" in m["config"] and m["extra"]["processes"] == 2 for m in probes)
     kept = list((store / "score_model").glob("*/kept/ema_step000004.safetensors"))
     with safe_open(str(kept[0]), framework="pt") as handle:
         assert json.loads(handle.metadata()["distributed"])["world_size"] == 2
