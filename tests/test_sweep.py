@@ -153,9 +153,11 @@ def test_jobs_2_gives_the_records_of_jobs_1(swept, tmp_path, data_root):
     reference, result, _ = swept
     store = RunStore(tmp_path / "runs")
     _copy_run(reference, store, "c_p", _study(GRID.cells()[0], reference, data_root).classifier_config("c_p"))
+    for cell in GRID.cells():  # the classifiers as a notebook left them; each worker trains its cell's score model
+        _copy_run(reference, store, "c_id", _study(cell, reference, data_root).classifier_config("c_id"))
     start = time.perf_counter()
     parallel = run_sweep(GRID, jobs=2, store=store, data_root=data_root, progress=False)
-    print(f"2 cells with --jobs 2 (c_p copied): {time.perf_counter() - start:.0f} s; per cell: "
+    print(f"2 cells with --jobs 2 (c_p, c_id copied): {time.perf_counter() - start:.0f} s; per cell: "
           + ", ".join(f"seed {o.cell.seed}: {o.record['seconds']}" for o in parallel.outcomes if o.record))
     assert [o.status for o in parallel.outcomes] == ["computed", "computed"], parallel.table()
     assert [_without_seconds(o.record) for o in parallel.outcomes] == [_without_seconds(o.record) for o in result.outcomes]
@@ -179,6 +181,7 @@ def test_a_killed_sweep_resumes_without_recomputing_finished_cells(swept, tmp_pa
     # the first cell's stages as a notebook would have left them (its record is not there): it finishes fast
     _copy_run(reference, store, "c_p", study0.classifier_config("c_p"))
     _copy_run(reference, store, "c_id", study0.classifier_config("c_id"))
+    _copy_run(reference, store, "c_id", study1.classifier_config("c_id"))  # the second cell trains its model only
     _copy_run(reference, store, "score_model", study0.model_config())
     for manifest in (reference.root / "samples").glob("*/manifest.json"):
         config = json.loads(manifest.read_text())["config"]
