@@ -66,7 +66,6 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from safcore.data import from_model_range
-from safcore.device import bf16_autocast
 from safcore.models import TIME_LABEL_SCALE, ScoreModel
 from safcore.probe import (
     ProbeConfig,
@@ -201,23 +200,16 @@ class DDPTrainer(Trainer):
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This rank's share: ``B / W`` indices, times (B/W,) and noise (B/W, C, H, W) from its own generator
-        (the same draws, in the same order, as :meth:`Trainer.draw_batch` with batch B/W)."""
-        cfg, g = self.config, self.generator
-        idx = torch.randint(0, self.data.shape[0], (self.local_batch,), generator=g)
-        t = torch.rand(self.local_batch, generator=g) * (1.0 - cfg.eps) + cfg.eps
-        z = torch.randn((self.local_batch, *self.data.shape[1:]), generator=g)
-        return self.data[idx.to(self.device)], t.to(self.device), z.to(self.device)
+    @property
+    def batch_per_step(self) -> int:
+        """This rank's share of the global batch, ``B / W`` (drawn by :meth:`Trainer.draw_batch` from this rank's
+        generator)."""
+        return self.local_batch
 
-    def loss(self, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """:meth:`Trainer.loss` with the U-Net called through its DDP wrapper (so that backward all-reduces)."""
-        mean, std = self.sde.marginal_prob(x0, t)
-        xt = mean + std.reshape(-1, *([1] * (x0.ndim - 1))) * z
+    def eps_hat(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """:meth:`Trainer.eps_hat` through the U-Net's DDP wrapper (so that backward all-reduces)."""
         t = torch.as_tensor(t, dtype=xt.dtype, device=xt.device)
-        with bf16_autocast(self.device, self.config.bf16):
-            eps_hat = self.net(xt, t * TIME_LABEL_SCALE).sample
-        return torch.mean((eps_hat.float() - z) ** 2)
+        return self.net(xt, t * TIME_LABEL_SCALE).sample
 
     def step(self) -> float:
         """:meth:`Trainer.step`; the recorded loss is the mean of the ranks' losses (equal local batches)."""

@@ -299,15 +299,26 @@ class Trainer:
         mean, std = self.sde.marginal_prob(x0, t)
         xt = mean + std.reshape(-1, *([1] * (x0.ndim - 1))) * z
         with bf16_autocast(self.device, self.config.bf16):
-            eps_hat = self.model.eps(xt, t)
+            eps_hat = self.eps_hat(xt, t)
         return torch.mean((eps_hat.float() - z) ** 2)
 
+    def eps_hat(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε̂_θ(x_t, t) (B, C, H, W) of the network being trained; a subclass may call it through a wrapper
+        (:class:`safcore.distributed.DDPTrainer`: DDP, whose backward all-reduces the gradients)."""
+        return self.model.eps(xt, t)
+
+    @property
+    def batch_per_step(self) -> int:
+        """Images this process draws per step: ``config.batch_size`` (a data-parallel rank draws its share)."""
+        return self.config.batch_size
+
     def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Batch indices, times t ~ U(eps, 1) of shape (B,) and noise z of shape (B, C, H, W), from the generator."""
-        cfg, g = self.config, self.generator
-        idx = torch.randint(0, self.data.shape[0], (cfg.batch_size,), generator=g)
-        t = torch.rand(cfg.batch_size, generator=g) * (1.0 - cfg.eps) + cfg.eps
-        z = torch.randn((cfg.batch_size, *self.data.shape[1:]), generator=g)
+        """Batch indices, times t ~ U(eps, 1) of shape (B,) and noise z of shape (B, C, H, W), from the generator;
+        B = :attr:`batch_per_step`."""
+        cfg, g, b = self.config, self.generator, self.batch_per_step
+        idx = torch.randint(0, self.data.shape[0], (b,), generator=g)
+        t = torch.rand(b, generator=g) * (1.0 - cfg.eps) + cfg.eps
+        z = torch.randn((b, *self.data.shape[1:]), generator=g)
         return self.data[idx.to(self.device)], t.to(self.device), z.to(self.device)
 
     def step(self) -> float:
