@@ -10,7 +10,6 @@ Bad input ends with one line on stderr and exit code 2 (--debug shows the traceb
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -215,11 +214,10 @@ def _run(args) -> int:
             print(report)
         return 0
     if args.command == "probe":
-        import dataclasses
-
         from safcore import plotting
         from safcore.distributed import is_main_process
-        from safcore.runs import atomic_write, write_manifest
+        from safcore.probe_io import save_probe
+        from safcore.runs import write_manifest
 
         _positive("--M", args.M)
         _positive("--repeats", args.repeats)
@@ -235,11 +233,7 @@ def _run(args) -> int:
                                   title=(f"x_p comes back from t' = {result.t_prime:.2f} ({result.t_prime_count})"
                                          if result.t_prime is not None else "x_p did not come back from any t of the grid"))
         plotting.save_figure(figure, out / "q_curve.png")
-        record = {"t_prime": result.t_prime, "k_at_t_prime": result.k_at_t_prime, "n_at_t_prime": result.n_at_t_prime,
-                  "t_prime_runs": list(result.t_prime_runs), "ts": result.ts.tolist(), "k": result.k.tolist(),
-                  "n": result.n.tolist(), "nfe": result.nfe, "eq9_indicator": result.eq9_indicator,
-                  "config": dataclasses.asdict(result.config)}
-        atomic_write(out / "probe.json", json.dumps(record, indent=2, default=float))
+        save_probe(result, out)  # probe.json (counts, t', config) and examples.safetensors, as the run store keeps it
         write_manifest(out / "probe.json", config={"study": study.model_config(), "profile": study.profile.name},
                        seed=study.seed)
         print(f"{study}\n{result}\nwritten: {out / 'probe.json'}, {out / 'q_curve.png'}")
