@@ -39,8 +39,8 @@ print(result)
 missed = result.missed_copies
 groups = {"q-positives": result.q_indices, "c_p+ only": result.cp_false_positives, "c_id+ only": result.cid_false_positives,
           "x_p copies (nearest neighbour) the adversary missed": missed}
-headline = (f"|q| = {result.n_q} of {result.n} (E|q| = {result.expected_q:.3g}; P(x_p) ≤ {result.q_upper():.1%} at 95 %); "
-            f"{result.copies.n_xp_copies} x_p copies by nearest neighbour, {len(missed)} missed")
+headline = (f"|q| = {result.n_q} of {result.n} (E|q| = {result.expected_q:.3g}); {result.copies.n_xp_copies} x_p copies "
+            f"by nearest neighbour, {len(missed)} missed; P(x_p) ≤ {result.handed_back_interval()[1]:.1%} at 95 %")
 figure = plotting.audit_gallery(samples, groups, study.private.x_p, title=headline)
 study.save_figure(figure, "06_false_positives")
 {name: len(indices) for name, indices in groups.items()}
@@ -60,8 +60,10 @@ assert set(result.q_indices) == set(result.cp_indices) & set(result.cid_indices)
 
 # %% [markdown]
 # The other way round: how many of the samples that copy `x_p` (nearest neighbour) the adversary
-# caught, and how often each classifier fires on samples that are not `x_p`. Where it misses copies or
-# fires on most samples, the audit's verdict must say "inconclusive" rather than "fewer than E|q|".
+# caught, and how often each classifier fires on samples that are not `x_p`. Copies found by either count
+# make the verdict "reproduces" whatever the adversary's recall (a weak adversary can only undercount);
+# where nothing was found and the adversary misses copies or fires on most samples, the verdict must say
+# "inconclusive" rather than "not observed".
 
 # %%
 check = result.copies
@@ -70,4 +72,8 @@ print(f"x_p copies {check.n_xp_copies}: c_p caught {check.cp_hits}, c_id {check.
 print(result.verdict())
 assert check.q_hits + len(check.q_not_copies) == result.n_q
 weak = (check.n_xp_copies and check.q_recall < 0.9) or check.cp_rate_others > 0.5 or not result.cp_on_x_p
-assert result.verdict().kind == "inconclusive" or not weak, "a weak adversary never yields a verdict on |q|"
+found = max(result.n_q, check.n_xp_copies)
+if found:
+    assert result.verdict().kind == "reproduces" and f"at least {found} of {result.n}" in result.verdict().headline
+else:
+    assert result.verdict().kind == ("inconclusive" if weak else "not_observed"), "a weak adversary never claims absence"

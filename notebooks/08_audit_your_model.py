@@ -101,14 +101,18 @@ assert result.n_q <= min(result.n_cp, result.n_cid) and result.copies.q_hits <= 
 
 # %% [markdown]
 # The adversary's count beside the independent count (every sample's nearest training image, Carlini et al.
-# 2023's ratio < 0.5), with the exact 95 % upper bound on how often the model hands back `x_p`:
+# 2023's ratio below a threshold calibrated so that ≤ 1 % of real held-out images pass), each copy count
+# beside the same count on those held-out images, with the exact 95 % upper bound on how often the model
+# hands back `x_p` (from the larger of `|q|` and the `x_p` copies):
 
 # %%
 check = result.copies
 row = result.to_row()
-print(f"|q| = {result.n_q} of {result.n} (E|q| = {result.expected_q:.3g}); P(x_p) ≤ {result.q_upper():.2%} at 95 %")
+print(f"|q| = {result.n_q} of {result.n} (E|q| = {result.expected_q:.3g}); "
+      f"P(x_p) ≤ {result.handed_back_interval()[1]:.2%} at 95 %")
 print(f"x_p copies by nearest neighbour: {check.n_xp_copies} (caught by c_p ∧ c_id: {check.q_hits}); "
-      f"samples that copy some training image: {check.n_copies}/{check.n}")
+      f"samples that copy some training image: {check.copies_text()}; rule: {check.calibration.describe()}")
+assert check.calibration.calibrated and check.control["copies"] <= 0.01 * (check.control["n"] + 1)
 assert row["|q|"] == result.n_q and row["verdict"] == result.verdict().kind
 if PROFILE == "cpu":
     # the committed cpu run: a DDPM trained on 16 images copies them, x_p among them (reports/cpu/08_…)

@@ -57,8 +57,11 @@ copies = [s.copies() for s in studies]
 
 # %% [markdown]
 # **The table.** `|q|`: samples both classifiers call `x_p` with its SAF; `x_p` copies: samples whose
-# nearest training image is `x_p` by the Carlini criterion (independent of the classifiers); copies: samples
-# that copy any training image; `P(x_p) ≤`: exact 95 % upper bound from `|q|`; FID against the train split
+# nearest training image is `x_p` by the audit's copy rule (Carlini et al.'s ratio, its threshold calibrated
+# so that ≤ 1 % of real held-out images pass; independent of the classifiers); copies: samples that copy any
+# training image, beside the same count on the held-out val + test images (near-duplicates of `D_p`
+# removed); `P(x_p) ≤`: exact 95 % upper bound from the larger of `|q|` and the `x_p` copies; FID_train
+# against `D_p`, the images trained on, at n = min(n_fid, N_D, |test|)
 # (safcore's domain extractor — comparable across these rows, not with Inception FIDs); utility: balanced
 # test accuracy of a classifier trained on the model's samples (labelled by a classifier trained on the real
 # `D_p`), on the privatized images (CADP), and on the real `D_p` (the reference); chance = 0.5 on a binary task.
@@ -76,7 +79,8 @@ for d, s, a, p, f, u, c in zip(defences, studies, audits, probes, fids, utilitie
     rows.append({
         "defence": "none" if d is None else type(d).__name__, "ε": eps_text(d),
         "|c_p+|": a.n_cp, "|c_id+|": a.n_cid, "|q|": a.n_q, "E|q|": round(a.expected_q, 2),
-        "P(x_p) ≤": f"{a.q_upper():.1%}", "x_p copies": a.copies.n_xp_copies, "copies": c,
+        "P(x_p) ≤": f"{a.handed_back_interval()[1]:.1%}", "x_p copies": a.copies.n_xp_copies, "copies": c,
+        "copies, held-out": f"{a.copies.control['copies']}/{a.copies.control['n']}",
         "t' (k/M)": f"{p.t_prime_or_zero:.2f} ({p.t_prime_count})",
         "FID_train": round(f.value, 2), "utility: samples": round(u["samples"], 3),
         "utility: privatized": round(u["privatized"], 3) if "privatized" in u else None,

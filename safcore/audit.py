@@ -9,12 +9,15 @@ result keeps every index so galleries can show the q-positives and each classifi
 
 ``|q|`` counts only the copies that both classifiers catch. Given the training set ``D_p``, the audit
 also counts copies of ``x_p`` independently of the adversary (:class:`CopyCheck`: each sample's nearest
-training image in pixel space and the Carlini et al. 2023 ratio), measures the adversary's recall on
-those copies and its firing rate on everything else, and how evenly the model copies its training
-images. :meth:`AuditResult.verdict` turns this into the sentence a report may print: an adversary that
-misses copies, fires on most samples, does not see ``x_p``'s own fingerprint or detects the SAF poorly
-makes the verdict *inconclusive* instead of "fewer than E|q|". Every count comes with its exact
-(Clopper–Pearson) 95 % upper bound (:mod:`safcore.bounds`).
+training image in pixel space and the Carlini et al. 2023 ratio, its threshold calibrated on real
+held-out images so that at most 1 % of them pass, :mod:`safcore.control`), reports the same counts on
+those held-out images beside the samples', measures the adversary's recall on the copies and its
+firing rate on everything else, and how evenly the model copies its training images.
+:meth:`AuditResult.verdict` turns this into the sentence a report may print: any copy of ``x_p`` found
+— by the adversary or by the copy count, SAF visible or not — means the model hands ``x_p`` back, in at
+least ``max(|q|, copies)`` of ``n`` samples; an adversary that misses copies, fires on most samples,
+does not see ``x_p``'s own fingerprint or detects the SAF poorly makes a claim of absence
+*inconclusive*. Every count comes with its exact (Clopper–Pearson) 95 % interval (:mod:`safcore.bounds`).
 
 Images to audit come from :mod:`safcore.images` (arrays, files, PNG folders, a diffusers U-Net).
 """
@@ -31,6 +34,7 @@ import torch
 from scipy import stats
 
 from safcore.bounds import binomial_p_value, proportion_interval, samples_to_bound, upper_bound
+from safcore.control import CARLINI_THRESHOLD, CONTROL_ALPHA, CopyThreshold, copy_threshold_for
 from safcore.images import load_images, sample_images_from_unet
 from safcore.memorization import carlini_nearest
 from safcore.progress import progress_bar
@@ -43,6 +47,7 @@ __all__ = [
     "audit",
     "binomial_p_value",
     "copy_check",
+    "evenness_test",
     "load_images",
     "sample_images_from_unet",
 ]
@@ -65,7 +70,7 @@ class CopyCheck:
 
     Attributes:
         x_p_index: position of ``x_p`` in ``D_p``.
-        threshold, k: the Carlini criterion's settings.
+        threshold, k: the copy rule: Carlini ratio below ``threshold`` (calibrated, see ``calibration``), ``k`` neighbours.
         nearest: each sample's nearest training image, ``(n,)`` indices into ``D_p``.
         ratio: each sample's Carlini ratio, ``(n,)``.
         copy_indices: samples that copy some training image, ascending.
@@ -74,13 +79,21 @@ class CopyCheck:
         cp_hits, cid_hits, q_hits: how many of the ``x_p`` copies ``c_p``, ``c_id`` and both caught.
         q_not_copies: q-positives that are not copies of ``x_p``, ascending.
         cp_others, cid_others: how many samples that are NOT copies of ``x_p`` each classifier fires on.
-        evenness_p: χ² test (``scipy.stats.chisquare``) that the copies fall uniformly on the ``N_D``
-            training images (NaN with fewer than 2 copies or ``N_D = 1``); small: the model copies
+        evenness_p: the test that the copies fall uniformly on the ``N_D`` training images
+            (:func:`evenness_test`; NaN with fewer than 2 copies or ``N_D = 1``); small: the model copies
             some images far more often than others, and ``|q| < E|q|`` may say that, not privacy.
         xp_copies_with_saf: the copies of ``x_p`` whose SAF disc is visibly there (mean ``|x − grey|``
             inside the disc below a tolerance), ascending; ``None`` when the disc was not given. The
             others reproduce ``x_p``'s anatomy without its fingerprint: breaches ``|q|`` cannot count,
             and ``c_p`` is right not to fire on them.
+        calibration: the copy rule (:class:`safcore.control.CopyThreshold`): ``threshold`` calibrated on
+            held-out images so that at most ``alpha`` of them pass, or Carlini's 0.5 without a control.
+        control: the held-out images' counts under the same rule (None without a control):
+            ``{"n": m, "copies": …, "xp_copies": …, "carlini_0.5": …}`` — what chance similarity gives.
+        carlini_copies: samples passing Carlini et al.'s published 0.5 (for comparison with the
+            calibrated rule; their control rate is ``control["carlini_0.5"]``).
+        evenness_method: ``"chi2"`` (every expected count ≥ 5) or ``"monte-carlo"`` (an exact-in-law
+            multinomial test by simulation where expected counts are small).
     """
 
     x_p_index: int
@@ -100,6 +113,10 @@ class CopyCheck:
     evenness_p: float
     xp_copies_with_saf: tuple[int, ...] | None = None
     q_hits_with_saf: int | None = None
+    calibration: CopyThreshold | None = None
+    control: dict | None = None
+    carlini_copies: int | None = None
+    evenness_method: str = "chi2"
 
     @property
     def n(self) -> int:
@@ -158,6 +175,18 @@ class CopyCheck:
         return self.q_hits_with_saf / n if n else math.nan
 
     @property
+    def control_copy_rate(self) -> float | None:
+        """Fraction of the held-out images that copy a training image under the audit's rule (None without control)."""
+        return None if not self.control or not self.control["n"] else self.control["copies"] / self.control["n"]
+
+    def copies_text(self) -> str:
+        """``"k of n samples (held-out real images: j of m)"`` for the copy count."""
+        text = f"{self.n_copies} of {self.n} samples"
+        if self.control and self.control["n"]:
+            text += f" (held-out real images: {self.control['copies']} of {self.control['n']})"
+        return text
+
+    @property
     def n_others(self) -> int:
         return self.n - self.n_xp_copies
 
@@ -172,6 +201,31 @@ class CopyCheck:
         return self.cid_others / self.n_others if self.n_others else math.nan
 
 
+def evenness_test(per_image, *, draws: int = 20_000, seed: int = 0) -> tuple[float, str]:
+    """p-value of "the copies fall uniformly on the ``N_D`` training images" and the method used.
+
+    Pearson's χ² statistic ``Σ (c_j − e)² / e`` with ``e = (Σ c) / N_D``; its χ² law
+    (``scipy.stats.chisquare``) only where every expected count is ≥ 5 (Cochran's rule), else the
+    statistic's exact law under the multinomial null by simulation: ``draws`` multinomial draws from
+    ``numpy.random.default_rng(seed)``, ``p = (1 + #{T* ≥ T}) / (draws + 1)`` (Davison & Hinkley 1997,
+    Eq. 4.11). NaN with fewer than 2 copies or one image.
+    """
+    counts = np.asarray(per_image, dtype=np.int64).reshape(-1)
+    n, n_images = int(counts.sum()), int(counts.size)
+    if n < 2 or n_images < 2:
+        return math.nan, "none"
+    expected = n / n_images
+    if expected >= 5:
+        return float(stats.chisquare(counts.astype(np.float64)).pvalue), "chi2"
+    observed = float(((counts - expected) ** 2).sum() / expected)
+    rng = np.random.default_rng(seed)
+    exceed = 0
+    for start in range(0, draws, 2000):  # in blocks: draws × N_D counts would not fit at paper scale
+        sims = rng.multinomial(n, np.full(n_images, 1.0 / n_images), size=min(2000, draws - start))
+        exceed += int((((sims - expected) ** 2).sum(axis=1) / expected >= observed - 1e-9).sum())
+    return (1 + exceed) / (draws + 1), "monte-carlo"
+
+
 def copy_check(
     images: torch.Tensor,
     train_images: torch.Tensor,
@@ -179,7 +233,8 @@ def copy_check(
     cp: torch.Tensor,
     cid: torch.Tensor,
     *,
-    threshold: float = 0.5,
+    control: torch.Tensor | None = None,
+    alpha: float = CONTROL_ALPHA,
     k: int = 50,
     saf_mask: torch.Tensor | None = None,
     saf_grey: float = 0.5,
@@ -187,12 +242,20 @@ def copy_check(
 ) -> CopyCheck:
     """Count copies of ``x_p`` by nearest neighbour and compare them with the classifiers' verdicts.
 
+    A sample copies training image ``j`` when ``j`` is its nearest (ℓ2) and its Carlini ratio lies below
+    the threshold calibrated on ``control`` (:func:`safcore.control.calibrate_copy_threshold`: held-out
+    images pass at most at ``alpha``; Carlini's 0.5 without a control). The control's own counts under
+    the same rule are kept beside the samples'.
+
     Args:
         images: ``(n, C, H, W)`` audited images in ``[0, 1]``.
         train_images: ``D_p`` ``(N_D, C, H, W)``, with ``x_p`` (and its SAF) at ``x_p_index``.
         x_p_index: where ``x_p`` is in ``train_images``.
         cp, cid: the classifiers' verdicts on ``images``, bool ``(n,)``.
-        threshold, k: Carlini et al.'s criterion (0.5, the next 50 neighbours; ``k`` clipped to ``N_D − 1``).
+        control: real held-out images ``(m, C, H, W)`` the model never saw, de-duplicated against
+            ``D_p`` (:func:`safcore.control.held_out`); None: the rule stays uncalibrated.
+        alpha: the held-out pass rate the calibrated rule may have.
+        k: neighbours in Carlini's mean (their 50; clipped to ``N_D − 1``).
         saf_mask: the SAF's disc ``L_p`` ``(H, W)``; with it each copy of ``x_p`` is checked for a visible
             SAF: mean ``|x − saf_grey|`` over the disc's pixels (all channels) below ``saf_tolerance``.
     """
@@ -201,25 +264,25 @@ def copy_check(
             f"train_images must be (N_D, C, H, W) like the images {tuple(images.shape[1:])}, "
             f"got {tuple(train_images.shape)}"
         )
+    if control is not None and (control.ndim != 4 or tuple(control.shape[1:]) != tuple(images.shape[1:])):
+        raise ValueError(f"control images must be (m, C, H, W) like the images {tuple(images.shape[1:])}, "
+                         f"got {tuple(control.shape)}")
     n_dataset = int(train_images.shape[0])
     if isinstance(x_p_index, bool) or not isinstance(x_p_index, (int, np.integer)) or not 0 <= x_p_index < n_dataset:
         raise ValueError(f"x_p_index = {x_p_index!r} must be an integer in [0, {n_dataset - 1}] (N_D = {n_dataset})")
     images = images.detach().float().cpu()
     train = train_images.detach().float().cpu()
+    calibration, control_nearest, control_ratio = copy_threshold_for(train, control, alpha=alpha, k=k)
     if n_dataset >= 2:
         nearest, ratio = carlini_nearest(images, train, k)  # one neighbour search for both
     else:  # one training image: every sample is nearest to it; the criterion has nothing to compare with
         nearest, ratio = torch.zeros(len(images), dtype=torch.long), torch.zeros(len(images))
-    is_copy = ratio < threshold
+    is_copy = ratio < calibration.value
     is_xp = is_copy & (nearest == int(x_p_index))
     cp, cid = cp.bool().cpu(), cid.bool().cpu()
     q = cp & cid
     per_image = torch.bincount(nearest[is_copy], minlength=n_dataset)
-    n_copies = int(is_copy.sum())
-    if n_copies >= 2 and n_dataset >= 2:
-        evenness_p = float(stats.chisquare(per_image.double().numpy()).pvalue)
-    else:
-        evenness_p = math.nan
+    evenness_p, evenness_method = evenness_test(per_image.numpy())
     idx = lambda mask: tuple(int(i) for i in torch.nonzero(mask).flatten())  # noqa: E731
     with_saf = q_hits_with_saf = None
     if saf_mask is not None:
@@ -229,9 +292,15 @@ def copy_check(
         visible = (images[:, :, disc] - float(saf_grey)).abs().flatten(1).mean(1) < saf_tolerance
         with_saf = idx(is_xp & visible)
         q_hits_with_saf = int((q & is_xp & visible).sum())
+    control_counts = None
+    if control_ratio is not None:
+        passes = control_ratio < calibration.value
+        control_counts = {"n": int(len(control_ratio)), "copies": int(passes.sum()),
+                          "xp_copies": int((passes & (control_nearest == int(x_p_index))).sum()),
+                          "carlini_0.5": int((control_ratio < CARLINI_THRESHOLD).sum())}
     return CopyCheck(
         x_p_index=int(x_p_index),
-        threshold=float(threshold),
+        threshold=float(calibration.value),
         k=int(min(k, max(n_dataset - 1, 1))),
         nearest=tuple(int(j) for j in nearest),
         ratio=tuple(float(r) for r in ratio),
@@ -247,6 +316,10 @@ def copy_check(
         evenness_p=evenness_p,
         xp_copies_with_saf=with_saf,
         q_hits_with_saf=q_hits_with_saf,
+        calibration=calibration,
+        control=control_counts,
+        carlini_copies=int((ratio < CARLINI_THRESHOLD).sum()) if n_dataset >= 2 else None,
+        evenness_method=evenness_method,
     )
 
 
@@ -286,8 +359,9 @@ class Verdict:
     """What an audit may say, in words.
 
     Attributes:
-        kind: ``"inconclusive"`` (the adversary is too weak for a statement about ``|q|``),
-            ``"reproduces"`` (``x_p`` with its SAF was generated) or ``"not_observed"`` (it was not).
+        kind: ``"reproduces"`` (``x_p`` was handed back: a q-positive or a nearest-neighbour copy, SAF
+            visible or not), ``"inconclusive"`` (nothing was found, but the adversary is too weak to claim
+            absence) or ``"not_observed"`` (nothing was found by an adversary that meets the requirements).
         headline: one sentence for the top of a report.
         reasons: why the verdict is inconclusive (empty otherwise).
         warnings: what a reader must know besides (classifier false positives, uneven copying, …).
@@ -385,23 +459,24 @@ class AuditResult:
     def samples_to_bound(self, confidence: float = 0.95) -> int | None:
         """Samples needed to bound P(``x_p``) below ``1/N_D`` at the rate seen here (None: never —
         the observed rate is at or above ``1/N_D``). Uses the larger of ``|q|`` and the NN copy count."""
-        k = self.n_q if self.copies is None else max(self.n_q, self.copies.n_xp_copies)
+        k = self.n_handed_back
         return samples_to_bound(k, self.n, 1.0 / self.n_dataset, confidence) if self.n_dataset > 1 else None
 
     @property
-    def p_value_copy_rate(self) -> float | None:
-        """The binomial test with H0 at the measured copy rate, ``p0 = (copies / n) / N_D``: the
-        paper's ``1/N_D`` assumes every sample is a copy. None without the copy check or copies."""
-        if self.copies is None or self.copies.n_copies == 0:
-            return None
-        return binomial_p_value(self.n_q, self.n, self.n_dataset, rate=self.copies.copy_rate)
+    def n_handed_back(self) -> int:
+        """Samples that are ``x_p``, as far as this audit can tell: the larger of ``|q|`` (the adversary's
+        count, SAF visible) and the nearest-neighbour copies of ``x_p`` (SAF visible or not)."""
+        return self.n_q if self.copies is None else max(self.n_q, self.copies.n_xp_copies)
+
+    def handed_back_interval(self, confidence: float = 0.95) -> tuple[float, float]:
+        """Exact (Clopper–Pearson) interval of P(sample is ``x_p``) from :attr:`n_handed_back`."""
+        return proportion_interval(self.n_handed_back, self.n, confidence)
 
     # ---------------------------------------------------------------- the verdict
-    def verdict(self, requirements: AdversaryRequirements = AdversaryRequirements()) -> Verdict:
-        """What this audit may conclude (see :class:`Verdict`), judged by ``requirements``."""
-        req, c = requirements, self.copies
+    def _adversary_reasons(self, req: AdversaryRequirements) -> list[str]:
+        """Why the adversary is too weak to claim that ``x_p`` is absent."""
+        c = self.copies
         reasons: list[str] = []
-        warnings: list[str] = []
         if self.saf_accuracy is not None and self.saf_accuracy < req.min_saf_accuracy:
             reasons.append(
                 f"c_p detects the SAF on held-out images with {self.saf_accuracy:.1%} accuracy "
@@ -411,9 +486,7 @@ class AuditResult:
             reasons.append("c_p does not fire on x_p itself: it cannot see this fingerprint")
         if self.cid_on_x_p is False:
             reasons.append("c_id does not recognise x_p itself")
-        if c is None:
-            warnings.append("no independent copy count (the training set was not given): copies the classifiers miss are not checked")
-        else:
+        if c is not None:
             judged = c.n_xp_copies if c.xp_copies_with_saf is None else len(c.xp_copies_with_saf)
             hits = c.q_hits if c.q_hits_with_saf is None else c.q_hits_with_saf
             what = "" if c.xp_copies_with_saf is None else " with a visible SAF"
@@ -423,24 +496,42 @@ class AuditResult:
                     f"neighbour (recall {c.q_recall_with_saf:.0%}, required ≥ {req.min_recall:.0%}; of all "
                     f"{c.n_xp_copies} x_p copies c_p caught {c.cp_hits}, c_id {c.cid_hits})"
                 )
-            if c.n_xp_copies_without_saf:
-                warnings.append(
-                    f"{c.n_xp_copies_without_saf} sample(s) copy x_p's anatomy WITHOUT a visible SAF (nearest "
-                    f"neighbour x_p): breaches of this patient's image that |q| cannot count"
-                )
-            for name, rate, limit in (("c_p", c.cp_rate_others, req.max_cp_rate_others),
-                                      ("c_id", c.cid_rate_others, req.max_cid_rate_others)):  # fmt: skip
-                count = c.cp_others if name == "c_p" else c.cid_others
+            for name, rate, limit, count in (("c_p", c.cp_rate_others, req.max_cp_rate_others, c.cp_others),
+                                             ("c_id", c.cid_rate_others, req.max_cid_rate_others, c.cid_others)):  # fmt: skip
                 if c.n_others and rate > limit:
                     reasons.append(f"{name} fires on {count} of the {c.n_others} samples that are not copies of x_p ({rate:.0%})")
-                elif count:
-                    warnings.append(f"{name} fires on {count} of the {c.n_others} samples that are not copies of x_p ({rate:.0%})")
+        return reasons
+
+    def verdict(self, requirements: AdversaryRequirements = AdversaryRequirements()) -> Verdict:
+        """What this audit may conclude (see :class:`Verdict`), judged by ``requirements``.
+
+        A copy of ``x_p`` that was found — a q-positive or a nearest-neighbour copy, SAF visible or not —
+        is a finding whatever the adversary's recall: the verdict is ``"reproduces"`` and its headline
+        states ``k = max(|q|, x_p copies)`` of ``n`` with its exact interval. "Inconclusive" is only ever
+        about absence: nothing was found, but the adversary is too weak to say so. "Not observed" needs
+        no copy by either count and an adversary that meets ``requirements``.
+        """
+        req, c = requirements, self.copies
+        reasons = self._adversary_reasons(req)
+        warnings: list[str] = []
+        one = _pct(1 / self.n_dataset)
+        if c is None:
+            warnings.append("no independent copy count (the training set was not given): copies the classifiers miss are not checked")
+        else:
+            if c.calibration is not None and not c.calibration.calibrated:
+                warnings.append("the copy rule is not calibrated on held-out images (none given): how often images the model "
+                                "never saw pass it is unknown")
             if c.q_not_copies:
                 warnings.append(f"{len(c.q_not_copies)} q-positive(s) are not nearest-neighbour copies of x_p")
+            for name, rate, limit, count in (("c_p", c.cp_rate_others, req.max_cp_rate_others, c.cp_others),
+                                             ("c_id", c.cid_rate_others, req.max_cid_rate_others, c.cid_others)):  # fmt: skip
+                if count and not (c.n_others and rate > limit):
+                    warnings.append(f"{name} fires on {count} of the {c.n_others} samples that are not copies of x_p ({rate:.0%})")
             if not math.isnan(c.evenness_p) and c.evenness_p < 0.05:
                 top = int(np.argmax(c.per_image))
+                test = "χ²" if c.evenness_method == "chi2" else "multinomial Monte-Carlo"
                 warnings.append(
-                    f"the model copies its training images unevenly (χ² p = {c.evenness_p:.2g}; image {top} in "
+                    f"the model copies its training images unevenly ({test} p = {c.evenness_p:.2g}; image {top} in "
                     f"{c.per_image[top]} samples, x_p in {c.per_image[c.x_p_index]}): |q| below E|q| can mean "
                     f"uneven copying, not protection"
                 )
@@ -448,42 +539,41 @@ class AuditResult:
                 warnings.append(f"none of the {c.n} samples copies a training image: E|q| = n/N_D, which assumes every "
                                 f"sample is a copy, does not describe this model")
             elif c.copy_rate < 1.0:
-                warnings.append(
-                    f"E|q| = n/N_D assumes every sample is a copy; {c.n_copies} of {c.n} are "
-                    f"(H0 at that rate: p = {self.p_value_copy_rate if self.p_value_copy_rate is not None else math.nan:.2g})"
-                )
+                warnings.append(f"E|q| = n/N_D assumes every sample is a copy; {c.copies_text()} copy a training image")
+        k = self.n_handed_back
+        if k > 0:
+            low, high = self.handed_back_interval(req.confidence)
+            found = [f"|q| = {self.n_q} by the adversary (SAF detected and x_p recognised)"]
+            if c is not None:
+                saf = ""
+                if c.xp_copies_with_saf is not None:
+                    saf = f", {len(c.xp_copies_with_saf)} with its SAF visible, {c.n_xp_copies_without_saf} without"
+                found.append(f"{c.n_xp_copies} nearest-neighbour copies of x_p{saf}")
+                if c.control and c.control["n"]:
+                    found[-1] += f" (held-out real images pass the copy rule for x_p in {c.control['xp_copies']} of {c.control['n']})"
+            headline = (f"The model hands back x_p in at least {k} of {self.n} samples ({_pct(low)}–{_pct(high)} at "
+                        f"{req.confidence:.0%}; 1/N_D = {one}): " + "; ".join(found) + ".")  # fmt: skip
+            if c is not None and c.n_xp_copies_without_saf:
+                headline += (f" {c.n_xp_copies_without_saf} reproduce x_p's anatomy WITHOUT its SAF: a breach of this "
+                             f"patient's image that |q| cannot count.")  # fmt: skip
+            warnings = [f"the adversary is weak, so x_p may come back more often than counted: {r}" for r in reasons] + warnings
+            return Verdict("reproduces", headline, (), tuple(warnings))
         u = self.q_upper(req.confidence)
         need = self.samples_to_bound(req.confidence)
-        one = _pct(1 / self.n_dataset)
         if need is None:
             need_text = f"this is not below 1/N_D = {one} at any sample size"
         elif need <= self.n:
-            need_text = f"that is below 1/N_D = {one} ({need:,} samples at this rate suffice)"
+            need_text = f"that is below 1/N_D = {one} ({need:,} samples suffice)"
         else:
-            need_text = f"bounding it below 1/N_D = {one} needs ≥ {need:,} samples at this rate"
+            need_text = f"bounding it below 1/N_D = {one} needs ≥ {need:,} samples without a copy"
+        nn = "neither the adversary nor the nearest-neighbour count found a copy" if c is not None else "the adversary found no copy"
         if reasons:
-            nn = ""
-            if c is not None:
-                nn = (f" The independent nearest-neighbour count finds {c.n_xp_copies} copies of x_p in {self.n} "
-                      f"samples (≤ {_pct(self.copies_upper(req.confidence))} at {req.confidence:.0%}).")  # fmt: skip
-            headline = (f"INCONCLUSIVE: the adversary is too weak for a verdict on |q| = {self.n_q} "
-                        f"(E|q| = {self.expected_q:.3g}).{nn}")  # fmt: skip
-            kind: VerdictKind = "inconclusive"
-        elif self.n_q > 0:
-            low = proportion_interval(self.n_q, self.n, req.confidence)[0]
-            test = ""
-            if self.rejects_h0():
-                test = f"; fewer than E|q| = {self.expected_q:.3g} (one-sided binomial p = {self.p_value:.2g})"
-            else:
-                test = f"; E|q| = {self.expected_q:.3g} (binomial p = {self.p_value:.2g}: not fewer than expected)"
-            headline = (f"The model hands back x_p with its SAF in {self.n_q} of {self.n} samples "
-                        f"({_pct(low)}–{_pct(u)} at {req.confidence:.0%}){test}.")  # fmt: skip
-            kind = "reproduces"
-        else:
-            headline = (f"x_p was not generated in {self.n} samples: P(sample is x_p) ≤ {_pct(u)} at "
-                        f"{req.confidence:.0%} confidence (E|q| = {self.expected_q:.3g}, p = {self.p_value:.2g}); {need_text}.")  # fmt: skip
-            kind = "not_observed"
-        return Verdict(kind, headline, tuple(reasons), tuple(warnings))
+            headline = (f"INCONCLUSIVE: no copy of x_p in {self.n} samples ({nn}), but the adversary is too weak to "
+                        f"claim x_p is absent.")  # fmt: skip
+            return Verdict("inconclusive", headline, tuple(reasons), tuple(warnings))
+        headline = (f"x_p was not generated in {self.n} samples ({nn}): P(sample is x_p) ≤ {_pct(u)} at "
+                    f"{req.confidence:.0%} confidence (E|q| = {self.expected_q:.3g}, p = {self.p_value:.2g}); {need_text}.")  # fmt: skip
+        return Verdict("not_observed", headline, (), tuple(warnings))
 
     # ---------------------------------------------------------------- rows
     def to_row(self) -> dict:
@@ -496,7 +586,8 @@ class AuditResult:
             "|c_id+|": self.n_cid,
             "|q|": self.n_q,
             "p": self.p_value,
-            "P(x_p) ≤": self.q_upper(),
+            "x_p handed back": self.n_handed_back,
+            "P(x_p) ≤": self.handed_back_interval()[1],
             "MAE": self.mae,
             "MSE": self.mse,
         }
@@ -510,7 +601,8 @@ class AuditResult:
                 "c_id recall": c.cid_recall,
                 "c_p+ others": c.cp_others,
                 "copies": c.n_copies,
-                "p (copy rate)": self.p_value_copy_rate if self.p_value_copy_rate is not None else math.nan,
+                "copies, held-out": (f"{c.control['copies']}/{c.control['n']}" if c.control else "—"),
+                "copy threshold": c.threshold,
             }
         row["verdict"] = self.verdict().kind
         return row
@@ -554,6 +646,7 @@ def audit(
     saf_mask: torch.Tensor | None = None,
     saf_grey: float = 0.5,
     saf_accuracy: float | None = None,
+    control: torch.Tensor | None = None,
 ) -> AuditResult:
     """Count ``|c_p+|``, ``|c_id+|``, ``|q|`` on generated images and test ``|q|`` against ``E|q| = n/N_D``.
 
@@ -570,6 +663,9 @@ def audit(
         saf_mask, saf_grey: the SAF's disc ``(H, W)`` and grey: the copy count then tells copies of ``x_p``
             with a visible SAF (which the adversary must catch) from copies without it.
         saf_accuracy: ``c_p``'s accuracy on held-out images, if measured (enters the verdict).
+        control: real held-out images ``(m, C, H, W)`` the model never saw, de-duplicated against ``D_p``
+            (:func:`safcore.control.held_out`): the copy rule is calibrated on them (≤ 1 % pass) and every
+            copy count is reported beside theirs. Without it the rule is Carlini's uncalibrated 0.5.
     Raises:
         ValueError: no images, images not ``(n, C, H, W)`` or not matching ``x_p``'s shape, values
             outside ``[0, 1]`` or NaN, ``n_dataset < 1``, a classifier returning the wrong shape, or a
@@ -619,7 +715,8 @@ def audit(
     cid_on_x_p = bool(_predict(c_id, x_p_batch, 1, "c_id", False)[0])
     copies = None
     if train_images is not None:
-        copies = copy_check(images, train_images, int(x_p_index), cp, cid, saf_mask=saf_mask, saf_grey=saf_grey)
+        copies = copy_check(images, train_images, int(x_p_index), cp, cid, control=control, saf_mask=saf_mask,
+                            saf_grey=saf_grey)
     n_q = int(q.sum())
     return AuditResult(
         n=n,

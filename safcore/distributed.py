@@ -468,9 +468,9 @@ def sample_split(
 
 def probe_jobs(config: ProbeConfig) -> list[tuple[float, ...]]:
     """The exhaustive search's sampler calls as groups of grid t (high → low), by :func:`safcore.probe.q_curve`'s
-    batching rule: up to ``max(1, batch_size // M)`` t per call, a t joining only if it costs it at most
-    ``batch_waste`` extra steps. (With ``M > batch_size`` each t is its own group; ``q_curve`` splits its M
-    samples over calls.) Each group, probed alone by ``q_curve``'s code, forms one call again."""
+    batching rule: up to ``max(1, batch_size // M)`` t per call, a t joining only if it waits at most
+    ``batch_waste`` of its steps (a waiting trajectory costs no network evaluation). (With ``M > batch_size``
+    each t is its own group; ``q_curve`` splits its M samples over calls.) Each group, probed alone by ``q_curve``'s code, forms one call again."""
     if config.M > config.batch_size:
         return [(t,) for t in config.grid]
     per_call = max(1, config.batch_size // config.M)

@@ -10,13 +10,23 @@ The peers the SAF audit is compared with (issue 14), one function per concept:
   :class:`safcore.models.ScoreModel` (or any object with ``eps`` and ``sde``), a score function with an
   ``sde`` (:class:`safcore.known_answer.PointMixtureScore`, :class:`safcore.sde.GaussianDataScore`; ε̂ =
   −σ_t · score) and a :class:`safcore.schedulers.DiffusersModel` (its U-Net at timestep ``k(t)``).
-* **ROC numbers** (scikit-learn): :func:`roc_auc`, :func:`tpr_at_fpr` and :func:`roc_summary` with seeded
-  percentile-bootstrap intervals (members and non-members resampled separately).
+* **The reference noise levels on each model's clock**: SecMI and PIA are defined at steps ``k`` of the
+  DDPM they were published on (linear β from 10⁻⁴ to 0.02, T = 1000; :data:`SECMI_STEPS`,
+  :data:`PIA_STEPS`). :func:`reference_times` maps each step to the model's own time with the same
+  noise-to-signal ratio ``σ_t / a_t = sqrt((1 − ᾱ_k) / ᾱ_k)`` (:func:`time_for_ratio`), so the attacks
+  see the published noise levels under the sub-VP SDE, the VP SDE and any diffusers schedule alike.
+* **ROC numbers** (scikit-learn): :func:`roc_auc`, :func:`tpr_at_fpr` and :func:`roc_summary`, with
+  Newcombe's (2006) score interval for the AUC (:func:`auc_interval`) and an exact Clopper–Pearson
+  interval for the TPR at a threshold set on the non-members.
 * **Extraction** (Carlini et al. 2023): :func:`carlini_extracted`, :func:`distinct_extracted` — which, and
   how many different, training images the samples copy.
 * **Nearest-neighbour memorization**: Dar et al. 2024 (:func:`pearson_correlations`, :func:`dar_threshold`,
   :func:`dar_nearest`, :func:`dar_copies`) and Gu et al. 2023 (:func:`gu_ratio`, :func:`gu_memorized`,
   :func:`gu_memorization_ratio`).
+
+Each attack's direction is fixed by its paper before any data is seen — a lower loss, t-error or PIA
+distance means member (``member_if="lower"``, the default of every ROC function here) — and is never
+chosen from the data: an AUC below 0.5 is reported as it is, not as ``1 − AUC``.
 
 Images are unit-range float tensors ``(N, C, H, W)``; the attacks move them to the model range
 ``[-1, 1]`` themselves. Times ``t`` are in ``(0, 1]``, the fraction of the forward process (a
@@ -26,20 +36,24 @@ A DDIM step (Song et al. 2021, Eq. 12 with η = 0) is written for any marginal `
 ``x_s = a_s x̂_0 + σ_s ε̂`` with ``x̂_0 = (x_t − σ_t ε̂) / a_t``. In ``y = x / a``, ``p = σ / a`` it is the
 Euler step ``y_s = y_t + ε̂ (p_s − p_t)`` of the probability-flow ODE ``dy = ε̂ dp`` (Song et al. 2020,
 Eq. 13), which holds for the VP and the sub-VP SDE alike (for sub-VP ``g² = β(1 − a⁴) = d(σ²)/dt −
-2 (ȧ/a) σ²``); PIA's code takes the same step in the same variables (``get_y``, ``get_p``).
+2 (ȧ/a) σ²``); PIA's code takes the same step in the same variables (``get_y``, ``get_p``). In ``(y, p)`` the step is
+the same for every marginal, so matching ``p`` to the reference's steps puts a model's DDIM steps at the
+reference's noise levels.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-from sklearn.metrics import auc as _trapezoid_auc
+from scipy.optimize import brentq
+from scipy.stats import binomtest, norm
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from safcore.data import to_model_range
@@ -50,12 +64,22 @@ __all__ = [
     "ScoreEps",
     "DiffusersEps",
     "as_eps_model",
+    "REFERENCE_T",
+    "REFERENCE_BETAS",
+    "SECMI_STEPS",
+    "PIA_STEPS",
+    "SDE_T_MIN",
+    "reference_ratio",
+    "time_for_ratio",
+    "reference_times",
     "ddim_step",
     "loss_attack",
     "secmi_t_error",
     "pia_error",
     "roc_auc",
     "tpr_at_fpr",
+    "auc_interval",
+    "tpr_interval",
     "ROCSummary",
     "roc_summary",
     "carlini_extracted",
@@ -87,7 +111,10 @@ class SDEEps:
 
     ``eps(x (B, C, H, W) model range, t (B,))`` → (B, C, H, W); :meth:`coefficients` gives
     ``(a_t, σ_t)`` of ``sde.marginal_prob`` (score_sde's ``marginal_prob``: mean ``a_t x_0``, std ``σ_t``).
+    ``t_min`` is the smallest time the model was trained at (:data:`SDE_T_MIN`).
     """
+
+    t_min: float = 1e-5  # = SDE_T_MIN (score_sde's training ε, safcore.train.TrainConfig.eps)
 
     def __init__(self, model) -> None:
         if not callable(getattr(model, "eps", None)) or getattr(model, "sde", None) is None:
@@ -115,7 +142,10 @@ class ScoreEps:
         sde: its forward SDE; default ``score.sde``.
 
     Computes in the dtype of the images it is given (float64 keeps the exact scores of point masses exact).
+    ``t_min`` is the smallest time :func:`time_for_ratio` maps to (:data:`SDE_T_MIN`).
     """
+
+    t_min: float = 1e-5  # = SDE_T_MIN
 
     def __init__(self, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sde=None) -> None:
         sde = sde if sde is not None else getattr(score, "sde", None)
@@ -198,6 +228,115 @@ def as_eps_model(model) -> EpsModel:
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# the reference implementations' noise levels on each model's own clock
+# --------------------------------------------------------------------------------------------------
+
+#: The DDPM that SecMI and PIA were published on (Ho et al. 2020): T steps, β linear from 10⁻⁴ to 0.02
+#: (jinhaoduan/SecMI ``mia_evals/secmia.py`` lines 25–27 with flags ``beta_1``, ``beta_T``, ``T``;
+#: kong13661/PIA ``DDPM/components.py`` line 17, ``noise_level = cumprod(1 − betas)``).
+REFERENCE_T: int = 1000
+REFERENCE_BETAS: tuple[float, float] = (1e-4, 0.02)
+#: SecMI's steps (``secmi_attack(timestep=10, t_sec=100)``, secmia.py line 239): the image is step 0,
+#: inverted over 0, 10, …, 90, then one step to ``t_sec = 100`` and back.
+SECMI_STEPS: tuple[int, ...] = tuple(range(0, 101, 10))
+#: PIA's steps: ε at step 0 (components.py line 124), the attack at step 200 (Kong et al. 2024 report
+#: t = 200 for DDPM).
+PIA_STEPS: tuple[int, int] = (0, 200)
+#: The smallest time an SDE model is mapped to: score_sde's training ε (``t ~ U(ε, 1)``,
+#: :class:`safcore.train.TrainConfig` ``eps``); the model never saw a smaller t.
+SDE_T_MIN: float = 1e-5
+
+
+def _check_step(name: str, k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) < REFERENCE_T:
+        raise ValueError(f"{name}={k!r}; allowed: a reference DDPM step, an integer in [0, {REFERENCE_T - 1}]")
+    return int(k)
+
+
+def reference_ratio(steps: Sequence[int]) -> np.ndarray:
+    """The reference DDPM's noise-to-signal ratio at its steps: ``σ/a = sqrt((1 − ᾱ_k) / ᾱ_k)``, (K,) float64.
+
+    ``ᾱ_k = Π_{i ≤ k} (1 − β_i)`` (Ho et al. 2020, Eq. 4; steps counted from 0 as both references index
+    their ``cumprod``), β linear from ``REFERENCE_BETAS[0]`` to ``REFERENCE_BETAS[1]`` over
+    :data:`REFERENCE_T` steps; computed as ``−expm1(Σ log1p(−β_i))`` so that ``1 − ᾱ_0 = β_0`` keeps its
+    digits.
+    """
+    ks = np.array([_check_step("step", k) for k in steps], dtype=np.int64)
+    betas = np.linspace(REFERENCE_BETAS[0], REFERENCE_BETAS[1], REFERENCE_T, dtype=np.float64)
+    log_abar = np.cumsum(np.log1p(-betas))[ks]
+    return np.sqrt(-np.expm1(log_abar) / np.exp(log_abar))
+
+
+def time_for_ratio(model, ratio: float) -> float:
+    """The model's own time ``t`` whose noise-to-signal ratio ``σ_t / a_t`` is ``ratio``.
+
+    * SDE models (:class:`SDEEps`, :class:`ScoreEps`; sub-VP and VP): the root of ``log(σ_t/a_t) =
+      log(ratio)`` on ``[t_min, T]`` (``scipy.optimize.brentq``; ``σ/a`` rises monotonically in t for both
+      SDEs). A ratio below that of ``t_min`` (:data:`SDE_T_MIN`) is clipped to ``t_min``, one above that
+      of ``T = 1`` to ``T``, each with a ``UserWarning``: the sub-VP SDE's ``σ_t ≈ β_min t`` falls to 0
+      faster than the VP's ``sqrt(β_min t)``, so a very small ratio may lie below what its trained times
+      reach.
+    * :class:`DiffusersEps`: the model's own training timestep ``k'`` whose ``sqrt((1 − ᾱ_k')/ᾱ_k')`` is
+      closest to ``ratio`` in log scale, returned as ``t = (k' + 0.5)/T``, which the adapter maps back to
+      exactly ``k'`` (``ceil(t·T) − 1``). A model trained on the reference schedule gets the reference's
+      own steps back.
+
+    Args:
+        model: anything :func:`as_eps_model` accepts.
+        ratio: ``σ/a > 0``.
+    """
+    eps_model = as_eps_model(model)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating)) or not (
+        math.isfinite(ratio) and ratio > 0
+    ):
+        raise ValueError(f"ratio={ratio!r}; allowed: a finite noise-to-signal ratio σ/a > 0")
+    target = math.log(float(ratio))
+    if isinstance(eps_model, DiffusersEps):
+        abar = eps_model.alphas_cumprod.double().cpu().numpy()
+        with np.errstate(divide="ignore"):
+            log_ratios = 0.5 * (np.log1p(-abar) - np.log(abar))
+        k = int(np.argmin(np.abs(log_ratios - target)))
+        t = (k + 0.5) / len(abar)
+        if eps_model.model.timestep(t) != k:  # cannot happen for T ≤ 10⁵ (timestep rounds t to 6 decimals)
+            raise ValueError(f"t={t!r} does not map back to timestep {k} of T={len(abar)}")
+        return t
+
+    def log_ratio(t: float) -> float:
+        a, s = eps_model.coefficients(torch.tensor([t], dtype=torch.float64))
+        return math.log(float(s[0])) - math.log(float(a[0]))
+
+    lo, hi = float(eps_model.t_min), float(eps_model.sde.T)
+    f_lo, f_hi = log_ratio(lo) - target, log_ratio(hi) - target
+    if f_lo >= 0.0:
+        if f_lo > 0.0:
+            warnings.warn(f"σ/a = {ratio:.3g} lies below the model's at t_min = {lo:g} "
+                          f"({math.exp(f_lo + target):.3g}); clipped to t_min", stacklevel=2)
+        return lo
+    if f_hi <= 0.0:
+        if f_hi < 0.0:
+            warnings.warn(f"σ/a = {ratio:.3g} lies above the model's at t = {hi:g} "
+                          f"({math.exp(f_hi + target):.3g}); clipped to t = {hi:g}", stacklevel=2)
+        return hi
+    return float(brentq(lambda t: log_ratio(t) - target, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps))
+
+
+def reference_times(model, steps: Sequence[int]) -> tuple[float, ...]:
+    """The model's own times for the reference DDPM's ``steps``: :func:`time_for_ratio` of
+    :func:`reference_ratio` (equal noise-to-signal ratio ``σ/a``), one per step.
+
+    For the VP SDE (β from 0.1 to 20) step ``k`` lands near ``t = (k + 1)/1000``; for the sub-VP SDE
+    step 0 lands at t ≈ 0.027, step 100 at t ≈ 0.18 and step 200 at t ≈ 0.26; for a diffusers model
+    with the reference's schedule at step ``k`` itself.
+
+    Args:
+        model: anything :func:`as_eps_model` accepts.
+        steps: reference steps, integers in ``[0, REFERENCE_T)``.
+    """
+    eps_model = as_eps_model(model)
+    return tuple(time_for_ratio(eps_model, float(r)) for r in reference_ratio(steps))
+
+
 def _prepare(model: EpsModel, images: torch.Tensor) -> torch.Tensor:
     if images.ndim != 4:
         raise ValueError(f"images must have shape (N, C, H, W); got {tuple(images.shape)}")
@@ -264,8 +403,10 @@ def loss_attack(
     objective (Ho et al. 2020, Eq. 14; Song et al. 2020, Eq. 7 in ε form) at ``n_draws`` fixed ``(t_j,
     ε_j)``, the same for every image (drawn from ``seed``: ``t_j ~ U(t_range)``, ``ε_j ~ N(0, I)``). The
     baseline of Matsumoto et al. 2023 and Carlini et al. 2023; PIA's ``NaiveAttacker``
-    (kong13661/PIA ``DDPM/components.py`` lines 173–193: random ε, error at steps 10 … 300 of 1000,
-    the default ``t_range``) is this statistic at one t.
+    (kong13661/PIA ``DDPM/components.py`` lines 173–193: random ε, error at steps 10 … 300 of 1000)
+    is this statistic at one t. ``t_range`` is in the model's own time: the default (0.01, 0.3) is
+    about those steps under the VP SDE only (:func:`reference_times` maps steps onto other clocks).
+    Members are the low losses, fixed before the data.
 
     Args:
         model: anything :func:`as_eps_model` accepts.
@@ -298,49 +439,74 @@ def loss_attack(
     return out
 
 
+def _check_times(name: str, times: Sequence[float], count: str, ok: Callable[[int], bool]) -> list[float]:
+    ts = [float(t) for t in times]
+    if not ok(len(ts)) or not all(0.0 < t <= 1.0 for t in ts) or any(s <= t for t, s in itertools.pairwise(ts)):
+        raise ValueError(f"{name}={tuple(times)!r}; allowed: {count} strictly increasing times in (0, 1]")
+    return ts
+
+
+def _distinct_times(steps: Sequence[int], times: tuple[float, ...]) -> None:
+    if any(s <= t for t, s in itertools.pairwise(times)):
+        raise ValueError(
+            f"reference steps {tuple(steps)} map to times {times} on this model, which do not all differ "
+            "(its timesteps or trained times cannot resolve them); pass times= explicitly"
+        )
+
+
 @torch.inference_mode()
 def secmi_t_error(
     model,
     images: torch.Tensor,
     *,
-    t_sec: float = 0.1,
-    interval: float = 0.01,
-    t_zero: float = 1e-3,
+    t_sec: int = 100,
+    interval: int = 10,
+    times: Sequence[float] | None = None,
     batch_size: int = 64,
 ) -> torch.Tensor:
     """SecMI's t-error (Duan et al. 2023, SecMI_stat), lower → more likely a member.
 
-    As jinhaoduan/SecMI ``mia_evals/secmia.py`` ``get_intermediate_results`` (lines 163–185) and
-    ``naive_statistic_attack`` (lines 268–290): the image, taken as ``x`` at the first time ``t_zero``,
-    is inverted deterministically (DDIM steps, :func:`ddim_step`) over ``t_zero, interval, 2·interval, …,
-    t_sec − interval``; from there one deterministic step forward to ``t_sec`` and one back give
-    ``x̃``; the statistic is ``‖x_{t_sec − interval} − x̃‖²`` summed over pixels. Defaults are the
-    reference's ``t_sec = 100``, ``timestep = 10`` of T = 1000 steps; ``t_zero = 1e-3`` is its step 0
-    (``ᾱ_0 = 1 − 10⁻⁴``, which the VP SDE with β_min = 0.1 reaches at t = 10⁻³).
+    As jinhaoduan/SecMI ``mia_evals/secmia.py`` ``get_intermediate_results`` (lines 163–185): the image
+    ``x_0`` (model range) is taken as ``x`` at step 0 and inverted deterministically (DDIM steps,
+    :func:`ddim_step`, which is ``ddim_singlestep``, lines 18–45) over steps ``0, interval, …, t_sec −
+    interval``; from there one deterministic step to ``t_sec`` and one back give ``x̃``; the statistic is
+    ``‖x_{t_sec − interval} − x̃‖²`` summed over pixels (``naive_statistic_attack``, lines 268–290). The
+    defaults are the reference's ``t_sec = 100``, ``timestep = 10`` (line 239; :data:`SECMI_STEPS`),
+    steps of the reference DDPM that :func:`reference_times` maps onto this model's clock by equal
+    ``σ/a``. Members are the LOW t-errors, fixed by the paper (the reference's ``roc`` counts ``score ≤
+    threshold`` as member, line 335); nothing here flips it after seeing the data.
 
     Args:
         model: anything :func:`as_eps_model` accepts.
         images: (N, C, H, W) unit range.
+        t_sec, interval: reference DDPM steps; ``t_sec`` a multiple (≥ 2) of ``interval``, below
+            :data:`REFERENCE_T`.
+        times: instead of ``t_sec`` and ``interval``, this model's own times (at least 3, strictly
+            increasing in (0, 1]): the first is the image's, the inversion runs over all but the last,
+            the last is ``t_sec``.
 
     Returns:
         (N,) float64 on the CPU.
     """
     eps_model = as_eps_model(model)
-    t_sec, interval, t_zero = _check_time("t_sec", t_sec), _check_time("interval", interval), _check_time("t_zero", t_zero)
-    n = round(t_sec / interval)
-    if n < 2 or not math.isclose(n * interval, t_sec, rel_tol=0, abs_tol=1e-9):
-        raise ValueError(f"t_sec={t_sec!r} must be a multiple (>= 2) of interval={interval!r}")
-    if not t_zero < interval:
-        raise ValueError(f"t_zero={t_zero!r} must lie below interval={interval!r}")
-    grid = [t_zero] + [k * interval for k in range(1, n)]  # ends at t_sec − interval
+    if times is None:
+        t_sec, interval = _check_step("t_sec", t_sec), _check_step("interval", interval)
+        if interval < 1 or t_sec % interval or t_sec < 2 * interval:
+            raise ValueError(f"t_sec={t_sec!r} must be a multiple (>= 2) of interval={interval!r}")
+        steps = tuple(range(0, t_sec + 1, interval))
+        grid = reference_times(eps_model, steps)
+        _distinct_times(steps, grid)
+    else:
+        grid = _check_times("times", times, "at least 3", lambda n: n >= 3)
+    *inversion, t_end = grid
     x0 = _prepare(eps_model, images)
     out = torch.zeros(len(x0), dtype=torch.float64)
     for start in range(0, len(x0), _check_batch(batch_size)):
         x = x0[start : start + batch_size]
-        for t, s in itertools.pairwise(grid):
+        for t, s in itertools.pairwise(inversion):
             x = ddim_step(eps_model, x, t, s)
-        forward = ddim_step(eps_model, x, grid[-1], t_sec)
-        back = ddim_step(eps_model, forward, t_sec, grid[-1])
+        forward = ddim_step(eps_model, x, inversion[-1], t_end)
+        back = ddim_step(eps_model, forward, t_end, inversion[-1])
         out[start : start + len(x)] = (x - back).flatten(1).double().pow(2).sum(1).cpu()
     return out
 
@@ -350,31 +516,41 @@ def pia_error(
     model,
     images: torch.Tensor,
     *,
-    t: float = 0.2,
-    t_zero: float = 1e-3,
+    step: int = 200,
+    times: tuple[float, float] | None = None,
     p: float = 4.0,
     batch_size: int = 64,
 ) -> torch.Tensor:
     """PIA (Kong et al. 2024, proximal initialisation), lower → more likely a member.
 
-    ``ε_0 = ε̂(x_0, t_zero)``, ``x_t = a_t x_0 + σ_t ε_0``, statistic ``Σ_pixels |ε̂(x_t, t) − ε_0|^p`` — as
+    ``ε_0 = ε̂(x_0, t_0)``, ``x_t = a_t x_0 + σ_t ε_0``, statistic ``Σ_pixels |ε̂(x_t, t) − ε_0|^p`` — as
     kong13661/PIA ``DDPM/components.py`` class ``PIA`` (lines 113–139: ``eps_getter(x0, …, 0)`` at step 0,
-    ``get_xt``, ``distance`` with ``lp = 4``); the reference evaluates steps 10 … 300 of 1000 and the
-    paper reports t = 200 for DDPM, the default here. ``t_zero = 1e-3`` is its step 0 (see
-    :func:`secmi_t_error`).
+    ``get_xt``, ``distance`` with ``lp = 4``), with ``t_0`` and ``t`` the reference DDPM's step 0 and
+    ``step`` mapped onto this model's clock by equal ``σ/a`` (:func:`reference_times`). The reference
+    evaluates steps 10 … 300 and reports the best; the paper reports t = 200 for DDPM, fixed here
+    (:data:`PIA_STEPS`) rather than chosen from the data. Members are the LOW distances, fixed by the paper
+    (the reference labels members 0 for a score that rises with the distance, ``DDPM/attack.py`` line
+    119); nothing here flips it after seeing the data.
 
     Args:
         model: anything :func:`as_eps_model` accepts.
         images: (N, C, H, W) unit range.
+        step: the reference DDPM step of the attack, an integer in ``[1, REFERENCE_T)``.
+        times: instead of ``step``, this model's own ``(t_0, t)``, ``0 < t_0 < t ≤ 1``.
         p: the exponent (the reference's ``lp``); the ranking is that of the ℓp norm.
 
     Returns:
         (N,) float64 on the CPU.
     """
     eps_model = as_eps_model(model)
-    t, t_zero = _check_time("t", t), _check_time("t_zero", t_zero)
-    if not t_zero < t:
-        raise ValueError(f"t_zero={t_zero!r} must lie below t={t!r}")
+    if times is None:
+        step = _check_step("step", step)
+        if step < 1:
+            raise ValueError(f"step={step!r}; allowed: a reference DDPM step in [1, {REFERENCE_T - 1}]")
+        t_zero, t = reference_times(eps_model, (0, step))
+        _distinct_times((0, step), (t_zero, t))
+    else:
+        t_zero, t = _check_times("times", times, "2", lambda n: n == 2)
     if not p > 0:
         raise ValueError(f"p={p!r}; allowed: p > 0")
     x0 = _prepare(eps_model, images)
@@ -413,6 +589,10 @@ def _labels_scores(member, nonmember, member_if: MemberIf) -> tuple[np.ndarray, 
 def roc_auc(member, nonmember, *, member_if: MemberIf = "lower") -> float:
     """Area under the ROC curve of telling members from non-members by a statistic (``roc_auc_score``).
 
+    The Mann–Whitney estimate of ``P(member ranks as member before non-member)`` (ties count ½). The
+    direction is the caller's, fixed before the data (the attacks here: ``"lower"``); an AUC below 0.5
+    is returned as it is.
+
     Args:
         member, nonmember: the statistic per image, (N_m,) and (N_n,).
         member_if: ``"lower"`` when a low value means member (the attacks here are errors), ``"higher"``
@@ -422,13 +602,84 @@ def roc_auc(member, nonmember, *, member_if: MemberIf = "lower") -> float:
     return float(roc_auc_score(labels, scores))
 
 
+def _check_confidence(confidence: float) -> float:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence!r}; allowed: a level in (0, 1)")
+    return float(confidence)
+
+
+def auc_interval(auc: float, n_members: int, n_nonmembers: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Newcombe's score interval for an AUC (Mann–Whitney θ̂): the θ with ``(θ̂ − θ)² ≤ z² V(θ)``.
+
+    Newcombe, R. G. (2006), "Confidence intervals for an effect size measure based on the Mann–Whitney
+    statistic. Part 2: asymptotic methods and evaluation", Statistics in Medicine 25:559–573, Method 5:
+    the Hanley & McNeil (1982) variance written as a function of θ,
+
+        V(θ) = θ(1 − θ) [1 + (N/2 − 1) ((1 − θ)/(2 − θ) + θ/(1 + θ))] / (m n),   N = m + n,
+
+    (Hanley–McNeil's ``Q1 = θ/(2 − θ)``, ``Q2 = 2θ²/(1 + θ)``, with both ``m − 1`` and ``n − 1`` replaced by
+    ``N/2 − 1``), and the interval's ends are the two roots of ``(θ̂ − θ)² = z² V(θ)`` in ``[0, θ̂]`` and
+    ``[θ̂, 1]`` (``brentq``), ``z`` the ``(1 + confidence)/2`` normal quantile. Like Wilson's interval for a
+    proportion it always contains θ̂ and stays inside [0, 1], and it does not collapse at the edges: with
+    perfect separation (θ̂ = 1) it is ``[L, 1]`` with ``L < 1`` (16 vs 16 members: L ≈ 0.87), where a
+    percentile bootstrap gives [1, 1].
+
+    Args:
+        auc: θ̂ in [0, 1]; n_members, n_nonmembers: m, n ≥ 1.
+    """
+    if not (isinstance(auc, (int, float, np.floating)) and 0.0 <= float(auc) <= 1.0):
+        raise ValueError(f"auc={auc!r}; allowed: an AUC in [0, 1]")
+    for name, count in (("n_members", n_members), ("n_nonmembers", n_nonmembers)):
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ValueError(f"{name}={count!r}; allowed: a positive integer")
+    theta_hat, m, n = float(auc), int(n_members), int(n_nonmembers)
+    z = float(norm.ppf((1.0 + _check_confidence(confidence)) / 2.0))
+    half = (m + n) / 2.0 - 1.0
+
+    def excess(theta: float) -> float:  # (θ̂ − θ)² − z² V(θ): ≥ 0 outside the interval, ≤ 0 inside
+        v = theta * (1.0 - theta) * (1.0 + half * ((1.0 - theta) / (2.0 - theta) + theta / (1.0 + theta))) / (m * n)
+        return (theta_hat - theta) ** 2 - z * z * v
+
+    def inside(direction: float) -> float:
+        # a θ strictly inside the interval on the given side of θ̂ (θ̂ itself unless it is 0 or 1)
+        if 0.0 < theta_hat < 1.0:
+            return theta_hat
+        h = 0.5
+        while excess(theta_hat + direction * h) >= 0.0 and h > 1e-15:
+            h /= 2.0
+        return theta_hat + direction * h
+
+    lower = 0.0 if theta_hat == 0.0 else float(brentq(excess, 0.0, inside(-1.0), xtol=1e-14))
+    upper = 1.0 if theta_hat == 1.0 else float(brentq(excess, inside(1.0), 1.0, xtol=1e-14))
+    return min(lower, theta_hat), max(upper, theta_hat)
+
+
+def tpr_interval(hits: int, n_members: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The exact Clopper–Pearson (1934) interval of a hit rate ``hits / n_members``
+    (``scipy.stats.binomtest(...).proportion_ci(method="exact")``).
+
+    For a TPR at a threshold set on the non-members it is conditional on that threshold: it covers the
+    members' hit rate at that fixed threshold, not the variation of the threshold with the non-members drawn.
+    """
+    if isinstance(n_members, bool) or not isinstance(n_members, (int, np.integer)) or n_members < 1:
+        raise ValueError(f"n_members={n_members!r}; allowed: a positive integer")
+    if isinstance(hits, bool) or not isinstance(hits, (int, np.integer)) or not 0 <= hits <= n_members:
+        raise ValueError(f"hits={hits!r}; allowed: an integer in [0, n_members={n_members}]")
+    test = binomtest(int(hits), int(n_members))
+    ci = test.proportion_ci(confidence_level=_check_confidence(confidence), method="exact")
+    return float(ci.low), float(ci.high)
+
+
 def _resolvable(n_nonmembers: int, fpr: float) -> bool:
     """A false-positive rate ``fpr`` is resolved when at least ``1/fpr`` non-members exist."""
     return n_nonmembers * fpr >= 1.0 - 1e-9
 
 
-def _tpr_at(fpr_curve: np.ndarray, tpr_curve: np.ndarray, fpr: float) -> float:
-    return float(tpr_curve[fpr_curve <= fpr + 1e-12].max())
+def _hits_at(labels: np.ndarray, scores: np.ndarray, fpr: float) -> int:
+    """Members at the threshold of the highest TPR with FPR ≤ ``fpr`` (``roc_curve`` counts ``score ≥ threshold``)."""
+    f, t, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    best = int(np.flatnonzero(f <= fpr + 1e-12)[np.argmax(t[f <= fpr + 1e-12])])
+    return int((scores[labels == 1] >= thresholds[best]).sum())
 
 
 def _check_fpr(fpr: float) -> float:
@@ -445,16 +696,17 @@ def tpr_at_fpr(member, nonmember, fpr: float, *, member_if: MemberIf = "lower") 
     labels, scores = _labels_scores(member, nonmember, member_if)
     if not _resolvable(int((labels == 0).sum()), fpr):
         return None
-    f, t, _ = roc_curve(labels, scores)
-    return _tpr_at(f, t, fpr)
+    return _hits_at(labels, scores, fpr) / int((labels == 1).sum())
 
 
 @dataclass(frozen=True)
 class ROCSummary:
-    """AUC and TPR at fixed FPRs with percentile-bootstrap intervals.
+    """AUC and TPR at fixed FPRs with their intervals.
 
-    ``tprs[i]`` belongs to ``fprs[i]``; it and its interval are ``None`` where the non-members are too
-    few (fewer than ``1/fpr``) to resolve that rate.
+    ``auc_interval``: Newcombe's (2006, Method 5) score interval (:func:`auc_interval`). ``tprs[i]``
+    belongs to ``fprs[i]``: the members' hit rate at the threshold set on the non-members, with an exact
+    Clopper–Pearson interval conditional on that threshold (:func:`tpr_interval`); both are ``None``
+    where the non-members are too few (fewer than ``1/fpr``) to resolve that rate. All at ``confidence``.
     """
 
     auc: float
@@ -465,8 +717,6 @@ class ROCSummary:
     n_members: int
     n_nonmembers: int
     confidence: float
-    n_bootstrap: int
-    seed: int
 
     def tpr_at(self, fpr: float) -> float | None:
         """The TPR at one of :attr:`fprs`."""
@@ -483,8 +733,10 @@ class ROCSummary:
         parts = [f"AUC {self.auc:.3f} [{self.auc_interval[0]:.3f}, {self.auc_interval[1]:.3f}]"]
         for f, t, ci in zip(self.fprs, self.tprs, self.tpr_intervals):
             name = f"TPR@{f * 100:g}%FPR"
-            parts.append(f"{name} —" if t is None else f"{name} {t:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
-        return " · ".join(parts) + f" ({self.n_members} members, {self.n_nonmembers} non-members)"
+            parts.append(f"{name} not resolvable with {self.n_nonmembers} non-members" if t is None
+                         else f"{name} {t:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+        return (" · ".join(parts) + f" ({self.n_members} members, {self.n_nonmembers} non-members; "
+                f"{self.confidence:.0%} intervals, TPR's conditional on its threshold)")
 
 
 def roc_summary(
@@ -493,15 +745,15 @@ def roc_summary(
     *,
     member_if: MemberIf = "lower",
     fprs: Sequence[float] = (0.01, 0.001),
-    n_bootstrap: int = 1000,
     confidence: float = 0.95,
-    seed: int = 0,
 ) -> ROCSummary:
-    """AUC and TPR@FPR (scikit-learn ``roc_curve``/``roc_auc_score``) with percentile-bootstrap intervals.
+    """AUC and TPR@FPR (scikit-learn ``roc_curve``/``roc_auc_score``) with intervals that hold at small n.
 
-    Each of ``n_bootstrap`` resamples draws the members and the non-members with replacement, each group
-    at its own size (so every resample has both classes), from ``numpy.random.default_rng(seed)``; the
-    interval is the ``(1 ± confidence)/2`` percentiles of the resampled statistic.
+    The AUC's interval is Newcombe's score interval (:func:`auc_interval`, Newcombe 2006 Method 5); each
+    TPR is the members' hit rate at the threshold of the highest TPR with FPR ≤ ``fpr`` on the
+    non-members, with the exact Clopper–Pearson interval of that rate (:func:`tpr_interval`), conditional
+    on the threshold. A rate needs at least ``1/fpr`` non-members; below that its TPR and interval are
+    ``None``. ``member_if`` is the attack's direction, fixed before the data; nothing here flips it.
 
     Args:
         member, nonmember: the statistic per image, (N_m,) and (N_n,).
@@ -509,36 +761,15 @@ def roc_summary(
     """
     labels, scores = _labels_scores(member, nonmember, member_if)
     fprs = tuple(_check_fpr(f) for f in fprs)
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 1:
-        raise ValueError(f"n_bootstrap={n_bootstrap!r}; allowed: a positive integer")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence={confidence!r}; allowed: a level in (0, 1)")
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    n_m, n_n = pos.size, neg.size
-    resolved = [_resolvable(n_n, f) for f in fprs]
-    f, t, _ = roc_curve(labels, scores)
+    confidence = _check_confidence(confidence)
+    n_m, n_n = int((labels == 1).sum()), int((labels == 0).sum())
     auc = float(roc_auc_score(labels, scores))
-    tprs = tuple(_tpr_at(f, t, fpr) if ok else None for fpr, ok in zip(fprs, resolved))
-
-    rng = np.random.default_rng(int(seed))
-    boot_labels = labels  # members first, then non-members, as in ``labels``
-    boot_auc = np.empty(n_bootstrap)
-    boot_tpr = np.empty((n_bootstrap, len(fprs)))
-    for b in range(n_bootstrap):
-        s = np.concatenate([pos[rng.integers(0, n_m, n_m)], neg[rng.integers(0, n_n, n_n)]])
-        bf, bt, _ = roc_curve(boot_labels, s)  # as roc_auc_score builds it (collinear points dropped)
-        boot_auc[b] = _trapezoid_auc(bf, bt)
-        for i, (fpr, ok) in enumerate(zip(fprs, resolved)):
-            boot_tpr[b, i] = _tpr_at(bf, bt, fpr) if ok else np.nan
-    q = ((1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0)
-    auc_lo, auc_hi = np.quantile(boot_auc, q)
-    tpr_intervals = tuple(
-        (float(np.quantile(boot_tpr[:, i], q[0])), float(np.quantile(boot_tpr[:, i], q[1]))) if ok else None
-        for i, ok in enumerate(resolved)
-    )
+    hits = [_hits_at(labels, scores, f) if _resolvable(n_n, f) else None for f in fprs]
     return ROCSummary(
-        auc=auc, auc_interval=(float(auc_lo), float(auc_hi)), fprs=fprs, tprs=tprs, tpr_intervals=tpr_intervals,
-        n_members=int(n_m), n_nonmembers=int(n_n), confidence=float(confidence), n_bootstrap=n_bootstrap, seed=int(seed),
+        auc=auc, auc_interval=auc_interval(auc, n_m, n_n, confidence), fprs=fprs,
+        tprs=tuple(None if k is None else k / n_m for k in hits),
+        tpr_intervals=tuple(None if k is None else tpr_interval(k, n_m, confidence) for k in hits),
+        n_members=n_m, n_nonmembers=n_n, confidence=confidence,
     )
 
 
@@ -668,14 +899,15 @@ def peer_metrics(
     validation: torch.Tensor,
     *,
     n_draws: int = 8,
-    n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict:
     """The field's metrics on one model, as plain values (what ``Study.peers`` stores).
 
     Membership inference on the model (members = its training set, non-members = held-out images of
-    the same split family): the loss attack, SecMI's t-error and PIA, each as a :class:`ROCSummary`
-    (AUC, TPR at 1 % / 0.1 % FPR where the non-member count resolves them, bootstrap intervals).
+    the same split family): the loss attack (``n_draws`` draws from ``seed``), SecMI's t-error and PIA at
+    the reference's steps (:data:`SECMI_STEPS`, :data:`PIA_STEPS` on the model's clock), each as a
+    :class:`ROCSummary` with lower → member fixed (AUC with Newcombe's interval, TPR at 1 % / 0.1 % FPR
+    with a Clopper–Pearson interval where the non-member count resolves them).
     Memorization in its samples against the members: Carlini et al.'s copies and distinct images
     extracted, Dar et al.'s correlation copies (threshold from ``validation``), Gu et al.'s ratio.
 
@@ -692,7 +924,7 @@ def peer_metrics(
         "pia": lambda x: pia_error(model, x),
     }
     for name, attack in attacks.items():
-        summary = roc_summary(attack(members), attack(nonmembers), n_bootstrap=n_bootstrap, seed=seed)
+        summary = roc_summary(attack(members), attack(nonmembers), member_if="lower")
         out[f"mia_{name}"] = summary.to_dict()
     copies = carlini_copies(samples, members)
     out["carlini_copies"] = int(copies.sum())

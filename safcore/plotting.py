@@ -430,6 +430,7 @@ def copies_per_image(
     x_p_index: int,
     *,
     n_samples: int | None = None,
+    control_rate: float | None = None,
     title: str | None = None,
 ) -> Figure:
     """How often the model copies each of its training images, ``x_p`` marked (the audit's evenness check).
@@ -439,6 +440,9 @@ def copies_per_image(
             (:attr:`safcore.audit.CopyCheck.per_image`).
         x_p_index: which bar is ``x_p``.
         n_samples: the audited ``n`` (draws the line ``E|q| = n / N_D``).
+        control_rate: the fraction of real held-out images that pass the same copy rule
+            (:attr:`safcore.audit.CopyCheck.control_copy_rate`); with ``n_samples`` draws the control's
+            level ``control_rate · n / N_D`` per image: what chance similarity would give.
         title: headline; default states x_p's count against the mean.
     """
     counts = np.asarray(per_image, dtype=np.int64).reshape(-1)
@@ -459,6 +463,10 @@ def copies_per_image(
     if n_samples is not None:
         ax.axhline(n_samples / counts.size, color="#1f77b4", linestyle="--", linewidth=1,
                    label=f"E|q| = n / N_D ({n_samples / counts.size:.3g})")
+        if control_rate is not None:
+            level = control_rate * n_samples / counts.size
+            ax.axhline(level, color="#2ca02c", linestyle="-.", linewidth=1,
+                       label=f"held-out real images' rate × n / N_D ({level:.2g})")
     ax.set_xlabel(f"training image, ranked by copies (N_D = {counts.size})")
     ax.set_ylabel("samples copying it")
     ax.set_xticks([])

@@ -119,10 +119,13 @@ class ProbeConfig:
             as on a GPU; measured with an analytic score: 1.4–7× the exhaustive wall time at t' <= 0.7);
             ``M`` makes one call per t and draws all M samples at t' too (``k_at_t_prime`` out of M).
         batch_size: most trajectories per sampler call; the exhaustive search puts
-            ``max(1, batch_size // M)`` t values (each with its M samples) into one call.
-        batch_waste: a t shares a sampler call with higher t only if that costs it at most this
-            fraction of extra steps (all trajectories of a call take the same number of steps), so
-            the exhaustive NFE stays within ``(1 + batch_waste) · Σ_t M · steps(t)``.
+            ``max(1, batch_size // M)`` t values (each with its M samples) into one call, every
+            trajectory on its own grid of ``steps(t)`` steps (exactly as a single-t run).
+        batch_waste: a t shares a sampler call with higher t only if ``steps(max t) <= (1 +
+            batch_waste) · steps(t)``: a call runs ``steps(max t)`` iterations and a lower t's
+            trajectories wait (padded, not evaluated) until their own ``steps(t)`` remain. Waiting
+            costs no network evaluations (the exhaustive NFE is ``Σ_t M · steps(t)``), only
+            iterations on a partly filled batch; the rule bounds them.
         seed: seeds one ``torch.Generator`` that draws both ``x_{t,p}`` and the sampler noise (run 0;
             further runs use :func:`run_seed`).
         repeats: independent runs of the search (``>= 1``), each with its own seed
@@ -278,8 +281,9 @@ class ProbeResult:
             indicator that grows with t', NOT a probability of generating ``x_p``.
         nfe: image-network evaluations actually spent (summed over all trajectories and runs).
         nfe_exhaustive: what exhaustive Euler–Maruyama runs on the same grid cost,
-            ``R · Σ_t M · steps(t)`` (no batching overhead) — the reference for the top-down search's
-            saving (PC multiplies every count by ``1 + corrector steps``; for the ODE it is nominal).
+            ``R · Σ_t M · steps(t)`` (what the exhaustive search spends) — the reference for the
+            top-down search's saving (PC multiplies every count by ``1 + corrector steps``; for the
+            ODE it is nominal).
         search: ``"exhaustive"`` or ``"topdown"``.
         grid: the full grid (high → low).
         examples: images of a few t (Fig. 4), ascending in t.
@@ -505,7 +509,7 @@ def _run_batch(
     t_vec: torch.Tensor,
     *,
     method: SamplerMethod,
-    steps: int,
+    steps: int | torch.Tensor,
     steps_full: int,
     eps: float,
     generator: torch.Generator | None,
@@ -514,7 +518,9 @@ def _run_batch(
 
     A :class:`safcore.schedulers.DiffusersModel` diffuses with its scheduler's ``add_noise`` and
     reverses with its ``step`` (``steps_full`` inference steps for a full run, the tail from each t);
-    a score model with ``sde`` uses the SDE's kernel and :func:`safcore.sampling.sample` (``steps``).
+    a score model with ``sde`` uses the SDE's kernel and :func:`safcore.sampling.sample` with ``steps``
+    (one count, or per sample (B,): each trajectory on its own grid ``linspace(t_i, eps, steps_i + 1)``).
+    ``nfe`` of the batch is what the network evaluated for each trajectory.
     """
     from safcore.sampling import sample  # the sampler sits beside probe in the data flow
 
@@ -535,7 +541,7 @@ def _run_batch(
             generator=generator,
             progress=False,
         )
-        images, nfe = res.images, torch.full((t_vec.shape[0],), int(res.nfe), dtype=torch.int64)
+        images, nfe = res.images, res.nfe_per_sample.to(torch.int64)
     x_unit = from_model_range(images.detach()).clamp(0.0, 1.0)
     vp = _classify(c_p, x_unit, "c_p")
     vid = _classify(c_id, x_unit, "c_id")
@@ -700,15 +706,18 @@ def q_curve(
     ``scipy.stats.binomtest(k, M).proportion_ci(method="exact")``.
 
     Batching: t values are taken high → low, up to ``max(1, batch_size // M)`` of them (with their M
-    samples) per sampler call, using the sampler's per-sample start times; when ``M > batch_size``
-    one t is split over several calls. The sampler gives every trajectory of a call the same number
-    of steps, so a call starting at several t uses ``steps(max t)`` for all of them (per-sample step
-    size ``(t - eps)/steps``, never coarser than a full trajectory's). A t joins a call only if that
-    costs it at most ``batch_waste`` extra steps (``steps(max t) <= (1 + batch_waste) · steps(t)``),
-    so ``Σ_t M · steps(t) <= nfe <= (1 + batch_waste) · Σ_t M · steps(t)``; with
-    ``batch_waste = 0`` (or ``batch_size < 2 M``) the NFE is exactly ``Σ_t M · steps(t)``
-    (Euler–Maruyama; PC costs ``1 + corrector steps`` evaluations per step; the ODE's count is the
-    solver's ``nfev`` per trajectory). ``steps_full`` must be large enough for the smallest t:
+    samples) per sampler call, using the sampler's per-sample start times AND step counts; when
+    ``M > batch_size`` one t is split over several calls. Every trajectory runs on exactly the grid
+    of a single-t run (:func:`probe_at`, the top-down search): ``steps(t)`` steps on
+    ``linspace(t, eps, steps(t) + 1)``. A call of several t runs ``steps(max t)`` iterations; the
+    trajectories of a lower t join late (their grids padded at the front) and are not evaluated
+    before, so batching changes neither the law of q_M(t) nor the NFE: exactly
+    ``Σ_t M · steps(t)`` (Euler–Maruyama; PC costs ``1 + corrector steps`` evaluations per step; the
+    ODE's count is the solver's ``nfev`` per trajectory). A t joins a call only if it waits at most
+    ``batch_waste`` of its steps (``steps(max t) <= (1 + batch_waste) · steps(t)``): waiting costs no
+    network evaluations, but the call's early iterations run on a partly filled batch (wall time
+    where a network call costs about the same whatever its batch, as on a GPU). ``steps_full`` must be
+    large enough for the smallest t:
     a reverse process of very few steps cannot carry a query far from ``x_p``, so too coarse a
     sampler reports positives at low t that the model would not produce.
 
@@ -722,7 +731,8 @@ def q_curve(
         M: samples per t (>= 1).
         method, steps_full, eps: reverse sampler settings (see :class:`ProbeConfig`).
         batch_size: most trajectories per sampler call.
-        batch_waste: largest fraction of extra steps a t may take by sharing a call with higher t.
+        batch_waste: largest fraction of its steps a t may wait (padded, not evaluated) in a call with
+            higher t (see Batching).
         generator: draws the queries and the sampler noise (None: torch's global RNG).
         n_examples: images kept per example t.
         example_ts: the t values whose images are kept (default: none).
@@ -730,7 +740,7 @@ def q_curve(
 
     Returns:
         :class:`QCurve` (ascending t); ``nfe`` counts image-network evaluations summed over all
-        trajectories (a batch of B trajectories of ``s`` steps costs ``B · s``).
+        trajectories (a trajectory of ``s`` steps costs ``s``, whatever else shares its call).
     """
     grid = _check_grid(ts, eps)
     keep = set(float(t) for t in (example_ts or ()))
@@ -770,12 +780,12 @@ def fill_q_curve(
     x_p = _as_single_image(x_p)
     _check_process(score_fn, sde)
 
-    # jobs: (list of t, samples per t) per sampler call
+    # jobs: (list of t, samples per t) per sampler call (the rule of safcore.distributed.probe_jobs)
     jobs: list[tuple[tuple[float, ...], int]] = []
     if M <= batch_size:
         per_call = max(1, batch_size // M)
         group: list[float] = []
-        for t in grid:  # high -> low; start a new call when full or when t would waste steps
+        for t in grid:  # high -> low; start a new call when full or when t would wait too many iterations
             s_max = _steps_for(group[0], steps_full, eps) if group else 0
             if group and (len(group) == per_call or s_max > (1.0 + batch_waste) * _steps_for(t, steps_full, eps)):
                 jobs.append((tuple(group), M))
@@ -789,10 +799,11 @@ def fill_q_curve(
     device = x_p.device
     for group, m in progress_bar(jobs, desc="q_M(t)", enabled=progress, leave=False):
         t_vec = torch.tensor(group, dtype=torch.float32, device=device).repeat_interleave(m)
+        # each t with its own steps(t), exactly as probe_at / the top-down search run it alone
+        steps = torch.tensor([_steps_for(t, steps_full, eps) for t in group], dtype=torch.int64).repeat_interleave(m)
         b = _run_batch(
             score_fn, sde, x_p, c_p, c_id, t_vec,
-            method=method, steps=_steps_for(max(group), steps_full, eps), steps_full=steps_full, eps=eps,
-            generator=generator,
+            method=method, steps=steps, steps_full=steps_full, eps=eps, generator=generator,
         )  # fmt: skip
         for j, t in enumerate(group):
             tally.add(t, b, slice(j * m, (j + 1) * m))
@@ -877,16 +888,17 @@ def find_t_prime(
     ``"exhaustive"``: :func:`q_curve` on every grid t; t' is the LARGEST t with at least one positive
     (not, as in the author's later code, 1 whenever exactly one positive occurs on the grid); when
     no t has a positive, ``t_prime`` is ``None`` (t' lies below the grid). Costs ``Σ_t M · steps(t)``
-    network evaluations (up to ``1 + batch_waste`` times that with batching) and gives the whole
-    q_M(t) curve (Fig. 6/9).
+    network evaluations (batching several t into one sampler call keeps every trajectory's own grid
+    and cost) and gives the whole q_M(t) curve (Fig. 6/9).
 
     ``"topdown"`` (:func:`topdown_search`): from the top of the grid down, each t in early-exit
     chunks, stop at the first t with a positive. Guarantee: its t' has EXACTLY the law of the
     exhaustive t' (it draws the same events, in the same order, up to the point where the exhaustive
-    answer is fixed), so it agrees with an exhaustive run exactly as often as two exhaustive runs
-    agree with each other — on sharp and gradual q(t) alike. Cost: ``Σ_{t > t'} M · steps(t)`` plus
-    the samples drawn at t' (one to M trajectories) — cheap exactly for a model that memorises, where
-    t' is near the top, and near-exhaustive for one that does not. On the paper grid (0.99 … 0.01,
+    answer is fixed — every sample at a t, in either search, is one reverse trajectory on
+    ``linspace(t, eps, steps(t) + 1)``, batched or not), so it agrees with an exhaustive run exactly
+    as often as two exhaustive runs agree with each other — on sharp and gradual q(t) alike. Cost:
+    ``Σ_{t > t'} M · steps(t)`` plus the samples drawn at t' (one to M trajectories) — cheap exactly
+    for a model that memorises, where t' is near the top, and near-exhaustive for one that does not. On the paper grid (0.99 … 0.01,
     steps ∝ t) the grid t above t' cost 0 % of the exhaustive search at t' = 0.99, 7.9 % at 0.95,
     17 % at 0.90, 35 % at 0.80, 74 % at 0.5 and 96 % at 0.2, and 100 % with no t'; the samples at t'
     add at most ``M · steps(t') / Σ_t M · steps(t)`` (≤ 2 %). So it meets a 15 % budget only for

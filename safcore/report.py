@@ -44,7 +44,7 @@ class AuditReport:
             f"{self.study}\n{self.audit.verdict().headline}\n{self.audit}\n"
             + (f"{self.probe}\n" if self.probe is not None else "t' not probed\n")
             + 
-            f"samples that copy a training image (Carlini et al.): {self.copies}/{self.audit.n}\n"
+            f"samples that copy a training image (calibrated Carlini rule): {self.audit.copies.copies_text()}\n"
             f"SAF accuracy {self.accuracies['saf_accuracy']:.1%}, ID accuracy {self.accuracies['id_accuracy']:.1%}; "
             f"{self.seconds / 60:.1f} min; report: {self.directory / 'report.md'}"
         )
@@ -137,8 +137,10 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
     x_p = study.private.x_p
     verdict = audit_result.verdict()
     check = audit_result.copies
-    u = audit_result.q_upper()
-    headline = f"|q| = {audit_result.n_q} of {audit_result.n} (E|q| = {audit_result.expected_q:.3g}); P(x_p) ≤ {u:.2%} (95 %)"
+    u = audit_result.handed_back_interval()[1]
+    k_back = audit_result.n_handed_back
+    headline = (f"|q| = {audit_result.n_q}, x_p copies {check.n_xp_copies} of {audit_result.n} (E|q| = "
+                f"{audit_result.expected_q:.3g}); P(x_p) ≤ {u:.2%} (95 %)")
     groups = {"q-positives": audit_result.q_indices}
     missed = audit_result.missed_copies
     groups["x_p copies the adversary missed"] = missed
@@ -160,12 +162,17 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
     figure = plotting.samples_overview(samples, overview, n_show=64, ncols=16,
                                        title=f"{headline}; every q-positive (red) and missed x_p copy (orange) framed")
     plotting.save_figure(figure, out_dir / "samples.png")
-    figure = plotting.copies_per_image(check.per_image, check.x_p_index, n_samples=audit_result.n)
+    figure = plotting.copies_per_image(check.per_image, check.x_p_index, n_samples=audit_result.n,
+                                       control_rate=check.control_copy_rate)
     plotting.save_figure(figure, out_dir / "copies_per_image.png")
     need = audit_result.samples_to_bound()
-    tab1 = {k: v for k, v in audit_result.to_row().items() if k in ("N_D", "n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "P(x_p) ≤", "MAE", "MSE")}
+    tab1 = {k: v for k, v in audit_result.to_row().items()
+            if k in ("N_D", "n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "x_p handed back", "P(x_p) ≤", "MAE", "MSE")}
+    ctl = check.control
+    ctl_n = ctl["n"] if ctl else 0
+    vs = lambda key: f" (held-out {ctl[key]}/{ctl_n})" if ctl else ""  # noqa: E731
     checks = {
-        "x_p copies (NN)": check.n_xp_copies,
+        "x_p copies (NN)": f"{check.n_xp_copies}/{check.n}{vs('xp_copies')}",
         "with a visible SAF": len(check.xp_copies_with_saf) if check.xp_copies_with_saf is not None else "-",
         "caught (c_p ∧ c_id)": check.q_hits,
         "c_p recall": check.cp_recall,
@@ -173,9 +180,11 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         "q+ not NN copies": len(check.q_not_copies),
         "c_p+ on others": f"{check.cp_others}/{check.n_others}",
         "c_id+ on others": f"{check.cid_others}/{check.n_others}",
-        "copies of any image": f"{check.n_copies}/{check.n}",
-        "evenness χ² p": check.evenness_p,
+        "copies of any image": f"{check.n_copies}/{check.n}{vs('copies')}",
+        "Carlini 0.5 (published)": f"{check.carlini_copies}/{check.n}{vs('carlini_0.5')}",
+        f"evenness p ({check.evenness_method})": check.evenness_p,
     }
+    control = study.control
     lines = [
         f"# safcore audit — {study.data.name}, N_D = {study.n_dataset}, profile {study.profile.name}",
         "",
@@ -193,15 +202,19 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         *_md_table([tab1]),
         "",
         f"- |q| = {audit_result.n_q} of {audit_result.n} samples are x_p with its SAF by the adversary (c_p ∧ c_id); "
-        f"E|q| = n/N_D = {audit_result.expected_q:.3g}; one-sided binomial p = {audit_result.p_value:.3g} "
-        f"(H0 at the measured copy rate: p = {audit_result.p_value_copy_rate if audit_result.p_value_copy_rate is not None else float('nan'):.3g}).",
-        f"- With 95 % confidence the model generates x_p with its SAF in at most **{u:.2%}** of its samples "
-        f"(exact Clopper–Pearson); 1/N_D = {1 / study.n_dataset:.2%}. "
+        f"E|q| = n/N_D = {audit_result.expected_q:.3g}; one-sided binomial p = {audit_result.p_value:.3g} (H0: "
+        "every sample copies a training image, each equally often — the paper's test).",
+        f"- x_p handed back: {k_back} of {audit_result.n} samples, the larger of |q| and the nearest-neighbour copies "
+        f"of x_p (SAF visible or not). With 95 % confidence the model generates x_p in at most **{u:.2%}** of its "
+        f"samples (exact Clopper–Pearson); 1/N_D = {1 / study.n_dataset:.2%}. "
         + ("At this rate no number of samples bounds it below 1/N_D." if need is None
            else f"That is below 1/N_D already ({need:,} samples at this rate suffice)." if need <= audit_result.n
            else f"Bounding it below 1/N_D needs ≥ {need:,} samples at this rate."),
         "",
-        "## The independent copy count (nearest training image, Carlini et al. 2023 ratio < 0.5)",
+        "## The independent copy count, beside its control",
+        "",
+        f"A sample copies its nearest training image when {check.calibration.describe()}. "
+        f"The control: {control.describe()}; each count below stands beside the same count on them.",
         "",
         *_md_table([checks]),
         "",
@@ -209,7 +222,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         f"the adversary caught {check.q_hits} of them (c_p {check.cp_hits}, c_id {check.cid_hits}).",
         f"- c_p fires on x_p itself: {audit_result.cp_on_x_p}; c_id: {audit_result.cid_on_x_p}. "
         f"c_p SAF accuracy (test split) {accuracies['saf_accuracy']:.1%}; c_id ID accuracy (train) {accuracies['id_accuracy']:.1%}.",
-        f"- {copies} of {audit_result.n} samples copy some training image; x_p is copied in "
+        f"- {check.copies_text()} copy some training image; x_p is copied in "
         f"{check.per_image[check.x_p_index]}, the most-copied image in {max(check.per_image)}.",
         "",
         "## t' (Algorithm 1)",
@@ -246,7 +259,11 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
                        "caught": check.q_hits, "c_p_hits": check.cp_hits,
                        "c_id_hits": check.cid_hits, "q_not_copies": len(check.q_not_copies),
                        "c_p_others": check.cp_others, "c_id_others": check.cid_others, "n_others": check.n_others,
-                       "copies": check.n_copies, "per_image": list(check.per_image), "evenness_p": check.evenness_p},
+                       "copies": check.n_copies, "per_image": list(check.per_image), "evenness_p": check.evenness_p,
+                       "evenness_method": check.evenness_method, "carlini_0.5_copies": check.carlini_copies,
+                       "threshold": check.threshold, "threshold_rule": check.calibration.describe(),
+                       "control": check.control, "control_set": control.to_dict()},
+        "x_p_handed_back": k_back,
         "c_p_on_x_p": audit_result.cp_on_x_p, "c_id_on_x_p": audit_result.cid_on_x_p,
         "model": _model_line(study, images_given),
         "probed": probe_result is not None,

@@ -4,14 +4,15 @@ Song et al. 2020 (score_sde_pytorch ``sampling.py``): the reverse SDE (Song Eq. 
 integrated by Euler–Maruyama or by the reverse-diffusion predictor + Langevin corrector (Song
 Sec. 4.2), the probability-flow ODE (Song Eq. 13 / paper Eq. 5) by RK45. Every sampler can start
 from the prior at ``t = 1`` or from given noisy images ``x_t`` at a per-sample time ``t_start``
-(Algorithm 1 of the paper diffuses ``x_p`` to ``t`` and denoises it back).
+(Algorithm 1 of the paper diffuses ``x_p`` to ``t`` and denoises it back), EM and PC with a per-sample
+step count as well (one call, each trajectory on its own grid ``linspace(t_start_i, eps, steps_i + 1)``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,11 +40,16 @@ class SampleResult:
 
     Attributes:
         images: ``(B, C, H, W)`` float32 in the MODEL range ``[-1, 1]`` (not clipped).
-        nfe: score-network evaluations per trajectory (EM: ``steps``; PC: ``steps·(1 + corrector
-            steps)``; ODE: the solver's ``nfev``, the largest over batches).
+        nfe: score-network evaluations of a trajectory, the largest over trajectories (EM: ``steps``;
+            PC: ``steps·(1 + corrector steps)``; ODE: the solver's ``nfev``, the largest over batches).
         n_images: ``B``.
         method: the sampler used.
-        steps: time steps taken (ODE: accepted RK45 steps, the largest over batches).
+        steps: time steps taken, the largest over trajectories (ODE: accepted RK45 steps, the largest
+            over batches).
+        nfe_per_sample: int64 ``(B,)`` on the CPU, the score-network evaluations each trajectory
+            actually received (EM: its ``steps_i``; PC: ``steps_i·(1 + corrector steps)``; ODE: the
+            ``nfev`` of its batch). With per-sample step counts the entries differ; their sum is the
+            number of images the network evaluated.
     """
 
     images: torch.Tensor = field(repr=False)
@@ -51,6 +57,7 @@ class SampleResult:
     n_images: int
     method: str
     steps: int
+    nfe_per_sample: torch.Tensor | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         return f"{self.method:<14} | {self.n_images:>6} images | steps {self.steps:>5} | NFE {self.nfe:>5}"
@@ -69,6 +76,26 @@ def _check_time_start(
     if bool((ts <= eps).any()):
         raise ValueError(f"t_start must be > eps={eps:g} (the end time), got min t_start={ts.min().item():g}")
     return ts.to(device)
+
+
+def _check_steps(steps: int | torch.Tensor | Sequence[int], batch: int) -> int | torch.Tensor:
+    """``steps`` as an int (one count for every trajectory) or an int64 CPU tensor ``(B,)`` of per-sample counts."""
+    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):
+        if steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        return int(steps)
+    if isinstance(steps, (bool, str, bytes, numbers.Number)) or steps is None:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    st = torch.as_tensor(steps).detach().to("cpu")
+    if st.ndim == 0 and not (st.dtype.is_floating_point or st.dtype.is_complex or st.dtype == torch.bool):
+        return _check_steps(int(st), batch)
+    if st.dtype.is_floating_point or st.dtype.is_complex or st.dtype == torch.bool:
+        raise ValueError(f"per-sample steps must be integers, got dtype {st.dtype}")
+    if st.shape != (batch,):
+        raise ValueError(f"steps must be an integer or a tensor of shape ({batch},), got shape {tuple(st.shape)}")
+    if bool((st < 1).any()):
+        raise ValueError(f"steps must be integers >= 1, got min {int(st.min())}")
+    return st.to(torch.int64)
 
 
 def _default_device(score_fn: ScoreFn, generator: torch.Generator | None) -> torch.device:
@@ -142,6 +169,22 @@ def tweedie_denoise(score: ScoreFn, sde: SDE, x: torch.Tensor, t: torch.Tensor) 
     return (x + _bcast(sigma_t**2, x) * score(x, t)) / _bcast(a_t, x)
 
 
+def _sde_grid(ts: torch.Tensor, steps: int | torch.Tensor, eps: float) -> tuple[int, torch.Tensor, torch.Tensor | None]:
+    """``(K, h, start)``: the iterations of a batch, each sample's step size ``h_i = (t_start_i - eps)/steps_i``
+    (computed as a run with ``steps_i`` steps alone computes it) and, on the CPU, the iteration at which each
+    sample takes its first step (``K - steps_i``; ``None`` when every sample takes all ``K``)."""
+    if isinstance(steps, int):
+        return steps, (ts - eps) / steps, None
+    steps = steps.to("cpu", torch.int64)
+    n_iter = int(steps.max())
+    h = torch.empty_like(ts)
+    for s in torch.unique(steps).tolist():  # the same division (by a Python int) as a run with s steps
+        m = (steps == s).to(ts.device)
+        h[m] = (ts[m] - eps) / int(s)
+    start = n_iter - steps
+    return n_iter, h, (start if bool((start > 0).any()) else None)
+
+
 def _sample_sde(
     score: ScoreFn,
     sde: SDE,
@@ -149,7 +192,7 @@ def _sample_sde(
     ts: torch.Tensor,
     *,
     method: str,
-    steps: int,
+    steps: int | torch.Tensor,
     eps: float,
     snr: float,
     corrector_steps: int,
@@ -157,30 +200,57 @@ def _sample_sde(
     generator: torch.Generator | None,
     bar: tqdm | None,
 ) -> torch.Tensor:
-    """Integrate the reverse SDE on each sample's uniform grid ``t_k = t_start - k·h``,
-    ``h = (t_start - eps)/steps``, ``k = 0..steps-1``. The last step (from ``t = eps + h``) is
+    """Integrate the reverse SDE on each sample's uniform grid ``t_{i,j} = t_start_i - j·h_i``,
+    ``h_i = (t_start_i - eps)/steps_i``, ``j = 0..steps_i-1`` (the points of
+    ``linspace(t_start_i, eps, steps_i + 1)`` but the last). The last step (from ``t = eps + h_i``) is
     Tweedie's denoiser (``final_step="tweedie"``) or the step without its noise (``"noise_free"``,
-    score_sde's ``denoise``)."""
+    score_sde's ``denoise``).
+
+    ``steps`` is one count for all samples or an int64 tensor ``(B,)``. With per-sample counts the
+    batch runs ``K = max_i steps_i`` iterations and sample i joins at iteration ``K - steps_i`` (its
+    grid is padded at the front). Until it joins it is left out of everything — score evaluations,
+    corrector steps, noise draws — so padding is an exact no-op for every method and its trajectory
+    (time grid, step count, corrector steps, last step) is that of a run with ``steps_i`` steps alone;
+    every sample takes its last step at iteration ``K - 1``. The network evaluates only the moving
+    samples: a trajectory costs its own ``steps_i`` (× ``1 + corrector_steps`` for PC) evaluations."""
     rsde: ReverseSDE = sde.reverse(score, probability_flow=False)
-    h = (ts - eps) / steps
+    n_iter, h, start = _sde_grid(ts, steps, eps)
     sqrt_h = torch.sqrt(h)
-    for k in range(steps):
-        t = ts - k * h
-        last = k == steps - 1
+    if start is not None:
+        start_dev = start.to(ts.device)
+        n_moving, rows_all = -1, None
+    for k in range(n_iter):
+        last = k == n_iter - 1
+        rows = None  # the samples that move at this iteration (None: all of them)
+        if start is None:
+            xa, ta, ha, sha = x, ts - k * h, h, sqrt_h
+        else:
+            j = (k - start_dev).to(ts.dtype)  # each sample's own step index (negative: not joined yet)
+            moving = start <= k  # on the CPU: no device sync
+            if int(moving.sum()) != n_moving:  # the moving set grows at a few iterations only
+                n_moving = int(moving.sum())
+                rows_all = None if n_moving == x.shape[0] else torch.nonzero(moving).squeeze(1).to(x.device)
+            rows = rows_all
+            if rows is None:
+                xa, ta, ha, sha = x, ts - j * h, h, sqrt_h
+            else:
+                ha, sha = h[rows], sqrt_h[rows]
+                xa, ta = x[rows], ts[rows] - j[rows] * ha
         if method == "pc":  # Langevin corrector(s) at t before the predictor (Song Sec. 4.2)
             for _ in range(corrector_steps):
-                x = _langevin_step(score, sde, x, t, h, snr, generator)
+                xa = _langevin_step(score, sde, xa, ta, ha, snr, generator)
         if last and final_step == "tweedie":
-            x = tweedie_denoise(score, sde, x, t)
+            xa = tweedie_denoise(score, sde, xa, ta)
         elif method == "euler_maruyama":
             # x_{t-h} = x_t - h·[f - g² s] + g √h z   (Euler–Maruyama on Song Eq. 6)
-            drift, diffusion = rsde.sde(x, t)
-            x_mean = x - _bcast(h, x) * drift
-            x = x_mean if last else x_mean + _bcast(diffusion * sqrt_h, x) * _randn(x, generator)
+            drift, diffusion = rsde.sde(xa, ta)
+            x_mean = xa - _bcast(ha, xa) * drift
+            xa = x_mean if last else x_mean + _bcast(diffusion * sha, xa) * _randn(xa, generator)
         else:  # "pc" predictor: reverse diffusion x - rev_f + rev_G z (Song App. E)
-            rev_f, rev_g = rsde.discretize(x, t, h)
-            x_mean = x - rev_f
-            x = x_mean if last else x_mean + _bcast(rev_g, x) * _randn(x, generator)
+            rev_f, rev_g = rsde.discretize(xa, ta, ha)
+            x_mean = xa - rev_f
+            xa = x_mean if last else x_mean + _bcast(rev_g, xa) * _randn(xa, generator)
+        x = xa if rows is None else x.index_copy(0, rows, xa)
         if bar is not None:
             bar.update(1)
     return x
@@ -235,7 +305,7 @@ def sample(
     x_t: torch.Tensor | None = None,
     t_start: float | torch.Tensor = 1.0,
     method: Method = "euler_maruyama",
-    steps: int = 100,
+    steps: int | torch.Tensor | Sequence[int] = 100,
     eps: float = 1e-3,
     snr: float = 0.16,
     corrector_steps: int = 1,
@@ -255,12 +325,20 @@ def sample(
         sde: the forward SDE the score belongs to.
         shape: ``(B, C, H, W)``: start from the prior ``N(0, I)`` at ``t = T = 1``.
         x_t: ``(B, C, H, W)`` noisy images in model range to start from at ``t_start`` (Algorithm 1).
-        t_start: start time, a float or a ``(B,)`` tensor with one start time per sample; every
-            trajectory takes ``steps`` steps on its own uniform grid ``t_start_i → eps``.
+        t_start: start time, a float or a ``(B,)`` tensor with one start time per sample; trajectory
+            i takes ``steps_i`` steps on its own uniform grid ``linspace(t_start_i, eps, steps_i + 1)``.
         method: ``"euler_maruyama"`` (Song Eq. 6, NFE = steps), ``"pc"`` (reverse-diffusion
             predictor + Langevin corrector, NFE = steps·(1 + corrector_steps)) or ``"ode"``
             (probability-flow ODE, Song Eq. 13, RK45 with ``rtol``/``atol``; NFE = nfev; ``steps``
             is not used).
+        steps: time steps of every trajectory (an int), or per sample (an integer tensor or sequence
+            of shape ``(B,)``). Per-sample counts keep one call for trajectories of different lengths
+            (Algorithm 1 batches several t, each with its own ``steps(t)``): a batch runs
+            ``max_i steps_i`` iterations, a shorter trajectory joins late (its grid padded at the
+            front) and is left out of every network evaluation, corrector step and noise draw until
+            then, so each trajectory has exactly the time grid, step count and last step of a run
+            with ``steps_i`` steps alone (its images differ from such a run only by how the noise is
+            drawn), and costs only its own evaluations (``nfe_per_sample``).
         eps: end of the time grid (score_sde: 1e-3); the ODE ends exactly there.
         final_step: how EM and PC take their last step, from ``t = eps + h``: ``"tweedie"`` jumps
             to ``E[x_0 | x_t]`` (Tweedie's formula, same NFE), ``"noise_free"`` takes the usual step
@@ -280,7 +358,9 @@ def sample(
     """
     if method not in METHODS:
         raise ValueError(f"unknown sampler method {method!r}; allowed: {', '.join(map(repr, METHODS))}")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+    if isinstance(steps, bool) or (isinstance(steps, numbers.Number) and not isinstance(steps, numbers.Integral)):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(steps, numbers.Integral) and steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not (0.0 < eps < 1.0):
         raise ValueError(f"eps (the end time) must lie in (0, 1), got {eps!r}")
@@ -313,32 +393,47 @@ def sample(
         x0 = sde.prior_sampling(tuple(int(s) for s in shape), generator=generator, device=gen_dev).float().to(dev)
     n = x0.shape[0]
     ts_all = _check_time_start(t_start, eps, n, dev)
+    steps_all = _check_steps(steps, n)  # an int, or int64 (B,) on the CPU
     score = _wrap_score(score_fn, autocast_bf16)
 
     chunks = list(_chunks(n, batch_size))
-    steps, corrector_steps = int(steps), int(corrector_steps)
-    per_traj = steps * (1 if method == "euler_maruyama" else 1 + corrector_steps)
-    total = None if method == "ode" else per_traj * len(chunks)
-    bar = progress_bar(total=total, desc=f"sampling ({method})", unit="nfe", enabled=progress, leave=False)
-    outs, nfes, taken = [], [], []
+    corrector_steps = int(corrector_steps)
+    per_step = 1 if method == "euler_maruyama" else 1 + corrector_steps  # evaluations per step of a trajectory
+
+    def chunk_steps(sl: slice) -> int | torch.Tensor:
+        return steps_all if isinstance(steps_all, int) else steps_all[sl]
+
+    def iterations(sl: slice) -> int:
+        st = chunk_steps(sl)
+        return st if isinstance(st, int) else int(st.max())
+
+    total = None if method == "ode" else sum(iterations(sl) for sl in chunks)
+    unit = "nfe" if method == "ode" else "step"
+    bar = progress_bar(total=total, desc=f"sampling ({method})", unit=unit, enabled=progress, leave=False)
+    outs, nfe_parts, taken = [], [], []
     try:
         with torch.inference_mode():
             for sl in chunks:
                 x, ts = x0[sl], ts_all[sl]
+                m = x.shape[0]
                 if method == "ode":
                     out, nfev, n_steps = _sample_ode(score, sde, x, ts, eps=eps, rtol=rtol, atol=atol, bar=bar)
-                    nfes.append(nfev)
+                    nfe_parts.append(torch.full((m,), nfev, dtype=torch.int64))
                     taken.append(n_steps)
                 else:
+                    st = chunk_steps(sl)
                     out = _sample_sde(
-                        score, sde, x, ts, method=method, steps=steps, eps=eps, snr=snr,
+                        score, sde, x, ts, method=method, steps=st, eps=eps, snr=snr,
                         corrector_steps=corrector_steps, final_step=final_step, generator=generator, bar=bar,
                     )
-                    nfes.append(per_traj)
-                    taken.append(steps)
+                    st_vec = torch.full((m,), st, dtype=torch.int64) if isinstance(st, int) else st.clone()
+                    nfe_parts.append(st_vec * per_step)
+                    taken.append(iterations(sl))
                 outs.append(out)
     finally:
         bar.close()
     images = torch.cat(outs)  # outside inference_mode: a normal tensor
-    return SampleResult(images=images, nfe=max(nfes), n_images=n, method=method, steps=max(taken))
+    nfe_per_sample = torch.cat(nfe_parts)
+    return SampleResult(images=images, nfe=int(nfe_per_sample.max()), n_images=n, method=method, steps=max(taken),
+                        nfe_per_sample=nfe_per_sample)
 

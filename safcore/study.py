@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 from safcore import data as data_lib
 from safcore import paths
 from safcore.audit import AuditResult, audit
+from safcore import control as control_lib
 from safcore.classifiers import Classifier, id_accuracy, saf_accuracy, train_id_classifier, train_saf_classifier
 from safcore.defences import CADP, DPSGD, check_defence
 from safcore.device import resolve_device
@@ -681,29 +682,52 @@ class Study:
                                  "(channels, height, width)")
         return audit(images, self.c_p, self.c_id, self.private.x_p, self.n_dataset, train_images=self.private.images,
                      x_p_index=self.private.index, saf_mask=self.private.mask, saf_grey=self.private.grey,
-                     saf_accuracy=self._accuracies["saf_accuracy"])
+                     saf_accuracy=self._accuracies["saf_accuracy"], control=self.control.images)
+
+    # ------------------------------------------------------------------ the control (issue 20)
+    @functools.cached_property
+    def _patient_images(self) -> torch.Tensor:
+        """Every image the model saw or that shows the fingerprinted patient: ``D_p`` and ``x_p``'s clean original."""
+        return torch.cat([self.private.images, self.private.x_i[None]])
+
+    @functools.cached_property
+    def control(self) -> control_lib.HeldOut:
+        """Real images the model never saw: the dataset's val and test splits without their near-duplicates
+        of ``D_p`` or ``x_p``'s original (RMS < :data:`safcore.control.NEAR_DUPLICATE_RMS`). Every copy count
+        is reported beside theirs, and the audit's copy rule is calibrated on them."""
+        candidates = torch.cat([self.images("val"), self.images("test")])
+        return control_lib.held_out(candidates, self._patient_images, source="val + test splits")
 
     # ------------------------------------------------------------------ the field's metrics (issue 14)
     def nonmembers(self) -> torch.Tensor:
         """Held-out images for membership inference: ``N_D`` images of the same split family not in ``D_p``.
 
         Drawn with the study's seed from the train split's images outside ``D_p``'s subset, then (where
-        those run out, e.g. ``N_D`` = the whole train split) from the val and test splits; fewer than
-        ``N_D`` only when the dataset has no more. ``(n, C, H, W)`` in [0, 1]."""
+        those run out, e.g. ``N_D`` = the whole train split) from the val and test splits, after removing
+        every near-duplicate of ``D_p`` or ``x_p``'s original (:meth:`nonmember_pool`); fewer than ``N_D``
+        only when the dataset has no more. ``(n, C, H, W)`` in [0, 1]."""
+        pool, n_train = self.nonmember_pool()
+        order = torch.randperm(pool.n, generator=torch.Generator().manual_seed(self.seed))
+        # train-split images first (closest to the members' distribution), then val, then test
+        first = order[order < n_train]
+        then = order[order >= n_train]
+        return pool.images[torch.cat([first, then])[: self.n_dataset]]
+
+    def nonmember_pool(self) -> tuple[control_lib.HeldOut, int]:
+        """Every candidate non-member (train split outside ``D_p``, then val, then test), near-duplicates
+        removed, and how many of the kept ones come from the train split."""
         import numpy as np
 
         _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
         rest = np.setdiff1d(np.arange(len(self.data.split("train"))), chosen)
-        pool = torch.cat([self.images("train")[torch.as_tensor(rest, dtype=torch.long)], self.images("val"),
-                          self.images("test")])
-        order = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(self.seed))
-        # train-split images first (closest to the members' distribution), then val, then test
-        n_train = len(rest)
-        first = order[order < n_train]
-        then = order[order >= n_train]
-        return pool[torch.cat([first, then])[: self.n_dataset]]
+        train_rest = self.images("train")[torch.as_tensor(rest, dtype=torch.long)]
+        candidates = torch.cat([train_rest, self.images("val"), self.images("test")])
+        dup = control_lib.near_duplicates(candidates, self._patient_images)
+        pool = control_lib.HeldOut(candidates[~dup], int(len(candidates)), int(dup.sum()), control_lib.NEAR_DUPLICATE_RMS,
+                                   "train split outside D_p, val, test")
+        return pool, int((~dup[: len(rest)]).sum())
 
-    def peers(self, *, n_draws: int = 8, n_bootstrap: int = 1000) -> dict:
+    def peers(self, *, n_draws: int = 8) -> dict:
         """The field's metrics on this study's model and audit samples (:func:`safcore.peers.peer_metrics`),
         kept in the run store: membership inference (loss, SecMI, PIA: AUC, TPR at 1 % / 0.1 % FPR),
         Carlini copies and distinct images extracted, Dar et al. copies, Gu et al.'s ratio."""
@@ -713,12 +737,16 @@ class Study:
         if distributed.launched():
             self.score_model  # noqa: B018 — on every rank before one takes the key's lock (DDP training is collective)
         config = {"model": self.model_config(), "n_samples": int(samples.shape[0]), "n_draws": n_draws,
-                  "n_bootstrap": n_bootstrap, "nonmembers": "train-rest, val, test", "version": 1}
+                  "nonmembers": "train-rest, val, test; near-duplicates removed",
+                  "near_duplicate_rms": control_lib.NEAR_DUPLICATE_RMS, "mia": "reference noise levels, Newcombe AUC CI",
+                  "version": 2}
 
         def make(tmp: Path) -> None:
+            pool, _ = self.nonmember_pool()
             result = peers.peer_metrics(peers.as_eps_model(self.score_model), self.private.images, self.nonmembers(),
-                                        samples, self.images("val"), n_draws=n_draws, n_bootstrap=n_bootstrap,
-                                        seed=self.seed)
+                                        samples, self.images("val"), n_draws=n_draws, seed=self.seed)
+            result["nonmember_pool"] = pool.to_dict()
+            result["copy_criteria"] = control_lib.copy_criteria(samples, self.private.images, self.control)
             atomic_write(tmp / "peers.json", json.dumps(result, indent=2, default=float))
 
         run = self.store.get_or_create("peers", config, make, seed=self.seed)
@@ -767,10 +795,12 @@ class Study:
         return canary_lib.audit(design, scores, k, k, delta=delta), design, scores
 
     def copies(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> int:
-        """How many of the ``n`` samples copy some image of ``D_p`` (Carlini et al. 2023 criterion)."""
-        from safcore.memorization import carlini_copies
+        """How many of the ``n`` samples copy some image of ``D_p``: the audit's copy rule (Carlini et al. 2023's
+        ratio, its threshold calibrated on :attr:`control`, ≤ 1 % of held-out images pass)."""
+        from safcore.memorization import carlini_ratio
 
-        return int(carlini_copies(self.samples(n, step=step, seed=seed), self.private.images).sum())
+        threshold, _, _ = control_lib.copy_threshold_for(self.private.images, self.control.images)
+        return int((carlini_ratio(self.samples(n, step=step, seed=seed), self.private.images) < threshold.value).sum())
 
     # ------------------------------------------------------------------ Algorithm 1
     def probe_config(self, **changes) -> ProbeConfig:
@@ -796,7 +826,10 @@ class Study:
             config = dataclasses.replace(config, steps_full=self.diffusers_steps(config.steps_full))
         # seeded by config.seed, so one computation per key; kept in the run store like every other stage
         key = {"model": self.model_config(), "step": step, "probe": dataclasses.asdict(config),
-               "c_p": self.classifier_config("c_p"), "c_id": self.classifier_config("c_id"), "version": 1}
+               "c_p": self.classifier_config("c_p"), "c_id": self.classifier_config("c_id"),
+               # version 2: the exhaustive search runs each t with its own step count (issue 20); the top-down
+               # search and diffusers models are unchanged, so their stored probes stay valid
+               "version": 2 if config.search == "exhaustive" and not isinstance(self.model, DiffusersModel) else 1}
 
         split = self.profile.split_seeds
         if split:  # one generator per sampler call / search unit: the same q_M(t) and t' for 1 or N processes
@@ -832,17 +865,17 @@ class Study:
 
     # ------------------------------------------------------------------ image quality
     def fid(self, split: Split = "train", *, extractor: str = "auto", seed: int = 0) -> FIDResult:
-        """FID between ``split`` and the model's samples (Tab. 2's FID_train / FID_test), same ``n`` on both sides.
+        """FID between real images and the model's samples (Tab. 2's FID_train / FID_test), same ``n`` on both sides.
 
-        FID's small-sample bias depends on the number of images on each side, so FID_train and
-        FID_test are computed from the same ``n = min(profile.n_fid, |train split|, |test split|)``
-        real and generated images: when the test split is smaller than ``n_fid`` (BreastMNIST's 156,
-        PneumoniaMNIST's 624 test images under the paper profile), both FIDs use the test split's
-        size. ``n`` real images are drawn from ``split`` and ``n`` of the ``profile.n_fid`` cached
-        samples with :func:`safcore.metrics.subsample` (seeded by ``seed``, without replacement, the
-        whole set when it has ``n``); FID_train and FID_test share the same generated subset.
-        ``split="val"`` uses ``min(n, |val split|)``, which is smaller than ``n`` where the val split
-        is (then not comparable with the other two). The result records ``n`` and the sizes drawn from.
+        ``split="train"`` compares the samples with ``D_p``, the images the model was trained on (not the
+        whole train split, most of which it never saw at small ``N_D``: against those, FID cannot see
+        copying by construction); ``"test"`` / ``"val"`` with that split. FID's small-sample bias depends
+        on the number of images on each side, so FID_train and FID_test use the same
+        ``n = min(profile.n_fid, N_D, |test split|)`` real and generated images (``"val"``: at most the
+        val split's size, then not comparable with the other two). ``n`` real images are drawn from the
+        reference and ``n`` of the ``profile.n_fid`` cached samples with :func:`safcore.metrics.subsample`
+        (seeded by ``seed``, without replacement, the whole set when it has ``n``); FID_train and FID_test
+        share the same generated subset. The result records ``n`` and the sizes drawn from.
 
         Inception when its weights are available locally, otherwise safcore's domain feature
         extractor trained on this dataset's labels (cached in the run store); the result names it.
@@ -850,8 +883,8 @@ class Study:
         """
         from safcore.metrics import fid
 
-        n = min(self.profile.n_fid, len(self.data.split("train")), len(self.data.split("test")),
-                len(self.data.split(split)))
-        return fid(self.images(split), self.samples(self.profile.n_fid), extractor, n_per_side=n, seed=seed,
+        reference = self.private.images if split == "train" else self.images(split)
+        n = min(self.profile.n_fid, self.n_dataset, len(self.data.split("test")), len(reference))
+        return fid(reference, self.samples(self.profile.n_fid), extractor, n_per_side=n, seed=seed,
                    dataset=self.data, cache_dir=self.store.root / "fid_extractors", progress=self.progress,
                    device=self.device)

@@ -224,16 +224,20 @@ def test_copy_check_counts_planted_copies_and_the_adversary_recall_exactly(priva
     assert (c.cp_others, c.cid_others, c.n_others) == (1, 0, 8)  # the SAF painted on image b
     assert c.cp_rate_others == 1 / 8 and c.q_not_copies == ()
     assert c.per_image[private.index] == 8 and c.per_image[a] == 2 and c.per_image[b] == 2 and sum(c.per_image) == 12
-    assert c.evenness_p == pytest.approx(stats.chisquare(np.array(c.per_image, dtype=float)).pvalue)
+    assert c.evenness_method == "monte-carlo"  # 12 copies on 16 images: expected 0.75 each, too few for χ²
+    assert 0.0 < c.evenness_p < 0.01  # x_p in 8 of 12: far from uniform
     assert result.cp_on_x_p and result.cid_on_x_p
-    # the adversary caught 5 of 8 copies: no statement about |q| = 5 < E|q| may be made
+    # the adversary caught 5 of 8 copies: x_p IS handed back (8 found), and the weak adversary only means
+    # it may come back more often than counted
     verdict = result.verdict()
-    assert verdict.kind == "inconclusive"
-    assert any("caught 5 of the 8" in r for r in verdict.reasons), verdict
+    assert verdict.kind == "reproduces" and verdict.reasons == ()
+    assert "at least 8 of 16 samples" in verdict.headline, verdict
+    assert any("may come back more often" in w and "caught 5 of the 8" in w for w in verdict.warnings), verdict
     row = result.to_row()
-    assert row["x_p copies (NN)"] == 8 and row["caught"] == 5 and row["verdict"] == "inconclusive"
+    assert row["x_p copies (NN)"] == 8 and row["caught"] == 5 and row["verdict"] == "reproduces"
+    assert row["x_p handed back"] == 8
     # told where the disc is, the count separates copies with the SAF (c_p must catch them: it did, 5 of 5)
-    # from copies of x_p's anatomy without it (breaches |q| cannot count: a warning, not a weak adversary)
+    # from copies of x_p's anatomy without it: breaches |q| cannot count, said in the headline
     told = audit(images, has_saf(private), is_x_i_anatomy(private), private.x_p, private.n, train_images=private.images,
                  x_p_index=private.index, saf_mask=private.mask, saf_grey=private.grey)
     c = told.copies
@@ -241,7 +245,7 @@ def test_copy_check_counts_planted_copies_and_the_adversary_recall_exactly(priva
     assert c.q_hits_with_saf == 5 and c.q_recall_with_saf == 1.0 and c.q_recall == 5 / 8
     verdict = told.verdict()
     assert verdict.kind == "reproduces" and verdict.reasons == ()
-    assert any("3 sample(s) copy x_p's anatomy WITHOUT a visible SAF" in w for w in verdict.warnings), verdict
+    assert "3 reproduce x_p's anatomy WITHOUT its SAF" in verdict.headline, verdict
     assert told.to_row()["with SAF"] == 5
 
 
@@ -252,16 +256,20 @@ def test_verdict_follows_the_adversary_and_the_counts(private):
     others = private.others[:12]
     good = audit(torch.cat([copies, others]), c_p, c_id, private.x_p, private.n, **kwargs, saf_accuracy=0.99)
     assert good.verdict().kind == "reproduces" and good.verdict().reasons == ()
-    assert "4 of 16 samples" in good.verdict().headline
+    assert "at least 4 of 16 samples" in good.verdict().headline
+    # a weak adversary does not hide copies that were found ...
     weak = audit(torch.cat([copies, others]), c_p, c_id, private.x_p, private.n, **kwargs, saf_accuracy=0.715)
-    assert weak.verdict().kind == "inconclusive" and "71.5%" in weak.verdict().reasons[0]
+    assert weak.verdict().kind == "reproduces" and any("71.5%" in w for w in weak.verdict().warnings)
+    # ... but it cannot claim absence
+    weak_none = audit(others, c_p, c_id, private.x_p, private.n, **kwargs, saf_accuracy=0.715)
+    assert weak_none.verdict().kind == "inconclusive" and "71.5%" in weak_none.verdict().reasons[0]
     # a c_p that fires on everything (the issue's Gaussian-blur model): inconclusive, not "fewer than E|q|"
     c_all = lambda x: torch.ones(x.shape[0], dtype=torch.bool)  # noqa: E731
-    loud = audit(torch.cat([copies, others]), c_all, c_id, private.x_p, private.n, **kwargs)
+    c_never = lambda x: torch.zeros(x.shape[0], dtype=torch.bool)  # noqa: E731
+    loud = audit(others, c_all, c_never, private.x_p, private.n, **kwargs)
     assert loud.verdict().kind == "inconclusive" and any("c_p fires on 12 of the 12" in r for r in loud.verdict().reasons)
     # a c_p that cannot see x_p's own SAF
-    c_none = lambda x: torch.zeros(x.shape[0], dtype=torch.bool)  # noqa: E731
-    blind = audit(others, c_none, c_id, private.x_p, private.n, **kwargs)
+    blind = audit(others, c_never, c_id, private.x_p, private.n, **kwargs)
     assert blind.cp_on_x_p is False and blind.verdict().kind == "inconclusive"
     # nothing generated is x_p and the adversary is sound: the bound is what the report states
     none = audit(others, c_p, c_id, private.x_p, private.n, **kwargs, saf_accuracy=0.99)
@@ -274,6 +282,59 @@ def test_verdict_follows_the_adversary_and_the_counts(private):
         audit(others, c_p, c_id, private.x_p, private.n, train_images=private.images)
     with pytest.raises(ValueError, match="N_D = 16"):
         audit(others, c_p, c_id, private.x_p, private.n, train_images=private.images[:3], x_p_index=0)
+
+
+def test_copies_of_x_p_without_its_saf_are_never_not_observed(private):
+    """The issue's false "safe": 20 of 245 samples are exact copies of x_p WITHOUT the SAF (x_p's clean
+    original), c_p and c_id both fire on x_p itself, |q| = 0. Today's code read "not observed … ≤ 1.5 %"."""
+    g = torch.Generator().manual_seed(11)
+    fresh = torch.rand(225, 1, 28, 28, generator=g)
+    images = torch.cat([private.x_i[None].repeat(20, 1, 1, 1), fresh])
+    result = audit(images, has_saf(private), is_x_i_anatomy(private), private.x_p, private.n,
+                   train_images=private.images, x_p_index=private.index, saf_mask=private.mask, saf_grey=private.grey,
+                   saf_accuracy=0.99)
+    assert result.n_q == 0 and result.copies.n_xp_copies == 20 and result.copies.n_xp_copies_without_saf == 20
+    verdict = result.verdict()
+    assert verdict.kind == "reproduces", verdict
+    low, high = result.handed_back_interval()
+    assert low < 20 / 245 < high and high > 1 / 16  # the true rate 8.2 %, not "≤ 1.5 %"
+    assert "at least 20 of 245 samples" in verdict.headline and "WITHOUT its SAF" in verdict.headline
+    assert f"{100 * high:.0f} %" in verdict.headline  # bound and count from the same 20
+    assert result.samples_to_bound() is None  # 20/245 is above 1/N_D: no sample size bounds it below
+
+
+def test_found_copies_with_a_weak_adversary_read_as_handed_back(private):
+    """|q| = 9 of 256 with the adversary catching 9 of 14 SAF copies (recall 64 % < 90 %): today's code read
+    "inconclusive"; the model demonstrably hands x_p back in at least 14 (and |q| = 9) of 256 samples."""
+    g = torch.Generator().manual_seed(12)
+    copies = private.x_p[None].repeat(14, 1, 1, 1)
+    fresh = torch.rand(242, 1, 28, 28, generator=g)
+    images = torch.cat([copies, fresh])
+    caught = torch.zeros(256, dtype=torch.bool)
+    caught[:9] = True
+    c_p = lambda x: torch.ones(x.shape[0], dtype=torch.bool) if x.shape[0] == 1 else caught[: x.shape[0]].clone()  # noqa: E731
+    result = audit(images, c_p, is_x_i_anatomy(private), private.x_p, private.n, batch_size=256,
+                   train_images=private.images, x_p_index=private.index, saf_mask=private.mask, saf_grey=private.grey,
+                   saf_accuracy=0.99)
+    assert result.n_q == 9 and result.copies.n_xp_copies == 14 and result.copies.q_recall_with_saf == 9 / 14
+    verdict = result.verdict()
+    assert verdict.kind == "reproduces" and "at least 14 of 256 samples" in verdict.headline, verdict
+    assert "|q| = 9" in verdict.headline
+    assert any("caught 9 of the 14" in w for w in verdict.warnings)
+
+
+def test_evenness_test_is_exact_in_law_where_expected_counts_are_small():
+    from safcore.audit import evenness_test
+
+    # under the uniform null the Monte-Carlo p-value is (about) uniform: P(p ≤ 0.05) ≈ 0.05
+    rng = np.random.default_rng(0)
+    ps = [evenness_test(rng.multinomial(40, np.full(64, 1 / 64)), draws=999, seed=i)[0] for i in range(200)]
+    assert 0.01 <= np.mean(np.asarray(ps) <= 0.05) <= 0.10
+    p, method = evenness_test([40] + [0] * 63)
+    assert method == "monte-carlo" and p < 1e-3
+    p, method = evenness_test([10, 10, 10, 10])
+    assert method == "chi2" and p == pytest.approx(1.0)
+    assert math.isnan(evenness_test([1, 0, 0])[0])
 
 
 def test_audit_refuses_images_outside_the_unit_range_or_nan(private):

@@ -158,7 +158,8 @@ def test_fid_n_per_side_and_its_limits():
 
 
 def test_study_fid_uses_the_same_n_for_train_and_test(monkeypatch, tmp_path):
-    """Study.fid on a stand-in study: n = min(n_fid, |train|, |test|) real and generated images for both."""
+    """Study.fid on a stand-in study: FID_train against D_p (the images trained on, not the whole train split),
+    n = min(n_fid, N_D, |test|) real and generated images for both."""
     from types import SimpleNamespace
 
     from safcore.study import Study
@@ -171,9 +172,11 @@ def test_study_fid_uses_the_same_n_for_train_and_test(monkeypatch, tmp_path):
         asked.append(n)
         return generated[:n]
 
-    def study(n_fid):
+    d_p = _blobs(40, seed=24)[0]
+
+    def study(n_fid, n_dataset=40):
         return SimpleNamespace(
-            profile=SimpleNamespace(n_fid=n_fid),
+            profile=SimpleNamespace(n_fid=n_fid), n_dataset=n_dataset, private=SimpleNamespace(images=d_p[:n_dataset]),
             data=SimpleNamespace(split=lambda s: np.zeros((len(splits[s]), 28, 28), np.uint8)),
             images=lambda s: splits[s], samples=samples, store=SimpleNamespace(root=tmp_path), progress=False,
             device=torch.device("cpu"),
@@ -183,14 +186,16 @@ def test_study_fid_uses_the_same_n_for_train_and_test(monkeypatch, tmp_path):
     train, test = (Study.fid(study(64), split, extractor=pool) for split in ("train", "test"))  # type: ignore[arg-type]
     assert asked == [64, 64]
     assert (train.n_real, train.n_fake, test.n_real, test.n_fake) == (30, 30, 30, 30)  # the test split's size
-    assert (train.n_real_given, test.n_real_given, train.n_fake_given) == (100, 30, 64)
+    assert (train.n_real_given, test.n_real_given, train.n_fake_given) == (40, 30, 64)  # D_p, not the 100 of the split
     fake_30 = metrics.subsample(generated, 30, seed=0, side="fake")
-    expected = metrics.fid(metrics.subsample(splits["train"], 30, seed=0), fake_30, pool, equal_sizes=False)
+    expected = metrics.fid(metrics.subsample(d_p, 30, seed=0), fake_30, pool, equal_sizes=False)
     assert train.value == pytest.approx(expected.value, rel=1e-6)
     small = Study.fid(study(20), "train", extractor=pool, seed=1)  # type: ignore[arg-type]
     assert (small.n_real, small.n_fake, small.seed) == (20, 20, 1)  # n_fid smaller than both splits
     val = Study.fid(study(64), "val", extractor=pool)  # type: ignore[arg-type]
     assert (val.n_real, val.n_fake) == (12, 12)
+    tiny = [Study.fid(study(64, n_dataset=16), split, extractor=pool) for split in ("train", "test")]  # type: ignore[arg-type]
+    assert [(f.n_real, f.n_fake) for f in tiny] == [(16, 16), (16, 16)]  # N_D = 16: both at n = N_D
 
 
 def test_fid_rejects_bad_input(tiny_extractor):

@@ -261,10 +261,11 @@ class _Counting:
     """Wraps a score function and counts image-network evaluations (images per call, summed)."""
 
     def __init__(self, fn):
-        self.fn, self.n = fn, 0
+        self.fn, self.n, self.calls = fn, 0, 0
 
     def __call__(self, x, t):
         self.n += x.shape[0]
+        self.calls += 1
         return self.fn(x, t)
 
 
@@ -279,17 +280,103 @@ def test_exhaustive_nfe_is_sum_of_m_times_steps(sde, images, classifiers):
 
 
 def test_nfe_with_batching_across_t(sde, images, classifiers):
-    """t = 0.9, 0.85, 0.5 with M = 4, batch 8: steps 90, 85, 50; 0.9 and 0.85 share a call (85·1.1 >= 90)
-    so both take 90 steps; 0.5 would waste 80 % and gets its own call: NFE = 8·90 + 4·50 = 920."""
+    """t = 0.9, 0.85, 0.5 with M = 4, batch 8: steps 90, 85, 50; 0.9 and 0.85 share a call (85·1.1 >= 90),
+    0.5 would wait 80 % of its steps and gets its own call. In the shared call each t keeps its own
+    steps (0.85 waits 5 iterations, not evaluated): NFE = 4·90 + 4·85 + 4·50 = 900, in 90 + 50 network
+    calls. (Before per-sample step counts 0.85 ran 90 steps too: NFE 920.)"""
     x_p, y, _ = images
     score = _Counting(PointMixtureScore(sde, y, None))
     cur = q_curve(
         score, sde, x_p, *classifiers, (0.9, 0.85, 0.5), M=4, steps_full=100, batch_size=8,
         generator=torch.Generator().manual_seed(0), progress=False,
     )  # fmt: skip
-    assert cur.nfe == score.n == 920
-    np.testing.assert_array_equal(cur.nfe_per_t, [200, 360, 360])  # ascending t
+    assert cur.nfe == score.n == 900
+    assert score.calls == 90 + 50  # two sampler calls: the batching across t is kept
+    np.testing.assert_array_equal(cur.nfe_per_t, [200, 340, 360])  # ascending t
     np.testing.assert_allclose(cur.ts, [0.5, 0.85, 0.9])
+
+
+class _Recording:
+    """Wraps a score function and records every t it is evaluated at (one entry per image) and its calls."""
+
+    def __init__(self, fn):
+        self.fn, self.ts, self.calls = fn, [], 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        self.ts += t.tolist()
+        return self.fn(x, t)
+
+
+class _LastTimeStamp:
+    """A score whose Tweedie denoiser ignores its input: ``s(x, t) = (a_t c(t) - x) / σ_t²`` with ``c(t)`` the
+    constant image ``20 t - 1`` (model range), so ``E[x_0 | x_t] = c(t)`` for every ``x_t``. Its reverse
+    sample (final_step="tweedie") is ``c(t_last)`` whatever the noise: deterministic, and stamped with the
+    trajectory's last grid time ``t_last = eps + (t - eps) / steps``, i.e. with its step count."""
+
+    def __init__(self, sde):
+        self.sde = sde
+
+    def __call__(self, x, t):
+        a, s = self.sde.marginal_prob(torch.ones_like(t), t)
+        r = lambda v: v.reshape(-1, 1, 1, 1)  # noqa: E731
+        return (r(a) * r(20 * t - 1) - x) / r(s**2)
+
+
+GROUPED = (0.9, 0.85, 0.8, 0.5, 0.46)  # steps_full 40: 36, 34, 32, 20, 19 steps
+GROUPED_KW = dict(M=3, steps_full=40, eps=1e-3)
+
+
+def test_grouped_exhaustive_call_runs_every_t_on_its_own_single_t_grid(sde):
+    """batch_size 9 puts up to 3 t into one sampler call: (0.9, 0.85), (0.8,), (0.5, 0.46). Every trajectory
+    must still be evaluated at exactly linspace(t, eps, steps(t) + 1)[:-1], the grid of a single-t run
+    (probe_at, the top-down search) — bitwise the t of a t-by-t run (batch_size = M) — and cost steps(t)."""
+    x_p = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(0))
+    yes = lambda x: torch.ones(x.shape[0], dtype=torch.bool)  # noqa: E731
+    recs = {}
+    for name, batch in (("grouped", 9), ("alone", 3)):
+        recs[name] = _Recording(_LastTimeStamp(sde))
+        cur = q_curve(recs[name], sde, x_p, yes, yes, GROUPED, batch_size=batch, progress=False,
+                      generator=torch.Generator().manual_seed(1), **GROUPED_KW)  # fmt: skip
+        assert cur.nfe == len(recs[name].ts) == 3 * (36 + 34 + 32 + 20 + 19)
+    assert recs["grouped"].calls == 36 + 32 + 20  # one sampler call per group, steps(max t) network calls each
+    assert recs["alone"].calls == 36 + 34 + 32 + 20 + 19
+    assert sorted(recs["grouped"].ts) == sorted(recs["alone"].ts)
+    cfg = ProbeConfig(grid=GROUPED, **GROUPED_KW)
+    expected = sorted(v for t in GROUPED for v in np.linspace(t, 1e-3, cfg.steps(t) + 1)[:-1] for _ in range(3))
+    np.testing.assert_allclose(sorted(recs["grouped"].ts), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "pc"])
+def test_grouped_exhaustive_q_curve_equals_the_t_by_t_curve(sde, method):
+    """A deterministic model (_LastTimeStamp): every reverse sample is the constant image 20·t_last - 1 with
+    t_last = eps + (t - eps)/steps(t) of its own single-t grid. The grouped curve (3 t per call) equals the
+    t-by-t curve (one t per call) image for image, count for count; c_id fires on the single-t stamp only."""
+    x_p = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(0))
+    cfg = ProbeConfig(grid=GROUPED, **GROUPED_KW)
+    stamps = {t: 20 * (t - (t - 1e-3) / cfg.steps(t) * (cfg.steps(t) - 1)) - 1 for t in GROUPED}  # model range
+    c_p = lambda x: torch.ones(x.shape[0], dtype=torch.bool)  # noqa: E731
+
+    def c_id(x):  # the unit-range stamp of SOME single-t grid of the probed t
+        v = x.flatten(1).mean(1)
+        return torch.stack([(v - (s + 1) / 2).abs() < 1e-4 for s in stamps.values()]).any(0)
+
+    curves = {}
+    for name, batch in (("grouped", 9), ("alone", 3)):
+        curves[name] = q_curve(
+            _LastTimeStamp(sde), sde, x_p, c_p, c_id, GROUPED, method=method, batch_size=batch, n_examples=3,
+            example_ts=GROUPED, generator=torch.Generator().manual_seed(2), progress=False, **GROUPED_KW,
+        )  # fmt: skip
+    a, b = curves["grouped"], curves["alone"]
+    for name in ("ts", "n", "k", "k_p", "k_id", "q", "nfe_per_t"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(a.k, 3)  # every sample carries its own grid's stamp
+    per_step = 1 if method == "euler_maruyama" else 2
+    np.testing.assert_array_equal(a.nfe_per_t, [3 * per_step * cfg.steps(t) for t in a.ts])
+    for ea, eb in zip(a.examples, b.examples):
+        assert ea.t == eb.t
+        torch.testing.assert_close(ea.samples, eb.samples, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ea.samples, torch.full_like(ea.samples, (stamps[ea.t] + 1) / 2), atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,6 +103,100 @@ def test_per_sample_start_times_ode_is_the_exact_transport(batch_size):
     assert torch.allclose(res.images, expected, atol=2e-4)
 
 
+class Recording:
+    """Wraps a score function and records every t it is evaluated at (one entry per image) and its calls."""
+
+    def __init__(self, fn):
+        self.fn, self.ts, self.calls = fn, [], 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        self.ts += t.tolist()
+        return self.fn(x, t)
+
+
+T0 = [0.9, 0.9, 0.55, 0.3, 0.3, 0.3]
+STEPS = [30, 30, 20, 10, 10, 10]  # VP PC needs β(t)·h < 1
+
+
+@pytest.mark.parametrize("final_step", ["tweedie", "noise_free"])
+@pytest.mark.parametrize("method", ["euler_maruyama", "pc"])
+@pytest.mark.parametrize("sde", [SubVPSDE(), VPSDE()], ids=["subvp", "vp"])
+def test_per_sample_steps_run_each_trajectory_on_its_own_grid(sde, method, final_step):
+    """Per-sample step counts in one call: trajectory i is evaluated exactly on linspace(t_i, eps, steps_i + 1)
+    (but its end), bitwise at the t of a run with steps_i steps alone; a trajectory that waits for the
+    longer ones is not evaluated, corrected or noised meanwhile, so it costs its own steps_i (· 2 for PC)."""
+    eps = 1e-3
+    gs = GaussianDataScore(sde, MU, S)
+    x_t = torch.randn(len(T0), 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    kw = dict(method=method, final_step=final_step, eps=eps, progress=False)
+    per_step = 1 if method == "euler_maruyama" else 2
+    rec = Recording(gs)
+    res = sample(rec, sde, x_t=x_t, t_start=torch.tensor(T0), steps=torch.tensor(STEPS),
+                 generator=torch.Generator().manual_seed(1), **kw)  # fmt: skip
+    assert rec.calls == max(STEPS) * per_step  # one batch: max(steps) iterations
+    assert res.nfe_per_sample.tolist() == [per_step * s for s in STEPS]
+    assert res.nfe == per_step * max(STEPS) and res.steps == max(STEPS) and len(rec.ts) == per_step * sum(STEPS)
+    assert bool(torch.isfinite(res.images).all())
+    expected = sorted(v for t, s in zip(T0, STEPS) for v in np.linspace(t, eps, s + 1)[:-1] for _ in range(per_step))
+    np.testing.assert_allclose(sorted(rec.ts), expected, rtol=0, atol=1e-6)
+    alone = Recording(gs)
+    for i, (t, s) in enumerate(zip(T0, STEPS)):
+        sample(alone, sde, x_t=x_t[i : i + 1], t_start=t, steps=s, generator=torch.Generator().manual_seed(1), **kw)
+    assert sorted(rec.ts) == sorted(alone.ts)  # bitwise the single runs' time grids
+
+
+def test_per_sample_steps_end_with_the_last_step_of_their_own_grid():
+    """Deterministic: a score whose Tweedie denoiser returns the constant image c(t) = 20 t - 1 whatever x_t
+    stamps every sample with its last grid time eps + (t_i - eps)/steps_i (the noise drops out). The
+    per-sample call gives the images of separate single-grid runs; an equal step count is the old path."""
+    sde, eps = SubVPSDE(), 1e-3
+
+    def stamp(x, t):
+        a, s = sde.marginal_prob(torch.ones_like(t), t)
+        r = lambda v: v.reshape(-1, 1, 1, 1)  # noqa: E731
+        return (r(a) * r(20 * t - 1) - x) / r(s**2)
+
+    x_t = torch.randn(len(T0), 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    for method in ("euler_maruyama", "pc"):
+        kw = dict(method=method, eps=eps, progress=False)
+        res = sample(stamp, sde, x_t=x_t, t_start=torch.tensor(T0), steps=STEPS,
+                     generator=torch.Generator().manual_seed(1), **kw)  # fmt: skip
+        alone = torch.cat([sample(stamp, sde, x_t=x_t[i : i + 1], t_start=t, steps=s, **kw).images
+                           for i, (t, s) in enumerate(zip(T0, STEPS))])  # fmt: skip
+        torch.testing.assert_close(res.images, alone, atol=1e-5, rtol=0)
+        last = torch.tensor([20 * (eps + (t - eps) / s) - 1 for t, s in zip(T0, STEPS)]).reshape(-1, 1, 1, 1)
+        torch.testing.assert_close(res.images, last.expand_as(res.images), atol=1e-4, rtol=0)
+    # all equal per-sample counts: the same draws and images as one int count
+    gs = GaussianDataScore(sde, MU, S)
+    a = sample(gs, sde, x_t=x_t, t_start=torch.tensor(T0), steps=7, generator=torch.Generator().manual_seed(3),
+               progress=False)  # fmt: skip
+    b = sample(gs, sde, x_t=x_t, t_start=torch.tensor(T0), steps=torch.full((len(T0),), 7),
+               generator=torch.Generator().manual_seed(3), progress=False)  # fmt: skip
+    assert torch.equal(a.images, b.images) and a.nfe == b.nfe == 7
+    assert a.nfe_per_sample.tolist() == b.nfe_per_sample.tolist() == [7] * len(T0)
+
+
+def test_per_sample_steps_keep_the_marginals():
+    """x_t from the exact p_t at t = 0.1 (10 steps) and t = 0.7 (70 steps) in one call (batches of 64 that
+    mix both) end at p_0, and each costs its own steps."""
+    sde = SubVPSDE()
+    gs = GaussianDataScore(sde, MU, S)
+    g = torch.Generator().manual_seed(1)
+    t = torch.cat([torch.full((96,), 0.1), torch.full((96,), 0.7)])
+    steps = torch.cat([torch.full((96,), 10), torch.full((96,), 70)])
+    m, v = gs.marginal(t)
+    x_t = m.reshape(-1, 1, 1, 1) + v.sqrt().reshape(-1, 1, 1, 1) * torch.randn(192, 1, 8, 8, generator=g)
+    perm = torch.randperm(192, generator=g)  # interleave the two start times
+    res = sample(gs, sde, x_t=x_t[perm], t_start=t[perm], steps=steps[perm], generator=g, progress=False, batch_size=64)
+    assert res.nfe == 70 and torch.equal(res.nfe_per_sample, steps[perm])
+    images = torch.empty_like(res.images)
+    images[perm] = res.images
+    for part in (images[:96], images[96:]):
+        assert abs(part.mean().item() - MU) < 0.015
+        assert abs(part.std().item() - S) < 0.015
+
+
 def test_score_model_sampling_shapes_batches_and_seeds(one_thread):
     torch.manual_seed(0)
     model = ScoreModel(build_unet("tiny", 1)).eval()
@@ -128,6 +223,14 @@ def test_bad_parameters_raise():
         sample(gs, sde, shape=(2, 1, 4, 4), method="ddim")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
         sample(gs, sde, shape=(2, 1, 4, 4), steps=0)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 2.5"):
+        sample(gs, sde, shape=(2, 1, 4, 4), steps=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"steps must be an integer or a tensor of shape \(2,\)"):
+        sample(gs, sde, x_t=x, t_start=0.5, steps=torch.tensor([3, 3, 3]))
+    with pytest.raises(ValueError, match="steps must be integers >= 1"):
+        sample(gs, sde, x_t=x, t_start=0.5, steps=[3, 0])
+    with pytest.raises(ValueError, match="per-sample steps must be integers"):
+        sample(gs, sde, x_t=x, t_start=0.5, steps=torch.tensor([3.0, 2.0]))
     with pytest.raises(ValueError, match=r"t_start must lie in \[0, 1\]"):
         sample(gs, sde, x_t=x, t_start=1.5)
     with pytest.raises(ValueError, match=r"t_start must lie in \[0, 1\]"):
