@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from safcore.memorization import carlini_nearest, nearest_neighbours
+from safcore.memorization import carlini_nearest, dar_nearest, dar_threshold, gu_memorized, nearest_neighbours
 
 __all__ = [
     "NEAR_DUPLICATE_RMS",
@@ -220,8 +220,6 @@ def copy_criteria(samples: torch.Tensor, training: torch.Tensor, control: HeldOu
         ``{name: {"samples": k, "n": n, "control": j, "n_control": m, "rule": text}}`` plus
         ``"control_set"`` (:meth:`HeldOut.to_dict`).
     """
-    from safcore.peers import dar_nearest, dar_threshold, gu_memorized  # the field's criteria, kept with the peers
-
     if len(training) < 2:
         raise ValueError(f"copy criteria need at least 2 training images; got {len(training)}")
     samples, training = samples.detach().float().cpu(), training.detach().float().cpu()

@@ -1,16 +1,19 @@
-"""Memorization of generated images: nearest training images, Carlini copies, per-image MAE / MSE.
+"""Memorization of generated images: nearest training images, the field's copy criteria, per-image MAE / MSE.
 
 Images are unit-range float tensors ``(B, C, H, W)``. ``nearest_neighbours`` (ℓ2 in pixel space),
 ``carlini_copies`` (Carlini et al. 2023: a sample is a copy when the ℓ2 distance to its nearest
-training image is below 0.5 × the mean distance to the next 50 nearest), and the per-image ``mae`` /
-``mse`` the paper plots in Fig. 3/10. The audit (:mod:`safcore.audit`) uses them as its independent
-copy count beside the adversary's classifiers.
+training image is below 0.5 × the mean distance to the next 50 nearest), a pixel-space ADAPTATION of
+Dar et al. 2024's correlation criterion (they correlate the embeddings of a trained encoder), Gu et al.
+2023's nearest / second-nearest ratio, and the per-image ``mae`` / ``mse`` the paper plots in Fig. 3/10.
+The audit (:mod:`safcore.audit`) uses them as its independent copy count beside the adversary's
+classifiers; :mod:`safcore.control` calibrates them on held-out images.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -110,3 +113,88 @@ def mae(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean squared pixel error per image, (B,); shapes as in :func:`mae`."""
     return _per_image(a, b).square().mean(dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# nearest-neighbour memorization: Dar et al. 2024 (in pixel space), Gu et al. 2023
+# --------------------------------------------------------------------------------------------------
+
+
+def _standardised(images: torch.Tensor, label: str) -> torch.Tensor:
+    if images.ndim < 2 or len(images) == 0:
+        raise ValueError(f"{label} must be a non-empty batch (N, ...); got {tuple(images.shape)}")
+    flat = images.reshape(len(images), -1).double()
+    centred = flat - flat.mean(1, keepdim=True)
+    norm = centred.norm(dim=1, keepdim=True)
+    return torch.where(norm > 0, centred / norm.clamp_min(1e-300), torch.zeros_like(centred))
+
+
+def pearson_correlations(a: torch.Tensor, b: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+    """Pearson correlation of every image in ``a`` with every image in ``b`` over their pixels, (A, B) float64.
+
+    A constant image correlates 0 with everything (its correlation is undefined; 0 = no linear relation).
+    Flattened features of any shape work too (Dar et al. correlate embeddings of a trained encoder).
+    """
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} differ in image shape")
+    za, zb = _standardised(a, "a"), _standardised(b, "b")
+    return torch.cat([za[i : i + batch_size] @ zb.T for i in range(0, len(za), batch_size)])
+
+
+def dar_nearest(samples: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's most-correlated training image and that correlation (Dar et al. 2024).
+
+    Returns:
+        ``nearest`` (B,) long indices into ``train`` and ``correlation`` (B,) float64.
+    """
+    corr = pearson_correlations(samples, train)
+    best, idx = corr.max(dim=1)
+    return idx, best
+
+
+def dar_threshold(train: torch.Tensor, validation: torch.Tensor, percentile: float = 95.0) -> float:
+    """Dar et al. 2024's copy threshold (adapted to pixels; remove ``validation``'s near-duplicates of ``train``
+    first, :func:`safcore.control.held_out`, or they set it): the ``percentile`` of each training image's correlation with its
+    most-correlated validation image (images the model never saw: what chance similarity looks like)."""
+    if not 0.0 <= percentile <= 100.0:
+        raise ValueError(f"percentile={percentile!r}; allowed: [0, 100]")
+    _, corr = dar_nearest(train, validation)
+    return float(np.percentile(corr.numpy(), percentile))
+
+
+def dar_copies(
+    samples: torch.Tensor, train: torch.Tensor, validation: torch.Tensor, percentile: float = 95.0
+) -> torch.Tensor:
+    """Which samples are copies by Dar et al. 2024 (bool, (B,)): the correlation with the nearest
+    training image exceeds :func:`dar_threshold` (the 95th percentile of training-to-nearest-validation
+    correlations)."""
+    threshold = dar_threshold(train, validation, percentile)
+    return dar_nearest(samples, train)[1] > threshold
+
+
+def gu_ratio(samples: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
+    """ℓ2 to the nearest training image over ℓ2 to the second-nearest (Gu et al. 2023), (B,) float64.
+
+    As sail-sg/DiffMemorize ``mem_ratio.py`` (``knn_distance[:, 0] / knn_distance[:, 1]``); 0/0 (a sample
+    equal to a training image that appears twice) is NaN there and here, and counts as not memorized.
+    """
+    if len(train) < 2:
+        raise ValueError(f"the Gu et al. ratio needs at least 2 training images; got {len(train)}")
+    _, d = nearest_neighbours(samples, train, k=2)
+    d = d.double()
+    return d[:, 0] / d[:, 1]
+
+
+def gu_memorized(samples: torch.Tensor, train: torch.Tensor, threshold: float = 1.0 / 3.0) -> torch.Tensor:
+    """Which samples are memorized by Gu et al. 2023 (bool, (B,)): :func:`gu_ratio` < ``threshold`` (1/3)."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold={threshold!r} must be in (0, 1]")
+    return gu_ratio(samples, train) < threshold
+
+
+def gu_memorization_ratio(samples: torch.Tensor, train: torch.Tensor, threshold: float = 1.0 / 3.0) -> float:
+    """Gu et al. 2023's memorization ratio: the fraction of samples :func:`gu_memorized` marks (DiffMemorize's
+    ``memorize_ratio.mean()``, plotted against training-set size)."""
+    if len(samples) == 0:
+        raise ValueError("samples is empty")
+    return float(gu_memorized(samples, train, threshold).double().mean())

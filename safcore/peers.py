@@ -57,7 +57,16 @@ from scipy.stats import binomtest, norm
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from safcore.data import to_model_range
-from safcore.memorization import carlini_nearest, nearest_neighbours
+from safcore.memorization import (  # the nearest-neighbour criteria live with the other copy rules
+    carlini_nearest,
+    dar_copies,
+    dar_nearest,
+    dar_threshold,
+    gu_memorization_ratio,
+    gu_memorized,
+    gu_ratio,
+    pearson_correlations,
+)
 
 __all__ = [
     "SDEEps",
@@ -800,90 +809,6 @@ def carlini_extracted(samples: torch.Tensor, train: torch.Tensor, k: int = 50, t
 def distinct_extracted(samples: torch.Tensor, train: torch.Tensor, k: int = 50, threshold: float = 0.5) -> int:
     """How many DIFFERENT training images the samples copy (Carlini et al. 2023's extraction count)."""
     return int(carlini_extracted(samples, train, k, threshold).numel())
-
-
-# --------------------------------------------------------------------------------------------------
-# nearest-neighbour memorization: Dar et al. 2024, Gu et al. 2023
-# --------------------------------------------------------------------------------------------------
-
-
-def _standardised(images: torch.Tensor, label: str) -> torch.Tensor:
-    if images.ndim < 2 or len(images) == 0:
-        raise ValueError(f"{label} must be a non-empty batch (N, ...); got {tuple(images.shape)}")
-    flat = images.reshape(len(images), -1).double()
-    centred = flat - flat.mean(1, keepdim=True)
-    norm = centred.norm(dim=1, keepdim=True)
-    return torch.where(norm > 0, centred / norm.clamp_min(1e-300), torch.zeros_like(centred))
-
-
-def pearson_correlations(a: torch.Tensor, b: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
-    """Pearson correlation of every image in ``a`` with every image in ``b`` over their pixels, (A, B) float64.
-
-    A constant image correlates 0 with everything (its correlation is undefined; 0 = no linear relation).
-    Flattened features of any shape work too (Dar et al. correlate embeddings of a trained encoder).
-    """
-    if a.shape[1:] != b.shape[1:]:
-        raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} differ in image shape")
-    za, zb = _standardised(a, "a"), _standardised(b, "b")
-    return torch.cat([za[i : i + batch_size] @ zb.T for i in range(0, len(za), batch_size)])
-
-
-def dar_nearest(samples: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each sample's most-correlated training image and that correlation (Dar et al. 2024).
-
-    Returns:
-        ``nearest`` (B,) long indices into ``train`` and ``correlation`` (B,) float64.
-    """
-    corr = pearson_correlations(samples, train)
-    best, idx = corr.max(dim=1)
-    return idx, best
-
-
-def dar_threshold(train: torch.Tensor, validation: torch.Tensor, percentile: float = 95.0) -> float:
-    """Dar et al. 2024's copy threshold: the ``percentile`` of each training image's correlation with its
-    most-correlated validation image (images the model never saw: what chance similarity looks like)."""
-    if not 0.0 <= percentile <= 100.0:
-        raise ValueError(f"percentile={percentile!r}; allowed: [0, 100]")
-    _, corr = dar_nearest(train, validation)
-    return float(np.percentile(corr.numpy(), percentile))
-
-
-def dar_copies(
-    samples: torch.Tensor, train: torch.Tensor, validation: torch.Tensor, percentile: float = 95.0
-) -> torch.Tensor:
-    """Which samples are copies by Dar et al. 2024 (bool, (B,)): the correlation with the nearest
-    training image exceeds :func:`dar_threshold` (the 95th percentile of training-to-nearest-validation
-    correlations)."""
-    threshold = dar_threshold(train, validation, percentile)
-    return dar_nearest(samples, train)[1] > threshold
-
-
-def gu_ratio(samples: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
-    """ℓ2 to the nearest training image over ℓ2 to the second-nearest (Gu et al. 2023), (B,) float64.
-
-    As sail-sg/DiffMemorize ``mem_ratio.py`` (``knn_distance[:, 0] / knn_distance[:, 1]``); 0/0 (a sample
-    equal to a training image that appears twice) is NaN there and here, and counts as not memorized.
-    """
-    if len(train) < 2:
-        raise ValueError(f"the Gu et al. ratio needs at least 2 training images; got {len(train)}")
-    _, d = nearest_neighbours(samples, train, k=2)
-    d = d.double()
-    return d[:, 0] / d[:, 1]
-
-
-def gu_memorized(samples: torch.Tensor, train: torch.Tensor, threshold: float = 1.0 / 3.0) -> torch.Tensor:
-    """Which samples are memorized by Gu et al. 2023 (bool, (B,)): :func:`gu_ratio` < ``threshold`` (1/3)."""
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold={threshold!r} must be in (0, 1]")
-    return gu_ratio(samples, train) < threshold
-
-
-def gu_memorization_ratio(samples: torch.Tensor, train: torch.Tensor, threshold: float = 1.0 / 3.0) -> float:
-    """Gu et al. 2023's memorization ratio: the fraction of samples :func:`gu_memorized` marks (DiffMemorize's
-    ``memorize_ratio.mean()``, plotted against training-set size)."""
-    if len(samples) == 0:
-        raise ValueError("samples is empty")
-    return float(gu_memorized(samples, train, threshold).double().mean())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 KIND = "sweep_cell"
 """The run-store kind of a cell's record: ``<store>/sweep_cell/<key>/cell.json``."""
 RECORD_FILE = "cell.json"
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: copy counts with the calibrated rule and their held-out control, x_p handed back (issue 20)
 """Part of every record's key: raise it when the record's content changes, so old records are not reused."""
 LOG_DIR = "sweep_logs"
 """Folder of the store where worker processes (``jobs > 1``) write one log per cell."""

@@ -151,3 +151,16 @@ def smoke_store(smoke_stages, run_store, data_root):
     """This test's own run store with the :data:`SMOKE_STUDY`'s trained stages already in it."""
     copy_smoke_stages(smoke_stages, run_store, data_root)
     return run_store
+
+
+class Recording:
+    """Wraps a score function and records every t it is evaluated at (one entry per image) and its calls
+    (``from conftest import Recording``: the probe's and the sampler's time-grid tests share it)."""
+
+    def __init__(self, fn):
+        self.fn, self.ts, self.calls = fn, [], 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        self.ts += t.tolist()
+        return self.fn(x, t)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import Recording
 from safcore.known_answer import PointMixtureScore
 from safcore.probe import (
     DEFAULT_GRID,
@@ -296,16 +297,6 @@ def test_nfe_with_batching_across_t(sde, images, classifiers):
     np.testing.assert_allclose(cur.ts, [0.5, 0.85, 0.9])
 
 
-class _Recording:
-    """Wraps a score function and records every t it is evaluated at (one entry per image) and its calls."""
-
-    def __init__(self, fn):
-        self.fn, self.ts, self.calls = fn, [], 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        self.ts += t.tolist()
-        return self.fn(x, t)
 
 
 class _LastTimeStamp:
@@ -335,7 +326,7 @@ def test_grouped_exhaustive_call_runs_every_t_on_its_own_single_t_grid(sde):
     yes = lambda x: torch.ones(x.shape[0], dtype=torch.bool)  # noqa: E731
     recs = {}
     for name, batch in (("grouped", 9), ("alone", 3)):
-        recs[name] = _Recording(_LastTimeStamp(sde))
+        recs[name] = Recording(_LastTimeStamp(sde))
         cur = q_curve(recs[name], sde, x_p, yes, yes, GROUPED, batch_size=batch, progress=False,
                       generator=torch.Generator().manual_seed(1), **GROUPED_KW)  # fmt: skip
         assert cur.nfe == len(recs[name].ts) == 3 * (36 + 34 + 32 + 20 + 19)

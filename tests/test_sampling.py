@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import Recording
 from safcore.models import ScoreModel, build_unet
 from safcore.sampling import SampleResult, sample
 from safcore.sde import VPSDE, GaussianDataScore, SubVPSDE
@@ -103,16 +104,6 @@ def test_per_sample_start_times_ode_is_the_exact_transport(batch_size):
     assert torch.allclose(res.images, expected, atol=2e-4)
 
 
-class Recording:
-    """Wraps a score function and records every t it is evaluated at (one entry per image) and its calls."""
-
-    def __init__(self, fn):
-        self.fn, self.ts, self.calls = fn, [], 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        self.ts += t.tolist()
-        return self.fn(x, t)
 
 
 T0 = [0.9, 0.9, 0.55, 0.3, 0.3, 0.3]
