@@ -207,9 +207,11 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         f"- x_p handed back: {k_back} of {audit_result.n} samples, the larger of |q| and the nearest-neighbour copies "
         f"of x_p (SAF visible or not). With 95 % confidence the model generates x_p in at most **{u:.2%}** of its "
         f"samples (exact Clopper–Pearson); 1/N_D = {1 / study.n_dataset:.2%}. "
-        + ("At this rate no number of samples bounds it below 1/N_D." if need is None
-           else f"That is below 1/N_D already ({need:,} samples at this rate suffice)." if need <= audit_result.n
-           else f"Bounding it below 1/N_D needs ≥ {need:,} samples at this rate."),
+        + ("A copy found is a breach of this patient's image whatever its rate: no sample size turns it into "
+           "\"fewer than expected\"." if k_back
+           else "At this rate no number of samples bounds it below 1/N_D." if need is None
+           else f"That is below 1/N_D already ({need:,} samples without a copy suffice)." if need <= audit_result.n
+           else f"Bounding it below 1/N_D needs ≥ {need:,} samples without a copy."),
         "",
         "## The independent copy count, beside its control",
         "",
