@@ -141,7 +141,7 @@ for ax in axes:
 small, large = min(xs), max(xs)
 fig.suptitle(f"{DATASET} ({PROFILE}): from N_D = {small} to {large}, samples copying training images fall from "
              f"{rule[small]['samples'] / rule[small]['n']:.0%} to {rule[large]['samples'] / rule[large]['n']:.0%} "
-             f"(held-out control ≤ {max(rule[n]['control'] / rule[n]['n_control'] for n in xs):.0%}), "
+             f"(held-out control ≤ {max(rule[n]['control'] / rule[n]['n_control'] for n in xs):.1%}), "
              f"MIA AUC from {peers[small]['mia_loss']['auc']:.2f} to {peers[large]['mia_loss']['auc']:.2f}, "
              f"t' from {probes[small].t_prime_or_zero:.2f} to {probes[large].t_prime_or_zero:.2f}")
 fig.tight_layout()
