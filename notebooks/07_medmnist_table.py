@@ -95,7 +95,7 @@ for name, audit in audits.items():
     if found:
         assert audit.verdict().kind == "reproduces", f"{name}: copies found are a finding"
     if not audit.cp_on_x_p and not found:
-        assert audit.verdict().kind == "inconclusive", f"{name}: c_p blind to x_p's SAF cannot claim absence"
+        assert audit.verdict().kind != "not_observed", f"{name}: c_p blind to x_p's SAF cannot claim absence"
     control = audit.copies.control
     assert control["copies"] <= 0.01 * (control["n"] + 1), f"{name}: the copy rule passes ≤ 1 % of held-out images"
 if PROFILE != "smoke":  # the smoke U-Net is too small to memorize

@@ -38,6 +38,7 @@ from safcore.control import CARLINI_THRESHOLD, CONTROL_ALPHA, CopyThreshold, cop
 from safcore.images import load_images, sample_images_from_unet
 from safcore.memorization import carlini_nearest
 from safcore.progress import progress_bar
+from safcore.quality import SampleQuality
 
 __all__ = [
     "AdversaryRequirements",
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 ImageClassifier = Callable[[torch.Tensor], torch.Tensor]
-VerdictKind = Literal["inconclusive", "reproduces", "not_observed"]
+VerdictKind = Literal["inconclusive", "reproduces", "not_observed", "unlike_data"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,7 +361,9 @@ class Verdict:
 
     Attributes:
         kind: ``"reproduces"`` (``x_p`` was handed back: a q-positive or a nearest-neighbour copy, SAF
-            visible or not), ``"inconclusive"`` (nothing was found, but the adversary is too weak to claim
+            visible or not; also when the samples are otherwise unlike the data — a found copy is never
+            hidden), ``"unlike_data"`` (the model does not generate images like its data and no copy was
+            found: the counts say nothing about a model that does), ``"inconclusive"`` (nothing was found, but the adversary is too weak to claim
             absence) or ``"not_observed"`` (nothing was found by an adversary that meets the requirements).
         headline: one sentence for the top of a report.
         reasons: why the verdict is inconclusive (empty otherwise).
@@ -406,6 +409,8 @@ class AuditResult:
         copies: the independent copy count (:class:`CopyCheck`), when the training set was given.
         cp_on_x_p, cid_on_x_p: whether each classifier fires on ``x_p`` itself.
         saf_accuracy: ``c_p``'s accuracy on held-out images, when the caller measured it.
+        quality: the sample-quality gate (:class:`safcore.quality.SampleQuality`), when held-out images and
+            a feature extractor were given; a failed gate leads the verdict.
     """
 
     n: int
@@ -424,6 +429,7 @@ class AuditResult:
     cp_on_x_p: bool | None = None
     cid_on_x_p: bool | None = None
     saf_accuracy: float | None = None
+    quality: SampleQuality | None = None
 
     @property
     def missed_copies(self) -> tuple[int, ...]:
@@ -509,9 +515,13 @@ class AuditResult:
         is a finding whatever the adversary's recall: the verdict is ``"reproduces"`` and its headline
         states ``k = max(|q|, x_p copies)`` of ``n`` with its exact interval. "Inconclusive" is only ever
         about absence: nothing was found, but the adversary is too weak to say so. "Not observed" needs
-        no copy by either count and an adversary that meets ``requirements``.
+        no copy by either count and an adversary that meets ``requirements``. Before all of this, the
+        sample-quality gate (:mod:`safcore.quality`): when the samples are not like the data, the headline
+        says so first; with no copy found the verdict is ``"unlike_data"``, with one it stays ``"reproduces"``.
         """
         req, c = requirements, self.copies
+        unlike = self.quality is not None and not self.quality.passed
+        lead = self.quality.describe() + " " if unlike else ""
         reasons = self._adversary_reasons(req)
         warnings: list[str] = []
         one = _pct(1 / self.n_dataset)
@@ -557,6 +567,8 @@ class AuditResult:
                 headline += (f" {c.n_xp_copies_without_saf} reproduce x_p's anatomy WITHOUT its SAF: a breach of this "
                              f"patient's image that |q| cannot count.")  # fmt: skip
             warnings = [f"the adversary is weak, so x_p may come back more often than counted: {r}" for r in reasons] + warnings
+            if unlike:
+                headline = lead + "Even so: " + headline[0].lower() + headline[1:]
             return Verdict("reproduces", headline, (), tuple(warnings))
         u = self.q_upper(req.confidence)
         need = self.samples_to_bound(req.confidence)
@@ -567,6 +579,10 @@ class AuditResult:
         else:
             need_text = f"bounding it below 1/N_D = {one} needs ≥ {need:,} samples without a copy"
         nn = "neither the adversary nor the nearest-neighbour count found a copy" if c is not None else "the adversary found no copy"
+        if unlike:
+            headline = (lead + f"No copy of x_p in {self.n} samples ({nn}) says nothing about x_p's privacy in a model "
+                        f"that learns its data: train or load the model that would be published and audit that.")
+            return Verdict("unlike_data", headline, tuple(reasons), tuple(warnings))
         if reasons:
             headline = (f"INCONCLUSIVE: no copy of x_p in {self.n} samples ({nn}), but the adversary is too weak to "
                         f"claim x_p is absent.")  # fmt: skip
@@ -587,6 +603,7 @@ class AuditResult:
             "|q|": self.n_q,
             "p": self.p_value,
             "x_p handed back": self.n_handed_back,
+            "samples unlike data": (f"{self.quality.n_unlike}/{self.quality.n}" if self.quality is not None else "—"),
             "P(x_p) ≤": self.handed_back_interval()[1],
             "MAE": self.mae,
             "MSE": self.mse,
@@ -647,6 +664,7 @@ def audit(
     saf_grey: float = 0.5,
     saf_accuracy: float | None = None,
     control: torch.Tensor | None = None,
+    quality: SampleQuality | None = None,
 ) -> AuditResult:
     """Count ``|c_p+|``, ``|c_id+|``, ``|q|`` on generated images and test ``|q|`` against ``E|q| = n/N_D``.
 
@@ -666,6 +684,8 @@ def audit(
         control: real held-out images ``(m, C, H, W)`` the model never saw, de-duplicated against ``D_p``
             (:func:`safcore.control.held_out`): the copy rule is calibrated on them (≤ 1 % pass) and every
             copy count is reported beside theirs. Without it the rule is Carlini's uncalibrated 0.5.
+        quality: the sample-quality gate on these images (:func:`safcore.quality.sample_quality`): when it
+            fails, the verdict leads with it.
     Raises:
         ValueError: no images, images not ``(n, C, H, W)`` or not matching ``x_p``'s shape, values
             outside ``[0, 1]`` or NaN, ``n_dataset < 1``, a classifier returning the wrong shape, or a
@@ -701,6 +721,8 @@ def audit(
         if x_p_index is None:
             raise ValueError("x_p_index is required with train_images: where is x_p in the training set?")
     n = int(images.shape[0])
+    if quality is not None and quality.n != n:
+        raise ValueError(f"quality judged {quality.n} samples but {n} images are audited; judge the audited images")
     cp = _predict(c_p, images, batch_size, "c_p", progress)
     cid = _predict(c_id, images, batch_size, "c_id", progress)
     q = cp & cid
@@ -735,4 +757,5 @@ def audit(
         cp_on_x_p=cp_on_x_p,
         cid_on_x_p=cid_on_x_p,
         saf_accuracy=None if saf_accuracy is None else float(saf_accuracy),
+        quality=quality,
     )

@@ -123,6 +123,18 @@ def _md_table(rows: list[dict]) -> list[str]:
             + ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in row.values()) + " |" for row in rows])
 
 
+def _quality_section(quality) -> list[str]:
+    """The sample-quality gate (:mod:`safcore.quality`): are the samples like real images of the dataset?"""
+    if quality is None:
+        return ["## Are the samples like the data?", "",
+                "- Not checked: fewer held-out images than the quality gate needs.", ""]
+    verdict = "yes" if quality.passed else "**no**"
+    return ["## Are the samples like the data?", "",
+            f"{verdict} — compared with {quality.n_fit + quality.n_calibration} real held-out images (half fit the "
+            f"distribution of their features, half set the threshold beyond which ≤ {quality.alpha:.0%} of real images lie):",
+            "", *[f"- {line}." for line in quality.findings()], ""]
+
+
 def _model_line(study: Study, images_given: bool) -> str:
     if images_given:
         return "images generated elsewhere (given to the audit), " + (repr(study.model) if study.model is not None else "no model")
@@ -197,6 +209,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         *[f"- **Not conclusive:** {r}." for r in verdict.reasons],
         *[f"- Warning: {w}." for w in verdict.warnings],
         "",
+        *_quality_section(audit_result.quality),
         "## The adversary's count (paper Tab. 1)",
         "",
         *_md_table([tab1]),
@@ -266,6 +279,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
                        "threshold": check.threshold, "threshold_rule": check.calibration.describe(),
                        "control": check.control, "control_set": control.to_dict()},
         "x_p_handed_back": k_back,
+        "quality": audit_result.quality.to_dict() if audit_result.quality is not None else None,
         "c_p_on_x_p": audit_result.cp_on_x_p, "c_id_on_x_p": audit_result.cid_on_x_p,
         "model": _model_line(study, images_given),
         "probed": probe_result is not None,

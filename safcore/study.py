@@ -40,6 +40,7 @@ from safcore.fingerprint import PrivateDataset, SAFConfig, make_private_dataset
 from safcore.models import ScoreModel
 from safcore.probe import ProbeConfig, ProbeResult, find_t_prime
 from safcore.profiles import Profile, get_profile
+from safcore.quality import SampleQuality
 from safcore.runs import RunStore, atomic_save_safetensors, atomic_write, file_sha256, write_manifest
 from safcore.sampling import sample
 from safcore.schedulers import DiffusersModel, load_model, model_identity
@@ -680,9 +681,29 @@ class Study:
             if images.ndim != 4 or tuple(images.shape[1:]) != expected:
                 raise ValueError(f"the images to audit have shape {tuple(images.shape)}; D_p's images are {expected} "
                                  "(channels, height, width)")
+        quality = self.quality(images)  # before c_p / c_id: a broken model is the first thing to know
         return audit(images, self.c_p, self.c_id, self.private.x_p, self.n_dataset, train_images=self.private.images,
                      x_p_index=self.private.index, saf_mask=self.private.mask, saf_grey=self.private.grey,
-                     saf_accuracy=self._accuracies["saf_accuracy"], control=self.control.images)
+                     saf_accuracy=self._accuracies["saf_accuracy"], control=self.control.images, quality=quality)
+
+    @functools.cached_property
+    def domain_extractor(self):
+        """The dataset's domain feature extractor (:func:`safcore.metrics.domain_extractor`, cached in the run
+        store): FID's features and the quality gate's."""
+        from safcore.metrics import domain_extractor
+
+        return domain_extractor(self.data, self.store.root / "fid_extractors", device=self.device, progress=self.progress)
+
+    def quality(self, images: torch.Tensor) -> SampleQuality | None:
+        """The sample-quality gate (:func:`safcore.quality.sample_quality`) of ``images`` against the control,
+        with ``D_p`` as its control; ``None`` when the control has fewer than
+        :data:`safcore.quality.MIN_CONTROL` images (the verdict then cannot say whether the model learned)."""
+        from safcore.quality import MIN_CONTROL, sample_quality
+
+        if self.control.n < MIN_CONTROL or len(images) < 2:
+            return None
+        return sample_quality(images, self.control.images, self.domain_extractor, training=self.private.images,
+                              seed=self.seed)
 
     # ------------------------------------------------------------------ the control (issue 20)
     @functools.cached_property

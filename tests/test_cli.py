@@ -99,7 +99,7 @@ def test_audit_of_a_ddpm_pipeline_trained_with_diffusers_alone(pipeline, fingerp
                  "--spread", "1", "--device", "cpu", "--data-root", str(data_root), "--out", str(out), "--no-progress"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["verdict"]["kind"] in ("inconclusive", "reproduces", "not_observed")
+    assert summary["verdict"]["kind"] in ("inconclusive", "reproduces", "not_observed", "unlike_data")
     assert summary["audit"]["n"] == 32 and summary["audit"]["N_D"] == 8 and summary["probed"]
     assert "DDPMScheduler" in summary["model"] and "epsilon" in summary["model"]
     assert len(summary["t_prime_runs"]) == 1 and summary["nfe"] > 0
@@ -121,6 +121,10 @@ def test_audit_of_a_bare_unet_and_of_images_made_elsewhere(fingerprint, data_roo
                  "--no-progress"]) == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["audit"]["n"] == 8 and not summary["probed"] and "DDIMScheduler" in summary["model"]
+    # a user's DDPM trained for 2 steps outputs noise: the report says so first, whatever the counts
+    assert summary["verdict"]["kind"] == "unlike_data" and not summary["quality"]["passed"]
+    assert summary["verdict"]["headline"].startswith("The model under audit does not generate images like its training data")
+    assert "## Are the samples like the data?" in (out / "report.md").read_text()
     # samples generated elsewhere: 5 copies of x_p and 3 other training images, as a PNG folder
     fp = read_fingerprint(fingerprint)
     with np.load(fingerprint / "dp.npz") as archive:
@@ -136,6 +140,7 @@ def test_audit_of_a_bare_unet_and_of_images_made_elsewhere(fingerprint, data_roo
     summary = json.loads((out / "summary.json").read_text())
     assert summary["audit"]["n"] == 8 and summary["copy_check"]["x_p_copies"] == 5 and summary["copies"] == 8
     assert "images generated elsewhere" in summary["model"]
+    assert summary["quality"]["passed"] and summary["verdict"]["kind"] == "reproduces"  # real images pass the gate
 
 
 @pytest.mark.parametrize("case, expected", [

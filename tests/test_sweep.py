@@ -109,7 +109,7 @@ def test_two_cell_sweep_computes_both_then_skips_both(swept, data_root, monkeypa
         assert record["n"] == 32 and record["expected_q"] == pytest.approx(4.0)
         assert 0 <= record["n_q"] <= min(record["n_cp"], record["n_cid"]) and 0.0 <= record["p_value"] <= 1.0
         assert record["probed"] and record["t_prime_count"] is not None
-        assert record["fid_train"] is None and record["verdict"] in ("inconclusive", "reproduces", "not_observed")
+        assert record["fid_train"] is None and record["verdict"] in ("inconclusive", "reproduces", "not_observed", "unlike_data")
         assert record["seconds"]["total"] > 0
     assert records[0]["stages"]["score_model"] != records[1]["stages"]["score_model"]  # one model per seed
     assert records[0]["stages"]["c_p"] == records[1]["stages"]["c_p"]  # one c_p per dataset
