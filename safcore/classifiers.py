@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms import v2
 
+from safcore.checks import check_seed
 from safcore.device import batches_ahead, resolve_device
 from safcore.data import to_model_range
 from safcore.fingerprint import PrivateDataset, SAFConfig, apply_saf, random_circle_masks
@@ -123,6 +124,7 @@ class ClassifierConfig:
             raise ValueError(f"norm {self.norm!r} is not supported; allowed: 'batch', 'group'")
         if self.stem_stride not in (1, 2):
             raise ValueError(f"stem_stride {self.stem_stride!r} is not allowed; allowed: 1 or 2")
+        check_seed(self.seed, "seed (ClassifierConfig)")
         for name in ("epochs", "patience", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -29,6 +29,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from safcore.checks import check_seed
+
 DATA_ROOT_ENV = "SAFCORE_DATA_ROOT"
 OFFLINE_ENV = "SAFCORE_OFFLINE"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -517,8 +519,9 @@ def seeded_subset(images: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np
     """``n`` images drawn without replacement with ``seed``; returns ``(images[idx], idx)``, idx sorted.
 
     Raises:
-        ValueError: ``n`` < 1 or larger than the number of images.
+        ValueError: ``n`` < 1 or larger than the number of images, or ``seed`` not an integer ≥ 0.
     """
+    check_seed(seed)
     total = len(images)
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1 or n > total:
         raise ValueError(f"N_D = {n!r} is not possible: it must be an integer between 1 and {total} (the split's size)")

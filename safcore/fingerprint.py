@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from safcore.checks import check_seed
+
 
 def default_radius(image_size: int) -> float:
     """The author's radius rule, ``9 · 2^(log2(size) − 6)`` px (3.94 px at 28 px, 9 px at 64 px, 18 px at 128 px)."""
@@ -166,6 +168,7 @@ def make_private_dataset(images: torch.Tensor, *, seed: int, config: SAFConfig =
     Args:
         images: ``(N_D, C, H, W)`` float in ``[0, 1]``.
     """
+    check_seed(seed)
     if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
         raise ValueError(f"images must have shape (N, C, H, W) with H == W, got {tuple(images.shape)}")
     if images.shape[0] < 1:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from safcore.bounds import proportion_interval
+from safcore.checks import check_seed
 from safcore.data import from_model_range, to_model_range
 from safcore.progress import progress_bar
 from safcore.sde import SDE
@@ -169,6 +170,7 @@ class ProbeConfig:
             )
         if not isinstance(self.steps_full, (int, np.integer)) or self.steps_full < 1:
             raise ValueError(f"steps_full={self.steps_full!r}: must be an int >= 1")
+        check_seed(self.seed, "seed (ProbeConfig)")
         if not isinstance(self.first_chunk, (int, np.integer)) or not 1 <= self.first_chunk <= self.M:
             raise ValueError(f"first_chunk={self.first_chunk!r}: must be an int in [1, M={self.M}]")
         if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
