@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DModel
 
+from safcore.checks import check_safetensors
 from safcore.data import check_image_size
-from safcore.runs import atomic_write
+from safcore.runs import atomic_write, writing
 from safcore.sde import SDE, SubVPSDE, VPSDE, get_sde
 
 __all__ = ["UNetPreset", "UNET_PRESETS", "UNET_LEVELS", "build_unet", "ScoreModel", "TIME_LABEL_SCALE", "SDE_CONFIG_NAME"]
@@ -205,10 +206,12 @@ class ScoreModel(torch.nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write the U-Net with diffusers' ``save_pretrained`` (safetensors + ``config.json``) and
-        the SDE to ``safcore_sde.json``. Each file is moved into place atomically."""
+        the SDE to ``safcore_sde.json``. Each file is moved into place atomically (a whole folder at once:
+        :func:`safcore.runs.output_folder`, as ``safcore train`` does). A full disk is an ``OSError`` naming
+        ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path, prefix=".save-") as tmp:
+        with tempfile.TemporaryDirectory(dir=path, prefix=".save-") as tmp, writing(path):
             self.unet.save_pretrained(tmp, safe_serialization=True)
             for item in Path(tmp).iterdir():
                 os.replace(item, path / item.name)
@@ -224,6 +227,9 @@ class ScoreModel(torch.nn.Module):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise ValueError(f"{str(path)!r} holds no diffusers config.json: not a saved UNet2DModel")
+        weights = path / "diffusion_pytorch_model.safetensors"
+        if weights.exists() or weights.is_symlink():  # truncated, another kind of file, a link to a device: one line
+            check_safetensors(weights, "weights file", "save the model again")
         unet = UNet2DModel.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False)
         if sde is None and (path / SDE_CONFIG_NAME).is_file():
             cfg = json.loads((path / SDE_CONFIG_NAME).read_text())
