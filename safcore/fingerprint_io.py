@@ -23,9 +23,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
-import shutil
-import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,8 @@ import torch
 import safcore
 from safcore import data as data_lib
 from safcore.fingerprint import PrivateDataset, SAFConfig, circle_mask, make_private_dataset
-from safcore.runs import file_sha256
+from safcore.checks import check_seed, expect_format, plain_name
+from safcore.runs import writing, atomic_write, check_output_folder, file_sha256, output_folder
 
 __all__ = ["FINGERPRINT_JSON", "Fingerprint", "export_fingerprint", "read_fingerprint", "private_dataset"]
 
@@ -130,12 +131,12 @@ def export_fingerprint(
     dataset's own channels, stored as uint8 like the source (the SAF's grey 0.5 becomes 128/255).
 
     Raises:
-        ValueError: ``N_D`` does not fit the train split, a bad SAF, or ``out`` exists and is not empty
-            (pass ``overwrite=True`` to replace it).
+        ValueError: ``N_D`` does not fit the train split, a bad SAF, a negative seed, or ``out`` is a link, a file
+            or a non-empty folder (``overwrite=True`` replaces a folder that holds a fingerprint, report or model,
+            nothing else; :func:`safcore.runs.check_output_folder`) — all checked before any work.
     """
-    out = Path(out).expanduser()
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-        raise ValueError(f"output folder {str(out)!r} exists and is not empty; choose a new folder or overwrite it")
+    check_seed(seed)
+    out = check_output_folder(out, overwrite=overwrite, option="output folder")
     source = data_lib.load_dataset(dataset, root=data_root)
     data_lib.check_n_dataset(source, n_dataset)
     clean, chosen = data_lib.seeded_subset(source.split("train"), n_dataset, seed=seed)
@@ -158,27 +159,20 @@ def export_fingerprint(
         "files": {"npz": NPZ_NAME, "png_dir": PNG_DIR, "png_names": "dp_{index:05d}.png", "x_p": XP_NAME},
         "note": "Train on dp.npz's train split or on images/ — both are D_p. x_p's clean original is not in them.",
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
+    with output_folder(out, overwrite=overwrite, option="output folder") as tmp:  # renamed into place when whole
         arrays = {"train_images": images, "train_labels": labels}
         for split in ("val", "test"):
             arrays[f"{split}_images"] = source.split(split)
             arrays[f"{split}_labels"] = source.labels(split)
-        np.savez_compressed(tmp / NPZ_NAME, **arrays)
+        with writing(tmp / NPZ_NAME):
+            np.savez_compressed(tmp / NPZ_NAME, **arrays)
         (tmp / PNG_DIR).mkdir()
         for i, image in enumerate(images):
             _save_png(image, tmp / PNG_DIR / f"dp_{i:05d}.png")
         _save_png(images[private.index], tmp / XP_NAME)
         meta["npz_sha256"] = file_sha256(tmp / NPZ_NAME)
         meta["dp_sha256"] = images_sha256(images)
-        (tmp / FINGERPRINT_JSON).write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write(tmp / FINGERPRINT_JSON, json.dumps(meta, indent=2))
     return read_fingerprint(out)
 
 
@@ -186,38 +180,94 @@ def read_fingerprint(folder: str | os.PathLike) -> Fingerprint:
     """Read a fingerprint folder written by :func:`export_fingerprint`, checking that it is whole.
 
     Raises:
-        ValueError: no ``fingerprint.json``, a missing or changed ``dp.npz`` (sha256), or records that
-            do not fit the images (one line each, naming the folder).
+        ValueError: no ``fingerprint.json``, a field of it of the wrong type or out of range (named, with what
+            is allowed), a file name that is not a plain name inside the folder, a missing, linked-out, changed
+            (sha256) or unreadable ``dp.npz``, or records that do not fit the images (one line each, naming the
+            folder or file).
     """
     folder = Path(folder).expanduser()
     file = folder / FINGERPRINT_JSON
+    if not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is not a fingerprint folder: " + ("it does not exist" if not folder.exists()
+                         else "it is a file") + " (make one with: safcore fingerprint --dataset FLAG --n-dataset N --out DIR)")
     if not file.is_file():
         raise ValueError(f"{str(folder)!r} is not a fingerprint folder: it has no {FINGERPRINT_JSON} "
                          "(make one with: safcore fingerprint --dataset FLAG --n-dataset N --out DIR)")
-    try:
-        meta = json.loads(file.read_text())
-        npz = folder / meta["files"]["npz"]
-        saf = meta["saf"]
-        n, index, channels, size = (int(meta[k]) for k in ("n_dataset", "x_p_index", "channels", "image_size"))
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{str(file)!r} is not a readable fingerprint record ({type(error).__name__}: {error})") from None
+    meta = _read_record(file)
+    npz = folder / meta["files"]["npz"]
+    n, index, channels, size = (meta[k] for k in ("n_dataset", "x_p_index", "channels", "image_size"))
+    saf = meta["saf"]
     if not npz.is_file():
         raise ValueError(f"fingerprint folder {str(folder)!r} has no {npz.name}")
+    if not npz.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"{str(npz)!r} is a link to {str(npz.resolve())!r}, outside the fingerprint folder; a "
+                         "fingerprint folder's files lie inside it: write the folder again with safcore fingerprint")
+    expect_format(npz, "npz", "fingerprint file", "the dp.npz that safcore fingerprint wrote (a zip of arrays)")
     if file_sha256(npz) != meta.get("npz_sha256"):
         raise ValueError(f"{str(npz)!r} changed since it was written (sha256 differs from {FINGERPRINT_JSON}); "
                          "write the folder again with safcore fingerprint")
-    with np.load(npz, allow_pickle=False) as archive:
-        images = data_lib.to_unit_tensor(archive["train_images"])
-        labels = archive["train_labels"]
+    try:
+        with np.load(npz, allow_pickle=False) as archive:
+            images = data_lib.to_unit_tensor(archive["train_images"])
+            labels = archive["train_labels"]
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{str(npz)!r} cannot be read as D_p ({type(error).__name__}: {error}); write the folder "
+                         "again with safcore fingerprint") from None
     if tuple(images.shape) != (n, channels, size, size) or not 0 <= index < n:
         raise ValueError(f"{str(folder)!r}: D_p has shape {tuple(images.shape)} but {FINGERPRINT_JSON} records "
                          f"N_D = {n}, {channels} channel(s), {size} px, x_p index {index}")
     return Fingerprint(
-        folder=folder, dataset=str(meta["dataset"]), dataset_name=str(meta["dataset_name"]),
-        source_sha256=str(meta["source_sha256"]), n_dataset=n, seed=int(meta["seed"]), index=index,
+        folder=folder, dataset=meta["dataset"], dataset_name=meta["dataset_name"],
+        source_sha256=meta["source_sha256"], n_dataset=n, seed=meta["seed"], index=index,
         center=(float(saf["center"][0]), float(saf["center"][1])), radius=float(saf["radius"]), grey=float(saf["grey"]),
         channels=channels, image_size=size, images=images, labels=labels, meta=meta,
     )
+
+
+def _read_record(file: Path) -> dict:
+    """``fingerprint.json``, every field checked: one ``ValueError`` naming the file, the field, its value and
+    what is allowed (never Python's "invalid literal for int()")."""
+    try:
+        meta = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{str(file)!r} is not a readable fingerprint record: not JSON ({error}); write the folder "
+                         "again with safcore fingerprint") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{str(file)!r} holds a JSON {type(meta).__name__}, not a fingerprint record (an object)")
+
+    def field(key: str, check, allowed: str, where: dict = meta, prefix: str = ""):
+        if key not in where:
+            raise ValueError(f"{str(file)!r} lacks {prefix}{key!r}; write the folder again with safcore fingerprint")
+        value = where[key]
+        if not check(value):
+            raise ValueError(f"{str(file)!r}: {prefix}{key!r} = {value!r}; allowed: {allowed}")
+        return value
+
+    def integer(low: int, high: float = float("inf")):
+        return lambda v: not isinstance(v, bool) and isinstance(v, int) and low <= v <= high
+
+    def number(v) -> bool:
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+    def text(v) -> bool:
+        return isinstance(v, str) and bool(v)
+
+    n = field("n_dataset", integer(1), "an integer ≥ 1")
+    field("x_p_index", integer(0, n - 1), f"an integer in [0, {n - 1}] (N_D = {n})")
+    field("seed", integer(0), "an integer ≥ 0")
+    field("channels", lambda v: v in (1, 3) and not isinstance(v, bool), "1 (grey) or 3 (RGB)")
+    field("image_size", lambda v: v in data_lib.IMAGE_SIZES and not isinstance(v, bool),
+          ", ".join(map(str, data_lib.IMAGE_SIZES)) + " (px)")
+    for key in ("dataset", "dataset_name", "source_sha256"):
+        field(key, text, "a non-empty string")
+    saf = field("saf", lambda v: isinstance(v, dict), "an object with center, radius and grey")
+    field("center", lambda v: isinstance(v, list) and len(v) == 2 and all(map(number, v)), "[row, col], two numbers",
+          saf, "saf.")
+    field("radius", lambda v: number(v) and v > 0, "a number > 0 (px)", saf, "saf.")
+    field("grey", lambda v: number(v) and 0 <= v <= 1, "a number in [0, 1]", saf, "saf.")
+    files = field("files", lambda v: isinstance(v, dict), "an object naming the folder's files")
+    plain_name(field("npz", text, "a file name", files, "files."), "files.npz", file)
+    return meta
 
 
 def private_dataset(fingerprint: Fingerprint, x_i: torch.Tensor) -> PrivateDataset:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from safcore.checks import check_safetensors, regular_file
 from safcore.device import bf16_autocast
 from safcore.progress import progress_bar
 
@@ -292,10 +293,19 @@ def model_identity(unet, scheduler=None, **extra) -> dict:
 # ---------------------------------------------------------------------------------------------- loading
 
 
+_MAX_JSON_BYTES = 10_000_000  # a model's config files are a few kB; a link to a device or a huge file is refused
+
+
 def _read_json(path: Path) -> dict:
     try:
+        regular_file(path, "model file")
+        if path.stat().st_size > _MAX_JSON_BYTES:
+            raise ModelLoadError(f"{str(path)!r} holds {path.stat().st_size:,} bytes; a model's JSON config is a few kB")
         value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (ValueError, OSError) as error:
+        if isinstance(error, ModelLoadError):
+            raise
+        error = error.msg if isinstance(error, json.JSONDecodeError) else error
         raise ModelLoadError(f"{str(path)!r} is not a readable JSON file ({error})") from None
     if not isinstance(value, dict):
         raise ModelLoadError(f"{str(path)!r} holds {type(value).__name__}, expected a JSON object")
@@ -303,7 +313,12 @@ def _read_json(path: Path) -> dict:
 
 
 def _check_weights(folder: Path) -> None:
-    if (folder / WEIGHTS_NAME).is_file():
+    weights = folder / WEIGHTS_NAME
+    if weights.exists() or weights.is_symlink():
+        try:
+            check_safetensors(weights, "weights file", "re-save the model (unet.save_pretrained(folder)) or copy it again")
+        except (ValueError, OSError) as error:
+            raise ModelLoadError(str(error)) from None
         return
     pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
     if pickled:
@@ -362,9 +377,38 @@ def _load_local(folder: Path) -> ScoreModel | DiffusersModel:
         f"whole pipeline (DDPMPipeline(unet, scheduler).save_pretrained(folder))")
 
 
+def _reach_hub(repo_id: str) -> None:
+    """Ask the Hub once, without retries, for the model's ``unet/config.json`` (a HEAD request through
+    huggingface_hub, so its endpoint, token and proxy settings apply); a network failure or a missing model is
+    one :class:`ModelLoadError` at once, not half a minute of retries ending in "no file named config.json"."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    url = huggingface_hub.hf_hub_url(repo_id, "config.json", subfolder="unet")
+    try:
+        huggingface_hub.get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as error:  # noqa: BLE001 — classified below, every kind one line
+        name = type(error).__name__
+        first = (str(error).strip().splitlines() or [name])[0]
+        if name in ("RepositoryNotFoundError", "GatedRepoError"):
+            raise ModelLoadError(f"Hub model {repo_id!r} does not exist or is private/gated ({name}); check the id, or "
+                                 "log in with an access token (hf auth login)") from None
+        if name in ("EntryNotFoundError", "RemoteEntryNotFoundError", "RevisionNotFoundError"):
+            raise ModelLoadError(f"Hub model {repo_id!r} has no unet/config.json: safcore reads a diffusers pipeline "
+                                 "(unet/ and scheduler/ subfolders)") from None
+        if name == "OfflineModeIsEnabled":
+            return  # HF_HUB_OFFLINE: from_pretrained reads the local cache
+        raise ModelLoadError(f"cannot reach the Hugging Face Hub ({constants.ENDPOINT}) for model {repo_id!r}: "
+                             f"{name}: {first}. Check the network (or HTTPS_PROXY), or download the model where "
+                             f"there is one (hf download {repo_id} --local-dir DIR) and give --model DIR") from None
+
+
 def _load_hub(repo_id: str) -> DiffusersModel:
     from diffusers import SchedulerMixin, UNet2DModel
+    from huggingface_hub import constants
 
+    if not constants.HF_HUB_OFFLINE:
+        _reach_hub(repo_id)
     try:
         unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet", use_safetensors=True)
         config = SchedulerMixin.load_config(repo_id, subfolder="scheduler")
