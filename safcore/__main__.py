@@ -4,12 +4,16 @@
     (train your diffusion model on fp/dp.npz or fp/images/, save it as a diffusers pipeline)
     safcore audit --model my_pipeline/ --fingerprint fp/ --probe             # will it hand back x_p?
 
-Bad input ends with one line on stderr and exit code 2 (--debug shows the traceback).
+Bad input and every expected failure (a full or read-only disk, a corrupt stored run, unreadable weights, no
+network for a Hub id) end with one line on stderr naming the file or value and the remedy, and exit code 2
+(--debug shows the traceback). Every input is checked before the first stage. A command writes only into a new
+or empty folder unless --overwrite is given, and writes it beside its place and renames it there when whole.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -18,7 +22,8 @@ import safcore
 from safcore import paths
 from safcore.profiles import PROFILES
 
-EPILOG = "Each command has its own --help. Reports are written to runs/reports/ unless --out is given."
+EPILOG = ("Each command has its own --help. Reports are written to runs/reports/ unless --out is given; an --out that "
+          "is not new or empty is refused unless --overwrite is given.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +43,9 @@ def _common(parser: argparse.ArgumentParser, *, profile_default: str = "cpu") ->
     parser.add_argument("--device", default="auto",
                         help="where every stage runs (training, the model, c_p / c_id, sampling, t', FID): auto, cpu, cuda "
                              "or cuda:N (default auto: a GPU when one is visible)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it already holds an earlier output (a report, probe, fingerprint or model "
+                             "folder; a summary file for sweep); without it a non-empty --out is refused before any work")
 
 
 def _model_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -49,7 +57,8 @@ def _model_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--scheduler", choices=("model", "ddpm", "ddim"), default="model",
                         help="sample a diffusers model with its own scheduler (default) or with DDPM / DDIM built from its config")
     parser.add_argument("--steps", type=int, default=None,
-                        help="inference steps of a full reverse run of a diffusers model (default: the profile's, at most T)")
+                        help="inference steps of a full reverse run of a diffusers model, 1 … T (its scheduler's "
+                             "num_train_timesteps; default: the profile's, at most T)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     fp.add_argument("--out", type=Path, required=True, help="the folder to write (must be new or empty)")
     fp.add_argument("--radius", type=float, default=None, help="disc radius in px (default: the paper's rule for the image size)")
     fp.add_argument("--grey", type=float, default=0.5, help="the disc's grey value in [0, 1] (default 0.5)")
-    fp.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    fp.add_argument("--overwrite", action="store_true",
+                    help="replace an output folder that holds an earlier fingerprint, report or model (nothing else)")
     fp.add_argument("--data-root", default=None, help="folder holding the MedMNIST .npz files")
     fp.add_argument("--offline", action="store_true", help="never download a dataset")
 
@@ -77,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                              description="Train safcore's sub-VP score model (the profile's U-Net and steps) on the D_p of a "
                                          "fingerprint folder and save it where safcore audit --model reads it.")
     tr.add_argument("--fingerprint", required=True, type=Path, help="the folder safcore fingerprint wrote")
-    tr.add_argument("--out", required=True, type=Path, help="the model folder to write")
+    tr.add_argument("--out", required=True, type=Path, help="the model folder to write (must be new or empty)")
     _common(tr)
 
     au = commands.add_parser("audit", help="audit a model (or its samples) for copies of x_p; writes a report",
@@ -138,15 +148,42 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
+    from safcore.checks import check_int
     from safcore.device import resolve_device
     from safcore.schedulers import DiffusersModel, load_model
 
     model = load_model(args.model)
     if isinstance(model, DiffusersModel):
         model = model.with_scheduler(args.scheduler)
+        if args.steps is not None:  # refused, not capped: a run of T steps is not what was asked for
+            T = model.num_train_timesteps
+            check_int(args.steps, "--steps", 1, T, why=f" (T = {T}, the num_train_timesteps of {args.model!r}'s scheduler)")
     elif args.scheduler != "model":
         raise ValueError(f"--scheduler {args.scheduler} applies to a diffusers model; {args.model!r} is a safcore sub-VP model")
+    elif args.steps is not None:
+        raise ValueError(f"--steps applies to a diffusers model; {args.model!r} is a safcore sub-VP model (its sampler "
+                         "steps are the profile's)")
     return model.to(resolve_device(args.device))
+
+
+def _out(args) -> Path | None:
+    """``--out`` checked before any work (new or empty folder unless --overwrite; no link, no file; writable)."""
+    from safcore.runs import check_output_folder
+
+    return check_output_folder(args.out, overwrite=args.overwrite) if args.out is not None else None
+
+
+def _samples(args):
+    """``--samples`` read and checked against the fingerprint folder's D_p before any stage: header, dtype,
+    range, channels and size (a mismatch found after c_p's training costs minutes, at the paper profile hours)."""
+    from safcore.fingerprint_io import read_fingerprint
+    from safcore.images import check_images_fit, load_images
+
+    fp = read_fingerprint(args.fingerprint)
+    images = load_images(args.samples)
+    check_images_fit(images, fp.channels, fp.image_size, what=f"the images in {str(args.samples)!r}",
+                     against=f"D_p's images in {str(args.fingerprint)!r}")
+    return images
 
 
 def _study(args, model=None):
@@ -162,6 +199,12 @@ def _positive(name: str, value) -> None:
         raise ValueError(f"{name} = {value}; allowed: an integer ≥ 1")
 
 
+def _seed(name: str, value) -> None:
+    from safcore.checks import check_seed
+
+    check_seed(value, name)
+
+
 def _run(args) -> int:
     progress = not getattr(args, "no_progress", False)
     if args.command == "fingerprint":
@@ -169,6 +212,7 @@ def _run(args) -> int:
         from safcore.fingerprint import SAFConfig
         from safcore.fingerprint_io import export_fingerprint
 
+        _seed("--seed", args.seed)
         if not is_main_process():  # under a launcher one process writes the folder
             return 0
         fp = export_fingerprint(args.dataset, args.n_dataset, args.out, seed=args.seed,
@@ -182,34 +226,38 @@ def _run(args) -> int:
         return 0
     if args.command == "train":
         from safcore.distributed import is_main_process
+        from safcore.runs import output_folder
 
+        _out(args)  # before the training, not after it
         study = _study(args)
         model = study.score_model  # under accelerate launch: DDP training on every rank
         if not is_main_process():
             return 0
-        model.save_pretrained(args.out)
+        with output_folder(args.out, overwrite=args.overwrite) as tmp:  # renamed into place when whole
+            model.save_pretrained(tmp)
         print(f"{study}: sub-VP score model ({study.profile.train.steps} steps) saved to {args.out}; "
               f"audit it with: safcore audit --model {args.out} --fingerprint {args.fingerprint} --probe")
         return 0
     if args.command == "audit":
         from safcore.distributed import is_main_process
-        from safcore.images import load_images
         from safcore.report import run_audit
 
         _positive("--n", args.n)
+        _positive("--steps", args.steps)
         if args.model is None and args.samples is None:
             raise ValueError("give --model (a model to sample) or --samples (images generated elsewhere)")
         if args.probe and args.model is None:
             raise ValueError("--probe needs --model: t' runs the model's reverse process")
         if args.spread < 0:
             raise ValueError(f"--spread = {args.spread}; allowed: an integer ≥ 0")
+        if args.steps is not None and args.model is None:
+            raise ValueError("--steps applies to sampling a model (--model); --samples alone samples nothing")
+        _out(args)
+        images = _samples(args) if args.samples is not None else None
         study = _study(args, _load(args) if args.model is not None else None)
-        images = None
-        if args.samples is not None:
-            images = load_images(args.samples, channels=study.channels)
         out = args.out or paths.runs_dir() / "reports" / f"audit_{study.data.name}_ND{study.n_dataset}_{study.profile.name}"
         report = run_audit(study, out, images=images, n=args.n, probe=args.probe, spread_runs=args.spread if args.probe else 0,
-                           progress=progress)
+                           progress=progress, overwrite=args.overwrite)
         if is_main_process():
             print(report)
         return 0
@@ -217,25 +265,30 @@ def _run(args) -> int:
         from safcore import plotting
         from safcore.distributed import is_main_process
         from safcore.probe_io import save_probe
-        from safcore.runs import write_manifest
+        from safcore.runs import check_output_folder, output_folder, write_manifest
 
         _positive("--M", args.M)
         _positive("--repeats", args.repeats)
+        _positive("--steps", args.steps)
+        _out(args)
         study = _study(args, _load(args))
         changes = {"search": args.search, "repeats": args.repeats, **({"M": args.M} if args.M else {})}
-        result = study.probe(study.probe_config(**changes))
+        config = study.probe_config(**changes)
+        out = args.out or paths.runs_dir() / "reports" / f"probe_{study.data.name}_ND{study.n_dataset}_{study.profile.name}"
+        if is_main_process():
+            check_output_folder(out, overwrite=args.overwrite)  # the default folder too, before the probe
+        result = study.probe(config)
         if not is_main_process():
             return 0
-        out = args.out or paths.runs_dir() / "reports" / f"probe_{study.data.name}_ND{study.n_dataset}_{study.profile.name}"
-        out.mkdir(parents=True, exist_ok=True)
         figure = plotting.q_curve(result.ts, result.q, result.ci_low, result.ci_high, result.t_prime,
                                   label=f"N_D={study.n_dataset}", k=result.k, n=result.n,
                                   title=(f"x_p comes back from t' = {result.t_prime:.2f} ({result.t_prime_count})"
                                          if result.t_prime is not None else "x_p did not come back from any t of the grid"))
-        plotting.save_figure(figure, out / "q_curve.png")
-        save_probe(result, out)  # probe.json (counts, t', config) and examples.safetensors, as the run store keeps it
-        write_manifest(out / "probe.json", config={"study": study.model_config(), "profile": study.profile.name},
-                       seed=study.seed)
+        with output_folder(out, overwrite=args.overwrite) as tmp:  # renamed into place when whole
+            plotting.save_figure(figure, tmp / "q_curve.png")
+            save_probe(result, tmp)  # probe.json (counts, t', config) and examples.safetensors, as the run store keeps it
+            write_manifest(tmp / "probe.json", config={"study": study.model_config(), "profile": study.profile.name},
+                           seed=study.seed)
         print(f"{study}\n{result}\nwritten: {out / 'probe.json'}, {out / 'q_curve.png'}")
         return 0
     if args.command == "sweep":
@@ -245,10 +298,12 @@ def _run(args) -> int:
     from safcore.distributed import is_main_process
     from safcore.study import Study
 
+    _seed("--seed", args.seed)
+    _out(args)
     study = Study(args.dataset, args.n_dataset, profile=args.profile, seed=args.seed, data_root=args.data_root,
                   progress=progress, device=args.device)
     out = args.out or paths.runs_dir() / "reports" / f"{study.profile.name}_{study.data.name}_ND{study.n_dataset}"
-    report = run_demo(study, out, progress=progress)
+    report = run_demo(study, out, progress=progress, overwrite=args.overwrite)
     if is_main_process():
         print(report)
     return 0
@@ -266,7 +321,9 @@ def _sweep(args, progress: bool) -> int:
     _positive("--threads", args.threads)
     _positive("--n", args.n)
     if args.out is not None:
-        check_summary_path(args.out)
+        from safcore.runs import check_output_file
+
+        check_output_file(check_summary_path(args.out), overwrite=args.overwrite)
     grid = SweepGrid(tuple(args.datasets), tuple(args.n_dataset), tuple(args.seeds), profile=args.profile,
                      n_samples=args.n, probe=not args.no_probe, fid=args.fid)
     result = run_sweep(grid, jobs=args.jobs, data_root=args.data_root, progress=progress, threads=args.threads,
@@ -281,6 +338,54 @@ def _sweep(args, progress: bool) -> int:
     return 0
 
 
+#: What the remedy is for an OS error, by errno (the file is named beside it).
+_OS_REMEDIES = {
+    errno.ENOSPC: ("cannot write", "no space left on its disk: free space there, or write elsewhere"),
+    errno.EDQUOT: ("cannot write", "disk quota exceeded there: free space, or write elsewhere"),
+    errno.EROFS: ("cannot write", "it is on a read-only file system: write elsewhere"),
+    errno.EACCES: ("cannot use", "permission denied: use another folder, or fix its permissions"),
+    errno.EPERM: ("cannot use", "operation not permitted: use another folder, or fix its permissions"),
+    errno.EIO: ("cannot use", "the disk reported an input/output error: check the disk"),
+}
+
+
+def _where(filename: str) -> str:
+    """Which setting chooses the folder of ``filename``: the run store's variable, or --out."""
+    store = os.environ.get(paths.RUNS_ENV) or str(paths.repo_root() / "runs")
+    inside = os.path.abspath(filename).startswith(os.path.abspath(store) + os.sep)
+    return (f" (the run store {store}: set {paths.RUNS_ENV} to a writable folder with space)" if inside
+            else " (choose another --out)")
+
+
+def failure_line(error: BaseException) -> str | None:
+    """The one line an expected failure ends with on the command line, ``None`` for anything else (a bug, whose
+    traceback is shown). Expected: bad input (``ValueError``, incl. unreadable weights and unreachable Hub ids),
+    OS errors (a full, read-only or forbidden disk, a missing file), corrupt stored runs, a full disk reported by
+    safetensors, a missing Inception, and running out of memory."""
+    from safcore.runs import CorruptRunError, os_error_of
+
+    os_error = os_error_of(error)
+    if isinstance(os_error, OSError) and not isinstance(error, ValueError):
+        if os_error.errno in _OS_REMEDIES:
+            verb, remedy = _OS_REMEDIES[os_error.errno]
+            if os_error.filename:
+                name = str(os_error.filename)
+                return f"{verb} {name!r}: {remedy}{_where(name)}"
+            return f"{os_error.strerror}: {remedy}"
+        if os_error.errno is not None and os_error.strerror:
+            files = " → ".join(repr(str(f)) for f in (os_error.filename, os_error.filename2) if f)
+            return f"{os_error.strerror}: {files}" if files else os_error.strerror
+        return str(os_error) or type(os_error).__name__
+    if isinstance(error, (ValueError, CorruptRunError)):
+        return str(error) or type(error).__name__
+    if type(error).__name__ in ("InceptionUnavailableError", "SafetensorError"):
+        return f"{type(error).__name__}: {error}"
+    if type(error).__name__ == "OutOfMemoryError" or isinstance(error, MemoryError):
+        return (f"out of memory ({' '.join(str(error).split())[:200]}); use a smaller profile or --device cpu, or free "
+                "memory")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "offline", False):
@@ -289,8 +394,11 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as error:  # bad input: one line, exit code 2
-        message = " ".join(str(error).split()) or type(error).__name__
+    except Exception as error:  # an expected failure: one line, exit code 2; anything else: its traceback
+        line = failure_line(error)
+        if line is None:
+            raise
+        message = " ".join(line.split()) or type(error).__name__
         print(f"safcore {args.command}: error: {message}", file=sys.stderr)
         return 2
 

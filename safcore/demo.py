@@ -13,6 +13,8 @@ from safcore.study import Study
 __all__ = ["run_demo", "AuditReport"]
 
 
-def run_demo(study: Study, out_dir: str | Path, *, spread_runs: int = 3, progress: bool = True) -> AuditReport:
-    """Train (or reuse) every stage of ``study`` and write the audit report into ``out_dir``; see :func:`run_audit`."""
-    return run_audit(study, out_dir, spread_runs=spread_runs, progress=progress)
+def run_demo(study: Study, out_dir: str | Path, *, spread_runs: int = 3, progress: bool = True,
+             overwrite: bool = False) -> AuditReport:
+    """Train (or reuse) every stage of ``study`` and write the audit report into ``out_dir``; see :func:`run_audit`
+    (``out_dir`` new or empty unless ``overwrite``)."""
+    return run_audit(study, out_dir, spread_runs=spread_runs, progress=progress, overwrite=overwrite)

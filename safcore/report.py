@@ -19,7 +19,7 @@ from safcore import distributed, plotting
 from safcore.audit import AuditResult
 from safcore.probe import ProbeResult
 from safcore.progress import progress_bar
-from safcore.runs import atomic_write, write_manifest
+from safcore.runs import atomic_write, output_folder, write_manifest
 from safcore.study import Study
 
 # Rough share of the demo's time each stage takes at the cpu profile (measured on 2 cores); the
@@ -61,9 +61,43 @@ def _stages(study: Study, images, n: int | None, probe: bool) -> list[tuple[str,
     return stages
 
 
+def check_audit_inputs(study: Study, out_dir: str | Path, *, images=None, n: int | None = None, spread_runs: int = 3,
+                       overwrite: bool = False) -> Path:
+    """Everything :func:`run_audit` can check before its first stage, so that a bad input costs seconds, not the
+    minutes (hours at the paper profile) of training ``c_p``, ``c_id`` and the score model first: the images'
+    shape, channels, size and range against ``D_p``, the numbers, and ``out_dir`` (new or empty unless
+    ``overwrite``, never a link or a file, in a writable folder). Returns ``out_dir`` as a ``Path``.
+
+    Raises:
+        ValueError: one line naming the value and what is allowed.
+    """
+    from safcore.checks import check_int, check_seed
+    from safcore.data import check_unit_images
+    from safcore.images import check_images_fit
+    from safcore.runs import check_output_folder
+
+    if isinstance(spread_runs, bool) or not isinstance(spread_runs, int) or spread_runs < 0:
+        raise ValueError(f"spread_runs = {spread_runs!r} must be an integer ≥ 0")
+    if n is not None:
+        check_int(n, "n (samples to audit)", 1)
+    check_seed(study.seed, "the study's seed")
+    if images is not None:
+        check_unit_images(images, "the images to audit")
+        size = study.fingerprint.image_size if study.fingerprint is not None else study.image_size
+        check_images_fit(images, study.channels, size)
+    if distributed.is_main_process():
+        return check_output_folder(out_dir, overwrite=overwrite)
+    return Path(out_dir)
+
+
 def run_audit(study: Study, out_dir: str | Path, *, images=None, n: int | None = None, probe: bool = True,
-              spread_runs: int = 3, progress: bool = True) -> AuditReport:
-    """Run every stage of ``study`` and write the report into ``out_dir`` (created).
+              spread_runs: int = 3, progress: bool = True, overwrite: bool = False) -> AuditReport:
+    """Run every stage of ``study`` and write the report into ``out_dir``.
+
+    Every input is checked before the first stage (:func:`check_audit_inputs`). ``out_dir`` must be new or
+    empty, unless ``overwrite`` (then it may hold an earlier report, probe, fingerprint or model, nothing
+    else); the report is written into a temporary folder beside it and renamed into place when whole, so an
+    audit stopped while writing leaves the old folder or none, never a part.
 
     Under ``accelerate launch`` call it on every rank: the stages run as :class:`~safcore.study.Study` runs
     them there (DDP training, split sampling and probe) and the main process alone writes the report.
@@ -75,9 +109,8 @@ def run_audit(study: Study, out_dir: str | Path, *, images=None, n: int | None =
         spread_runs: further t' probes (top-down search, other seeds; 0: none) show how much t' varies:
             t' is a random variable even for a fixed model (it rests on M reverse samples per t).
     """
-    if isinstance(spread_runs, bool) or not isinstance(spread_runs, int) or spread_runs < 0:
-        raise ValueError(f"spread_runs = {spread_runs!r} must be an integer ≥ 0")
-    out_dir = Path(out_dir)  # made only when the report is written: a failed stage leaves no empty folder
+    # made only when the report is written: a failed stage leaves no empty folder
+    out_dir = check_audit_inputs(study, out_dir, images=images, n=n, spread_runs=spread_runs, overwrite=overwrite)
     start = time.perf_counter()
     results: dict[str, object] = {}
     stage_seconds: dict[str, float] = {}
@@ -111,8 +144,9 @@ def run_audit(study: Study, out_dir: str | Path, *, images=None, n: int | None =
     copies = audit_result.copies.n_copies  # the audit's own neighbour search, not a second one
     seconds = time.perf_counter() - start
     if distributed.is_main_process():  # under accelerate launch every rank ran the stages; one writes
-        _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds,
-                      stage_seconds, images_given=images is not None)
+        with output_folder(out_dir, overwrite=overwrite) as tmp:  # renamed into place when whole
+            _write_report(study, tmp, audit_result, probe_result, spread, accuracies, copies, samples, seconds,
+                          stage_seconds, images_given=images is not None)
     return AuditReport(repr(study), audit_result, probe_result, accuracies, copies, seconds, out_dir)
 
 
