@@ -14,6 +14,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 HOME_ENV = "SAFCORE_HOME"
 RUNS_ENV = "SAFCORE_RUNS_DIR"
+FIGURES_ENV = "SAFCORE_FIGURES_DIR"
 
 
 def repo_root() -> Path:
@@ -31,8 +32,14 @@ def repo_root() -> Path:
 
 
 def figures_dir() -> Path:
-    """``<repo>/figures``, created on first use."""
-    path = repo_root() / "figures"
+    """Where figures and tables go with their manifests: ``$SAFCORE_FIGURES_DIR`` or ``<repo>/figures``, created on
+    first use.
+
+    ``<repo>/figures`` holds the committed figures of real runs (``scripts/cpu_reports.sh``). The test command
+    (``scripts/test.sh``, and ``tests/conftest.py`` for any pytest run) points ``$SAFCORE_FIGURES_DIR`` into the
+    ignored ``runs/`` folder, so notebooks run at their default (test) parameters never rewrite a committed file.
+    """
+    path = Path(os.environ[FIGURES_ENV]).expanduser().resolve() if os.environ.get(FIGURES_ENV) else repo_root() / "figures"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -7,13 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SAFCORE_DATA_ROOT="${SAFCORE_DATA_ROOT:-$PWD/../shared/data/medmnist}" MPLBACKEND=Agg SAFCORE_PROGRESS=0
+# the committed figures/ are this script's to write (tests and the test command write theirs under runs/)
+export SAFCORE_FIGURES_DIR="$PWD/figures"
 # each executed notebook gets a manifest beside it (parameters, revision, time, machine)
 pm() {
   .venv/bin/papermill --cwd notebooks "notebooks/$1.ipynb" "reports/cpu/$1.ipynb" -p PROFILE cpu "${@:2}"
   .venv/bin/python -c 'import sys; from safcore.runs import write_manifest; write_manifest(sys.argv[1], config={"notebook": sys.argv[2], "papermill": sys.argv[3:]}, seed=0)' \
     "reports/cpu/$1.ipynb" "$1" -p PROFILE cpu "${@:2}"
 }
-.venv/bin/python -m safcore demo --profile cpu --out reports/cpu/demo_breastmnist_ND16 --no-progress
+.venv/bin/python -m safcore demo --profile cpu --out reports/cpu/demo_breastmnist_ND16 --overwrite --no-progress
 pm 04_dataset_size -y "N_DS: [16, 64, 546]" -p N_SAMPLES 256
 pm 07_medmnist_table -p N_D 16
 pm 06_false_positives -p N_D 16

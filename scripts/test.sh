@@ -15,4 +15,7 @@ export SAFCORE_DATA_ROOT="${SAFCORE_DATA_ROOT:-$PWD/../shared/data/medmnist}"
 export MPLBACKEND=Agg PYTHONHASHSEED=0 SAFCORE_PROGRESS=0
 # Tests never download (safcore/data.py): a flag missing from the data root is an error, not a fetch.
 export SAFCORE_OFFLINE=1
+# Figures and tables the notebooks write at their test parameters go to the ignored runs/ folder, never over the
+# committed ones in figures/ (only scripts/cpu_reports.sh writes there): the checkout stays clean.
+export SAFCORE_FIGURES_DIR="${SAFCORE_FIGURES_DIR:-$PWD/runs/test-figures}"
 exec .venv/bin/python -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 "$@"

@@ -17,6 +17,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data" / "medmnist"
+
+# Figures, tables and their manifests that tests and notebooks (nbval kernels inherit this environment) write at
+# their test parameters go to the ignored runs/ folder, never over the committed files in figures/ (only
+# scripts/cpu_reports.sh writes there). scripts/test.sh sets the same.
+os.environ.setdefault(
+    "SAFCORE_FIGURES_DIR", str(Path(os.environ.get("SAFCORE_RUNS_DIR") or REPO / "runs") / "test-figures"))
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
 

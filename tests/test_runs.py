@@ -11,8 +11,19 @@ from safcore.runs import CorruptRunError, atomic_save_safetensors, atomic_write,
 def test_paths_do_not_depend_on_cwd(tmp_path, monkeypatch):
     root = paths.repo_root()
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(paths.FIGURES_ENV, raising=False)
     assert paths.repo_root() == root and (root / "pyproject.toml").is_file()
     assert paths.figures_dir() == root / "figures"
+
+
+def test_tests_write_figures_outside_the_committed_folder(tmp_path, monkeypatch):
+    """conftest (and scripts/test.sh) point figures into the ignored runs/ folder: a test run never rewrites a
+    committed figure or manifest."""
+    import os
+
+    assert os.environ.get(paths.FIGURES_ENV) and paths.figures_dir() != paths.repo_root() / "figures"
+    monkeypatch.setenv(paths.FIGURES_ENV, str(tmp_path / "figs"))
+    assert paths.figures_dir() == (tmp_path / "figs").resolve() and (tmp_path / "figs").is_dir()
 
 
 def test_runs_dir_env(tmp_path, monkeypatch):
