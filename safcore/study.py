@@ -111,7 +111,7 @@ class Study:
                              "audited as it is")
         self.profile = get_profile(profile)
         self.n_dataset = self.profile.n_dataset if n_dataset is None else n_dataset
-        self.seed = seed
+        self.seed = data_lib.check_seed(seed)
         self.saf = saf
         self.data_root = data_root
         self.progress = progress
@@ -129,6 +129,10 @@ class Study:
         if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(sample_steps, int) or sample_steps < 1):
             raise ValueError(f"sample_steps = {sample_steps!r}; allowed: an integer ≥ 1")
         self.sample_steps = sample_steps
+        if (sample_steps is not None and isinstance(self.model, DiffusersModel)
+                and sample_steps > self.model.num_train_timesteps):
+            raise ValueError(f"sample_steps = {sample_steps} exceeds the model's T = {self.model.num_train_timesteps} "
+                             f"training timesteps; allowed: 1 … {self.model.num_train_timesteps}")
         if self.model is not None and self.model.channels != self.channels:
             raise ValueError(f"the model under audit has {self.model.channels} input channel(s); the data it is audited on "
                              f"has {self.channels} (profile {self.profile.name!r})")

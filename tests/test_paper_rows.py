@@ -1,0 +1,45 @@
+"""The paper's Tab. 2 rows, the projection of a paper-profile row and the printed comparison."""
+
+from __future__ import annotations
+
+import pytest
+
+from safcore.paper_rows import PAPER_TAB2, PAPER_TAB2_SAMPLES, projection, row_beside_paper
+
+
+def test_retinamnist_row_is_the_papers():
+    row = PAPER_TAB2["retinamnist"]
+    assert (row.n_dataset, row.expected_q, row.n_q, row.t_prime) == (1080, 46.3, 52, 0.998)
+    assert PAPER_TAB2_SAMPLES / row.n_dataset == pytest.approx(row.expected_q, abs=0.05)  # E|q| = n / N_D
+
+
+def test_projection_scales_timed_steps_to_the_paper_profile():
+    p = projection("retinamnist", timed_steps=1, batch=2)
+    from safcore.profiles import PAPER
+
+    assert p.train_s == pytest.approx(p.train_step_s * PAPER.train.steps)
+    assert p.sample_s == pytest.approx(p.nfe_image_s * PAPER_TAB2_SAMPLES * PAPER.sample_steps)
+    # M = 16 reverse runs from each t = 0.01 … 0.99, a run from t taking ⌈1000 (t − ε)/(1 − ε)⌉ = 10·100 t steps
+    assert p.probe_nfe == 16 * sum(10 * k for k in range(1, 100)) == 792_000
+    assert p.total_s > 3600 and "≈" in p.describe() and "training" in p.describe()
+    with pytest.raises(ValueError, match="has no row in the paper's Tab. 2; allowed: retinamnist"):
+        projection("dermamnist")
+
+
+def test_row_beside_paper_prints_both_rows():
+    record = {"n_dataset": 1080, "saf_accuracy": 0.99, "id_accuracy": 1.0, "fid_train": 3.0, "fid_test": 9.5,
+              "fid_extractor": "domain-resnet8[retinamnist]", "expected_q": 46.3, "n_q": 40, "t_prime": 0.95,
+              "t_prime_count": "3/16", "xp_copies_nn": 44, "verdict": "reproduces"}
+    text = row_beside_paper("retinamnist", record).splitlines()
+    assert len(text) == 3 and "paper (Inception FID)" in text[1] and "0.998" in text[1] and "52" in text[1]
+    assert "0.950 (3/16)" in text[2] and "reproduces" in text[2] and "99.0" in text[2]
+
+
+def test_tab2_command_without_a_gpu_says_how_long_and_stops(capsys):
+    from safcore.__main__ import main
+
+    assert main(["tab2", "--dataset", "retinamnist", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("retinamnist at the paper profile, 50,000 samples: ≈ ") and " h on cpu (training " in out
+    assert "No GPU here: stopped." in out
+    assert main(["tab2", "--n", "0"]) == 2 and "--n = 0; allowed: an integer ≥ 1" in capsys.readouterr().err
