@@ -17,7 +17,7 @@
 # domain feature extractor that safcore trains on the dataset's own labels — the table says which.
 
 # %% tags=["parameters"]
-DATASETS = ["breastmnist", "pneumoniamnist", "../shared/data/extra/pneumonia_subset.npz"]  # flags or .npz paths (relative paths: from the repo root)
+DATASETS = ["breastmnist", "pneumoniamnist", "../shared/data/extra/pneumonia_subset.npz"]  # flags or .npz paths (relative paths: from the repo root); cpu: + "retinamnist" (RGB)
 N_D = 8  # training-set size per dataset; smoke: 8, cpu: 16; paper: the whole train split (e.g. 546, 4708)
 PROFILE = "smoke"  # smoke (CI, seconds) | cpu (laptop, minutes) | paper (GPU)
 SEED = 0  # draws the subsets, x_i and the SAF's place
@@ -72,6 +72,7 @@ for study in studies:
                  "c_p+ others": audit.copies.cp_others, "copies": audit.copies.n_copies,
                  "copies, held-out": f"{audit.copies.control['copies']}/{audit.copies.control['n']}",
                  "near-duplicates removed": study.control.n_removed,
+                 "samples unlike data": f"{audit.quality.n_unlike}/{audit.quality.n}" if audit.quality else "—",
                  "verdict": audit.verdict().kind})
 table = pd.DataFrame(rows).set_index("dataset")
 table
@@ -104,6 +105,8 @@ if PROFILE != "smoke":  # the smoke U-Net is too small to memorize
     assert all(a.copies.copy_rate >= 10 * max(a.copies.control["copies"], 1) / a.copies.control["n"]
                for a in audits.values()), "copies far above the held-out control"
     assert (table["x_p copies (NN)"] > 0).all(), "x_p is among the copies of every model"
+    assert all(a.quality is not None and a.quality.passed for a in audits.values()), \
+        "every model generates images like its data (the quality gate, RGB included)"
 
 # %% [markdown]
 # Per dataset: `x_p` (first panel), then its q-positives (framed, `q`), then the samples that copy

@@ -8,6 +8,7 @@ The U-Net predicts the noise ε̂ that was added (continuous denoising score mat
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from safcore.data import check_image_size
 from safcore.runs import atomic_write, writing
 from safcore.sde import SDE, SubVPSDE, VPSDE, get_sde
 
-__all__ = ["UNetPreset", "UNET_PRESETS", "UNET_LEVELS", "build_unet", "ScoreModel", "TIME_LABEL_SCALE", "SDE_CONFIG_NAME"]
+__all__ = ["UNetPreset", "UNET_PRESETS", "UNET_LEVELS", "build_unet", "ScoreModel", "MeanPrior", "TIME_LABEL_SCALE",
+           "SDE_CONFIG_NAME"]
 
 #: The network sees the time label ``999 · t`` (score_sde's continuous sub-VP/VP convention).
 TIME_LABEL_SCALE = 999.0
@@ -146,14 +148,58 @@ def build_unet(preset: str | UNetPreset, channels: int, image_size: int = 28) ->
     )
 
 
-def _sde_to_config(sde: SDE) -> dict:
+def _sde_to_config(sde: SDE, mean_prior: MeanPrior | None = None) -> dict:
     if isinstance(sde, SubVPSDE):
         name = "subvp"
     elif isinstance(sde, VPSDE):
         name = "vp"
     else:
         raise ValueError(f"cannot save SDE {sde!r}: only SubVPSDE and VPSDE are serialisable")
-    return {"name": name, "beta_min": sde.beta_0, "beta_max": sde.beta_1}
+    config = {"name": name, "beta_min": sde.beta_0, "beta_max": sde.beta_1}
+    if mean_prior is not None:
+        config["mean_prior"] = mean_prior.to_dict()
+    return config
+
+
+@dataclass(frozen=True)
+class MeanPrior:
+    """A Gaussian prior on an image's per-channel mean (its "DC"), for the closed-form DC part of ε̂.
+
+    A U-Net whose every block ends in GroupNorm barely passes the per-channel spatial mean of its input to
+    its output: at ``t = 1`` the cpu profile's grey BreastMNIST model returns 46 % of the input noise's
+    channel mean, its RGB RetinaMNIST model 10–20 % (``benchmarks/bench_rgb.py``). The reverse SDE's drift
+    ``+½β(t) x`` then amplifies the unremoved part of the mean by up to ``e^{½∫β} ≈ 150`` under sub-VP: whole
+    samples end black or white. With a prior ``m_c ~ N(μ_c, v_c)`` on the clean channel means (from the
+    training images), the channel mean ``d_c`` of ``x_t = α_t x_0 + σ_t z`` over ``P = H·W`` pixels is
+    ``α_t m_c + σ_t z̄_c`` with ``z̄_c ~ N(0, 1/P)``, and the posterior mean of the noise's channel mean is
+
+        E[z̄_c | d_c] = (σ_t / P) / (α_t² v_c + σ_t² / P) · (d_c − α_t μ_c),
+
+    exact at high noise (``α_t → 0``: it returns ``d_c / σ_t``) and shrinking to 0 where the image's own mean
+    dominates. :class:`ScoreModel` adds it to the U-Net's output, which then learns only the remainder.
+
+    Attributes:
+        mean, var: per channel, in the model range [-1, 1] (``var`` floored at 1e-4).
+    """
+
+    mean: tuple[float, ...]
+    var: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.var) or len(self.mean) not in (1, 3):
+            raise ValueError(f"MeanPrior needs one mean and one variance per channel (1 or 3); got {self.mean!r}, {self.var!r}")
+        if any(not (v > 0 and math.isfinite(v)) for v in self.var) or any(not math.isfinite(m) for m in self.mean):
+            raise ValueError(f"MeanPrior: means must be finite and variances > 0; got {self.mean!r}, {self.var!r}")
+
+    @classmethod
+    def from_images(cls, images: torch.Tensor) -> MeanPrior:
+        """From training images ``(N, C, H, W)`` in the model range: mean and variance of their channel means."""
+        m = images.detach().double().mean((2, 3))
+        var = m.var(0, unbiased=False) if len(m) > 1 else torch.zeros(m.shape[1], dtype=torch.float64)
+        return cls(tuple(float(v) for v in m.mean(0)), tuple(max(float(v), 1e-4) for v in var))
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "var": list(self.var)}
 
 
 class ScoreModel(torch.nn.Module):
@@ -162,9 +208,11 @@ class ScoreModel(torch.nn.Module):
     Args:
         unet: any ``diffusers.UNet2DModel`` (input and output channels equal).
         sde: the forward SDE whose marginal std ``σ_t`` turns ε̂ into a score (default sub-VP).
+        mean_prior: when given, ε̂ = U-Net output + the closed-form posterior mean of the noise's per-channel
+            mean (:class:`MeanPrior`); ``None``: the U-Net's output alone.
     """
 
-    def __init__(self, unet: UNet2DModel, sde: SDE | None = None) -> None:
+    def __init__(self, unet: UNet2DModel, sde: SDE | None = None, mean_prior: MeanPrior | None = None) -> None:
         super().__init__()
         if unet.config.in_channels != unet.config.out_channels:
             raise ValueError(
@@ -173,6 +221,12 @@ class ScoreModel(torch.nn.Module):
             )
         self.unet = unet
         self.sde = sde if sde is not None else SubVPSDE()
+        if mean_prior is not None and len(mean_prior.mean) != unet.config.in_channels:
+            raise ValueError(f"mean_prior has {len(mean_prior.mean)} channel(s), the U-Net {unet.config.in_channels}")
+        self.mean_prior = mean_prior
+        if mean_prior is not None:  # not in state_dict: the weights files stay the U-Net's alone
+            self.register_buffer("_prior_mean", torch.tensor(mean_prior.mean).reshape(1, -1, 1, 1), persistent=False)
+            self.register_buffer("_prior_var", torch.tensor(mean_prior.var).reshape(1, -1, 1, 1), persistent=False)
 
     @property
     def channels(self) -> int:
@@ -193,7 +247,21 @@ class ScoreModel(torch.nn.Module):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        return self.unet(x, t * TIME_LABEL_SCALE).sample
+        out = self.unet(x, t * TIME_LABEL_SCALE).sample
+        if self.mean_prior is None:
+            return out
+        return out + self.mean_eps(x, t).to(out.dtype)
+
+    def mean_eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The closed-form part of ε̂ (:class:`MeanPrior`): ``E[z̄_c | d_c]`` broadcast over the pixels, ``(B, C, 1, 1)``."""
+        t = t.float()
+        ones = torch.ones_like(t)
+        alpha, sigma = self.sde.marginal_prob(ones, t)
+        alpha, sigma = alpha.reshape(-1, 1, 1, 1), sigma.reshape(-1, 1, 1, 1)
+        pixels = x.shape[-1] * x.shape[-2]
+        d = x.float().mean((2, 3), keepdim=True)
+        gain = (sigma / pixels) / (alpha**2 * self._prior_var + sigma**2 / pixels)
+        return gain * (d - alpha * self._prior_mean)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Score ``-ε̂(x, t) / σ_t`` (score_sde ``get_score_fn`` for continuous sub-VP/VP), shape of ``x``."""
@@ -215,7 +283,7 @@ class ScoreModel(torch.nn.Module):
             self.unet.save_pretrained(tmp, safe_serialization=True)
             for item in Path(tmp).iterdir():
                 os.replace(item, path / item.name)
-        atomic_write(path / SDE_CONFIG_NAME, json.dumps(_sde_to_config(self.sde), indent=2))
+        atomic_write(path / SDE_CONFIG_NAME, json.dumps(_sde_to_config(self.sde, self.mean_prior), indent=2))
         return path
 
     @classmethod
@@ -231,8 +299,12 @@ class ScoreModel(torch.nn.Module):
         if weights.exists() or weights.is_symlink():  # truncated, another kind of file, a link to a device: one line
             check_safetensors(weights, "weights file", "save the model again")
         unet = UNet2DModel.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False)
-        if sde is None and (path / SDE_CONFIG_NAME).is_file():
+        mean_prior = None
+        if (path / SDE_CONFIG_NAME).is_file():
             cfg = json.loads((path / SDE_CONFIG_NAME).read_text())
-            sde = get_sde(cfg["name"], beta_min=cfg["beta_min"], beta_max=cfg["beta_max"])
-        return cls(unet, sde)
+            if sde is None:
+                sde = get_sde(cfg["name"], beta_min=cfg["beta_min"], beta_max=cfg["beta_max"])
+            if "mean_prior" in cfg:
+                mean_prior = MeanPrior(tuple(cfg["mean_prior"]["mean"]), tuple(cfg["mean_prior"]["var"]))
+        return cls(unet, sde, mean_prior)
 

@@ -53,9 +53,15 @@ if TYPE_CHECKING:
 Split = Literal["train", "val", "test"]
 
 
-def _without_device(config) -> dict:
+def _without_device(config, channels: int | None = None) -> dict:
+    """A configuration's fields for a run key, without its device. A training configuration's ``mean_head``
+    enters only where it is on for ``channels`` (RGB by default), so grey models keep the keys they always had."""
     values = dataclasses.asdict(config)
     values.pop("device", None)
+    if "mean_head" in values:
+        values.pop("mean_head")
+        if channels is not None and config.uses_mean_head(channels):
+            values["mean_head"] = True
     return values
 
 
@@ -251,7 +257,7 @@ class Study:
             identity = (self.model.identity() if isinstance(self.model, DiffusersModel)
                         else model_identity(self.model.unet, sde=repr(self.model.sde)))
             return {**self.data_config, "external_model": identity}
-        config = {**self.data_config, "train": _without_device(self.train_config)}
+        config = {**self.data_config, "train": _without_device(self.train_config, self.channels)}
         if self.defence is not None:
             config["defence"] = self.defence_config()
         return config
@@ -263,7 +269,9 @@ class Study:
         if isinstance(self.defence, DPSGD):
             from safcore.defences.dpsgd import dp_train_config
 
-            return dp_train_config(self.profile.train, self.defence, self.n_dataset)
+            config = dp_train_config(self.profile.train, self.defence, self.n_dataset)
+            # the mean head's prior is a statistic of D_p that DP-SGD's accountant does not cover: off under DP
+            return dataclasses.replace(config, mean_head=False) if config.uses_mean_head(self.channels) else config
         return self.profile.train
 
     def defence_config(self) -> dict | None:
@@ -804,7 +812,7 @@ class Study:
         design = canary_lib.design_canaries(self.n_dataset, m, int(images.shape[-1]), seed=self.seed,
                                             radius=self.saf.radius, grey=self.saf.grey)
         config = {**{k: v for k, v in self.data_config.items() if k != "saf"}, "canaries": design.to_dict(),
-                  "train": _without_device(self.profile.train)}
+                  "train": _without_device(self.profile.train, self.channels)}
         self._train_on(design.training_set(images), config)
         n = self.profile.n_samples if n_samples is None else int(n_samples)
         sample_config = {"model": config, "step": self.profile.train.steps, "method": self.profile.sampler,

@@ -49,7 +49,7 @@ from safetensors.torch import load_file
 
 from safcore.data import check_image_size, to_model_range
 from safcore.device import bf16_autocast
-from safcore.models import UNET_PRESETS, ScoreModel, build_unet
+from safcore.models import MeanPrior, UNET_PRESETS, ScoreModel, build_unet
 from safcore.progress import progress_bar
 from safcore.runs import atomic_save_safetensors, remove_stale_temporaries
 from safcore.sde import SubVPSDE
@@ -117,6 +117,11 @@ class TrainConfig:
             optimizer and EMA stay fp32).
         seed: seeds the weight initialisation and the training generator.
         device: "auto" (CUDA when available, else CPU), "cpu" or "cuda".
+        mean_head: add the closed-form posterior mean of the noise's per-channel mean to the U-Net's ε̂
+            (:class:`safcore.models.MeanPrior`, its prior from the training images). ``None`` (default): on for
+            RGB data, where the U-Net alone lets whole samples drift to black or white (issue 21), off for grey,
+            whose committed models were trained without it; ``True`` / ``False`` force it. It enters the run key
+            only where it is on.
     """
 
     preset: str = "small"
@@ -132,6 +137,7 @@ class TrainConfig:
     bf16: bool = False
     seed: int = 0
     device: DeviceName = "auto"
+    mean_head: bool | None = None
 
     def __post_init__(self) -> None:
         def _int(name: str, low: int) -> int:
@@ -159,6 +165,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.eps = {self.eps!r}: must lie in (0, 1); score_sde uses 1e-5")
         if not isinstance(self.bf16, bool):
             raise ValueError(f"TrainConfig.bf16 = {self.bf16!r}: must be True or False")
+        if self.mean_head is not None and not isinstance(self.mean_head, bool):
+            raise ValueError(f"TrainConfig.mean_head = {self.mean_head!r}: must be None (on for RGB), True or False")
         if self.device not in _DEVICES:
             raise ValueError(f"TrainConfig.device = {self.device!r}: must be one of {_DEVICES}")
         keep = self.keep_steps
@@ -170,10 +178,16 @@ class TrainConfig:
         if len(set(keep)) != len(keep):
             raise ValueError(f"TrainConfig.keep_steps = {keep!r} contains duplicates")
 
+    def uses_mean_head(self, channels: int) -> bool:
+        """Whether a model of ``channels`` channels trained with this configuration gets the mean head."""
+        return channels == 3 if self.mean_head is None else self.mean_head
+
     def to_dict(self) -> dict:
-        """The configuration as JSON-able plain values."""
+        """The configuration as JSON-able plain values (``mean_head`` only when set: older keys are unchanged)."""
         out = dataclasses.asdict(self)
         out["keep_steps"] = list(self.keep_steps)
+        if self.mean_head is None:
+            out.pop("mean_head")
         return out
 
 
@@ -270,7 +284,8 @@ class Trainer:
         self.data = to_model_range(images_unit.detach().to(self.device, torch.float32))
         torch.manual_seed(config.seed)
         unet = build_unet(config.preset, channels=int(images_unit.shape[1]), image_size=int(images_unit.shape[-1]))
-        self.model = ScoreModel(unet, self.sde).to(self.device)
+        self.mean_prior = MeanPrior.from_images(self.data) if config.uses_mean_head(int(images_unit.shape[1])) else None
+        self.model = ScoreModel(unet, self.sde, self.mean_prior).to(self.device)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.param_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
@@ -445,7 +460,7 @@ class Trainer:
     def ema_model(self) -> ScoreModel:
         """A copy of the score model carrying the EMA weights, in eval mode."""
         unet = UNet2DModel.from_config(self.model.unet.config)
-        model = ScoreModel(unet, self.sde).to(self.device)
+        model = ScoreModel(unet, self.sde, self.mean_prior).to(self.device)
         names = dict(zip(self.param_names, self.ema.shadow_params))
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -499,6 +514,7 @@ class Trainer:
             "config": json.dumps(self.config.to_dict(), sort_keys=True),
             "data_fingerprint": self.data_fingerprint,
             "unet_config": json.dumps(dict(self.model.unet.config)),
+            **({"mean_prior": json.dumps(self.mean_prior.to_dict())} if self.mean_prior is not None else {}),
         }
 
     def save_kept(self, work_dir: Path) -> Path:
@@ -744,6 +760,8 @@ def load_kept(
         raise ValueError(f"{file} holds step {metadata['step']}, not the requested step {step}")
     unet = UNet2DModel.from_config(json.loads(metadata["unet_config"]))
     unet.load_state_dict(tensors, strict=True)
-    model = ScoreModel(unet, sde if sde is not None else SubVPSDE())
+    prior = json.loads(metadata["mean_prior"]) if "mean_prior" in metadata else None
+    prior = MeanPrior(tuple(prior["mean"]), tuple(prior["var"])) if prior is not None else None
+    model = ScoreModel(unet, sde if sde is not None else SubVPSDE(), prior)
     return model.to(resolve_device(device)).eval()
 

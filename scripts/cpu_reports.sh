@@ -17,7 +17,8 @@ pm() {
 }
 .venv/bin/python -m safcore demo --profile cpu --out reports/cpu/demo_breastmnist_ND16 --overwrite --no-progress
 pm 04_dataset_size -y "N_DS: [16, 64, 546]" -p N_SAMPLES 256
-pm 07_medmnist_table -p N_D 16
+.venv/bin/python -m safcore demo --dataset retinamnist --n-dataset 16 --profile cpu --out reports/cpu/demo_retinamnist_ND16 --overwrite --no-progress
+pm 07_medmnist_table -p N_D 16 -y "DATASETS: [breastmnist, pneumoniamnist, ../shared/data/extra/pneumonia_subset.npz, retinamnist]"
 pm 06_false_positives -p N_D 16
 pm 05_tprime -p N_D 16 -p N_D_LARGE 546
 pm 02_classifiers -p N_D 16

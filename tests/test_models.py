@@ -139,3 +139,52 @@ def test_28px_presets_are_unchanged_by_the_larger_sizes():
         assert tuple(unet.config.block_out_channels) == preset.block_out_channels
         assert unet.config.sample_size == 28 and len(unet.config.down_block_types) == 3
     assert _n_params(build_unet("tiny", 1)) == 71_033
+
+
+# ------------------------------------------------------------------------------------------ the mean head (issue 21)
+
+
+def test_mean_head_is_the_gaussian_posterior_mean_of_the_noise_channel_mean():
+    """Known answer by simulation: channel means m ~ N(μ, v), x_t = α m + σ z; regressing the noise's channel
+    mean z̄ on d = mean(x_t) gives the slope and intercept of E[z̄ | d], which mean_eps must reproduce."""
+    from safcore.models import MeanPrior
+    from safcore.sde import SubVPSDE
+
+    torch.manual_seed(0)
+    prior = MeanPrior(mean=(-0.2, -0.5, -0.7), var=(0.07, 0.03, 0.03))
+    model = ScoreModel(build_unet("tiny", 3), SubVPSDE(), prior)
+    n, pixels = 20_000, 28 * 28
+    for t in (0.2, 0.5, 1.0):
+        alpha, sigma = SubVPSDE().marginal_prob(torch.ones(1), torch.tensor([t]))
+        m = torch.tensor(prior.mean) + torch.randn(n, 3) * torch.tensor(prior.var).sqrt()
+        zbar = torch.randn(n, 3) / pixels**0.5
+        d = alpha * m + sigma * zbar
+        x = d[:, :, None, None].expand(n, 3, 28, 28)  # only the channel mean enters mean_eps
+        got = model.mean_eps(x, torch.full((n,), t))[:, :, 0, 0]
+        for c in range(3):
+            slope = torch.cov(torch.stack([d[:, c], zbar[:, c]]))[0, 1] / d[:, c].var()
+            fitted = zbar[:, c].mean() + slope * (d[:, c] - d[:, c].mean())
+            assert torch.allclose(got[:, c], fitted, atol=0.05 / pixels**0.5), (t, c)
+    # at t = 1 the image has all but vanished: the noise's channel mean is the input's
+    z = torch.randn(64, 3, 28, 28)
+    assert (model.mean_eps(z, torch.ones(64))[:, :, 0, 0] - z.mean((2, 3))).abs().max() < 5e-3
+
+
+def test_mean_head_survives_save_and_load_and_stays_out_of_the_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from safcore.models import MeanPrior
+
+    torch.manual_seed(0)
+    prior = MeanPrior.from_images(torch.rand(8, 3, 28, 28) * 2 - 1)
+    model = ScoreModel(build_unet("tiny", 3), mean_prior=prior)
+    model.save_pretrained(tmp_path / "m")
+    loaded = ScoreModel.from_pretrained(tmp_path / "m")
+    assert loaded.mean_prior == prior
+    x, t = torch.randn(2, 3, 28, 28), torch.tensor([0.3, 0.9])
+    with torch.no_grad():
+        assert torch.equal(model.eps(x, t), loaded.eps(x, t))
+        assert not torch.equal(model.eps(x, t), model.unet(x, t * 999).sample)
+    assert set(load_file(tmp_path / "m" / "diffusion_pytorch_model.safetensors")) == set(model.unet.state_dict())
+    with pytest.raises(ValueError, match="variances > 0"):
+        MeanPrior((0.0,), (0.0,))

@@ -197,3 +197,26 @@ def test_resume_refuses_another_configuration_or_data(tmp_path):
         train(images, dataclasses.replace(config, steps=2), tmp_path, progress=False)
     longer = train(images, dataclasses.replace(config, steps=4), tmp_path, progress=False)  # training on is allowed
     assert longer.resumed_from == 3 and longer.steps_done == 4
+
+
+def test_rgb_models_get_the_mean_head_grey_and_dp_models_do_not(tmp_path, data_root):
+    """RGB data trains ε̂ = U-Net + the channel-mean posterior (issue 21); grey keeps the plain U-Net (and the run
+    keys it always had); DP-SGD never gets it (its prior is a statistic of D_p outside the accountant)."""
+    from safcore.defences import DPSGD
+    from safcore.study import Study
+
+    config = TrainConfig(preset="tiny", steps=2, batch_size=4, checkpoint_every=2, keep_steps=(2,), device="cpu")
+    rgb = torch.rand(4, 3, 28, 28)
+    result = train(rgb, config, tmp_path / "rgb", progress=False)
+    assert result.model.mean_prior is not None and load_kept(tmp_path / "rgb", 2).mean_prior == result.model.mean_prior
+    expected = (rgb * 2 - 1).mean((2, 3)).mean(0)
+    assert torch.allclose(torch.tensor(result.model.mean_prior.mean, dtype=torch.float64), expected.double(), atol=1e-6)
+    assert train(rgb.mean(1, keepdim=True), config, tmp_path / "grey", progress=False).model.mean_prior is None
+    off = dataclasses.replace(config, mean_head=False)
+    assert train(rgb, off, tmp_path / "off", progress=False).model.mean_prior is None
+    assert "mean_head" not in config.to_dict() and off.to_dict()["mean_head"] is False
+    retina = Study("retinamnist", 8, profile="smoke", data_root=data_root, progress=False)
+    breast = Study("breastmnist", 8, profile="smoke", data_root=data_root, progress=False)
+    assert retina.model_config()["train"]["mean_head"] is True and "mean_head" not in breast.model_config()["train"]
+    private = Study("retinamnist", 8, profile="smoke", data_root=data_root, progress=False, defence=DPSGD(epsilon=1.0))
+    assert private.train_config.mean_head is False and "mean_head" not in private.model_config()["train"]
