@@ -209,7 +209,9 @@ class DDPTrainer(Trainer):
     def eps_hat(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """:meth:`Trainer.eps_hat` through the U-Net's DDP wrapper (so that backward all-reduces)."""
         t = torch.as_tensor(t, dtype=xt.dtype, device=xt.device)
-        return self.net(xt, t * TIME_LABEL_SCALE).sample
+        out = self.net(xt, t * TIME_LABEL_SCALE).sample
+        # the channel-mean head (safcore.models.MeanPrior) has no parameters: added outside the DDP wrapper
+        return out if self.model.mean_prior is None else out + self.model.mean_eps(xt, t).to(out.dtype)
 
     def step(self) -> float:
         """:meth:`Trainer.step`; the recorded loss is the mean of the ranks' losses (equal local batches)."""

@@ -201,7 +201,7 @@ def sample_images_from_unet(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n = {n!r} images: must be an integer ≥ 1")
     if isinstance(unet_or_path, ScoreModel):
-        model = unet_or_path if sde is None else ScoreModel(unet_or_path.unet, sde)
+        model = unet_or_path if sde is None else ScoreModel(unet_or_path.unet, sde, unet_or_path.mean_prior)
     elif isinstance(unet_or_path, UNet2DModel):
         model = ScoreModel(unet_or_path, sde)
     elif isinstance(unet_or_path, (str, os.PathLike)):
