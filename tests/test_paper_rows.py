@@ -13,8 +13,13 @@ def test_retinamnist_row_is_the_papers():
     assert PAPER_TAB2_SAMPLES / row.n_dataset == pytest.approx(row.expected_q, abs=0.05)  # E|q| = n / N_D
 
 
-def test_projection_scales_timed_steps_to_the_paper_profile():
-    p = projection("retinamnist", timed_steps=1, batch=2)
+@pytest.fixture(scope="module")
+def timed():
+    return projection("retinamnist", timed_steps=1, batch=2)  # the paper U-Net, built and timed once
+
+
+def test_projection_scales_timed_steps_to_the_paper_profile(timed):
+    p = timed
     from safcore.profiles import PAPER
 
     assert p.train_s == pytest.approx(p.train_step_s * PAPER.train.steps)
@@ -35,8 +40,11 @@ def test_row_beside_paper_prints_both_rows():
     assert "0.950 (3/16)" in text[2] and "reproduces" in text[2] and "99.0" in text[2]
 
 
-def test_tab2_command_without_a_gpu_says_how_long_and_stops(capsys):
+def test_tab2_command_without_a_gpu_says_how_long_and_stops(capsys, monkeypatch, timed):
+    from safcore import paper_rows
     from safcore.__main__ import main
+
+    monkeypatch.setattr(paper_rows, "projection", lambda *a, **k: timed)  # timed once above
 
     assert main(["tab2", "--dataset", "retinamnist", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
