@@ -233,8 +233,9 @@ def sample_quality(
         _check(training, "training")
         training_unlike = (int((distance(training) > threshold).sum()), len(training))
     n_fid = min(len(samples), len(fit_set), len(calibration))
-    fid_samples = fid(calibration, samples, extractor, n_per_side=n_fid, seed=seed).value
-    fid_control = fid(calibration, fit_set, extractor, n_per_side=n_fid, seed=seed).value
+    device = next(iter(extractor.parameters()), torch.empty(0)).device  # FID where the extractor is (a GPU stays one)
+    fid_samples = fid(calibration, samples, extractor, n_per_side=n_fid, seed=seed, device=device).value
+    fid_control = fid(calibration, fit_set, extractor, n_per_side=n_fid, seed=seed, device=device).value
     s, r = pixel_statistics(samples), pixel_statistics(reference)
     c = samples.shape[1]
 
