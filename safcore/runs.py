@@ -176,13 +176,23 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
+    with _replacing(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(payload)
+    return path
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """Yield a temporary file beside ``path`` (named by :func:`temporary_prefix`) for the caller to fill; then
+    fsync it, rename it over ``path`` and fsync the folder. On an error the temporary file is removed and the
+    error names ``path`` (:func:`writing`)."""
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name), suffix=".tmp")
+        os.close(fd)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
+            yield tmp
+            with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
@@ -190,7 +200,6 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
                 os.unlink(tmp)
             raise
     _fsync_folder(path.parent)
-    return path
 
 
 def atomic_save_safetensors(
@@ -202,24 +211,9 @@ def atomic_save_safetensors(
     into place, folder fsynced; a crash leaves the old file or the new one, never a half-written one.
     """
     path = Path(path)
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name), suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(
-                {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-                tmp,
-                metadata=dict(metadata) if metadata else None,
-            )
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-    _fsync_folder(path.parent)
+    with _replacing(path) as tmp:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp,
+                  metadata=dict(metadata) if metadata else None)
     return path
 
 
