@@ -27,8 +27,9 @@ DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cud
 import pandas as pd
 import torch
 
-from safcore import paths, plotting
-from safcore.runs import atomic_write, write_manifest
+from safcore.runtime import paths
+from safcore.study import plotting
+from safcore.runtime.runs import atomic_write, write_manifest
 from safcore.study import Study
 
 
@@ -91,7 +92,7 @@ for name, audit in audits.items():
 # At the cpu profile every model's samples must pass the quality gate (they look like the data) and copy
 # training images far more often than held-out images pass the rule; the grey models are copy machines
 # (most samples copies, `x_p` among them, `t' > 0`). The RGB RetinaMNIST row (cpu run) needs the U-Net's
-# channel-mean head (`safcore.models.MeanPrior`): without it its samples drift to black or white.
+# channel-mean head (`safcore.generators.score_model.MeanPrior`): without it its samples drift to black or white.
 
 # %%
 assert (table["saf_accuracy"] >= 0.75).all() and (table["id_accuracy"] >= 0.9).all(), table

@@ -41,8 +41,8 @@ import pandas as pd
 import torch
 
 from safcore.defences import CADP, DPSGD
-from safcore.profiles import get_profile
-from safcore.runs import config_key
+from safcore.study.profiles import get_profile
+from safcore.runtime.runs import config_key
 from safcore.study import Study
 
 base = get_profile(PROFILE)

@@ -1,4 +1,4 @@
-"""safcore.canaries: the m-canary design, the guesses, and Steinke et al.'s one-run ε lower bound."""
+"""safcore.measures.canaries: the m-canary design, the guesses, and Steinke et al.'s one-run ε lower bound."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 import torch
 from scipy.stats import binom
 
-from safcore import canaries, peers
-from safcore.known_answer import PointMixtureScore
-from safcore.sde import VPSDE
+from safcore.measures import canaries
+from safcore.measures import peers
+from safcore.generators.known_answer import PointMixtureScore
+from safcore.generators.sde import VPSDE
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import safcore.train as train_module
-from safcore.runs import (
+import safcore.generators.train as train_module
+from safcore.runtime.runs import (
     CorruptRunError,
     RunStore,
     atomic_save_safetensors,
@@ -29,8 +29,8 @@ from safcore.runs import (
     temporary_owner,
     temporary_prefix,
 )
-from safcore.sde import VPSDE, SubVPSDE
-from safcore.train import (
+from safcore.generators.sde import VPSDE, SubVPSDE
+from safcore.generators.train import (
     CheckpointError,
     CheckpointFallbackWarning,
     TrainConfig,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from safcore import metrics
-from safcore.metrics import DomainExtractorConfig, FIDResult, InceptionUnavailableError
+from safcore.measures import metrics
+from safcore.measures.metrics import DomainExtractorConfig, FIDResult, InceptionUnavailableError
 
 TINY = DomainExtractorConfig(widths=(4, 8), epochs=2, batch_size=16, max_steps=8, seed=0)
 

@@ -1,4 +1,4 @@
-"""safcore.peers on models whose answers are known: membership inference, ROC numbers, extraction, Dar, Gu."""
+"""safcore.measures.peers on models whose answers are known: membership inference, ROC numbers, extraction, Dar, Gu."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from safcore import peers
-from safcore.known_answer import PointMassDenoiser, PointMixtureScore
-from safcore.sde import VPSDE, GaussianDataScore, SubVPSDE
+from safcore.measures import peers
+from safcore.generators.known_answer import PointMassDenoiser, PointMixtureScore
+from safcore.generators.sde import VPSDE, GaussianDataScore, SubVPSDE
 
 ATTACKS = (peers.loss_attack, peers.secmi_t_error, peers.pia_error)
 
@@ -164,7 +164,7 @@ def test_reference_times_match_the_reference_noise_to_signal_ratio(sde):
 def test_diffusers_reference_schedule_gets_the_reference_steps():
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from safcore.schedulers import DiffusersModel
+    from safcore.generators.diffusers_model import DiffusersModel
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
@@ -218,7 +218,7 @@ def test_attacks_use_the_same_seeded_draws():
 def test_diffusers_model_exact_denoiser(prediction_type):
     from diffusers import DDPMScheduler
 
-    from safcore.schedulers import DiffusersModel
+    from safcore.generators.diffusers_model import DiffusersModel
 
     g = torch.Generator().manual_seed(0)
     target, other = torch.rand(2, 1, 8, 8, generator=g)
@@ -418,7 +418,7 @@ def test_gu_ratio_known_answers():
 
 
 def test_attacks_run_on_a_score_model():
-    from safcore.models import ScoreModel, build_unet
+    from safcore.generators.score_model import ScoreModel, build_unet
 
     torch.manual_seed(0)
     model = ScoreModel(build_unet("tiny", 1, 28)).eval()

@@ -1,0 +1,924 @@
+"""One audit end to end — data → SAF → score model → classifiers → samples → audit → t' — with reuse.
+
+A :class:`Study` names one experiment (dataset, ``N_D``, seed, SAF, profile). Each stage is computed
+on first use and kept in the run store (:class:`safcore.runtime.runs.RunStore`) under a key made from every
+setting it depends on, so notebooks and the command line share trained models instead of training
+again, and a changed setting never reuses a stale result.
+
+>>> study = Study("breastmnist", n_dataset=32, profile="cpu")
+>>> study.audit()          # trains the score model and both classifiers on first use
+>>> study.probe()          # Algorithm 1, t'
+
+A model trained elsewhere (a diffusers pipeline with its DDPM/DDIM scheduler, or any model folder
+:func:`safcore.generators.diffusers_model.load_model` reads) is audited on the fingerprint folder it was trained on:
+
+>>> study = Study.from_fingerprint("fp/", model="my_ddpm_pipeline/", profile="cpu")
+>>> study.audit(); study.probe()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from safetensors.torch import load_file
+
+from safcore.data import datasets as data_lib
+from safcore.runtime import paths
+from safcore.audit.sample_audit import AuditResult, audit
+from safcore.measures import control as control_lib
+from safcore.adversary.classifiers import Classifier, id_accuracy, saf_accuracy, train_id_classifier, train_saf_classifier
+from safcore.defences import CADP, DPSGD, check_defence
+from safcore.runtime.device import resolve_device
+from safcore.data.fingerprint import PrivateDataset, SAFConfig, make_private_dataset
+from safcore.generators.score_model import ScoreModel
+from safcore.probe.core import ProbeConfig, ProbeResult, find_t_prime
+from safcore.study.profiles import Profile, get_profile
+from safcore.measures.quality import SampleQuality
+from safcore.runtime.runs import RunStore, atomic_save_safetensors, atomic_write, file_sha256, write_manifest
+from safcore.generators.sampling import sample
+from safcore.generators.diffusers_model import DiffusersModel, load_model, model_identity
+from safcore.generators.train import TrainResult, load_kept, train
+
+if TYPE_CHECKING:
+    from safcore.data.fingerprint_io import Fingerprint
+    from safcore.measures.metrics import FIDResult
+
+Split = Literal["train", "val", "test"]
+
+
+def _without_device(config, channels: int | None = None) -> dict:
+    """A configuration's fields for a run key, without its device. A training configuration's ``mean_head``
+    enters only where it is on for ``channels`` (RGB by default), so grey models keep the keys they always had."""
+    values = dataclasses.asdict(config)
+    values.pop("device", None)
+    if "mean_head" in values:
+        values.pop("mean_head")
+        if channels is not None and config.uses_mean_head(channels):
+            values["mean_head"] = True
+    return values
+
+
+class Study:
+    """One experiment of the paper, computed lazily and cached in the run store.
+
+    Args:
+        dataset: a 2D MedMNIST flag, the path of a MedMNIST-layout ``.npz``, or one already loaded
+            (:class:`safcore.data.datasets.MedMNISTData`, e.g. shared by the cells of a sweep).
+        n_dataset: ``N_D``, drawn from the train split with ``seed``; ``None`` → the profile's.
+        profile: ``"smoke"``, ``"cpu"``, ``"paper"`` or a :class:`~safcore.study.profiles.Profile`.
+        seed: draws the subset, ``x_i`` and the SAF's place (the models' own seeds are in the profile).
+        saf: the fingerprint's look.
+        data_root: where the flags' files are (see :func:`safcore.data.datasets.load_dataset`).
+        store: the run store (default ``safcore.runtime.paths.runs_dir()``).
+        progress: progress bars.
+        model: the model under audit when it was trained elsewhere — a :class:`ScoreModel`, a
+            :class:`~safcore.generators.diffusers_model.DiffusersModel` or a folder / Hub id for
+            :func:`~safcore.generators.diffusers_model.load_model`; ``None`` → safcore trains its sub-VP model (the profile's).
+        sample_steps: a diffusers model's inference steps for audit samples and for a full probe
+            trajectory (``None``: the profile's ``sample_steps`` / ``probe.steps_full``, at most the
+            scheduler's ``num_train_timesteps``).
+        defence: ``None``, :class:`safcore.defences.CADP` (the score model is trained on privatized
+            images) or :class:`safcore.defences.DPSGD` (trained with DP-SGD). It is part of the key of the
+            score model and of everything drawn from it; ``c_p`` and ``c_id`` stay the attacker's.
+        device: where every stage runs — training, the score model, ``c_p`` / ``c_id``, sampling, the probe,
+            FID features, CADP's INN and the utility classifier: ``"auto"`` (CUDA when visible), ``"cpu"``,
+            ``"cuda"`` or ``"cuda:N"`` (:func:`safcore.runtime.device.resolve_device`). Not part of any run key: a
+            model trained on a GPU is reused on the CPU and the other way round.
+    """
+
+    def __init__(
+        self,
+        dataset: str | os.PathLike | data_lib.MedMNISTData = "breastmnist",
+        n_dataset: int | None = None,
+        *,
+        profile: str | Profile = "smoke",
+        seed: int = 0,
+        saf: SAFConfig = SAFConfig(),
+        data_root: str | os.PathLike | None = None,
+        store: RunStore | None = None,
+        progress: bool = True,
+        model: ScoreModel | DiffusersModel | str | os.PathLike | None = None,
+        sample_steps: int | None = None,
+        defence: CADP | DPSGD | None = None,
+        device: str | torch.device = "auto",
+    ) -> None:
+        self.dataset = dataset
+        self.device = resolve_device(device)
+        self.defence = check_defence(defence)
+        if self.defence is not None and model is not None:
+            raise ValueError("defence= applies to the model this study trains; a model trained elsewhere (model=) is "
+                             "audited as it is")
+        self.profile = get_profile(profile)
+        self.n_dataset = self.profile.n_dataset if n_dataset is None else n_dataset
+        self.seed = data_lib.check_seed(seed)
+        self.saf = saf
+        self.data_root = data_root
+        self.progress = progress
+        # Before any work or folder: N_D must fit the train split, and a user's .npz must be readable and of a
+        # supported size (28, 64 or 128 px; load_npz checks it while counting the split).
+        data_lib.check_n_dataset(dataset, self.n_dataset)
+        self.store = store or RunStore()
+        self.fingerprint: Fingerprint | None = None
+        if isinstance(model, (str, os.PathLike)):
+            model = load_model(model)
+        if model is not None and not isinstance(model, (ScoreModel, DiffusersModel)):
+            raise ValueError(f"model is a {type(model).__name__}; allowed: a ScoreModel, a DiffusersModel, a model folder "
+                             "or a Hub id")
+        self.model = model.to(self.device).eval() if model is not None else None
+        if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(sample_steps, int) or sample_steps < 1):
+            raise ValueError(f"sample_steps = {sample_steps!r}; allowed: an integer ≥ 1")
+        self.sample_steps = sample_steps
+        if (sample_steps is not None and isinstance(self.model, DiffusersModel)
+                and sample_steps > self.model.num_train_timesteps):
+            raise ValueError(f"sample_steps = {sample_steps} exceeds the model's T = {self.model.num_train_timesteps} "
+                             f"training timesteps; allowed: 1 … {self.model.num_train_timesteps}")
+        if self.model is not None and self.model.channels != self.channels:
+            raise ValueError(f"the model under audit has {self.model.channels} input channel(s); the data it is audited on "
+                             f"has {self.channels} (profile {self.profile.name!r})")
+
+    @classmethod
+    def from_fingerprint(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        model: ScoreModel | DiffusersModel | str | os.PathLike | None = None,
+        profile: str | Profile = "smoke",
+        data_root: str | os.PathLike | None = None,
+        store: RunStore | None = None,
+        progress: bool = True,
+        sample_steps: int | None = None,
+        device: str | torch.device = "auto",
+    ) -> Study:
+        """The study of a fingerprint folder (``safcore fingerprint``): ``D_p`` exactly as the trainer read it.
+
+        The source dataset the folder names (flag or ``.npz`` path, checked by sha256) gives ``c_p``'s
+        real training images and ``x_p``'s clean original; the profile's channels become the folder's.
+
+        Raises:
+            ValueError: not a fingerprint folder, a source that is missing or changed, or a folder whose
+                ``D_p`` is not the one its records regenerate from the source.
+        """
+        from safcore.data.fingerprint_io import read_fingerprint
+
+        fp = read_fingerprint(folder)
+        base = get_profile(profile)
+        study = cls(fp.dataset, fp.n_dataset, profile=dataclasses.replace(base, channels=fp.channels), seed=fp.seed,
+                    saf=fp.saf, data_root=data_root, store=store, progress=progress, model=model,
+                    sample_steps=sample_steps, device=device)
+        study.fingerprint = fp
+        if study.model is not None:
+            study._check_model_size(fp.image_size)
+        return study
+
+    @property
+    def channels(self) -> int:
+        """Channels of the images every model of this study sees: the profile's ``channels``, or the data's
+        own (grey 1, RGB 3) when the profile follows the data (``None``, the smoke and cpu profiles)."""
+        return self.profile.channels if self.profile.channels is not None else self.data.n_channels
+
+    @property
+    def image_size(self) -> int:
+        """Side of the study's square images in px (28, 64 or 128): the data's."""
+        return self.data.image_size
+
+    @property
+    def is_external(self) -> bool:
+        """Whether the model under audit was trained elsewhere (``model=``), not by this study."""
+        return self.model is not None
+
+    def __repr__(self) -> str:
+        defence = f", defence={self.defence.label()!r}" if self.defence is not None else ""
+        return f"Study({self.data.name!r}, N_D={self.n_dataset}, profile={self.profile.name!r}, seed={self.seed}{defence})"
+
+    # ------------------------------------------------------------------ data and the SAF
+    @functools.cached_property
+    def data(self) -> data_lib.MedMNISTData:
+        if isinstance(self.dataset, data_lib.MedMNISTData):
+            return self.dataset
+        return data_lib.load_dataset(self.dataset, root=self.data_root)
+
+    @functools.cached_property
+    def private(self) -> PrivateDataset:
+        """``D_p``: ``N_D`` seeded training images with ``x_p`` in place of ``x_i``.
+
+        From a fingerprint folder: its uint8 images (what the trainer read), after checking that the
+        source regenerates them."""
+        data_lib.check_n_dataset(self.data, self.n_dataset)
+        clean, _ = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+        images = data_lib.to_unit_tensor(clean, channels=self.channels)
+        private = make_private_dataset(images, seed=self.seed, config=self.saf)
+        if self.fingerprint is None:
+            return private
+        from safcore.data.fingerprint_io import private_dataset
+
+        fp = self.fingerprint
+        if file_sha256(self.data.source) != fp.source_sha256:
+            raise ValueError(f"the source {str(self.data.source)!r} differs from the one fingerprint folder "
+                             f"{str(fp.folder)!r} was made from (sha256); give the original data")
+        regenerated = (private.images * 255).round()
+        if private.index != fp.index or not torch.equal(regenerated, (fp.images * 255).round()):
+            raise ValueError(f"fingerprint folder {str(fp.folder)!r}: its D_p is not the one its records regenerate "
+                             "from the source; write it again with safcore fingerprint")
+        return private_dataset(fp, private.x_i)
+
+    def images(self, split: Split) -> torch.Tensor:
+        """All images of ``split`` as unit-range tensors ``(N, C, S, S)`` with the study's :attr:`channels`."""
+        return data_lib.to_unit_tensor(self.data.split(split), channels=self.channels)
+
+    @functools.cached_property
+    def data_config(self) -> dict:
+        """What the private dataset depends on (the data file's content, not its location).
+
+        ``channels`` is the number the models see (:attr:`channels`, resolved), so a grey dataset keeps the
+        key it had when profiles fixed 1 channel, and grey repeated to 3 channels (paper profile) is another
+        run. The image size needs no entry of its own: ``data_sha256`` pins the file and with it the size."""
+        return {
+            "dataset": self.data.name,
+            "data_sha256": file_sha256(self.data.source)[:16],
+            "n_dataset": self.n_dataset,
+            "seed": self.seed,
+            "saf": self.private.parameters(),
+            "channels": self.channels,
+            **({"fingerprint_dp_sha256": self.fingerprint.meta["dp_sha256"][:16]} if self.fingerprint else {}),
+        }
+
+    # ------------------------------------------------------------------ the score model
+    def model_config(self) -> dict:
+        """What the model under audit depends on: ``D_p``, the training settings and the defence, or an
+        external model's hashes. Without a defence the key is the one it always was (stored models are reused)."""
+        if self.model is not None:
+            identity = (self.model.identity() if isinstance(self.model, DiffusersModel)
+                        else model_identity(self.model.unet, sde=repr(self.model.sde)))
+            return {**self.data_config, "external_model": identity}
+        config = {**self.data_config, "train": _without_device(self.train_config, self.channels)}
+        if self.defence is not None:
+            config["defence"] = self.defence_config()
+        return config
+
+    @property
+    def train_config(self):
+        """The score model's training settings: the profile's, or DP-SGD's version of them
+        (:func:`safcore.defences.dpsgd.dp_train_config`: expected batch ≤ N_D, fp32, no global clipping)."""
+        if isinstance(self.defence, DPSGD):
+            from safcore.defences.dpsgd import dp_train_config
+
+            config = dp_train_config(self.profile.train, self.defence, self.n_dataset)
+            # the mean head's prior is a statistic of D_p that DP-SGD's accountant does not cover: off under DP
+            return dataclasses.replace(config, mean_head=False) if config.uses_mean_head(self.channels) else config
+        return self.profile.train
+
+    def defence_config(self) -> dict | None:
+        """The defence's settings as they enter the run keys (CADP's INN and DP-SGD's δ resolved)."""
+        if isinstance(self.defence, CADP):
+            return self.defence.to_dict(self.defence.inn or self.profile.inn)
+        if isinstance(self.defence, DPSGD):
+            return self.defence.to_dict(self.n_dataset)
+        return None
+
+    def training_images(self) -> torch.Tensor:
+        """What the score model is trained on: ``D_p``, or its CADP-privatized version."""
+        if isinstance(self.defence, CADP):
+            return self.privatized().images
+        return self.private.images
+
+    def _train(self) -> TrainResult | None:
+        if self.model is not None:
+            raise ValueError("this study audits a model trained elsewhere (model=); it trains nothing")
+        make_trainer = None
+        if isinstance(self.defence, DPSGD):
+            from safcore.defences.dpsgd import DPTrainer
+
+            make_trainer = functools.partial(DPTrainer, dp=self.defence)
+        return self._train_on(self.training_images(), self.model_config(), train_config=self.train_config,
+                              make_trainer=make_trainer)
+
+    def _train_on(self, images: torch.Tensor, config: dict, *, train_config=None, make_trainer=None) -> TrainResult | None:
+        """Train the profile's score model (or ``train_config``) on ``images`` into the run ``("score_model",
+        config)`` unless it exists; ``make_trainer``: see :func:`safcore.generators.train.train`."""
+        from safcore.study import distributed
+
+        train_config = self.profile.train if train_config is None else train_config
+        if distributed.process_accelerator() is not None:
+            return self._train_on_ranks(images, config, train_config, make_trainer)
+        if self.store.find("score_model", config) is not None:
+            return None
+        # one process trains a key at a time (others wait here, then reuse its run); the holder alone
+        # uses the key's resume folder, so a crashed training resumes and two never mix checkpoints
+        with self.store.lock("score_model", config):
+            if self.store.find("score_model", config) is not None:
+                return None
+            work_dir = self.store.scratch_dir("score_model", config)
+            train_config = dataclasses.replace(train_config, device=self.device.type)
+            with self._on_device():
+                result = train(images, train_config, work_dir, progress=self.progress, make_trainer=make_trainer)
+            self._publish_training(config, train_config, result, processes=1)
+        return result
+
+    def _publish_training(self, config: dict, train_config, result: TrainResult, *, processes: int) -> None:
+        """Write a finished training into the run ``("score_model", config)`` (the caller holds its lock)."""
+        extra = {"seconds_per_step": result.seconds_per_step, "processes": processes, **result.record}
+        with self.store.create("score_model", config, seed=train_config.seed, extra=extra) as tmp:
+            result.model.save_pretrained(tmp / "model")
+            (tmp / "kept").mkdir()
+            for path in result.kept.values():
+                shutil.copy2(path, tmp / "kept" / path.name)
+            atomic_write(tmp / "losses.json", json.dumps(list(result.losses)))
+            if result.record:
+                atomic_write(tmp / "training_record.json", json.dumps(result.record, indent=2))
+
+    def _train_on_ranks(self, images: torch.Tensor, config: dict, train_config, make_trainer) -> TrainResult | None:
+        """:meth:`_train_on` under ``accelerate launch`` (every rank calls it): DDP training
+        (:func:`safcore.study.distributed.train_distributed`) in the key's resume folder.
+
+        The main process takes the key's lock (a training by another job is waited for and reused), tells the
+        others whether to train and where; every rank trains its share of each global batch; the main process
+        writes checkpoints, the kept EMA weights and the run (its manifest records the number of processes:
+        each rank's data stream depends on it, so another number of processes trains another, equally valid
+        model, and resumes only with the same one)."""
+        import contextlib
+
+        from safcore.study import distributed
+
+        if make_trainer is not None:
+            raise ValueError("DP-SGD training under accelerate launch is not built (Opacus needs its DPDDP wrapper "
+                             "and a per-rank accountant); run a DP-SGD study as one process")
+        accelerator = distributed.process_accelerator()
+        with contextlib.ExitStack() as held:
+            work_dir = None
+            if accelerator.is_main_process:
+                held.enter_context(self.store.lock("score_model", config))
+                if self.store.find("score_model", config) is None:
+                    work_dir = str(self.store.scratch_dir("score_model", config))
+            work_dir = distributed.broadcast_from_main(work_dir)
+            if work_dir is None:  # published (by this group earlier, or by another job)
+                return None
+            train_config = dataclasses.replace(train_config, device=self.device.type)
+            with self._on_device():
+                result, _ = distributed.train_distributed(images, train_config, work_dir, accelerator=accelerator,
+                                                          progress=self.progress)
+            if accelerator.is_main_process:
+                self._publish_training(config, train_config, result, processes=accelerator.num_processes)
+        accelerator.wait_for_everyone()
+        return result
+
+    def _on_device(self):
+        """Make this study's CUDA device the current one while a stage that says only "cuda" runs."""
+        import contextlib
+
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def tensors(self) -> dict[str, list[torch.Tensor]]:
+        """The parameters and buffers of every model this study has loaded so far, by name (for checking
+        where they live; loading happens on first use, so call the stages first)."""
+        found: dict[str, list[torch.Tensor]] = {}
+        for name in ("score_model", "c_p", "c_id"):
+            model = self.__dict__.get(name)
+            if model is None:
+                continue
+            module = model.model if isinstance(model, Classifier) else model
+            if isinstance(module, DiffusersModel):
+                module = module.unet
+            found[name] = [*module.parameters(), *module.buffers()]
+        return found
+
+    # ------------------------------------------------------------------ defences (issue 13)
+    def _labels(self) -> torch.Tensor:
+        """Condition vectors of ``D_p``'s images (one-hot class, or multi-hot labels): ``x_p`` has ``x_i``'s label."""
+        from safcore.defences.cadp import one_hot
+
+        _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+        task, n = data_lib.label_task(self.data)
+        return one_hot(self.data.labels("train")[chosen], n, task)
+
+    def cadp_inn(self):
+        """CADP's conditional INN, trained by maximum likelihood on the train split **without** ``D_p``'s images
+        (public/other data: it never saw ``x_p``, ``x_i`` or any image of ``D_p``); kept in the run store.
+
+        Returns:
+            ``(ConditionalINN, record)``; ``record`` has the final NLL, the training time and ``n_images``."""
+        import numpy as np
+
+        from safcore.defences.cadp import ConditionalINN, one_hot, train_inn
+
+        if not isinstance(self.defence, CADP):
+            raise ValueError("cadp_inn() belongs to a study with defence=CADP(...)")
+        inn_config = self.defence.inn or self.profile.inn
+        task, n_classes = data_lib.label_task(self.data)
+        config = {"dataset": self.data.name, "data_sha256": self.data_config["data_sha256"], "channels": self.channels,
+                  "without_dp_of": {"n_dataset": self.n_dataset, "seed": self.seed}, "task": task,
+                  "inn": dataclasses.asdict(inn_config)}
+
+        def make(tmp: Path) -> dict:
+            _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+            others = np.setdiff1d(np.arange(len(self.data.split("train"))), chosen)
+            if len(others) == 0:
+                raise ValueError(f"N_D = {self.n_dataset} is the whole train split of {self.data.name}: no other image "
+                                 "is left to train CADP's INN on")
+            images = self.images("train")[torch.as_tensor(others, dtype=torch.long)]
+            labels = one_hot(self.data.labels("train")[others], n_classes, task)
+            inn, record = train_inn(images, labels, inn_config, progress=self.progress, device=self.device)
+            inn.save(tmp / "inn")
+            atomic_write(tmp / "record.json", json.dumps(record, indent=2))
+            return record
+
+        run = self.store.get_or_create("cadp_inn", config, make, seed=inn_config.seed)
+        return ConditionalINN.load(run.path / "inn").to(self.device), json.loads(run.file("record.json").read_text())
+
+    def privatized(self):
+        """CADP applied to every image of ``D_p`` (``x_p`` with its SAF included), kept in the run store.
+
+        Returns:
+            :class:`safcore.defences.cadp.Privatized`: images ``(N_D, C, S, S)`` in [0, 1] (``x_p`` at
+            :attr:`private.index`), which latents were clipped, C and the noise scale."""
+        from safcore.defences.cadp import Privatized, privatize
+
+        if not isinstance(self.defence, CADP):
+            raise ValueError("privatized() belongs to a study with defence=CADP(...)")
+        config = {**self.data_config, "defence": self.defence_config()}
+
+        def make(tmp: Path) -> dict:
+            inn, _ = self.cadp_inn()
+            generator = torch.Generator().manual_seed(self.defence.seed)
+            result = privatize(inn, self.private.images.to(self.device), self._labels().to(self.device), self.defence,
+                               generator=generator)
+            atomic_save_safetensors({"images": result.images.contiguous(), "clipped": result.clipped},
+                                    tmp / "privatized.safetensors")
+            record = {"bound": result.bound, "scale": result.scale, "clipped": int(result.clipped.sum())}
+            atomic_write(tmp / "privatized.json", json.dumps(record))
+            return record
+
+        run = self.store.get_or_create("cadp_images", config, make, seed=self.defence.seed)
+        tensors = load_file(run.file("privatized.safetensors"))
+        record = json.loads(run.file("privatized.json").read_text())
+        return Privatized(tensors["images"], tensors["clipped"], record["bound"], record["scale"])
+
+    def training_record(self) -> dict:
+        """What the training reported beyond its losses: DP-SGD's ε spent, δ, noise multiplier, sampling
+        rate (empty for plain training)."""
+        if self.model is not None:
+            return {}
+        self.score_model  # noqa: B018
+        run = self.store.find("score_model", self.model_config())
+        file = run.path / "training_record.json"
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    def utility_reference(self) -> torch.nn.Module:
+        """The classifier trained on the real ``D_p`` with its labels (:mod:`safcore.measures.utility`'s "train on real"):
+        the reference every defence's utility is compared with, and the labeller of a model's samples.
+        It depends on ``D_p`` alone (not on the defence or the model), so it is trained once per ``D_p`` and
+        kept in the run store. Returned in eval mode on the study's device."""
+        from safetensors import safe_open
+
+        from safcore.measures import utility as utility_lib
+        from safcore.measures.metrics import DomainClassifier
+
+        task, n_outputs = data_lib.label_task(self.data)
+        config = {**self.data_config, "task": task, "n_outputs": n_outputs,
+                  "classifier": dataclasses.asdict(utility_lib.UTILITY_CLASSIFIER), "version": 1}
+
+        def make(tmp: Path) -> None:
+            _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+            classifier = utility_lib.train_label_classifier(self.private.images, self.data.labels("train")[chosen],
+                                                            task=task, n_outputs=n_outputs, device=self.device)
+            metadata = {"in_channels": str(self.channels), "image_size": str(self.image_size)}
+            atomic_save_safetensors({k: v.contiguous() for k, v in classifier.state_dict().items()},
+                                    tmp / "classifier.safetensors", metadata)
+
+        run = self.store.get_or_create("utility_reference", config, make, seed=utility_lib.UTILITY_CLASSIFIER.seed)
+        with safe_open(str(run.file("classifier.safetensors")), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        classifier = DomainClassifier(int(meta["in_channels"]), n_outputs, utility_lib.UTILITY_CLASSIFIER.widths,
+                                      image_size=int(meta["image_size"]))
+        classifier.load_state_dict(load_file(run.file("classifier.safetensors")))
+        return classifier.to(self.device).eval()
+
+    def utility(self, n: int | None = None) -> dict[str, float]:
+        """Downstream utility (:mod:`safcore.measures.utility`): balanced test accuracy of a classifier trained on the real
+        ``D_p`` (``"real"``, :meth:`utility_reference`, trained once per ``D_p``), on ``n`` samples of the model
+        labelled by that classifier (``"samples"``) and, under CADP, on the privatized ``D_p`` with its labels
+        (``"privatized"``); kept in the run store."""
+        from safcore.measures import utility as utility_lib
+
+        samples = self.samples(n)
+        config = {"model": self.model_config(), "n": int(samples.shape[0]),
+                  "classifier": dataclasses.asdict(utility_lib.UTILITY_CLASSIFIER), "version": 1}
+
+        def make(tmp: Path) -> dict:
+            task, n_outputs = data_lib.label_task(self.data)
+            _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+            labels = self.data.labels("train")[chosen]
+            test, test_labels = self.images("test"), self.data.labels("test")
+
+            def fit(images, y):
+                return utility_lib.train_label_classifier(images, y, task=task, n_outputs=n_outputs, device=self.device)
+
+            real = self.utility_reference().cpu()
+            result = {"real": utility_lib.score(real, test, test_labels, task=task)}
+            pseudo = utility_lib.predict_labels(real, samples, task=task)
+            result["samples"] = utility_lib.score(fit(samples, pseudo), test, test_labels, task=task)
+            if isinstance(self.defence, CADP):
+                result["privatized"] = utility_lib.score(fit(self.privatized().images, labels), test, test_labels,
+                                                         task=task)
+            result["chance"] = 1.0 / n_outputs if task == "multi-class" else float("nan")
+            atomic_write(tmp / "utility.json", json.dumps(result, indent=2))
+            return result
+
+        run = self.store.get_or_create("utility", config, make, seed=self.seed)
+        return json.loads(run.file("utility.json").read_text())
+
+    @functools.cached_property
+    def score_model(self) -> ScoreModel | DiffusersModel:
+        """The model under audit: ``model=`` when given, else the EMA score model after the profile's
+        training steps (trained once, then reused)."""
+        if self.model is not None:
+            self._check_model_size()
+            return self.model
+        self._train()
+        run = self.store.find("score_model", self.model_config())
+        return ScoreModel.from_pretrained(run.path / "model").to(self.device).eval()
+
+    def _check_model_size(self, size: int | None = None) -> None:
+        size = int(self.private.images.shape[-1]) if size is None else int(size)
+        model_size = self.model.image_size
+        if model_size != size:
+            raise ValueError(f"the model under audit makes {model_size}×{model_size} px images; D_p's are {size}×{size}")
+
+    @property
+    def losses(self) -> list[float]:
+        """The training loss of every step."""
+        if self.model is not None:
+            raise ValueError("the model under audit was trained elsewhere; safcore has no record of its losses")
+        self.score_model  # noqa: B018 — make sure it exists
+        run = self.store.find("score_model", self.model_config())
+        return json.loads(run.file("losses.json").read_text())
+
+    def model_at(self, step: int) -> ScoreModel:
+        """The EMA score model kept at training ``step`` (one of the profile's ``keep_steps``)."""
+        if step == self.profile.train.steps or (self.model is not None and step is None):
+            return self.score_model
+        if self.model is not None:
+            raise ValueError(f"step = {step!r}: a model trained elsewhere is audited as given (step=None)")
+        self.score_model  # noqa: B018
+        run = self.store.find("score_model", self.model_config())
+        file = run.path / "kept" / f"ema_step{step:06d}.safetensors"
+        if not file.is_file():
+            raise ValueError(f"training step {step} was not kept; kept steps: {list(self.profile.train.keep_steps)}")
+        return load_kept(file, step).to(self.device).eval()
+
+    # ------------------------------------------------------------------ the adversary
+    def classifier_config(self, kind: Literal["c_p", "c_id"]) -> dict:
+        """What a classifier depends on. ``c_p`` knows only the SAF's look and the dataset, so one
+        ``c_p`` serves every ``N_D`` and seed; ``c_id`` is trained on this ``D_p``."""
+        classifier = _without_device(self.profile.classifier_for(kind))
+        if kind == "c_p":
+            saf = {"radius": self.private.radius, "grey": self.private.grey}
+            return {"dataset": self.data.name, "data_sha256": self.data_config["data_sha256"], "saf": saf,
+                    "channels": self.channels, "kind": kind, "classifier": classifier}
+        return {**self.data_config, "kind": kind, "classifier": classifier}
+
+    def _classifier(self, kind: Literal["c_p", "c_id"]) -> Classifier:
+        config = self.classifier_config(kind)
+        settings = dataclasses.replace(self.profile.classifier_for(kind), device=str(self.device))
+
+        def make(tmp: Path) -> None:
+            if kind == "c_p":  # the attacker paints SAFs on the dataset's real training images
+                clf = train_saf_classifier(self.images("train"), self.images("val"), self.saf, settings,
+                                           progress=self.progress)
+            else:
+                clf = train_id_classifier(self.private, settings, progress=self.progress,
+                                          val_images=self.images("val"))
+            clf.save(tmp / "classifier")
+
+        run = self.store.get_or_create(kind, config, make, seed=settings.seed)
+        return Classifier.load(run.path / "classifier", device=self.device)
+
+    @functools.cached_property
+    def c_p(self) -> Classifier:
+        """The SAF detector ``c_p``."""
+        return self._classifier("c_p")
+
+    @functools.cached_property
+    def c_id(self) -> Classifier:
+        """The identity classifier ``c_id`` (is this ``x_p``?)."""
+        return self._classifier("c_id")
+
+    def classifier_accuracies(self) -> dict[str, float]:
+        """Tab. 2's "SAF (%)" (test split) and "ID (%)" (training set), as fractions."""
+        return dict(self._accuracies)
+
+    @functools.cached_property
+    def _accuracies(self) -> dict[str, float]:
+        return {
+            "saf_accuracy": saf_accuracy(self.c_p, self.images("test"), self.saf, seed=self.seed),
+            "id_accuracy": id_accuracy(self.c_id, self.private),
+        }
+
+    # ------------------------------------------------------------------ sampling and the audit
+    def samples(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> torch.Tensor:
+        """``n`` generated images ``(n, C, S, S)`` in ``[0, 1]`` (cached), from the model at ``step``."""
+        n = self.profile.n_samples if n is None else n
+        external = isinstance(self.model, DiffusersModel)
+        step = (None if self.model is not None else self.profile.train.steps) if step is None else step
+        method = type(self.model.scheduler).__name__ if external else self.profile.sampler
+        steps = self.diffusers_steps(self.profile.sample_steps) if external else self.profile.sample_steps
+        config = {"model": self.model_config(), "step": step, "method": method, "steps": steps, "n": n, "seed": seed}
+        return self._stored_samples(config, lambda: self.model_at(step), n, steps, seed)
+
+    def _stored_samples(self, config: dict, load_model, n: int, steps: int, seed: int) -> torch.Tensor:
+        """``n`` samples of ``load_model()`` kept in the run store under ``("samples", config)`` (drawn once).
+
+        With the profile's ``split_seeds`` they are drawn in chunks of ``sample_batch``, chunk ``c`` seeded
+        ``derived_seed(seed, c)`` (:func:`safcore.study.distributed.sample_split`; the key records it): the same
+        images for one process or several under ``accelerate launch``, which share the chunks. Otherwise one
+        generator runs through all batches (under a launcher the main process draws them alone)."""
+        from safcore.study import distributed
+
+        split = self.profile.split_seeds
+        if split:
+            config = {**config, "seeding": "chunk c: derived_seed(seed, c)", "chunk_size": self.profile.sample_batch}
+        shape = (self.channels, *self.private.images.shape[-2:])
+
+        def compute() -> torch.Tensor | None:
+            model = load_model()  # on every rank: it may train the score model with DDP first
+            external = isinstance(model, DiffusersModel)
+            bf16 = self.profile.train.bf16 and not external
+            if split:
+                settings = distributed.SplitSampling(chunk_size=self.profile.sample_batch, method=self.profile.sampler,
+                                                     steps=steps, autocast_bf16=bf16)
+                return distributed.sample_split(model, n, seed, settings, accelerator=distributed.process_accelerator(),
+                                                shape=shape, progress=self.progress)
+            if not distributed.is_main_process():
+                return None
+            generator = torch.Generator(device=model.device).manual_seed(seed)
+            if external:
+                result = model.sample(n, steps=steps, generator=generator, batch_size=self.profile.sample_batch,
+                                      progress=self.progress)
+            else:
+                result = sample(model, model.sde, shape=(n, *shape), method=self.profile.sampler, steps=steps,
+                                generator=generator, batch_size=self.profile.sample_batch, autocast_bf16=bf16,
+                                progress=self.progress)
+            return data_lib.from_model_range(result.images.float().cpu()).clamp(0.0, 1.0)
+
+        def write(tmp: Path, images: torch.Tensor) -> None:
+            atomic_save_safetensors({"images": images.contiguous()}, tmp / "samples.safetensors")
+
+        run = distributed.collective_stage(self.store, "samples", config, compute, write, seed=seed)
+        return load_file(run.file("samples.safetensors"))["images"]
+
+    def diffusers_steps(self, steps: int) -> int:
+        """A diffusers model's inference steps: ``sample_steps=`` if given, else ``steps``, at most its ``T``."""
+        chosen = self.sample_steps if self.sample_steps is not None else steps
+        return min(int(chosen), self.model.num_train_timesteps)
+
+    def audit(self, n: int | None = None, *, step: int | None = None, seed: int = 0,
+              images: torch.Tensor | None = None) -> AuditResult:
+        """Sample ``n`` images and count ``|c_p+|``, ``|c_id+|``, ``|q|`` against ``E|q| = n/N_D``, with the
+        independent nearest-neighbour copy count against ``D_p`` and ``c_p``'s SAF accuracy on the test
+        split, so that :meth:`AuditResult.verdict` can judge the adversary.
+
+        ``images``: audit these instead of sampling — ``(n, C, H, W)`` in [0, 1], e.g. generated elsewhere
+        and read with :func:`safcore.data.images.load_images`."""
+        if images is None:
+            images = self.samples(n, step=step, seed=seed)
+        else:
+            data_lib.check_unit_images(images, "the images to audit")  # before c_p / c_id are trained
+            expected = tuple(self.private.images.shape[1:])
+            if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+                raise ValueError(f"the images to audit have shape {tuple(images.shape)}; D_p's images are {expected} "
+                                 "(channels, height, width)")
+        quality = self.quality(images)  # before c_p / c_id: a broken model is the first thing to know
+        return audit(images, self.c_p, self.c_id, self.private.x_p, self.n_dataset, train_images=self.private.images,
+                     x_p_index=self.private.index, saf_mask=self.private.mask, saf_grey=self.private.grey,
+                     saf_accuracy=self._accuracies["saf_accuracy"], control=self.control.images, quality=quality)
+
+    @functools.cached_property
+    def domain_extractor(self):
+        """The dataset's domain feature extractor (:func:`safcore.measures.metrics.domain_extractor`, cached in the run
+        store): FID's features and the quality gate's."""
+        from safcore.measures.metrics import domain_extractor
+
+        return domain_extractor(self.data, self.store.root / "fid_extractors", device=self.device, progress=self.progress)
+
+    def quality(self, images: torch.Tensor) -> SampleQuality | None:
+        """The sample-quality gate (:func:`safcore.measures.quality.sample_quality`) of ``images`` against the control,
+        with ``D_p`` as its control; ``None`` when the control has fewer than
+        :data:`safcore.measures.quality.MIN_CONTROL` images (the verdict then cannot say whether the model learned)."""
+        from safcore.measures.quality import MIN_CONTROL, sample_quality
+
+        if self.control.n < MIN_CONTROL or len(images) < 2:
+            return None
+        return sample_quality(images, self.control.images, self.domain_extractor, training=self.private.images,
+                              seed=self.seed)
+
+    # ------------------------------------------------------------------ the control (issue 20)
+    @functools.cached_property
+    def _patient_images(self) -> torch.Tensor:
+        """Every image the model saw or that shows the fingerprinted patient: ``D_p`` and ``x_p``'s clean original."""
+        return torch.cat([self.private.images, self.private.x_i[None]])
+
+    @functools.cached_property
+    def control(self) -> control_lib.HeldOut:
+        """Real images the model never saw: the dataset's val and test splits without their near-duplicates
+        of ``D_p`` or ``x_p``'s original (RMS < :data:`safcore.measures.control.NEAR_DUPLICATE_RMS`). Every copy count
+        is reported beside theirs, and the audit's copy rule is calibrated on them."""
+        candidates = torch.cat([self.images("val"), self.images("test")])
+        return control_lib.held_out(candidates, self._patient_images, source="val + test splits")
+
+    # ------------------------------------------------------------------ the field's metrics (issue 14)
+    def nonmembers(self) -> torch.Tensor:
+        """Held-out images for membership inference: ``N_D`` images of the same split family not in ``D_p``.
+
+        Drawn with the study's seed from the train split's images outside ``D_p``'s subset, then (where
+        those run out, e.g. ``N_D`` = the whole train split) from the val and test splits, after removing
+        every near-duplicate of ``D_p`` or ``x_p``'s original (:meth:`nonmember_pool`); fewer than ``N_D``
+        only when the dataset has no more. ``(n, C, H, W)`` in [0, 1]."""
+        pool, n_train = self.nonmember_pool()
+        order = torch.randperm(pool.n, generator=torch.Generator().manual_seed(self.seed))
+        # train-split images first (closest to the members' distribution), then val, then test
+        first = order[order < n_train]
+        then = order[order >= n_train]
+        return pool.images[torch.cat([first, then])[: self.n_dataset]]
+
+    def nonmember_pool(self) -> tuple[control_lib.HeldOut, int]:
+        """Every candidate non-member (train split outside ``D_p``, then val, then test), near-duplicates
+        removed, and how many of the kept ones come from the train split."""
+        import numpy as np
+
+        _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+        rest = np.setdiff1d(np.arange(len(self.data.split("train"))), chosen)
+        train_rest = self.images("train")[torch.as_tensor(rest, dtype=torch.long)]
+        candidates = torch.cat([train_rest, self.images("val"), self.images("test")])
+        dup = control_lib.near_duplicates(candidates, self._patient_images)
+        pool = control_lib.HeldOut(candidates[~dup], int(len(candidates)), int(dup.sum()), control_lib.NEAR_DUPLICATE_RMS,
+                                   "train split outside D_p, val, test")
+        return pool, int((~dup[: len(rest)]).sum())
+
+    def peers(self, *, n_draws: int = 8) -> dict:
+        """The field's metrics on this study's model and audit samples (:func:`safcore.measures.peers.peer_metrics`),
+        kept in the run store: membership inference (loss, SecMI, PIA: AUC, TPR at 1 % / 0.1 % FPR),
+        Carlini copies and distinct images extracted, Dar et al. copies, Gu et al.'s ratio."""
+        from safcore.study import distributed
+        from safcore.measures import peers
+
+        samples = self.samples()
+        if distributed.launched():
+            self.score_model  # noqa: B018 — on every rank before one takes the key's lock (DDP training is collective)
+        config = {"model": self.model_config(), "n_samples": int(samples.shape[0]), "n_draws": n_draws,
+                  "nonmembers": "train-rest, val, test; near-duplicates removed",
+                  "near_duplicate_rms": control_lib.NEAR_DUPLICATE_RMS, "mia": "reference noise levels, Newcombe AUC CI",
+                  "version": 2}
+
+        def make(tmp: Path) -> None:
+            pool, _ = self.nonmember_pool()
+            result = peers.peer_metrics(peers.as_eps_model(self.score_model), self.private.images, self.nonmembers(),
+                                        samples, self.images("val"), n_draws=n_draws, seed=self.seed)
+            result["nonmember_pool"] = pool.to_dict()
+            result["copy_criteria"] = control_lib.copy_criteria(samples, self.private.images, self.control)
+            atomic_write(tmp / "peers.json", json.dumps(result, indent=2, default=float))
+
+        run = self.store.get_or_create("peers", config, make, seed=self.seed)
+        return json.loads(run.file("peers.json").read_text())
+
+    def canary_audit(self, m: int | None = None, *, n_samples: int | None = None, delta: float = 1e-5):
+        """SAF canaries as a one-run privacy audit (Steinke, Nasr & Jagielski 2023) for this study's setting.
+
+        ``m`` canaries (default ``N_D // 2``) are painted on ``m`` images of the clean ``N_D`` subset (places
+        and inclusion drawn from the seed, :func:`safcore.measures.canaries.design_canaries`); the profile's score
+        model is trained ONCE on the non-canary images plus the included canaries; ``n_samples`` samples
+        are drawn and each canary scored by how close the closest sample comes to it (minus the ℓ2
+        distance). Guesses: "in" for the closer half, "out" for the farther half (fixed before the scores
+        are seen), and the theorem's ε lower bound at ``delta``.
+
+        Returns:
+            ``(CanaryAudit, CanaryDesign, scores)``.
+        """
+        import numpy as np
+
+        from safcore.measures import canaries as canary_lib
+
+        if self.model is not None:
+            raise ValueError("a canary audit trains its own model; it does not apply to a model trained elsewhere")
+        if self.defence is not None:
+            raise ValueError("a canary audit of a defended setting is not built; use Study(..., defence=None)")
+        m = max(2, self.n_dataset // 2) if m is None else int(m)
+        clean, _ = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+        images = data_lib.to_unit_tensor(clean, channels=self.profile.channels)
+        design = canary_lib.design_canaries(self.n_dataset, m, int(images.shape[-1]), seed=self.seed,
+                                            radius=self.saf.radius, grey=self.saf.grey)
+        config = {**{k: v for k, v in self.data_config.items() if k != "saf"}, "canaries": design.to_dict(),
+                  "train": _without_device(self.profile.train, self.channels)}
+        self._train_on(design.training_set(images), config)
+        n = self.profile.n_samples if n_samples is None else int(n_samples)
+        sample_config = {"model": config, "step": self.profile.train.steps, "method": self.profile.sampler,
+                         "steps": self.profile.sample_steps, "n": n, "seed": 0}
+        drawn = self._stored_samples(
+            sample_config,
+            lambda: ScoreModel.from_pretrained(self.store.find("score_model", config).path / "model").to(self.device).eval(),
+            n, self.profile.sample_steps, 0)
+        painted = design.canaries(images)
+        distance = torch.cdist(painted.flatten(1), drawn.flatten(1)).min(dim=1).values
+        scores = (-distance).numpy().astype(np.float64)
+        k = m // 2  # guess every canary (one abstains when m is odd): a copy machine gets them all right
+        return canary_lib.audit(design, scores, k, k, delta=delta), design, scores
+
+    def copies(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> int:
+        """How many of the ``n`` samples copy some image of ``D_p``: the audit's copy rule (Carlini et al. 2023's
+        ratio, its threshold calibrated on :attr:`control`, ≤ 1 % of held-out images pass)."""
+        from safcore.measures.memorization import carlini_ratio
+
+        threshold, _, _ = control_lib.copy_threshold_for(self.private.images, self.control.images)
+        return int((carlini_ratio(self.samples(n, step=step, seed=seed), self.private.images) < threshold.value).sum())
+
+    # ------------------------------------------------------------------ Algorithm 1
+    def probe_config(self, **changes) -> ProbeConfig:
+        """The profile's :class:`~safcore.probe.core.ProbeConfig`, with ``changes`` applied."""
+        return dataclasses.replace(self.profile.probe, **changes)
+
+    def probe(self, config: ProbeConfig | None = None, *, step: int | None = None) -> ProbeResult:
+        """Algorithm 1: ``q_M(t)`` and ``t'`` for ``x_p`` under the score model at ``step``, computed once per
+        model, step, probe settings and classifiers (the search is seeded by ``config.seed``) and kept in the
+        run store, so notebooks, sweeps and the command line read it back instead of probing again.
+
+        With the profile's ``split_seeds`` the exhaustive search uses one generator per sampler call and the
+        top-down search one per unit (a t and a chunk of its M samples) (:func:`safcore.study.distributed.probe_split`;
+        the key records it): either is shared by the processes of an ``accelerate launch`` and gives the same
+        result for any number of them. Without ``split_seeds`` (the cpu profile) the search runs on the main
+        process while the others wait."""
+        from safcore.study import distributed
+        from safcore.probe.io import load_probe, save_probe
+
+        step = step if step is not None or self.model is not None else self.profile.train.steps
+        config = config or self.profile.probe
+        if isinstance(self.model, DiffusersModel):
+            config = dataclasses.replace(config, steps_full=self.diffusers_steps(config.steps_full))
+        # seeded by config.seed, so one computation per key; kept in the run store like every other stage
+        key = {"model": self.model_config(), "step": step, "probe": dataclasses.asdict(config),
+               "c_p": self.classifier_config("c_p"), "c_id": self.classifier_config("c_id"),
+               # version 2: the exhaustive search runs each t with its own step count (issue 20); the top-down
+               # search and diffusers models are unchanged, so their stored probes stay valid
+               "version": 2 if config.search == "exhaustive" and not isinstance(self.model, DiffusersModel) else 1}
+
+        split = self.profile.split_seeds
+        if split:  # one generator per sampler call / search unit: the same q_M(t) and t' for 1 or N processes
+            key["seeding"] = ("call j of run k: derived_seed(run_seed(seed, k), j)" if config.search == "exhaustive"
+                              else "unit u of run k: derived_seed(run_seed(seed, k), u)")
+
+        def compute() -> ProbeResult | None:
+            model = self.model_at(step)  # on every rank: it may train the score model with DDP first
+            x_p = self.private.x_p.to(model.device)
+            if split:
+                return distributed.probe_split(model, model.sde, x_p, self.c_p, self.c_id, config,
+                                               accelerator=distributed.process_accelerator(), progress=self.progress)
+            if not distributed.is_main_process():
+                return None
+            return find_t_prime(model, model.sde, x_p, self.c_p, self.c_id, config, progress=self.progress)
+
+        def write(tmp: Path, result: ProbeResult) -> dict:
+            save_probe(result, tmp / "probe")
+            return {"t_prime": result.t_prime, "nfe": result.nfe}
+
+        run = distributed.collective_stage(self.store, "probe", key, compute, write, seed=config.seed)
+        return load_probe(run.path / "probe")
+
+    # ------------------------------------------------------------------ figures
+    def save_figure(self, figure, name: str) -> Path:
+        """Save ``figure`` as ``figures/<name>_<profile>.png`` with a manifest of this study's settings."""
+        from safcore.study import plotting
+
+        path = paths.figures_dir() / f"{name}_{self.profile.name}.png"
+        plotting.save_figure(figure, path)
+        write_manifest(path, config={**self.model_config(), "profile": self.profile.name}, seed=self.seed)
+        return path
+
+    # ------------------------------------------------------------------ image quality
+    def fid(self, split: Split = "train", *, extractor: str = "auto", seed: int = 0) -> FIDResult:
+        """FID between real images and the model's samples (Tab. 2's FID_train / FID_test), same ``n`` on both sides.
+
+        ``split="train"`` compares the samples with ``D_p``, the images the model was trained on (not the
+        whole train split, most of which it never saw at small ``N_D``: against those, FID cannot see
+        copying by construction); ``"test"`` / ``"val"`` with that split. FID's small-sample bias depends
+        on the number of images on each side, so FID_train and FID_test use the same
+        ``n = min(profile.n_fid, N_D, |test split|)`` real and generated images (``"val"``: at most the
+        val split's size, then not comparable with the other two). ``n`` real images are drawn from the
+        reference and ``n`` of the ``profile.n_fid`` cached samples with :func:`safcore.measures.metrics.subsample`
+        (seeded by ``seed``, without replacement, the whole set when it has ``n``); FID_train and FID_test
+        share the same generated subset. The result records ``n`` and the sizes drawn from.
+
+        Inception when its weights are available locally, otherwise safcore's domain feature
+        extractor trained on this dataset's labels (cached in the run store); the result names it.
+        Domain-extractor FIDs are not comparable with the paper's Inception FIDs.
+        """
+        from safcore.measures.metrics import fid
+
+        reference = self.private.images if split == "train" else self.images(split)
+        n = min(self.profile.n_fid, self.n_dataset, len(self.data.split("test")), len(reference))
+        return fid(reference, self.samples(self.profile.n_fid), extractor, n_per_side=n, seed=seed,
+                   dataset=self.data, cache_dir=self.store.root / "fid_extractors", progress=self.progress,
+                   device=self.device)
