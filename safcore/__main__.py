@@ -167,7 +167,8 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args):
     from safcore.runtime.checks import check_int
     from safcore.runtime.device import resolve_device
-    from safcore.generators.diffusers_model import DiffusersModel, load_model
+    from safcore.generators.diffusers_model import DiffusersModel
+    from safcore.generators.loader import load_model
 
     model = load_model(args.model)
     if isinstance(model, DiffusersModel):

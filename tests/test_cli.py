@@ -202,7 +202,7 @@ def test_help_version_and_usage_errors(capsys):
 def test_train_then_probe_safcore_s_own_model(fingerprint, data_root, tmp_path, capsys):
     """safcore train writes a model folder that audit/probe read back as a sub-VP score model."""
     from safcore.generators.score_model import ScoreModel
-    from safcore.generators.diffusers_model import load_model
+    from safcore.generators.loader import load_model
 
     model = tmp_path / "own"
     assert main(["train", "--fingerprint", str(fingerprint), "--out", str(model), "--profile", "smoke",

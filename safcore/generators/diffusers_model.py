@@ -27,33 +27,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
-from safcore.runtime.checks import check_safetensors, regular_file
 from safcore.runtime.device import bf16_autocast
 from safcore.runtime.progress import progress_bar
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin, UNet2DModel
 
-    from safcore.generators.score_model import ScoreModel
-
-__all__ = ["SCHEDULERS", "DiffusersModel", "ModelLoadError", "load_model", "model_identity"]
+__all__ = ["SCHEDULERS", "DiffusersModel", "ModelLoadError", "model_identity"]
 
 #: Schedulers whose ``step`` safcore drives (class names as diffusers saves them in ``scheduler_config.json``).
 SCHEDULERS: tuple[str, ...] = ("DDPMScheduler", "DDIMScheduler")
 SchedulerChoice = Literal["model", "ddpm", "ddim"]
 _CHOICE_CLASS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler"}
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ModelLoadError(ValueError):
@@ -183,6 +175,42 @@ class DiffusersModel:
             tail = timesteps[-1:]
         return tail
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype :meth:`eps` computes in (the network's float32)."""
+        return torch.float32
+
+    @property
+    def t_min(self) -> float:
+        """The smallest probe time, ``1 / T``: the first training timestep ``k = 0``."""
+        return 1.0 / self.num_train_timesteps
+
+    def _k(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([self.timestep(float(s)) for s in t.detach().cpu().tolist()], dtype=torch.long)
+
+    def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a_t, σ_t) = (sqrt(ᾱ_k), sqrt(1 − ᾱ_k))`` at ``k(t)`` (Ho et al. 2020, Eq. 4), each ``(B,)``."""
+        abar = self.scheduler.alphas_cumprod.double()[self._k(t)].to(t.device, t.dtype)
+        return abar.sqrt(), (1.0 - abar).sqrt()
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε̂ of the U-Net at the training timestep ``k(t)``, shape of ``x``.
+
+        A ``"sample"`` (x_0) or ``"v_prediction"`` network is turned into ε: ``ε = (x − a x̂_0) / σ``,
+        ``ε = a v + σ x`` (Salimans & Ho 2022, with ``a² + σ² = 1``)."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        out = self.unet(x, self._k(t).to(x.device))
+        out = (out.sample if hasattr(out, "sample") else out).to(x.dtype)
+        if self.prediction_type == "epsilon":
+            return out
+        a, s = (c.reshape(-1, 1, 1, 1) for c in self.coefficients(t))
+        if self.prediction_type == "sample":
+            return (x - a * out) / s
+        if self.prediction_type == "v_prediction":
+            return a * out + s * x
+        raise ValueError(f"prediction_type {self.prediction_type!r}; allowed: epsilon, sample, v_prediction")
+
     def marginal_std(self, ts: Sequence[float] | np.ndarray) -> np.ndarray:
         """``σ = sqrt(1 − ᾱ_{k(t)})`` of ``q(x_k | x_0)`` for each t (the forward kernel's noise std), shape (T,)."""
         alphas = self.scheduler.alphas_cumprod.double()
@@ -288,162 +316,3 @@ def model_identity(unet, scheduler=None, **extra) -> dict:
         out["scheduler"] = type(scheduler).__name__
         out["scheduler_sha256"] = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {**out, **extra}
-
-
-# ---------------------------------------------------------------------------------------------- loading
-
-
-_MAX_JSON_BYTES = 10_000_000  # a model's config files are a few kB; a link to a device or a huge file is refused
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        regular_file(path, "model file")
-        if path.stat().st_size > _MAX_JSON_BYTES:
-            raise ModelLoadError(f"{str(path)!r} holds {path.stat().st_size:,} bytes; a model's JSON config is a few kB")
-        value = json.loads(path.read_text())
-    except (ValueError, OSError) as error:
-        if isinstance(error, ModelLoadError):
-            raise
-        error = error.msg if isinstance(error, json.JSONDecodeError) else error
-        raise ModelLoadError(f"{str(path)!r} is not a readable JSON file ({error})") from None
-    if not isinstance(value, dict):
-        raise ModelLoadError(f"{str(path)!r} holds {type(value).__name__}, expected a JSON object")
-    return value
-
-
-def _check_weights(folder: Path) -> None:
-    weights = folder / WEIGHTS_NAME
-    if weights.exists() or weights.is_symlink():
-        try:
-            check_safetensors(weights, "weights file", "re-save the model (unet.save_pretrained(folder)) or copy it again")
-        except (ValueError, OSError) as error:
-            raise ModelLoadError(str(error)) from None
-        return
-    pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
-    if pickled:
-        raise ModelLoadError(
-            f"{str(folder)!r} holds only pickled weights ({', '.join(pickled)}); safcore loads safetensors only "
-            f"(a pickle can run code): re-save with unet.save_pretrained(folder, safe_serialization=True)")
-    raise ModelLoadError(f"{str(folder)!r} holds no {WEIGHTS_NAME}")
-
-
-def _load_unet(folder: Path) -> UNet2DModel:
-    from diffusers import UNet2DModel
-
-    config = _read_json(folder / "config.json")
-    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise ModelLoadError(f"{str(folder)!r} holds a {config.get('_class_name')!r}; allowed: UNet2DModel "
-                             "(an unconditional image diffusion network)")
-    _check_weights(folder)
-    return UNet2DModel.from_pretrained(folder, use_safetensors=True, low_cpu_mem_usage=False)
-
-
-def _load_scheduler(file: Path) -> SchedulerMixin:
-    config = _read_json(file)
-    name = config.get("_class_name")
-    if name not in SCHEDULERS:
-        raise ModelLoadError(f"{str(file)!r} names scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}")
-    return _scheduler_class(name).from_config(config)
-
-
-def _load_local(folder: Path) -> ScoreModel | DiffusersModel:
-    from safcore.generators.score_model import SDE_CONFIG_NAME, ScoreModel
-
-    if (folder / "model_index.json").is_file():  # a pipeline folder (DDPMPipeline.save_pretrained)
-        index = _read_json(folder / "model_index.json")
-        for part, allowed in (("unet", ("UNet2DModel",)), ("scheduler", SCHEDULERS)):
-            entry = index.get(part)
-            if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers" and entry[1] in allowed):
-                raise ModelLoadError(f"{str(folder / 'model_index.json')!r} has {part} = {entry!r}; allowed: "
-                                     f"['diffusers', one of {', '.join(allowed)}]")
-        if not (folder / "unet" / "config.json").is_file():
-            raise ModelLoadError(f"pipeline folder {str(folder)!r} has no unet/config.json")
-        file = folder / "scheduler" / "scheduler_config.json"
-        if not file.is_file():
-            raise ModelLoadError(f"pipeline folder {str(folder)!r} has no scheduler/scheduler_config.json")
-        return DiffusersModel(_load_unet(folder / "unet"), _load_scheduler(file), source=str(folder))
-    if not (folder / "config.json").is_file():
-        raise ModelLoadError(f"{str(folder)!r} is not a model folder: it holds neither model_index.json (a pipeline) "
-                             "nor config.json (a UNet2DModel)")
-    if (folder / SDE_CONFIG_NAME).is_file():  # one of safcore's own sub-VP / VP score models
-        _check_weights(folder)
-        return ScoreModel.from_pretrained(folder)
-    if (folder / "scheduler_config.json").is_file():
-        return DiffusersModel(_load_unet(folder), _load_scheduler(folder / "scheduler_config.json"), source=str(folder))
-    raise ModelLoadError(
-        f"{str(folder)!r} holds a UNet2DModel but no scheduler_config.json or {SDE_CONFIG_NAME}: the forward process it "
-        f"was trained with is unknown; save the scheduler beside it (scheduler.save_pretrained(folder)) or save the "
-        f"whole pipeline (DDPMPipeline(unet, scheduler).save_pretrained(folder))")
-
-
-def _reach_hub(repo_id: str) -> None:
-    """Ask the Hub once, without retries, for the model's ``unet/config.json`` (a HEAD request through
-    huggingface_hub, so its endpoint, token and proxy settings apply); a network failure or a missing model is
-    one :class:`ModelLoadError` at once, not half a minute of retries ending in "no file named config.json"."""
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    url = huggingface_hub.hf_hub_url(repo_id, "config.json", subfolder="unet")
-    try:
-        huggingface_hub.get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
-    except Exception as error:  # noqa: BLE001 — classified below, every kind one line
-        name = type(error).__name__
-        first = (str(error).strip().splitlines() or [name])[0]
-        if name in ("RepositoryNotFoundError", "GatedRepoError"):
-            raise ModelLoadError(f"Hub model {repo_id!r} does not exist or is private/gated ({name}); check the id, or "
-                                 "log in with an access token (hf auth login)") from None
-        if name in ("EntryNotFoundError", "RemoteEntryNotFoundError", "RevisionNotFoundError"):
-            raise ModelLoadError(f"Hub model {repo_id!r} has no unet/config.json: safcore reads a diffusers pipeline "
-                                 "(unet/ and scheduler/ subfolders)") from None
-        if name == "OfflineModeIsEnabled":
-            return  # HF_HUB_OFFLINE: from_pretrained reads the local cache
-        raise ModelLoadError(f"cannot reach the Hugging Face Hub ({constants.ENDPOINT}) for model {repo_id!r}: "
-                             f"{name}: {first}. Check the network (or HTTPS_PROXY), or download the model where "
-                             f"there is one (hf download {repo_id} --local-dir DIR) and give --model DIR") from None
-
-
-def _load_hub(repo_id: str) -> DiffusersModel:
-    from diffusers import SchedulerMixin, UNet2DModel
-    from huggingface_hub import constants
-
-    if not constants.HF_HUB_OFFLINE:
-        _reach_hub(repo_id)
-    try:
-        unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet", use_safetensors=True)
-        config = SchedulerMixin.load_config(repo_id, subfolder="scheduler")
-    except Exception as error:  # noqa: BLE001 — no network, no such repo, pickled weights only: one line
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"cannot load Hub model {repo_id!r} (subfolder 'unet', safetensors only): {first}") from None
-    name = config.get("_class_name")
-    if name not in SCHEDULERS:
-        raise ModelLoadError(f"Hub model {repo_id!r} names scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}")
-    return DiffusersModel(unet, _scheduler_class(name).from_config(config), source=f"hub:{repo_id}")
-
-
-def load_model(source: str | os.PathLike) -> ScoreModel | DiffusersModel:
-    """The model under audit, from a folder or a Hugging Face Hub id.
-
-    - a pipeline folder (``model_index.json`` naming a ``UNet2DModel`` and a DDPM/DDIM scheduler, as
-      ``DDPMPipeline.save_pretrained`` writes it) → :class:`DiffusersModel`;
-    - a bare ``UNet2DModel`` folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) with a
-      ``scheduler_config.json`` beside it → :class:`DiffusersModel`;
-    - a folder written by safcore (``safcore_sde.json`` beside the U-Net) → :class:`safcore.generators.score_model.ScoreModel`;
-    - ``owner/name`` that is not a local folder → the Hub (``subfolder="unet"``, ``"scheduler"``), where
-      the machine has access.
-
-    Weights are read from safetensors only; ``trust_remote_code`` is never passed; the scheduler class
-    comes from :data:`SCHEDULERS`, not from the folder.
-
-    Raises:
-        ModelLoadError: one line naming what is wrong and what is allowed.
-    """
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return _load_local(path)
-    if path.exists():
-        raise ModelLoadError(f"{str(source)!r} is a file; allowed: a model folder (pipeline, UNet + scheduler_config.json, "
-                             "or a safcore score model) or a Hub id owner/name")
-    if isinstance(source, str) and _HUB_ID.match(source) and not source.startswith((".", "/")):
-        return _load_hub(source)
-    raise ModelLoadError(f"model {str(source)!r} not found: no such folder, and not a Hub id of the form owner/name")

@@ -10,7 +10,7 @@ again, and a changed setting never reuses a stale result.
 >>> study.probe()          # Algorithm 1, t'
 
 A model trained elsewhere (a diffusers pipeline with its DDPM/DDIM scheduler, or any model folder
-:func:`safcore.generators.diffusers_model.load_model` reads) is audited on the fingerprint folder it was trained on:
+:func:`safcore.generators.loader.load_model` reads) is audited on the fingerprint folder it was trained on:
 
 >>> study = Study.from_fingerprint("fp/", model="my_ddpm_pipeline/", profile="cpu")
 >>> study.audit(); study.probe()
@@ -43,7 +43,8 @@ from safcore.study.profiles import Profile, get_profile
 from safcore.measures.quality import SampleQuality
 from safcore.runtime.runs import RunStore, atomic_save_safetensors, atomic_write, file_sha256, write_manifest
 from safcore.generators.sampling import sample
-from safcore.generators.diffusers_model import DiffusersModel, load_model, model_identity
+from safcore.generators.diffusers_model import DiffusersModel, model_identity
+from safcore.generators.loader import load_model
 from safcore.generators.train import TrainResult, load_kept, train
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class Study:
         progress: progress bars.
         model: the model under audit when it was trained elsewhere — a :class:`ScoreModel`, a
             :class:`~safcore.generators.diffusers_model.DiffusersModel` or a folder / Hub id for
-            :func:`~safcore.generators.diffusers_model.load_model`; ``None`` → safcore trains its sub-VP model (the profile's).
+            :func:`~safcore.generators.loader.load_model`; ``None`` → safcore trains its sub-VP model (the profile's).
         sample_steps: a diffusers model's inference steps for audit samples and for a full probe
             trajectory (``None``: the profile's ``sample_steps`` / ``probe.steps_full``, at most the
             scheduler's ``num_train_timesteps``).
