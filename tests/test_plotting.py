@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from safcore import plotting  # noqa: E402
+from safcore.study import plotting  # noqa: E402
 from safcore.adversary.classifiers import AugmentedExamples  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
