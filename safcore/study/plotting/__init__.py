@@ -11,14 +11,17 @@ One module per family, every name re-exported here (``from safcore.study import 
   :func:`samples_by_group` (Fig. 5), :func:`reverse_examples` (Fig. 4), :func:`augmented_examples` (Fig. 7),
   :func:`error_map` (Fig. 10, left);
 - ``audit``: :func:`audit_gallery` (Fig. 8), the audit's own checks :func:`samples_overview` (every q-positive
-  framed) and :func:`copies_per_image`;
+  framed) and :func:`copies_per_image`, and :func:`xp_and_samples` (notebook 07: x_p beside its copies per dataset);
 - ``probe``: :func:`q_curve` (Fig. 6/9);
-- ``curves``: :func:`training_curves`, :func:`loss_curve`, :func:`memorization_vs_steps` (Fig. 3/10, right).
+- ``curves``: :func:`training_curves`, :func:`loss_curve`, :func:`memorization_vs_steps` (Fig. 3/10, right);
+- ``defences``: :func:`defences_vs_epsilon` and :func:`defence_images` (notebook 09);
+- ``peers``: :func:`peers_vs_n_d` (notebook 10).
 """
 
 from safcore.study.plotting._base import GROUP_COLOURS, HIGHLIGHT_COLOUR, save_figure
-from safcore.study.plotting.audit import audit_gallery, copies_per_image, samples_overview
+from safcore.study.plotting.audit import audit_gallery, copies_per_image, samples_overview, xp_and_samples
 from safcore.study.plotting.curves import loss_curve, memorization_vs_steps, training_curves
+from safcore.study.plotting.defences import defence_images, defences_vs_epsilon
 from safcore.study.plotting.images import (
     augmented_examples,
     error_map,
@@ -28,6 +31,7 @@ from safcore.study.plotting.images import (
     samples_by_group,
     samples_vs_nearest,
 )
+from safcore.study.plotting.peers import peers_vs_n_d
 from safcore.study.plotting.probe import q_curve
 
 __all__ = [
@@ -36,10 +40,13 @@ __all__ = [
     "audit_gallery",
     "augmented_examples",
     "copies_per_image",
+    "defence_images",
+    "defences_vs_epsilon",
     "error_map",
     "image_grid",
     "loss_curve",
     "memorization_vs_steps",
+    "peers_vs_n_d",
     "q_curve",
     "reverse_examples",
     "saf_construction",
@@ -48,4 +55,5 @@ __all__ = [
     "samples_vs_nearest",
     "save_figure",
     "training_curves",
+    "xp_and_samples",
 ]

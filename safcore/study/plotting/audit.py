@@ -1,12 +1,13 @@
 """The audit's figures: x_p beside each group of samples (Fig. 8), every q-positive framed among the
-samples, and how often each training image is copied (x_p marked)."""
+samples, how often each training image is copied (x_p marked), and x_p beside its copies per dataset
+(notebook 07)."""
 
 from __future__ import annotations
 
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,6 +24,10 @@ from safcore.study.plotting._base import (
     _indices,
     _show,
 )
+from safcore.study.plotting.images import samples_by_group
+
+if TYPE_CHECKING:
+    from safcore.study.tables import DatasetResults
 
 
 def audit_gallery(
@@ -183,3 +188,35 @@ def copies_per_image(
     fig.tight_layout()
     return fig
 
+
+def xp_and_samples(results: Sequence[DatasetResults], *, n_shown: int = 11) -> Figure:
+    """Notebook 07: one row per dataset: ``x_p`` (first panel), then its q-positives (framed, ``q``), then the
+    samples that copy ``x_p`` by nearest neighbour but which the adversary missed (framed, ``missed x_p copy``),
+    then other samples; each row labelled with ``|q|`` against ``E|q|``, the upper bound on P(x_p) and the
+    nearest-neighbour copies.
+
+    Args:
+        results: :class:`safcore.study.tables.DatasetResults`, one per dataset (its study gives ``x_p``,
+            (C, H, W), and the audited samples, (n, C, H, W)).
+        n_shown: samples shown per row after ``x_p``.
+
+    Returns:
+        The figure of :func:`~safcore.study.plotting.images.samples_by_group`, one axes per image.
+    """
+    if n_shown < 1:
+        raise ValueError(f"n_shown={n_shown!r} must be >= 1")
+    rows_of_images, highlight = {}, {}
+    for r in results:
+        study, audit = r.study, r.audit
+        samples = study.samples()
+        q = list(audit.q_indices)
+        missed = list(audit.missed_copies)
+        others = [i for i in range(len(samples)) if i not in set(q) | set(missed)]
+        shown = (q + missed + others)[:n_shown]
+        label = (f"{study.data.name}\n|q| = {audit.n_q} (E|q| = {audit.expected_q:.3g})\n"
+                 f"P(x_p) ≤ {audit.handed_back_interval()[1]:.1%}; NN copies {audit.copies.n_xp_copies}")
+        rows_of_images[label] = torch.cat([study.private.x_p[None], samples[shown]])
+        highlight[label] = {1 + j: "q" if i in set(q) else "missed x_p copy" for j, i in enumerate(shown)
+                            if i in set(q) | set(missed)}
+    return samples_by_group(rows_of_images, highlight, highlight_label="q",
+                            title="x_p (first column), its q-positives (q) and the x_p copies the adversary missed")
