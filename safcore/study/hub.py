@@ -778,7 +778,7 @@ class Study:
 
         def make(tmp: Path) -> None:
             pool, _ = self.nonmember_pool()
-            result = peers.peer_metrics(peers.as_eps_model(self.score_model), self.private.images, self.nonmembers(),
+            result = peers.peer_metrics(self.score_model, self.private.images, self.nonmembers(),
                                         samples, self.images("val"), n_draws=n_draws, seed=self.seed)
             result["nonmember_pool"] = pool.to_dict()
             result["copy_criteria"] = control_lib.copy_criteria(samples, self.private.images, self.control)
