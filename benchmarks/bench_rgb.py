@@ -35,7 +35,7 @@ import torch
 from safcore.measures.control import copy_threshold_for
 from safcore.data.datasets import from_model_range
 from safcore.measures.memorization import carlini_nearest
-from safcore.measures.metrics import domain_extractor
+from safcore.measures.extractor_training import domain_extractor
 from safcore.study.profiles import CPU
 from safcore.measures.quality import pixel_statistics, sample_quality
 from safcore.generators.sampling import sample

@@ -9,7 +9,9 @@ import pytest
 import torch
 from scipy import stats
 
-from safcore.audit.sample_audit import AuditResult, audit, binomial_p_value, load_images
+from safcore.audit.sample_audit import AuditResult, audit
+from safcore.data.images import load_images
+from safcore.measures.bounds import binomial_p_value
 from safcore.data.fingerprint import SAFConfig, apply_saf, make_private_dataset, random_circle_masks
 
 
@@ -324,7 +326,7 @@ def test_found_copies_with_a_weak_adversary_read_as_handed_back(private):
 
 
 def test_evenness_test_is_exact_in_law_where_expected_counts_are_small():
-    from safcore.audit.sample_audit import evenness_test
+    from safcore.audit.copies import evenness_test
 
     # under the uniform null the Monte-Carlo p-value is (about) uniform: P(p ≤ 0.05) ≈ 0.05
     rng = np.random.default_rng(0)

@@ -24,7 +24,8 @@ from safcore.data import datasets as data_lib
 from safcore.__main__ import main
 from safcore.adversary.classifiers import Classifier, ClassifierConfig, build_resnet
 from safcore.data.fingerprint import default_radius
-from safcore.measures.metrics import DomainExtractorConfig, domain_extractor, fid
+from safcore.measures.extractor_training import DomainExtractorConfig, domain_extractor
+from safcore.measures.fid import fid
 from safcore.generators.score_model import build_unet
 from safcore.runtime.paths import RUNS_ENV
 from safcore.study.profiles import PAPER, PROFILES, SMOKE

@@ -13,7 +13,7 @@ import torch
 from safcore.audit.sample_audit import AuditResult
 from safcore.measures.control import held_out
 from safcore.data.datasets import load_dataset, to_unit_tensor
-from safcore.measures.metrics import DomainExtractorConfig, domain_extractor
+from safcore.measures.extractor_training import DomainExtractorConfig, domain_extractor
 from safcore.measures.quality import MIN_CONTROL, SampleQuality, pixel_statistics, sample_quality
 
 N = 128  # samples per known-answer case

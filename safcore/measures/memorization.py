@@ -2,10 +2,11 @@
 
 Images are unit-range float tensors ``(B, C, H, W)``. ``nearest_neighbours`` (ℓ2 in pixel space),
 ``carlini_copies`` (Carlini et al. 2023: a sample is a copy when the ℓ2 distance to its nearest
-training image is below 0.5 × the mean distance to the next 50 nearest), a pixel-space ADAPTATION of
-Dar et al. 2024's correlation criterion (they correlate the embeddings of a trained encoder), Gu et al.
-2023's nearest / second-nearest ratio, and the per-image ``mae`` / ``mse`` the paper plots in Fig. 3/10.
-The audit (:mod:`safcore.audit.sample_audit`) uses them as its independent copy count beside the adversary's
+training image is below 0.5 × the mean distance to the next 50 nearest) with ``carlini_extracted`` /
+``distinct_extracted`` (which, and how many different, training images the samples copy), a pixel-space
+ADAPTATION of Dar et al. 2024's correlation criterion (they correlate the embeddings of a trained encoder),
+Gu et al. 2023's nearest / second-nearest ratio, and the per-image ``mae`` / ``mse`` the paper plots in
+Fig. 3/10. The audit (:mod:`safcore.audit.copies`) uses them as its independent copy count beside the adversary's
 classifiers; :mod:`safcore.measures.control` calibrates them on held-out images.
 """
 
@@ -94,6 +95,30 @@ def carlini_copies(samples: torch.Tensor, train: torch.Tensor, k: int = 50, thre
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold={threshold!r} must be in (0, 1]")
     return carlini_ratio(samples, train, k) < threshold
+
+
+def carlini_extracted(samples: torch.Tensor, train: torch.Tensor, k: int = 50, threshold: float = 0.5) -> torch.Tensor:
+    """The training images that at least one sample copies (Carlini et al. 2023), sorted indices into ``train``.
+
+    A sample is a copy of its nearest training image when ``ℓ2(sample, nearest) < threshold × mean ℓ2 to
+    the next k`` (:func:`carlini_nearest`); Carlini et al. count an image extracted once however many
+    samples copy it.
+
+    Args:
+        samples: (B, C, H, W); train: (N, C, H, W), N ≥ 2.
+
+    Returns:
+        (E,) long, E ≤ min(B, N).
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold={threshold!r} must be in (0, 1]")
+    nearest, ratio = carlini_nearest(samples, train, k)
+    return torch.unique(nearest[ratio < threshold])
+
+
+def distinct_extracted(samples: torch.Tensor, train: torch.Tensor, k: int = 50, threshold: float = 0.5) -> int:
+    """How many DIFFERENT training images the samples copy (Carlini et al. 2023's extraction count)."""
+    return int(carlini_extracted(samples, train, k, threshold).numel())
 
 
 def _per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ compared with real held-out images of the dataset (the control of :mod:`safcore.
 model never saw) on what a reader would check by eye and what an FID sees:
 
 - **Per sample, calibrated on the control.** Each image is described by the penultimate features of the
-  dataset's domain extractor (:func:`safcore.measures.metrics.domain_extractor`, trained on its labels) and its
+  dataset's domain extractor (:func:`safcore.measures.extractor_training.domain_extractor`, trained on its labels) and its
   pixel statistics (per channel: mean and spread). The held-out images are
   split in two halves: on half ``A`` the features are standardised and a Ledoit–Wolf covariance is fitted
   (``sklearn.covariance.LedoitWolf``); on half ``B`` the split-conformal threshold of the squared
@@ -190,7 +190,7 @@ def sample_quality(
         samples: the audited images ``(n, C, H, W)`` in [0, 1].
         reference: real held-out images of the dataset ``(m, C, H, W)``, de-duplicated against the training
             set (:attr:`safcore.study.hub.Study.control`); ``m ≥`` :data:`MIN_CONTROL`.
-        extractor: a :class:`safcore.measures.metrics.FeatureExtractor` (the dataset's domain extractor).
+        extractor: a :class:`safcore.measures.features.FeatureExtractor` (the dataset's domain extractor).
         training: the model's training images, judged by the same rule as the control.
         alpha: the calibrated rate of real images called unlike the data.
         max_unlike: the gate fails above this fraction of unlike samples.
@@ -202,7 +202,7 @@ def sample_quality(
     """
     from sklearn.covariance import LedoitWolf
 
-    from safcore.measures.metrics import fid
+    from safcore.measures.fid import fid
 
     _check(samples, "samples")
     _check(reference, "reference")

@@ -2,7 +2,7 @@
 
 A defence that stops the SAF from coming back is only worth using if the released model (or images)
 still teaches what the data is for. We measure it the way the synthetic-data literature does
-(train on synthetic, test on real): a small ResNet (:class:`safcore.measures.metrics.DomainClassifier`, the
+(train on synthetic, test on real): a small ResNet (:class:`safcore.measures.features.DomainClassifier`, the
 FID extractor's network and training) is trained on
 
 * the real ``D_p`` with MedMNIST's labels (the reference),
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from safcore.measures.metrics import DomainExtractorConfig, train_domain_extractor
+from safcore.measures.extractor_training import DomainExtractorConfig, train_domain_extractor
 
 __all__ = ["UTILITY_CLASSIFIER", "train_label_classifier", "predict_labels", "score"]
 
@@ -38,7 +38,7 @@ Task = Literal["multi-class", "multi-label"]
 def train_label_classifier(images: torch.Tensor, labels, *, task: Task, n_outputs: int,
                            config: DomainExtractorConfig = UTILITY_CLASSIFIER, progress: bool = False,
                            device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A :class:`~safcore.measures.metrics.DomainClassifier` trained on ``images`` (N, C, S, S) in [0, 1] with ``labels``
+    """A :class:`~safcore.measures.features.DomainClassifier` trained on ``images`` (N, C, S, S) in [0, 1] with ``labels``
     ((N, 1) class indices or (N, L) 0/1), trained on ``device``; returned in eval mode on the CPU."""
     extractor = train_domain_extractor(images, labels, task=task, n_outputs=n_outputs, config=config,
                                        dataset_name="utility", progress=progress, device=device)

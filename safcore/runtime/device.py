@@ -1,10 +1,12 @@
-"""Which torch device a command or study runs on."""
+"""Which torch device a command or study runs on, and how many CPU threads torch uses there."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+from collections.abc import Iterator
 
 import torch
 
@@ -154,3 +156,15 @@ def bf16_autocast(device: str | torch.device, enabled: bool = True):
                           "autocast", RuntimeWarning, stacklevel=2)
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Use ``n`` torch intra-op threads inside the block (0 = unchanged), restoring the old count."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -49,7 +49,7 @@ from safcore.generators.train import TrainResult, load_kept, train
 
 if TYPE_CHECKING:
     from safcore.data.fingerprint_io import Fingerprint
-    from safcore.measures.metrics import FIDResult
+    from safcore.measures.fid import FIDResult
 
 Split = Literal["train", "val", "test"]
 
@@ -478,7 +478,7 @@ class Study:
         from safetensors import safe_open
 
         from safcore.measures import utility as utility_lib
-        from safcore.measures.metrics import DomainClassifier
+        from safcore.measures.features import DomainClassifier
 
         task, n_outputs = data_lib.label_task(self.data)
         config = {**self.data_config, "task": task, "n_outputs": n_outputs,
@@ -701,9 +701,9 @@ class Study:
 
     @functools.cached_property
     def domain_extractor(self):
-        """The dataset's domain feature extractor (:func:`safcore.measures.metrics.domain_extractor`, cached in the run
+        """The dataset's domain feature extractor (:func:`safcore.measures.extractor_training.domain_extractor`, cached in the run
         store): FID's features and the quality gate's."""
-        from safcore.measures.metrics import domain_extractor
+        from safcore.measures.extractor_training import domain_extractor
 
         return domain_extractor(self.data, self.store.root / "fid_extractors", device=self.device, progress=self.progress)
 
@@ -778,7 +778,7 @@ class Study:
 
         def make(tmp: Path) -> None:
             pool, _ = self.nonmember_pool()
-            result = peers.peer_metrics(peers.as_eps_model(self.score_model), self.private.images, self.nonmembers(),
+            result = peers.peer_metrics(self.score_model, self.private.images, self.nonmembers(),
                                         samples, self.images("val"), n_draws=n_draws, seed=self.seed)
             result["nonmember_pool"] = pool.to_dict()
             result["copy_criteria"] = control_lib.copy_criteria(samples, self.private.images, self.control)
@@ -908,7 +908,7 @@ class Study:
         on the number of images on each side, so FID_train and FID_test use the same
         ``n = min(profile.n_fid, N_D, |test split|)`` real and generated images (``"val"``: at most the
         val split's size, then not comparable with the other two). ``n`` real images are drawn from the
-        reference and ``n`` of the ``profile.n_fid`` cached samples with :func:`safcore.measures.metrics.subsample`
+        reference and ``n`` of the ``profile.n_fid`` cached samples with :func:`safcore.measures.fid.subsample`
         (seeded by ``seed``, without replacement, the whole set when it has ``n``); FID_train and FID_test
         share the same generated subset. The result records ``n`` and the sizes drawn from.
 
@@ -916,7 +916,7 @@ class Study:
         extractor trained on this dataset's labels (cached in the run store); the result names it.
         Domain-extractor FIDs are not comparable with the paper's Inception FIDs.
         """
-        from safcore.measures.metrics import fid
+        from safcore.measures.fid import fid
 
         reference = self.private.images if split == "train" else self.images(split)
         n = min(self.profile.n_fid, self.n_dataset, len(self.data.split("test")), len(reference))

@@ -17,7 +17,7 @@ before it are kept, and a cell cut short resumes its training from its checkpoin
 >>> load_records(grid)                     # the finished cells' records, read from the store
 
 ``jobs=1`` runs the cells in this process; ``jobs=K > 1`` runs K at once, each in a fresh Python process
-(``python -m safcore.study.sweep``). Where CUDA devices are visible, job slot ``j`` gets
+(``python -m safcore.study.sweep_workers``). Where CUDA devices are visible, job slot ``j`` gets
 ``CUDA_VISIBLE_DEVICES`` = the ``j mod count``-th of them; on CPU the K processes share the cores, with
 ``threads`` torch threads each (default: this process's threads // K). A cell's record is the same
 bit for bit whichever slot computes it when the thread count per cell is the same (it is part of every
@@ -26,8 +26,6 @@ run's manifest; another count sums floats in another order).
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import csv
 import dataclasses
 import io
@@ -35,11 +33,8 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 import time
-import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,6 +42,7 @@ from safcore.data import datasets as data_lib
 from safcore.study.profiles import PROFILES
 from safcore.runtime.progress import progress_bar
 from safcore.runtime.runs import RunStore, atomic_write, config_key
+from safcore.study.sweep_workers import one_line, run_workers, torch_threads
 
 if TYPE_CHECKING:
     from safcore.study.hub import Study
@@ -56,7 +52,6 @@ KIND = "sweep_cell"
 RECORD_FILE = "cell.json"
 RECORD_VERSION = 2  # 2: copy counts with the calibrated rule and their held-out control, x_p handed back (issue 20)
 """Part of every record's key: raise it when the record's content changes, so old records are not reused."""
-LOG_DIR = "sweep_logs"
 """Folder of the store where worker processes (``jobs > 1``) write one log per cell."""
 SUMMARY_SUFFIXES = (".csv", ".json")
 
@@ -335,18 +330,12 @@ def run_cell(cell: Cell, *, store: RunStore | None = None, data_root: str | os.P
         atomic_write(tmp / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True))
         made.append(True)
         return {"seconds": record["seconds"], "worker": {
-            "pid": os.getpid(), "threads": _torch_threads(),
+            "pid": os.getpid(), "threads": torch_threads(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}}
 
     run = study.store.get_or_create(KIND, config, make, seed=cell.seed)
     record = json.loads(run.file(RECORD_FILE).read_text())
     return CellOutcome(cell, "computed" if made else "skipped", record)
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 # ---------------------------------------------------------------------------------------------- the sweep
@@ -436,40 +425,6 @@ def check_summary_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def visible_gpus() -> list[str]:
-    """The CUDA devices this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (empty without CUDA):
-    the entries of ``$CUDA_VISIBLE_DEVICES`` when it is set, else ``0 … count-1``."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    count = torch.cuda.device_count()
-    given = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if given is not None:
-        return [entry.strip() for entry in given.split(",") if entry.strip()][:count]
-    return [str(i) for i in range(count)]
-
-
-def worker_env(slot: int, gpus: Sequence[str], threads: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of job slot ``slot``: ``CUDA_VISIBLE_DEVICES`` = ``gpus[slot mod len(gpus)]`` when
-    there are GPUs, ``threads`` for OpenMP / MKL, progress bars off (a worker writes to its log file)."""
-    env = dict(os.environ if base is None else base)
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])
-    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    env["SAFCORE_PROGRESS"] = "0"
-    return env
-
-
-@dataclasses.dataclass
-class _Running:
-    index: int
-    process: subprocess.Popen
-    log: Path
-    outcome: Path
-    handle: io.IOBase
-
-
 def run_sweep(grid: SweepGrid, *, jobs: int = 1, store: RunStore | None = None,
               data_root: str | os.PathLike | None = None, progress: bool = True, threads: int | None = None,
               poll_s: float = 0.5, device: str = "auto") -> SweepResult:
@@ -528,89 +483,17 @@ def run_sweep(grid: SweepGrid, *, jobs: int = 1, store: RunStore | None = None,
                 try:
                     outcomes[i] = run_cell(cells[i], study=studies.pop(i), progress=progress)
                 except Exception as error:  # noqa: BLE001 — reported, the other cells still run
-                    outcomes[i] = CellOutcome(cells[i], "failed", error=_one_line(error))
+                    outcomes[i] = CellOutcome(cells[i], "failed", error=one_line(error))
                 bar.update(1)
         else:
-            threads = threads or max(1, _torch_threads() // jobs)
+            threads = threads or max(1, torch_threads() // jobs)
             studies.clear()
-            for i, outcome in _run_workers(cells, pending, jobs=jobs, threads=threads, store=store,
+            for i, outcome in run_workers(cells, pending, jobs=jobs, threads=threads, store=store,
                                            data_root=data_root, poll_s=poll_s, device=device):
                 outcomes[i] = outcome
                 bar.set_postfix_str(f"done: {cells[i].label()}")
                 bar.update(1)
     return SweepResult(grid, tuple(outcomes), round(time.perf_counter() - start, 3))
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def _run_workers(cells: Sequence[Cell], pending: Sequence[int], *, jobs: int, threads: int, store: RunStore,
-                 data_root: str | os.PathLike | None, poll_s: float, device: str = "auto"):
-    """Run ``pending`` cells in ``jobs`` worker processes (one cell per process, slot ``j`` on GPU ``j mod
-    count``); yield ``(index, CellOutcome)`` as each ends. On an error or interrupt here the workers still
-    running are terminated."""
-    gpus = visible_gpus()
-    log_dir = store.root / LOG_DIR
-    log_dir.mkdir(parents=True, exist_ok=True)
-    queue = collections.deque(pending)
-    slots: dict[int, _Running] = {}
-    try:
-        while queue or slots:
-            for slot in range(jobs):
-                if slot not in slots and queue:
-                    i = queue.popleft()
-                    cell = cells[i]
-                    name = f"{i:03d}_{cell.label()}"
-                    log, outcome = log_dir / f"{name}.log", log_dir / f"{name}.outcome.json"
-                    with contextlib.suppress(FileNotFoundError):
-                        outcome.unlink()
-                    payload = {"cell": dataclasses.asdict(cell), "store": str(store.root),
-                               "data_root": None if data_root is None else str(data_root), "threads": threads,
-                               "outcome": str(outcome), "device": device}
-                    handle = open(log, "w")  # noqa: SIM115 — closed when the worker ends
-                    process = subprocess.Popen([sys.executable, "-m", "safcore.study.sweep", json.dumps(payload)],
-                                               stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-                                               env=worker_env(slot, gpus, threads))
-                    slots[slot] = _Running(i, process, log, outcome, handle)
-            time.sleep(poll_s)
-            for slot, running in list(slots.items()):
-                code = running.process.poll()
-                if code is None:
-                    continue
-                running.handle.close()
-                del slots[slot]
-                yield running.index, _worker_outcome(cells[running.index], running, code)
-    finally:
-        for running in slots.values():
-            running.process.terminate()
-        for running in slots.values():
-            try:
-                running.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                running.process.kill()
-                running.process.wait()
-            running.handle.close()
-
-
-def _worker_outcome(cell: Cell, running: _Running, code: int) -> CellOutcome:
-    try:
-        reported = json.loads(running.outcome.read_text())
-        running.outcome.unlink()
-    except (OSError, json.JSONDecodeError):
-        reported = None
-    if code == 0 and reported is not None and reported.get("status") in ("computed", "skipped"):
-        return CellOutcome(cell, reported["status"], reported["record"], log=running.log)
-    error = (reported or {}).get("error") or _last_line(running.log) or f"the worker ended with exit code {code}"
-    return CellOutcome(cell, "failed", error=error, log=running.log)
-
-
-def _last_line(path: Path) -> str | None:
-    try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return None
-    return lines[-1] if lines else None
 
 
 def load_records(grid: SweepGrid, *, store: RunStore | None = None,
@@ -627,36 +510,3 @@ def load_records(grid: SweepGrid, *, store: RunStore | None = None,
         if run is not None:
             records[cell] = json.loads(run.file(RECORD_FILE).read_text())
     return records
-
-
-# ---------------------------------------------------------------------------------------------- a worker
-
-
-def _worker_main(argv: Sequence[str]) -> int:
-    """``python -m safcore.study.sweep PAYLOAD``: run one cell (a sweep's worker process); the outcome goes to
-    the payload's ``outcome`` file, the stages' output to stdout/stderr (the sweep's log of the cell)."""
-    if len(argv) != 1:
-        print("usage: python -m safcore.study.sweep PAYLOAD_JSON (started by safcore sweep --jobs K)", file=sys.stderr)
-        return 2
-    payload = json.loads(argv[0])
-    outcome_path = Path(payload["outcome"])
-    cell = Cell(**payload["cell"])
-    print(f"cell {cell.label()} (pid {os.getpid()}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}, "
-          f"{payload['threads']} thread(s))", flush=True)
-    try:
-        import torch
-
-        torch.set_num_threads(int(payload["threads"]))
-        outcome = run_cell(cell, store=RunStore(payload["store"]), data_root=payload["data_root"], progress=False,
-                           device=payload.get("device", "auto"))
-    except Exception as error:  # noqa: BLE001 — the sweep reports it
-        traceback.print_exc()
-        atomic_write(outcome_path, json.dumps({"status": "failed", "error": _one_line(error)}))
-        return 1
-    atomic_write(outcome_path, json.dumps({"status": outcome.status, "record": outcome.record}))
-    print(f"cell {cell.label()}: {outcome.status} in {outcome.record['seconds']['total']:.1f} s", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))

@@ -149,11 +149,11 @@ def copies_per_image(
 
     Args:
         per_image: ``(N_D,)`` samples whose nearest training image is that image and which are copies
-            (:attr:`safcore.audit.sample_audit.CopyCheck.per_image`).
+            (:attr:`safcore.audit.copies.CopyCheck.per_image`).
         x_p_index: which bar is ``x_p``.
         n_samples: the audited ``n`` (draws the line ``E|q| = n / N_D``).
         control_rate: the fraction of real held-out images that pass the same copy rule
-            (:attr:`safcore.audit.sample_audit.CopyCheck.control_copy_rate`); with ``n_samples`` draws the control's
+            (:attr:`safcore.audit.copies.CopyCheck.control_copy_rate`); with ``n_samples`` draws the control's
             level ``control_rate · n / N_D`` per image: what chance similarity would give.
         title: headline; default states x_p's count against the mean.
     """
