@@ -251,7 +251,7 @@ def _probe(t_prime: float, count: str = "1/8"):
 
 
 def _fid(value: float):
-    from safcore.measures.metrics import FIDResult
+    from safcore.measures.fid import FIDResult
 
     return FIDResult(value=value, extractor_name="domain-resnet8[breastmnist]", n_real=4, n_fake=4)
 

@@ -24,6 +24,7 @@ import pytest
 from conftest import SMOKE_STUDY, copy_smoke_stages
 from safcore.__main__ import main
 from safcore.runtime.runs import RunStore, config_key
+from safcore.study.sweep_workers import worker_env
 from safcore.study.sweep import (
     KIND,
     Cell,
@@ -31,7 +32,7 @@ from safcore.study.sweep import (
     load_records,
     run_cell,
     run_sweep,
-    worker_env,
+
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from safcore.audit.sample_audit import AuditResult
     from safcore.defences import CADP, DPSGD
     from safcore.measures.canaries import CanaryAudit
-    from safcore.measures.metrics import FIDResult
+    from safcore.measures.fid import FIDResult
     from safcore.probe.core import ProbeResult
     from safcore.study.hub import Study
 
