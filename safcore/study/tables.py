@@ -14,14 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 if TYPE_CHECKING:
+    import pandas as pd
+
     from safcore.audit.sample_audit import AuditResult
     from safcore.defences import CADP, DPSGD
     from safcore.measures.canaries import CanaryAudit
     from safcore.measures.fid import FIDResult
-    from safcore.probe.core import ProbeResult
+    from safcore.probe import ProbeResult
     from safcore.study.hub import Study
 
 
@@ -138,6 +138,8 @@ def medmnist_table(results: Sequence[DatasetResults]) -> pd.DataFrame:
                      "near-duplicates removed": study.control.n_removed,
                      "samples unlike data": f"{audit.quality.n_unlike}/{audit.quality.n}" if audit.quality else "—",
                      "verdict": audit.verdict().kind})
+    import pandas as pd  # the notebooks extra
+
     return pd.DataFrame(rows).set_index("dataset")
 
 
@@ -166,6 +168,8 @@ def defences_table(results: Sequence[DefenceResults]) -> pd.DataFrame:
             "ε spent (DP-SGD)": None if spent is None else (spent if isinstance(spent, str) else round(spent, 3)),
             "verdict": a.verdict().kind,
         })
+    import pandas as pd  # the notebooks extra
+
     return pd.DataFrame(rows)
 
 
@@ -192,4 +196,6 @@ def peers_table(results: Sequence[PeerResults]) -> pd.DataFrame:
             "near-duplicates removed (non-members | control)":
                 f"{peer['nonmember_pool']['n_removed']} | {criteria['control_set']['n_removed']}",
         })
+    import pandas as pd  # the notebooks extra
+
     return pd.DataFrame(rows).set_index("N_D")
