@@ -29,6 +29,7 @@ Shapes: images ``(B, C, H, W)`` in the model range ``[-1, 1]``; times ``(B,)`` i
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -74,6 +75,10 @@ class Generator(Protocol):
 
     def marginal_std(self, ts: Sequence[float] | np.ndarray) -> np.ndarray:
         """``σ_t`` for each ``t``, float64 ``(T,)``."""
+        ...
+
+    def time_for_ratio(self, ratio: float) -> float:
+        """The model's own time ``t`` whose noise-to-signal ratio ``σ_t / a_t`` is ``ratio`` (> 0)."""
         ...
 
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -171,6 +176,35 @@ class SDEGenerator:
         t = torch.as_tensor(np.asarray(ts, dtype=np.float64), dtype=torch.float64).reshape(-1)
         _, std = self.sde.marginal_prob(torch.zeros(t.shape[0], 1, 1, 1, dtype=torch.float64), t)
         return std.reshape(-1).cpu().numpy().astype(np.float64)
+
+    def time_for_ratio(self, ratio: float) -> float:
+        """The root of ``log(σ_t/a_t) = log(ratio)`` on ``[t_min, T]`` (``scipy.optimize.brentq``; ``σ/a`` rises
+        monotonically in t for sub-VP and VP).
+
+        A ratio below that of ``t_min`` is clipped to ``t_min``, one above that of ``T = 1`` to ``T``, each with
+        a ``UserWarning``: the sub-VP SDE's ``σ_t ≈ β_min t`` falls to 0 faster than the VP's ``sqrt(β_min t)``, so
+        a very small ratio may lie below what its trained times reach."""
+        from scipy.optimize import brentq
+
+        target = math.log(ratio)
+
+        def log_ratio(t: float) -> float:
+            a, s = self.coefficients(torch.tensor([t], dtype=torch.float64))
+            return math.log(float(s[0])) - math.log(float(a[0]))
+
+        lo, hi = self.t_min, float(self.sde.T)
+        f_lo, f_hi = log_ratio(lo) - target, log_ratio(hi) - target
+        if f_lo >= 0.0:
+            if f_lo > 0.0:
+                warnings.warn(f"σ/a = {ratio:.3g} lies below the model's at t_min = {lo:g} "
+                              f"({math.exp(f_lo + target):.3g}); clipped to t_min", stacklevel=3)
+            return lo
+        if f_hi <= 0.0:
+            if f_hi < 0.0:
+                warnings.warn(f"σ/a = {ratio:.3g} lies above the model's at t = {hi:g} "
+                              f"({math.exp(f_hi + target):.3g}); clipped to t = {hi:g}", stacklevel=3)
+            return hi
+        return float(brentq(lambda t: log_ratio(t) - target, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps))
 
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = _time_vector(t, x)

@@ -211,6 +211,18 @@ class DiffusersModel:
             return a * out + s * x
         raise ValueError(f"prediction_type {self.prediction_type!r}; allowed: epsilon, sample, v_prediction")
 
+    def time_for_ratio(self, ratio: float) -> float:
+        """The training timestep ``k'`` whose ``sqrt((1 − ᾱ_k')/ᾱ_k')`` is closest to ``ratio`` in log scale, as
+        ``t = (k' + 0.5)/T``, which :meth:`timestep` maps back to exactly ``k'`` (``ceil(t·T) − 1``)."""
+        abar = self.scheduler.alphas_cumprod.double().cpu().numpy()
+        with np.errstate(divide="ignore"):
+            log_ratios = 0.5 * (np.log1p(-abar) - np.log(abar))
+        k = int(np.argmin(np.abs(log_ratios - math.log(ratio))))
+        t = (k + 0.5) / len(abar)
+        if self.timestep(t) != k:  # cannot happen for T ≤ 10⁵ (timestep rounds t to 6 decimals)
+            raise ValueError(f"t={t!r} does not map back to timestep {k} of T={len(abar)}")
+        return t
+
     def marginal_std(self, ts: Sequence[float] | np.ndarray) -> np.ndarray:
         """``σ = sqrt(1 − ᾱ_{k(t)})`` of ``q(x_k | x_0)`` for each t (the forward kernel's noise std), shape (T,)."""
         alphas = self.scheduler.alphas_cumprod.double()

@@ -38,16 +38,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
 
 from safcore.data.datasets import to_model_range
 from safcore.generators.base import SDE_T_MIN, Generator
-from safcore.generators.diffusers_model import DiffusersModel
 from safcore.generators.loader import as_generator
 
 __all__ = [
@@ -142,34 +139,7 @@ def time_for_ratio(model, ratio: float) -> float:
         math.isfinite(ratio) and ratio > 0
     ):
         raise ValueError(f"ratio={ratio!r}; allowed: a finite noise-to-signal ratio σ/a > 0")
-    target = math.log(float(ratio))
-    if isinstance(gen, DiffusersModel):  # discrete training timesteps, no SDE
-        abar = gen.scheduler.alphas_cumprod.double().cpu().numpy()
-        with np.errstate(divide="ignore"):
-            log_ratios = 0.5 * (np.log1p(-abar) - np.log(abar))
-        k = int(np.argmin(np.abs(log_ratios - target)))
-        t = (k + 0.5) / len(abar)
-        if gen.timestep(t) != k:  # cannot happen for T ≤ 10⁵ (timestep rounds t to 6 decimals)
-            raise ValueError(f"t={t!r} does not map back to timestep {k} of T={len(abar)}")
-        return t
-
-    def log_ratio(t: float) -> float:
-        a, s = gen.coefficients(torch.tensor([t], dtype=torch.float64))
-        return math.log(float(s[0])) - math.log(float(a[0]))
-
-    lo, hi = float(gen.t_min), float(gen.sde.T)
-    f_lo, f_hi = log_ratio(lo) - target, log_ratio(hi) - target
-    if f_lo >= 0.0:
-        if f_lo > 0.0:
-            warnings.warn(f"σ/a = {ratio:.3g} lies below the model's at t_min = {lo:g} "
-                          f"({math.exp(f_lo + target):.3g}); clipped to t_min", stacklevel=2)
-        return lo
-    if f_hi <= 0.0:
-        if f_hi < 0.0:
-            warnings.warn(f"σ/a = {ratio:.3g} lies above the model's at t = {hi:g} "
-                          f"({math.exp(f_hi + target):.3g}); clipped to t = {hi:g}", stacklevel=2)
-        return hi
-    return float(brentq(lambda t: log_ratio(t) - target, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps))
+    return gen.time_for_ratio(float(ratio))
 
 
 def reference_times(model, steps: Sequence[int]) -> tuple[float, ...]:
