@@ -35,7 +35,7 @@ from scipy import stats
 
 from safcore.measures.bounds import binomial_p_value, proportion_interval, samples_to_bound, upper_bound
 from safcore.measures.control import CARLINI_THRESHOLD, CONTROL_ALPHA, CopyThreshold, copy_threshold_for
-from safcore.data.images import load_images, sample_images_from_unet
+from safcore.data.images import load_images
 from safcore.measures.memorization import carlini_nearest
 from safcore.runtime.progress import progress_bar
 from safcore.measures.quality import SampleQuality
@@ -50,7 +50,6 @@ __all__ = [
     "copy_check",
     "evenness_test",
     "load_images",
-    "sample_images_from_unet",
 ]
 
 ImageClassifier = Callable[[torch.Tensor], torch.Tensor]
