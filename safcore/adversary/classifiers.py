@@ -108,7 +108,8 @@ class ClassifierConfig:
         id_p_train, id_p_val: probability that a ``c_id`` training / validation sample is ``x_p``
             (appendix A: 0.1 / 0.5).
         seed: seeds the initial weights, the SAF/mask places, labels, AugMix and noise.
-        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``
+            (recorded by its name).
     """
 
     arch: Arch = "resnet18"
@@ -131,7 +132,7 @@ class ClassifierConfig:
     id_p_train: float = 0.1
     id_p_val: float = 0.5
     seed: int = 0
-    device: str = "auto"
+    device: str | torch.device = "auto"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -286,7 +287,7 @@ class Classifier:
         record = {
             "format_version": FORMAT_VERSION,
             "kind": self.kind,
-            "config": dataclasses.asdict(self.config),
+            "config": {**dataclasses.asdict(self.config), "device": str(self.config.device)},
             "in_channels": self.in_channels,
             "image_size": self.image_size,
             "threshold": self.threshold,
