@@ -2,8 +2,8 @@
 
 Prints, for 1 and 2 processes (``accelerate launch --multi_gpu --num_processes 2``; on a machine without
 CUDA the two processes run DDP over gloo on the CPU, each with ``--threads`` torch threads, default 1):
-  * training steps/s of :class:`safcore.study.distributed.DDPTrainer` (the same GLOBAL batch for both, so the
-    2-process step does half the images per process) and the ratio 2-process / 1-process;
+  * training steps/s of a data-parallel :class:`safcore.generators.train.Trainer` (the same GLOBAL batch for
+    both, so the 2-process step does half the images per process) and the ratio 2-process / 1-process;
   * sampling images/s of :func:`safcore.study.distributed.sample_split` (same n, chunks and sampler steps);
 and, on the device it ran on, the PROJECTED wall time of the paper profile's training (30 000 steps of the
 ``paper`` U-Net at batch 128, bf16 as the profile) and of its 150 000-sample audit (1000 Euler–Maruyama
@@ -45,9 +45,10 @@ def _free_port() -> int:
 def _worker(args) -> None:
     from accelerate import Accelerator
 
-    from safcore.study.distributed import DDPTrainer, SplitSampling, sample_split
+    from safcore.study.distributed import SplitSampling, sample_split
     from safcore.generators.score_model import ScoreModel, build_unet
-    from safcore.generators.train import TrainConfig
+    from safcore.generators.train import TrainConfig, Trainer
+    from safcore.runtime.parallel import DataParallel
 
     torch.set_num_threads(args.threads)
     acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -58,7 +59,7 @@ def _worker(args) -> None:
         images = torch.rand(64, args.channels, 28, 28)
         cfg = TrainConfig(preset=args.preset, steps=10**6, batch_size=args.batch, warmup_steps=1,
                           checkpoint_every=10**6, bf16=args.bf16, device=device)
-        trainer = DDPTrainer(images, cfg, accelerator=acc)
+        trainer = Trainer(images, cfg, parallel=DataParallel(acc))
         for _ in range(args.warmup):
             trainer.step()
         acc.wait_for_everyone()

@@ -179,7 +179,7 @@ def test_load_images_errors(tmp_path):
 
 
 def test_sample_images_from_a_diffusers_unet(tmp_path):
-    from safcore.audit.sample_audit import sample_images_from_unet
+    from safcore.generators.images_from_model import sample_images_from_unet
     from safcore.generators.score_model import ScoreModel, build_unet
 
     torch.manual_seed(0)

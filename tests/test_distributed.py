@@ -36,7 +36,8 @@ from safcore.study.distributed import (
 from safcore.generators.score_model import ScoreModel, build_unet
 from safcore.probe.core import ProbeConfig
 from safcore.generators.sampling import sample
-from safcore.generators.train import TrainConfig, latest_checkpoint, train
+from safcore.generators.checkpoints import latest_checkpoint
+from safcore.generators.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -166,9 +167,9 @@ class _ThreadRank:
 
 def _in_threads(world: int, run, monkeypatch):
     """``run(accelerator)`` on ``world`` simulated ranks (threads); returns every rank's result."""
-    import safcore.study.distributed as distributed
+    import safcore.runtime.parallel as parallel
 
-    monkeypatch.setattr(distributed, "_gather", lambda acc, obj: [obj] if acc is None else acc.world.gather(
+    monkeypatch.setattr(parallel, "gather", lambda acc, obj: [obj] if acc is None else acc.world.gather(
         acc.process_index, obj))
     shared, results = _ThreadWorld(world), [None] * world
 
@@ -229,12 +230,13 @@ def test_world_size_one_is_plain_training_and_refuses_plain_checkpoints(tmp_path
     with pytest.raises(ValueError, match="single-process training"):
         train_distributed(images, config, tmp_path / "plain", progress=False)
     with pytest.raises(ValueError, match="multiple of the world size"):
-        from safcore.study.distributed import DDPTrainer
+        from safcore.generators.train import Trainer
+        from safcore.runtime.parallel import DataParallel
 
         class _Two:  # an accelerator of world size 2 is only consulted for its rank and size here
             process_index, num_processes = 0, 2
 
-        DDPTrainer(images, _config(batch_size=5), accelerator=_Two())
+        Trainer(images, _config(batch_size=5), parallel=DataParallel(_Two()))
 
 
 _SCRIPT = """

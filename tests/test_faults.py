@@ -299,13 +299,13 @@ def test_disk_full_while_writing_a_checkpoint(fingerprint, data_root, tmp_path, 
                                               capsys):
     from safetensors import SafetensorError
 
-    import safcore.runtime.runs
+    import safcore.runtime.atomic
 
     def full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 16)  # what a full disk leaves: a few bytes, then the error
         raise SafetensorError(ENOSPC_SAFETENSORS)
 
-    monkeypatch.setattr(safcore.runtime.runs, "save_file", full)
+    monkeypatch.setattr(safcore.runtime.atomic, "save_file", full)
     out = tmp_path / "model"
     err = one_line(["train", "--fingerprint", str(fingerprint), "--out", str(out), "--profile", "smoke",
                     "--data-root", str(data_root), "--no-progress"], capsys)

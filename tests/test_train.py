@@ -12,7 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from safcore.generators.score_model import ScoreModel
-from safcore.generators.train import TrainConfig, Trainer, kept_path, latest_checkpoint, load_kept, train
+from safcore.generators.checkpoints import kept_path, latest_checkpoint, load_kept
+from safcore.generators.train import TrainConfig, Trainer, train
 
 from conftest import half_images
 

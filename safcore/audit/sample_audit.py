@@ -33,12 +33,11 @@ import torch
 
 from safcore.audit.copies import CopyCheck, copy_check
 from safcore.audit.verdict import AdversaryRequirements, Verdict, judge
-from safcore.data.images import sample_images_from_unet
 from safcore.measures.bounds import binomial_p_value, proportion_interval, samples_to_bound, upper_bound
 from safcore.measures.quality import SampleQuality
 from safcore.runtime.progress import progress_bar
 
-__all__ = ["AuditResult", "audit", "sample_images_from_unet"]
+__all__ = ["AuditResult", "audit"]
 
 ImageClassifier = Callable[[torch.Tensor], torch.Tensor]
 

@@ -1,7 +1,7 @@
-"""Where audited images come from: arrays, ``.npy`` / ``.npz`` files, PNG folders, or a diffusers U-Net.
+"""Where audited images come from: arrays, ``.npy`` / ``.npz`` files or PNG folders.
 
-:func:`load_images` reads what a user generated elsewhere; :func:`sample_images_from_unet` draws new
-images from any diffusers ``UNet2DModel`` (read as a sub-VP ε-predictor). Both return float32
+:func:`load_images` reads what a user generated elsewhere (new images drawn from a model:
+:func:`safcore.generators.images_from_model.sample_images_from_unet`). It returns float32
 ``(N, C, H, W)`` in ``[0, 1]``, the form :func:`safcore.audit.sample_audit.audit` takes.
 """
 
@@ -10,20 +10,12 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from safcore.runtime.checks import describe_head, expect_format, file_head, regular_file
 from safcore.data.datasets import match_channels
-
-if TYPE_CHECKING:
-    from diffusers import UNet2DModel
-
-    from safcore.generators.score_model import ScoreModel
-    from safcore.generators.sampling import Method
-    from safcore.generators.sde import SDE
 
 IMAGE_SUFFIXES = (".png",)
 
@@ -169,52 +161,3 @@ def load_images(source: torch.Tensor | np.ndarray | str | os.PathLike, channels:
     if channels is not None and channels != tensor.shape[1] and not (tensor.shape[1] == 1 and channels == 3):
         check_images_fit(tensor, channels, int(tensor.shape[-1]), what=what, against="the data's images")
     return match_channels(tensor, channels)
-
-
-def sample_images_from_unet(
-    unet_or_path: UNet2DModel | ScoreModel | str | os.PathLike,
-    n: int,
-    *,
-    sde: SDE | None = None,
-    method: Method = "euler_maruyama",
-    steps: int = 1000,
-    batch_size: int = 256,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> torch.Tensor:
-    """``n`` images from a diffusers ``UNet2DModel`` (or a folder it was saved to), unit range.
-
-    The U-Net is read as an ε-predictor of the given SDE (default sub-VP) through
-    :class:`safcore.generators.score_model.ScoreModel` and sampled from the prior with
-    :func:`safcore.generators.sampling.sample` (``method``, ``steps``).
-
-    Returns:
-        float32 ``(n, C, H, W)`` in ``[0, 1]`` on the CPU.
-    """
-    from diffusers import UNet2DModel
-
-    from safcore.data.datasets import from_model_range
-    from safcore.generators.score_model import ScoreModel
-    from safcore.generators.sampling import sample
-
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n = {n!r} images: must be an integer ≥ 1")
-    if isinstance(unet_or_path, ScoreModel):
-        model = unet_or_path if sde is None else ScoreModel(unet_or_path.unet, sde, unet_or_path.mean_prior)
-    elif isinstance(unet_or_path, UNet2DModel):
-        model = ScoreModel(unet_or_path, sde)
-    elif isinstance(unet_or_path, (str, os.PathLike)):
-        model = ScoreModel.from_pretrained(unet_or_path, sde)
-    else:
-        raise ValueError(f"expected a UNet2DModel, a ScoreModel or a saved model's folder, got {type(unet_or_path).__name__}")
-    if device is not None:
-        model = model.to(device)
-    model.eval()
-    size = int(model.unet.config.sample_size if isinstance(model.unet.config.sample_size, int) else model.unet.config.sample_size[0])
-    generator = torch.Generator(model.device).manual_seed(seed)
-    result = sample(
-        model, model.sde, shape=(n, model.channels, size, size), method=method, steps=steps,
-        generator=generator, batch_size=batch_size, progress=progress,
-    )
-    return from_model_range(result.images).float().cpu()

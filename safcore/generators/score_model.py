@@ -242,12 +242,15 @@ class ScoreModel(torch.nn.Module):
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
-    def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Network output ε̂ for ``x`` (B, C, H, W, model range) at times ``t`` (B,) → (B, C, H, W)."""
+    def eps(self, x: torch.Tensor, t: torch.Tensor, *, unet: torch.nn.Module | None = None) -> torch.Tensor:
+        """Network output ε̂ for ``x`` (B, C, H, W, model range) at times ``t`` (B,) → (B, C, H, W).
+
+        ``unet``: a wrapper of this model's U-Net to run it through (data-parallel training's
+        ``DistributedDataParallel``, whose backward all-reduces the gradients); default the U-Net itself."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        out = self.unet(x, t * TIME_LABEL_SCALE).sample
+        out = (self.unet if unet is None else unet)(x, t * TIME_LABEL_SCALE).sample
         if self.mean_prior is None:
             return out
         return out + self.mean_eps(x, t).to(out.dtype)

@@ -20,11 +20,15 @@ weights are bit-identical to those of an uninterrupted run with the same seed, b
 draw (batch indices, diffusion times, noise) comes from one explicit ``torch.Generator`` whose state
 is checkpointed.
 
-Checkpoints survive a bad disk day: a new checkpoint is fsynced and read back (its header, and the
-SHA-256 of its tensors recorded in its metadata) before older ones are deleted, and the previous one
-is always kept beside it. Resuming skips an unreadable latest checkpoint (truncated, corrupt) with a
-warning naming it and the one resumed from, and sets it aside as ``<name>.unreadable``. A checkpoint
-records the SDE and the device type it was trained with; resuming with another is refused.
+What a checkpoint holds, how it is written, read back and resumed from, and the kept EMA weights:
+:mod:`safcore.generators.checkpoints`.
+
+Data parallel (:class:`Trainer` with ``parallel``, :class:`safcore.runtime.parallel.DataParallel`): each of the W
+ranks builds the same initial model, draws its share ``batch_size / W`` of the global batch from its own generator
+seeded with ``derived_seed(config.seed, rank)`` (:func:`safcore.runtime.parallel.derived_seed`) and runs the U-Net
+through the group's wrapper (``DistributedDataParallel``), whose backward all-reduces (averages) the gradients; the
+recorded loss is the mean over ranks. Clipping, Adam and the EMA then see identical gradients, so weights and EMA
+stay identical on all ranks. Checkpoints and kept weights are written by the main rank and record the world size.
 """
 
 from __future__ import annotations
@@ -33,66 +37,38 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import re
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+import numpy as np
 import torch
 from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from safcore.data.datasets import check_image_size, to_model_range
-from safcore.runtime.device import bf16_autocast
-from safcore.generators.score_model import MeanPrior, UNET_PRESETS, ScoreModel, build_unet
+from safcore.generators.checkpoints import (
+    KEPT_FORMAT,
+    kept_path,
+    restore_training_state,
+    resume_point,
+    training_state,
+    write_checkpoint,
+)
+from safcore.generators.score_model import UNET_PRESETS, MeanPrior, ScoreModel, build_unet
+from safcore.generators.sde import SubVPSDE
+from safcore.runtime.device import bf16_autocast, check_device_name, resolve_device
+from safcore.runtime.parallel import DDP_FORMAT, DataParallel, rank_seeds
 from safcore.runtime.progress import progress_bar
 from safcore.runtime.runs import atomic_save_safetensors, remove_stale_temporaries
-from safcore.generators.sde import SubVPSDE
 
 __all__ = [
     "TrainConfig",
-    "resume_point",
     "TrainResult",
     "Trainer",
     "train",
-    "load_kept",
-    "kept_path",
-    "latest_checkpoint",
-    "read_checkpoint",
-    "resolve_device",
-    "sde_identity",
-    "CheckpointError",
-    "CheckpointFallbackWarning",
 ]
 
-DeviceName = Literal["auto", "cpu", "cuda"]
-_DEVICES = ("auto", "cpu", "cuda")
-CHECKPOINT_FORMAT = "safcore-train-checkpoint/1"
-KEPT_FORMAT = "safcore-ema-weights/1"
-_CHECKPOINT_GLOB = "checkpoint_step*.safetensors"
-_CHECKPOINT_NAME = re.compile(r"^checkpoint_step(\d+)\.safetensors$")
-UNREADABLE_SUFFIX = ".unreadable"
-_DEFAULT_SDE = "SubVPSDE(beta_min=0.1, beta_max=20.0)"  # what checkpoints without an "sde" entry were trained with
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be read back whole: truncated, corrupt, or not a training checkpoint."""
-
-
-class CheckpointFallbackWarning(UserWarning):
-    """Resuming skipped an unreadable checkpoint and continued from an earlier one."""
-
-# Fields of TrainConfig that change the trajectory of training: a checkpoint written under other
-# values cannot be resumed. (``steps``, ``checkpoint_every`` and ``keep_steps`` may change between a run
-# and its resumption: training longer from a checkpoint is the same trajectory. ``device`` may change
-# as long as it resolves to the same device type, e.g. "auto" ↔ "cpu" on a machine without CUDA:
-# Trainer.load_state checks the resolved type recorded in the checkpoint.)
-_TRAJECTORY_FIELDS = ("preset", "batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "eps", "bf16", "seed")
 
 
 @dataclass(frozen=True)
@@ -116,7 +92,9 @@ class TrainConfig:
         bf16: run the network under ``torch.autocast(dtype=torch.bfloat16)`` (weights, loss,
             optimizer and EMA stay fp32).
         seed: seeds the weight initialisation and the training generator.
-        device: "auto" (CUDA when available, else CPU), "cpu" or "cuda".
+        device: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:N" or a ``torch.device``
+            (:func:`safcore.runtime.device.resolve_device`). A ``torch.device`` is recorded (:meth:`to_dict`) by its
+            type: its index says where this process trains, not how.
         mean_head: add the closed-form posterior mean of the noise's per-channel mean to the U-Net's ε̂
             (:class:`safcore.generators.score_model.MeanPrior`, its prior from the training images). ``None`` (default): on for
             RGB data, where the U-Net alone lets whole samples drift to black or white (issue 21), off for grey,
@@ -136,7 +114,7 @@ class TrainConfig:
     keep_steps: tuple[int, ...] = ()
     bf16: bool = False
     seed: int = 0
-    device: DeviceName = "auto"
+    device: str | torch.device = "auto"
     mean_head: bool | None = None
 
     def __post_init__(self) -> None:
@@ -167,8 +145,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.bf16 = {self.bf16!r}: must be True or False")
         if self.mean_head is not None and not isinstance(self.mean_head, bool):
             raise ValueError(f"TrainConfig.mean_head = {self.mean_head!r}: must be None (on for RGB), True or False")
-        if self.device not in _DEVICES:
-            raise ValueError(f"TrainConfig.device = {self.device!r}: must be one of {_DEVICES}")
+        check_device_name(self.device, "TrainConfig.device")
         keep = self.keep_steps
         if not isinstance(keep, tuple):
             raise ValueError(f"TrainConfig.keep_steps = {keep!r}: must be a tuple of steps, e.g. (500, 1000)")
@@ -186,6 +163,8 @@ class TrainConfig:
         """The configuration as JSON-able plain values (``mean_head`` only when set: older keys are unchanged)."""
         out = dataclasses.asdict(self)
         out["keep_steps"] = list(self.keep_steps)
+        if isinstance(self.device, torch.device):
+            out["device"] = self.device.type
         if self.mean_head is None:
             out.pop("mean_head")
         return out
@@ -223,16 +202,6 @@ class TrainResult:
         )
 
 
-def resolve_device(device: DeviceName) -> torch.device:
-    """Training's device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (the current CUDA device), checked by the package's
-    one :func:`safcore.runtime.device.resolve_device` (``"cuda"`` without a GPU raises ``ValueError``)."""
-    if device not in _DEVICES:
-        raise ValueError(f"device {device!r}: must be one of {_DEVICES}")
-    from safcore.runtime.device import resolve_device as resolve
-
-    return resolve(device)
-
-
 def _fingerprint(images: torch.Tensor) -> str:
     """SHA-256 (16 hex digits) of the training images' shape and float32 bytes."""
     data = images.detach().to("cpu", torch.float32).contiguous()
@@ -257,7 +226,13 @@ class Trainer:
     so a run is reproducible from its checkpoint regardless of other code using the global RNG.
     """
 
-    def __init__(self, images_unit: torch.Tensor, config: TrainConfig, sde=None):
+    def __init__(self, images_unit: torch.Tensor, config: TrainConfig, sde=None, *, parallel: DataParallel | None = None):
+        world = 1 if parallel is None else parallel.world_size
+        if config.batch_size % world:
+            raise ValueError(
+                f"TrainConfig.batch_size = {config.batch_size} (the global batch) is not a multiple of the world size "
+                f"{world}; allowed: a multiple of {world}, e.g. {max(1, round(config.batch_size / world)) * world}"
+            )
         if not isinstance(images_unit, torch.Tensor) or images_unit.ndim != 4:
             raise ValueError(
                 f"images_unit must be a tensor of shape (N, C, H, W) in [0, 1], got "
@@ -292,9 +267,20 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
         self.ema = EMAModel(self.params, decay=config.ema_decay, foreach=True)
         self.ema.to(self.device)
-        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.step_count = 0
         self.losses: list[float] = []
+        self.parallel = parallel
+        if parallel is not None and parallel.accelerator is not None and parallel.accelerator.device.type != self.device.type:
+            raise ValueError(
+                f"TrainConfig.device = {config.device!r} resolves to {self.device.type!r} but the accelerator runs on "
+                f"{parallel.accelerator.device.type!r}; use device={parallel.accelerator.device.type!r}"
+            )
+        self.local_batch = config.batch_size // world
+        self.rank_seeds = rank_seeds(config.seed, world)  # [config.seed] for one process
+        self.generator = torch.Generator(device="cpu").manual_seed(self.rank_seeds[0 if parallel is None else parallel.rank])
+        # data parallel: the DDP wrapper shares the U-Net's parameters (self.params, the optimizer and the EMA see them)
+        self.net = None if parallel is None else parallel.wrap(self.model.unet)
+        self._gathered: tuple[int, list[torch.Tensor]] | None = None
 
     def lr_at(self, step: int) -> float:
         """Learning rate of 1-based ``step``: ``lr · min(1, step / warmup_steps)``."""
@@ -318,14 +304,14 @@ class Trainer:
         return torch.mean((eps_hat.float() - z) ** 2)
 
     def eps_hat(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """ε̂_θ(x_t, t) (B, C, H, W) of the network being trained; a subclass may call it through a wrapper
-        (:class:`safcore.study.distributed.DDPTrainer`: DDP, whose backward all-reduces the gradients)."""
-        return self.model.eps(xt, t)
+        """ε̂_θ(x_t, t) (B, C, H, W) of the network being trained, through the data-parallel wrapper when there is
+        one (DDP, whose backward all-reduces the gradients)."""
+        return self.model.eps(xt, t, unet=self.net)
 
     @property
     def batch_per_step(self) -> int:
-        """Images this process draws per step: ``config.batch_size`` (a data-parallel rank draws its share)."""
-        return self.config.batch_size
+        """Images this process draws per step: ``config.batch_size``, or a data-parallel rank's share ``B / W``."""
+        return self.local_batch
 
     def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batch indices, times t ~ U(eps, 1) of shape (B,) and noise z of shape (B, C, H, W), from the generator;
@@ -352,107 +338,61 @@ class Trainer:
         self.ema.step(self.params)
         value = float(loss.detach())
         self.losses.append(value)
+        if self.parallel is not None and self.parallel.world_size > 1:  # the mean over ranks (equal local batches)
+            value = float(np.mean(self.parallel.gather(value)))
+            self.losses[-1] = value
         return value
 
     # ----------------------------------------------------------------- checkpoint state
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The full training state as (tensors, string metadata) for a safetensors file; nothing pickled.
+        """The full training state as (tensors, string metadata) (:func:`safcore.generators.checkpoints.training_state`).
 
-        Tensors: ``model.<name>``, ``ema.<name>``, ``optim.<i>.<key>`` (Adam's step, exp_avg,
-        exp_avg_sq per parameter index i), ``rng.generator`` / ``rng.torch`` (/ ``rng.cuda``) byte
-        states and ``losses`` (float64, one per step). Metadata: strings (JSON where structured),
-        among them ``step``, the ``config``, the ``sde`` (:func:`sde_identity`) and the ``device_type``
-        ("cpu" / "cuda") that :meth:`load_state` checks.
-        """
-        tensors: dict[str, torch.Tensor] = {}
-        for name, p in zip(self.param_names, self.params):
-            tensors[f"model.{name}"] = p.detach()
-        for name, s in zip(self.param_names, self.ema.shadow_params):
-            tensors[f"ema.{name}"] = s.detach()
-        opt_state = self.optimizer.state_dict()
-        for index, state in opt_state["state"].items():
-            for key, value in state.items():
-                if not isinstance(value, torch.Tensor):
-                    value = torch.tensor(value)
-                tensors[f"optim.{index}.{key}"] = value
-        tensors["rng.generator"] = self.generator.get_state()
-        tensors["rng.torch"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        tensors["losses"] = torch.tensor(self.losses, dtype=torch.float64)
-        ema_scalars = {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
-        metadata = {
-            "format": CHECKPOINT_FORMAT,
-            "step": str(self.step_count),
-            "config": json.dumps(self.config.to_dict(), sort_keys=True),
-            "data_fingerprint": self.data_fingerprint,
-            "param_groups": json.dumps(opt_state["param_groups"]),
-            "ema": json.dumps(ema_scalars),
-            "unet_config": json.dumps(dict(self.model.unet.config)),
-            "sde": sde_identity(self.sde),
-            "device_type": self.device.type,
-        }
+        Data parallel: plus ``rng.generator.rank{r}`` for every rank and metadata ``distributed`` (format, world
+        size, rank seeds), from the states :meth:`gather_generator_states` gathered at this step (not collective
+        itself)."""
+        if self.parallel is None:
+            return training_state(self)
+        if self._gathered is None or self._gathered[0] != self.step_count:
+            if self.parallel.world_size > 1:
+                raise RuntimeError("Trainer.state_tensors: call gather_generator_states() on every rank at this "
+                                   "step first (save_checkpoint does)")
+            self._gathered = (self.step_count, [self.generator.get_state()])
+        tensors, metadata = training_state(self)
+        for r, state in enumerate(self._gathered[1]):
+            tensors[f"rng.generator.rank{r}"] = state
+        metadata["distributed"] = json.dumps(self._ddp_record(), sort_keys=True)
         return tensors, metadata
 
     def load_state(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, source: str = "checkpoint") -> None:
-        """Restore the state written by :meth:`state_tensors`.
+        """Restore the state written by :meth:`state_tensors` (:func:`safcore.generators.checkpoints.restore_training_state`;
+        ``ValueError`` if it does not fit this trainer). Data parallel: then this rank's generator state; a
+        checkpoint of another world size or of single-process training is refused (its trajectory cannot be
+        continued here)."""
+        if self.parallel is not None:
+            if "distributed" not in metadata:
+                raise ValueError(f"{source} was written by single-process training (safcore.generators.train.train); a "
+                                 f"distributed run cannot continue it; use a fresh work_dir")
+            saved = json.loads(metadata["distributed"])
+            if saved.get("world_size") != self.parallel.world_size:
+                raise ValueError(
+                    f"{source} was written by a run with world size {saved.get('world_size')}; this run has world size "
+                    f"{self.parallel.world_size}. Each rank's data stream depends on the world size, so a resume is "
+                    f"exact only with the same one: relaunch with --num_processes {saved.get('world_size')} or use a "
+                    f"fresh work_dir"
+                )
+        restore_training_state(self, tensors, metadata, source=source)
+        if self.parallel is not None:
+            self.generator.set_state(tensors[f"rng.generator.rank{self.parallel.rank}"])
 
-        Raises ``ValueError`` (nothing restored) if the checkpoint does not fit this trainer: another
-        format, another trajectory configuration, other images, another SDE or another device type
-        (a resumed run continues the same trajectory only on the device type it started on). A
-        checkpoint written before checkpoints recorded their SDE counts as trained with the default
-        ``SubVPSDE()``; its device type is read from its RNG states (``rng.cuda`` only on CUDA).
-        """
-        if metadata.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{source}: not a safcore training checkpoint (format {metadata.get('format')!r})")
-        saved = json.loads(metadata["config"])
-        mine = self.config.to_dict()
-        differ = [f for f in _TRAJECTORY_FIELDS if saved.get(f) != mine[f]]
-        if differ:
-            details = ", ".join(f"{f}: saved {saved.get(f)!r} vs now {mine[f]!r}" for f in differ)
-            raise ValueError(f"{source} was written with another training configuration ({details}); use a fresh work_dir")
-        if metadata.get("data_fingerprint") != self.data_fingerprint:
-            raise ValueError(f"{source} was written for other training images; use a fresh work_dir")
-        saved_sde, my_sde = metadata.get("sde", _DEFAULT_SDE), sde_identity(self.sde)
-        if saved_sde != my_sde:
-            older = "" if "sde" in metadata else " (it records no SDE: written by an older safcore, whose default this was)"
-            raise ValueError(
-                f"{source} was trained with the SDE {saved_sde}{older}, but this run uses {my_sde}; resuming would "
-                f"mix two diffusion processes in one model. Resume with sde={saved_sde} or use a fresh work_dir"
-            )
-        saved_device = metadata.get("device_type", "cuda" if "rng.cuda" in tensors else "cpu")
-        if saved_device != self.device.type:
-            raise ValueError(
-                f"{source} was written on device type {saved_device!r}, but this run is on {self.device.type!r} "
-                f"(TrainConfig.device = {self.config.device!r}); a run resumes only on the device type it started "
-                f"on (its random states and kernels differ between devices). Resume with device={saved_device!r} "
-                f"or use a fresh work_dir"
-            )
-        with torch.no_grad():
-            for name, p in zip(self.param_names, self.params):
-                p.copy_(tensors[f"model.{name}"])
-        ema_state = json.loads(metadata["ema"])
-        ema_state["shadow_params"] = [tensors[f"ema.{name}"].to(self.device) for name in self.param_names]
-        self.ema.load_state_dict(ema_state)
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, field = key.split(".", 2)
-                state.setdefault(int(index), {})[field] = value
-        param_groups = json.loads(metadata["param_groups"])
-        for group in param_groups:  # JSON turns Adam's betas tuple into a list
-            if "betas" in group:
-                group["betas"] = tuple(group["betas"])
-        self.optimizer.load_state_dict({"state": state, "param_groups": param_groups})
-        self.generator.set_state(tensors["rng.generator"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        self.step_count = int(metadata["step"])
-        self.losses = [float(v) for v in tensors["losses"].tolist()]
-        if len(self.losses) != self.step_count:
-            raise ValueError(f"{source}: {len(self.losses)} losses stored for step {self.step_count} (corrupt)")
+    def gather_generator_states(self) -> list[torch.Tensor]:
+        """Every rank's generator state (rank order); a collective call: every rank must make it."""
+        states = [s.clone() for s in self.parallel.gather(self.generator.get_state())]
+        self._gathered = (self.step_count, states)
+        return states
 
+    def _ddp_record(self) -> dict:
+        return {"format": DDP_FORMAT, "world_size": self.parallel.world_size, "rank_seeds": self.rank_seeds,
+                "seed_rule": "derived_seed(config.seed, rank)"}
     def record(self) -> dict:
         """JSON-safe facts about this training beyond its losses (none for plain training)."""
         return {}
@@ -468,38 +408,30 @@ class Trainer:
         return model.eval()
 
     def save_checkpoint(self, work_dir: Path) -> Path:
-        """Write ``checkpoint_step{N:06d}.safetensors`` (N = the current step) so that a readable one always remains.
+        """Write ``checkpoint_step{N:06d}.safetensors`` (N = the current step) with :meth:`state_tensors`
+        (:func:`safcore.generators.checkpoints.write_checkpoint`: read back before older ones are deleted).
 
-        Guarantees, in this order: the state (:meth:`state_tensors`, plus the SHA-256 of its tensors
-        as ``tensors_sha256``) is written to a temporary file, fsynced and renamed into place
-        (:func:`safcore.runtime.runs.atomic_save_safetensors`); the file is read back (:func:`read_checkpoint`:
-        format, step and tensor digest); only then are older checkpoints deleted, all but the previous
-        one (the highest step below N), which stays as the fallback if this one is later found
-        unreadable. Checkpoints of higher steps are never touched.
+        Data parallel: every rank gathers the generator states; the main process writes; all ranks then learn
+        whether it succeeded (a barrier).
 
         Raises:
-            CheckpointError: the file just written does not read back as written; it is renamed
-                ``<name>.unreadable`` and nothing is deleted.
+            CheckpointError: the file just written does not read back as written.
         """
-        work_dir = Path(work_dir)
-        tensors, metadata = self.state_tensors()
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        metadata = {**metadata, "tensors_sha256": _tensors_sha256(tensors)}
-        path = work_dir / f"checkpoint_step{self.step_count:06d}.safetensors"
-        atomic_save_safetensors(tensors, path, metadata)
-        try:
-            read_checkpoint(path, expect_step=self.step_count)
-        except CheckpointError as error:
-            aside = path.with_name(path.name + UNREADABLE_SUFFIX)
-            os.replace(path, aside)
-            raise CheckpointError(
-                f"the checkpoint just written does not read back: {error}. It is set aside as {aside.name} and "
-                f"the older checkpoints are kept; check the disk under {work_dir}"
-            ) from error
-        older = sorted(s for s in (_checkpoint_step(p) for p in work_dir.glob(_CHECKPOINT_GLOB)) if s is not None
-                       and s < self.step_count)
-        for step in older[:-1]:  # all but the previous one
-            (work_dir / f"checkpoint_step{step:06d}.safetensors").unlink(missing_ok=True)
+        if self.parallel is None:
+            return write_checkpoint(*self.state_tensors(), work_dir, self.step_count)
+        self.gather_generator_states()
+        path = Path(work_dir) / f"checkpoint_step{self.step_count:06d}.safetensors"
+        error: BaseException | None = None
+        if self.parallel.is_main:
+            try:
+                path = write_checkpoint(*self.state_tensors(), work_dir, self.step_count)
+            except Exception as caught:  # re-raised below, after the other ranks have heard of it
+                error = caught
+        outcome = self.parallel.gather(None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        if outcome[0] is not None:
+            raise RuntimeError(f"the main process failed to write {path}: {outcome[0]}")
         return path
 
     def kept_tensors(self) -> dict[str, torch.Tensor]:
@@ -515,135 +447,23 @@ class Trainer:
             "data_fingerprint": self.data_fingerprint,
             "unet_config": json.dumps(dict(self.model.unet.config)),
             **({"mean_prior": json.dumps(self.mean_prior.to_dict())} if self.mean_prior is not None else {}),
+            **({"distributed": json.dumps(self._ddp_record(), sort_keys=True)} if self.parallel is not None else {}),
         }
 
     def save_kept(self, work_dir: Path) -> Path:
-        """Write the current EMA weights as ``ema_step{N:06d}.safetensors`` (UNet state-dict names)."""
-        return atomic_save_safetensors(self.kept_tensors(), kept_path(work_dir, self.step_count), self.kept_metadata())
+        """Write the current EMA weights as ``ema_step{N:06d}.safetensors`` (UNet state-dict names); data parallel:
+        the main rank writes, the others write nothing."""
+        path = kept_path(work_dir, self.step_count)
+        if self.parallel is not None and not self.parallel.is_main:
+            return path
+        return atomic_save_safetensors(self.kept_tensors(), path, self.kept_metadata())
 
-
-def sde_identity(sde) -> str:
-    """How a checkpoint names its SDE: ``repr(sde)`` (e.g. ``SubVPSDE(beta_min=0.1, beta_max=20.0)``), or
-    ``module.QualName`` for a class without its own ``__repr__`` (the default one holds a memory address)."""
-    if type(sde).__repr__ is object.__repr__:
-        return f"{type(sde).__module__}.{type(sde).__qualname__}"
-    return repr(sde)
-
-
-def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order (CPU tensors)."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy())  # the bytes, without a copy
-    return digest.hexdigest()
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    """The step in a ``checkpoint_step{N}.safetensors`` name; ``None`` for any other name."""
-    match = _CHECKPOINT_NAME.match(Path(path).name)
-    return int(match.group(1)) if match else None
-
-
-def _checkpoints(work_dir: Path) -> list[Path]:
-    """The checkpoint files of ``work_dir``, highest step first."""
-    found = [p for p in Path(work_dir).glob(_CHECKPOINT_GLOB) if _checkpoint_step(p) is not None]
-    return sorted(found, key=_checkpoint_step, reverse=True)
-
-
-def kept_path(work_dir: str | Path, step: int) -> Path:
-    """``work_dir / f"ema_step{step:06d}.safetensors"``."""
-    return Path(work_dir) / f"ema_step{step:06d}.safetensors"
-
-
-def latest_checkpoint(work_dir: str | Path) -> Path | None:
-    """The checkpoint of highest step in ``work_dir`` (``None`` if there is none), readable or not
-    (:func:`train` resumes from the highest *readable* one)."""
-    found = _checkpoints(Path(work_dir))
-    return found[0] if found else None
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = dict(handle.metadata() or {})
-    return load_file(str(path)), metadata
-
-
-def read_checkpoint(path: str | Path, *, expect_step: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a training checkpoint whole and check it is what was written.
-
-    Guarantees on return: the safetensors file opened and all its tensors loaded; its metadata has the
-    training-checkpoint format and a step equal to the one in its name (and to ``expect_step`` if given);
-    its loss history has one entry per step; and, where the metadata records ``tensors_sha256`` (every
-    checkpoint since it was introduced), the loaded tensors hash to it.
-
-    Raises:
-        CheckpointError: naming the file and what is wrong (truncated or corrupt file, wrong format or
-            step, digest mismatch). Whether the checkpoint fits a trainer is :meth:`Trainer.load_state`'s check.
-    """
-    path = Path(path)
-    try:
-        tensors, metadata = _read_safetensors(path)
-    except Exception as error:  # safetensors raises its own SafetensorError (e.g. "invalid header length")
-        raise CheckpointError(f"{path} cannot be read ({type(error).__name__}: {error}); it is truncated or corrupt") from error
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: format {metadata.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
-    named = _checkpoint_step(path)
-    try:
-        step = int(metadata.get("step", ""))
-    except ValueError:
-        raise CheckpointError(f"{path}: metadata step {metadata.get('step')!r} is not an integer") from None
-    for expected, what in ((named, "its name"), (expect_step, "the step written")):
-        if expected is not None and step != expected:
-            raise CheckpointError(f"{path}: metadata says step {step}, but {what} says {expected}")
-    losses = tensors.get("losses")
-    if losses is None or losses.numel() != step:
-        count = "no" if losses is None else losses.numel()
-        raise CheckpointError(f"{path}: {count} losses stored for step {step}; expected one per step")
-    recorded = metadata.get("tensors_sha256")
-    if recorded is not None and _tensors_sha256(tensors) != recorded:
-        raise CheckpointError(f"{path}: its tensors do not match the SHA-256 recorded when it was written (corrupt)")
-    return tensors, metadata
-
-
-def resume_point(work_dir: Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, str]] | None:
-    """The highest-step readable checkpoint of ``work_dir`` with its content; ``None`` if there is none.
-
-    Unreadable checkpoints above it are renamed ``<name>.unreadable`` (kept for inspection, out of the
-    way of later resumes and of :meth:`Trainer.save_checkpoint`'s clean-up) and a
-    :class:`CheckpointFallbackWarning` names each of them and the checkpoint resumed from.
-
-    Raises:
-        ValueError: checkpoints exist but none is readable (naming every file and its fault).
-    """
-    bad: list[tuple[Path, CheckpointError]] = []
-    for path in _checkpoints(work_dir):
-        try:
-            tensors, metadata = read_checkpoint(path)
-        except CheckpointError as error:
-            bad.append((path, error))
-            continue
-        if bad:
-            for unreadable, _ in bad:
-                os.replace(unreadable, unreadable.with_name(unreadable.name + UNREADABLE_SUFFIX))
-            faults = "; ".join(str(error) for _, error in bad)
-            warnings.warn(
-                f"resuming from the previous checkpoint {path} (step {metadata['step']}) because the latest "
-                f"{'checkpoint is' if len(bad) == 1 else 'checkpoints are'} unreadable: {faults}. Set aside as "
-                f"{', '.join(p.name + UNREADABLE_SUFFIX for p, _ in bad)}; the steps after "
-                f"{metadata['step']} are trained again.",
-                CheckpointFallbackWarning,
-                stacklevel=3,
-            )
-        return path, tensors, metadata
-    if bad:
-        faults = "\n  ".join(str(error) for _, error in bad)
-        raise ValueError(
-            f"no readable checkpoint to resume from in {work_dir}; every one is damaged:\n  {faults}\n"
-            f"Delete them (or the whole work_dir) to train from the start."
-        )
-    return None
+    def ema_digest(self) -> str:
+        """SHA-256 of the EMA weights' bytes (to check that every rank holds the same EMA)."""
+        digest = hashlib.sha256()
+        for s in self.ema.shadow_params:
+            digest.update(s.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()
 
 
 def train(
@@ -729,39 +549,4 @@ def train(
         resumed_from=resumed_from,
     )
 
-
-def load_kept(
-    work_dir_or_file: str | Path, step: int | None = None, sde=None, *, device: DeviceName = "cpu"
-) -> ScoreModel:
-    """Load kept EMA weights (``ema_step{N:06d}.safetensors``) as an eval-mode :class:`ScoreModel`.
-
-    Args:
-        work_dir_or_file: a training ``work_dir`` (then ``step`` is required) or the file itself.
-        step: the kept step; checked against the file's metadata when a file is given.
-        sde: the SDE of the score model (default :class:`safcore.generators.sde.SubVPSDE`).
-        device: where to put the model.
-    """
-    path = Path(work_dir_or_file)
-    if path.is_dir():
-        if step is None:
-            raise ValueError(f"load_kept({str(path)!r}): a work_dir needs the step to load")
-        file = kept_path(path, step)
-        if not file.is_file():
-            available = sorted(int(p.stem.removeprefix("ema_step")) for p in path.glob("ema_step*.safetensors"))
-            raise ValueError(f"no kept EMA weights for step {step} in {path}; kept steps: {available}")
-    elif path.is_file():
-        file = path
-    else:
-        raise ValueError(f"load_kept: {str(path)!r} is neither a work_dir nor a kept-weights file")
-    tensors, metadata = _read_safetensors(file)
-    if metadata.get("format") != KEPT_FORMAT:
-        raise ValueError(f"{file}: not a kept EMA weights file (format {metadata.get('format')!r})")
-    if step is not None and int(metadata["step"]) != step:
-        raise ValueError(f"{file} holds step {metadata['step']}, not the requested step {step}")
-    unet = UNet2DModel.from_config(json.loads(metadata["unet_config"]))
-    unet.load_state_dict(tensors, strict=True)
-    prior = json.loads(metadata["mean_prior"]) if "mean_prior" in metadata else None
-    prior = MeanPrior(tuple(prior["mean"]), tuple(prior["var"])) if prior is not None else None
-    model = ScoreModel(unet, sde if sde is not None else SubVPSDE(), prior)
-    return model.to(resolve_device(device)).eval()
 

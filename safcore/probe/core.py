@@ -56,6 +56,8 @@ __all__ = [
     "run_seed",
     "eq9_indicator",
     "probe_at",
+    "steps_for",
+    "as_single_image",
 ]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -1055,3 +1057,8 @@ def tally_draws(
         )  # fmt: skip
         tally.add(t, b, slice(0, mm))
     return tally.k[t] - before
+
+
+# public names of the helpers that the split probe (safcore.study.distributed) shares with this module
+steps_for = _steps_for
+as_single_image = _as_single_image

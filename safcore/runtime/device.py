@@ -41,6 +41,19 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     raise ValueError(f"device {device!r}; allowed: auto, cpu, cuda, cuda:N")
 
 
+def check_device_name(device: str | torch.device, what: str = "device") -> None:
+    """Check that ``device`` names a device :func:`resolve_device` knows — ``"auto"``, ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"`` or a ``torch.device`` of type cpu / cuda — without asking whether this machine has it.
+
+    Raises:
+        ValueError: naming ``what`` and the allowed names.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not (device in ("auto", "cpu") or (isinstance(device, str) and _CUDA.match(device))):
+        raise ValueError(f"{what} = {device!r}: allowed auto, cpu, cuda, cuda:N or a torch.device of type cpu or cuda")
+
+
 def _launched_local_rank() -> int | None:
     """This process's ``LOCAL_RANK`` when a launcher started several processes, else ``None``."""
     try:

@@ -1,29 +1,24 @@
 """Data parallel with accelerate (issue 12, item 3): DDP training, split audit sampling and a split t' probe.
 
-Everything here is new code beside the single-process functions, which it reuses unchanged
-(:func:`safcore.generators.train.train`, :func:`safcore.generators.sampling.sample`, :mod:`safcore.probe.core`'s pieces). Under
-``accelerate launch`` every process runs the same code; as one plain process (no launcher) the same
-calls run with world size 1.
+Thin layers over the single-process code, whose results they reproduce: training is
+:func:`safcore.generators.train.train` with a data-parallel :class:`~safcore.generators.train.Trainer`; sampling
+draws chunks with :func:`safcore.generators.images_from_model.draw_unit_images`; the probe counts with
+:mod:`safcore.probe`'s own functions. The collective primitives (ranks, seeds per rank, gather, broadcast, this
+process's accelerator) are :mod:`safcore.runtime.parallel`'s. Under ``accelerate launch`` every process runs the same
+code; as one plain process (no launcher) the same calls run with world size 1.
 
-Derived seeds (one rule everywhere, :func:`derived_seed`)::
+Derived seeds (:func:`safcore.runtime.parallel.derived_seed`: stream 0 is the seed itself, so world size 1
+reproduces the single-process function) are used as
 
-    derived_seed(seed, i) = seed                                            for i = 0
-                          = SeedSequence([seed, i]).generate_state(1, uint64)[0] >> 1   for i ≥ 1
-
-(:func:`safcore.probe.core.run_seed`'s rule): stream 0 is the seed itself — so world size 1 reproduces the
-single-process function — and the others are independent streams that do not collide with those of
-``seed + 1``. It is used as
-
-* training: rank ``r`` draws its share of the global batch (batch indices, diffusion times, noise) from a
-  CPU generator seeded with ``derived_seed(config.seed, r)``. The trajectory therefore depends on the
-  world size (a checkpoint resumes only with the world size that wrote it); with world size 1 it is
-  :func:`safcore.generators.train.train`'s trajectory bit for bit.
+* training: rank ``r`` draws its share of the global batch from a CPU generator seeded with
+  ``derived_seed(config.seed, r)``. The trajectory therefore depends on the world size (a checkpoint resumes only
+  with the world size that wrote it); with world size 1 it is :func:`safcore.generators.train.train`'s trajectory
+  bit for bit.
 * audit sampling: the ``n`` samples are cut into fixed chunks of ``chunk_size`` (the last one shorter);
-  chunk ``c`` is drawn by :func:`safcore.generators.sampling.sample` with a generator seeded with
-  ``derived_seed(seed, c)``; rank ``r`` draws the chunks ``c ≡ r (mod W)``. The images depend on
-  ``(seed, chunk_size)``, never on the world size.
+  chunk ``c`` is drawn with a generator seeded with ``derived_seed(seed, c)``; rank ``r`` draws the chunks
+  ``c ≡ r (mod W)``. The images depend on ``(seed, chunk_size)``, never on the world size.
 * the t' probe: the exhaustive search's sampler calls (groups of grid t formed by
-  :func:`safcore.probe.core.q_curve`'s batching rule) are numbered ``j = 0, 1, …`` from the top of the grid;
+  :func:`safcore.probe.q_curve`'s batching rule) are numbered ``j = 0, 1, …`` from the top of the grid;
   call ``j`` of run ``k`` uses ``derived_seed(run_seed(config.seed, k), j)``; rank ``r`` makes the calls
   ``j ≡ r (mod W)``. The top-down search's units (a grid t and one chunk of its M samples, in the search's
   order) are numbered ``u``; unit ``u`` of run ``k`` uses ``derived_seed(run_seed(config.seed, k), u)``;
@@ -42,60 +37,49 @@ CUDA the launched processes run DDP over gloo on the CPU. (accelerate 1.15's ``l
 --num_processes 2`` starts ONE process unless given an MPI hostfile; ``--multi_gpu --num_processes 2``
 starts two through torchrun, and :func:`process_accelerator` builds ``Accelerator(cpu=True)`` when no GPU
 is visible.)
-
-Note: :mod:`safcore.generators.train` is not edited. Its :func:`~safcore.generators.train.train` loop calls ``save_checkpoint``
-and ``save_kept`` on every process; :class:`DDPTrainer` overrides them so that every rank joins the
-gathering of the generator states and only the main process writes. Before ``train`` runs, the main
-process alone looks at the existing checkpoints (``safcore.generators.train.resume_point``: sets aside unreadable
-ones) so that two processes never rename the same file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import gather_object
 
-from safcore.data.datasets import from_model_range
-from safcore.generators.score_model import TIME_LABEL_SCALE, ScoreModel
-from safcore.probe.core import (
+from safcore.generators.checkpoints import resume_point
+from safcore.generators.images_from_model import draw_unit_images
+from safcore.generators.score_model import ScoreModel
+from safcore.generators.train import TrainConfig, Trainer, TrainResult, train
+from safcore.probe import (
     ProbeConfig,
     ProbeResult,
     QTally,
-    _as_single_image,
-    _check_process,
-    _steps_for,
+    as_single_image,
     chunk_sizes,
     fill_q_curve,
     probe_result,
     run_seed,
+    steps_for,
     tally_draws,
 )
-from safcore.runtime.progress import progress_bar
-from safcore.runtime.runs import atomic_save_safetensors
-from safcore.generators.sampling import sample
-from safcore.generators.train import (
-    TrainConfig,
-    Trainer,
-    TrainResult,
-    kept_path,
-    resume_point,
-    train,
+from safcore.runtime.parallel import (  # noqa: F401  (the launcher's primitives, used as distributed.X by the study)
+    COLLECTIVE_TIMEOUT_S,
+    DDP_FORMAT,
+    DataParallel,
+    broadcast_from_main,
+    derived_seed,
+    is_main_process,
+    launched,
+    process_accelerator,
 )
+from safcore.runtime.progress import progress_bar
 
 __all__ = [
     "DDP_FORMAT",
     "derived_seed",
-    "DDPTrainer",
     "train_distributed",
     "SplitSampling",
     "sample_chunks",
@@ -115,188 +99,10 @@ __all__ = [
     "collective_stage",
 ]
 
-DDP_FORMAT = "safcore-ddp/1"
-
-
-def derived_seed(seed: int, index: int) -> int:
-    """The seed of stream ``index`` derived from ``seed`` (module docstring): ``seed`` for index 0, else
-    ``SeedSequence([seed, index]).generate_state(1, uint64)[0] >> 1`` (:func:`safcore.probe.core.run_seed`)."""
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
-        raise ValueError(f"stream index {index!r}: must be an integer ≥ 0")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed {seed!r}: must be an integer ≥ 0")
-    return run_seed(int(seed), int(index))
-
-
-def _rank_world(accelerator: Accelerator | None) -> tuple[int, int]:
-    if accelerator is None:
-        return 0, 1
-    return int(accelerator.process_index), int(accelerator.num_processes)
-
-
-def _gather(accelerator: Accelerator | None, obj):
-    """``[obj of rank 0, obj of rank 1, …]`` on every rank (pickled; for small objects)."""
-    if accelerator is None or accelerator.num_processes == 1:
-        return [obj]
-    return gather_object([obj])
-
 
 # --------------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------------
-
-
-class DDPTrainer(Trainer):
-    """:class:`safcore.generators.train.Trainer` trained data-parallel (DDP through ``accelerate``); build it with
-    ``functools.partial(DDPTrainer, accelerator=...)`` as :func:`safcore.generators.train.train`'s ``make_trainer``
-    (or call :func:`train_distributed`).
-
-    Each of the W processes builds the same initial model (``torch.manual_seed(config.seed)``; DDP also
-    broadcasts rank 0's weights), draws ``config.batch_size / W`` images (with their times and noise) per
-    step from its own generator seeded with ``derived_seed(config.seed, rank)``, and runs the U-Net through
-    ``accelerator.prepare_model`` (``DistributedDataParallel`` when W > 1), whose backward all-reduces
-    (averages) the gradients: the step's gradient is that of the loss averaged over the global batch of
-    ``config.batch_size``. Clipping, Adam and the EMA then see identical gradients on every rank, so the
-    weights and the EMA stay identical on all ranks. The recorded loss of a step is the mean over ranks.
-
-    Checkpoints are written by the main process only; they hold every rank's generator state
-    (``rng.generator.rank{r}``) and the world size, so a resume with the same world size continues every
-    rank's stream: bit-identical on CPU (checked for W = 1 and 2; with W ≥ 3 gloo's ring all-reduce may
-    sum in a bucket-dependent order). A resume with another world size is refused. Kept EMA weights
-    (``ema_step*.safetensors``) are written by the main process only and record the world size.
-
-    Args:
-        images_unit (torch.Tensor of shape (N, C, S, S)): training images in [0, 1], the same on every rank.
-        config: the :class:`~safcore.generators.train.TrainConfig`; ``batch_size`` is the GLOBAL batch and must be a
-            multiple of the world size; ``device`` must resolve to the accelerator's device type.
-        sde: the forward SDE (default sub-VP).
-        accelerator: the ``accelerate.Accelerator`` of this process (``None``: world size 1, no DDP).
-    """
-
-    def __init__(self, images_unit: torch.Tensor, config: TrainConfig, sde=None, *,
-                 accelerator: Accelerator | None = None):
-        self.rank, self.world_size = _rank_world(accelerator)
-        if config.batch_size % self.world_size:
-            raise ValueError(
-                f"TrainConfig.batch_size = {config.batch_size} (the global batch) is not a multiple of the world size "
-                f"{self.world_size}; allowed: a multiple of {self.world_size}, e.g. "
-                f"{max(1, round(config.batch_size / self.world_size)) * self.world_size}"
-            )
-        super().__init__(images_unit, config, sde)
-        if accelerator is not None and accelerator.device.type != self.device.type:
-            raise ValueError(
-                f"TrainConfig.device = {config.device!r} resolves to {self.device.type!r} but the accelerator runs on "
-                f"{accelerator.device.type!r}; use device={accelerator.device.type!r}"
-            )
-        self.accelerator = accelerator
-        self.local_batch = config.batch_size // self.world_size
-        self.rank_seeds = [derived_seed(config.seed, r) for r in range(self.world_size)]
-        self.generator = torch.Generator(device="cpu").manual_seed(self.rank_seeds[self.rank])
-        # the DDP wrapper shares the U-Net's parameters (self.params, the optimizer and the EMA see them)
-        self.net = accelerator.prepare_model(self.model.unet) if accelerator is not None else self.model.unet
-        self._gathered: tuple[int, list[torch.Tensor]] | None = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def batch_per_step(self) -> int:
-        """This rank's share of the global batch, ``B / W`` (drawn by :meth:`Trainer.draw_batch` from this rank's
-        generator)."""
-        return self.local_batch
-
-    def eps_hat(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """:meth:`Trainer.eps_hat` through the U-Net's DDP wrapper (so that backward all-reduces)."""
-        t = torch.as_tensor(t, dtype=xt.dtype, device=xt.device)
-        out = self.net(xt, t * TIME_LABEL_SCALE).sample
-        # the channel-mean head (safcore.generators.score_model.MeanPrior) has no parameters: added outside the DDP wrapper
-        return out if self.model.mean_prior is None else out + self.model.mean_eps(xt, t).to(out.dtype)
-
-    def step(self) -> float:
-        """:meth:`Trainer.step`; the recorded loss is the mean of the ranks' losses (equal local batches)."""
-        value = super().step()
-        if self.world_size > 1:
-            mean = float(np.mean(_gather(self.accelerator, value)))
-            self.losses[-1] = mean
-            return mean
-        return value
-
-    # ----------------------------------------------------------------- checkpoint state
-    def gather_generator_states(self) -> list[torch.Tensor]:
-        """Every rank's generator state (rank order); a collective call: every rank must make it."""
-        states = [s.clone() for s in _gather(self.accelerator, self.generator.get_state())]
-        self._gathered = (self.step_count, states)
-        return states
-
-    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """:meth:`Trainer.state_tensors` plus ``rng.generator.rank{r}`` for every rank and metadata
-        ``distributed`` (format, world size, rank seeds). Uses the states of :meth:`gather_generator_states`
-        made at this step (not collective itself)."""
-        if self._gathered is None or self._gathered[0] != self.step_count:
-            if self.world_size > 1:
-                raise RuntimeError("DDPTrainer.state_tensors: call gather_generator_states() on every rank at this "
-                                   "step first (save_checkpoint does)")
-            self._gathered = (self.step_count, [self.generator.get_state()])
-        tensors, metadata = super().state_tensors()
-        for r, state in enumerate(self._gathered[1]):
-            tensors[f"rng.generator.rank{r}"] = state
-        metadata["distributed"] = json.dumps(self._ddp_record(), sort_keys=True)
-        return tensors, metadata
-
-    def _ddp_record(self) -> dict:
-        return {"format": DDP_FORMAT, "world_size": self.world_size, "rank_seeds": self.rank_seeds,
-                "seed_rule": "derived_seed(config.seed, rank)"}
-
-    def load_state(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, source: str = "checkpoint") -> None:
-        """:meth:`Trainer.load_state`, then this rank's generator state; refuses a checkpoint of another world
-        size or of single-process training (its trajectory cannot be continued here)."""
-        if "distributed" not in metadata:
-            raise ValueError(f"{source} was written by single-process training (safcore.generators.train.train); a distributed "
-                             f"run cannot continue it; use a fresh work_dir")
-        saved = json.loads(metadata["distributed"])
-        if saved.get("world_size") != self.world_size:
-            raise ValueError(
-                f"{source} was written by a run with world size {saved.get('world_size')}; this run has world size "
-                f"{self.world_size}. Each rank's data stream depends on the world size, so a resume is exact only "
-                f"with the same one: relaunch with --num_processes {saved.get('world_size')} or use a fresh work_dir"
-            )
-        super().load_state(tensors, metadata, source=source)
-        self.generator.set_state(tensors[f"rng.generator.rank{self.rank}"])
-
-    def save_checkpoint(self, work_dir: Path) -> Path:
-        """Every rank gathers the generator states; the main process writes the checkpoint
-        (:meth:`Trainer.save_checkpoint`'s guarantees); all ranks then learn whether it succeeded (a barrier)."""
-        self.gather_generator_states()
-        path = Path(work_dir) / f"checkpoint_step{self.step_count:06d}.safetensors"
-        error: BaseException | None = None
-        if self.is_main:
-            try:
-                path = super().save_checkpoint(work_dir)
-            except Exception as caught:  # re-raised below, after the other ranks have heard of it
-                error = caught
-        outcome = _gather(self.accelerator, None if error is None else f"{type(error).__name__}: {error}")
-        if error is not None:
-            raise error
-        if outcome[0] is not None:
-            raise RuntimeError(f"the main process failed to write {path}: {outcome[0]}")
-        return path
-
-    def save_kept(self, work_dir: Path) -> Path:
-        """The main process writes the EMA weights as ``ema_step{N:06d}.safetensors`` (as
-        :meth:`Trainer.save_kept`, plus the ``distributed`` record); other ranks write nothing."""
-        path = kept_path(work_dir, self.step_count)
-        if not self.is_main:
-            return path
-        metadata = {**self.kept_metadata(), "distributed": json.dumps(self._ddp_record(), sort_keys=True)}
-        return atomic_save_safetensors(self.kept_tensors(), path, metadata)
-
-    def ema_digest(self) -> str:
-        """SHA-256 of the EMA weights' bytes (to check that every rank holds the same EMA)."""
-        digest = hashlib.sha256()
-        for s in self.ema.shadow_params:
-            digest.update(s.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
-        return digest.hexdigest()
 
 
 def train_distributed(
@@ -304,15 +110,17 @@ def train_distributed(
     config: TrainConfig,
     work_dir: str | Path,
     *,
-    accelerator: Accelerator | None = None,
+    accelerator=None,
     sde=None,
     progress: bool = True,
     stop_after: int | None = None,
-) -> tuple[TrainResult, DDPTrainer]:
-    """:func:`safcore.generators.train.train` with a :class:`DDPTrainer` on every rank (call it on every rank).
+) -> tuple[TrainResult, Trainer]:
+    """:func:`safcore.generators.train.train` with a data-parallel :class:`~safcore.generators.train.Trainer` on
+    every rank (call it on every rank); ``config.batch_size`` is the GLOBAL batch (a multiple of the world size).
 
     Before training, the main process alone looks at ``work_dir``'s checkpoints (unreadable ones are set
-    aside with a warning) and the ranks meet at a barrier. The progress bar shows on the main process only.
+    aside with a warning: one process only, it renames files) and the ranks meet at a barrier. The progress
+    bar shows on the main process only.
 
     Returns:
         ``(TrainResult, trainer)`` on every rank (the trainer's EMA is the same on all ranks;
@@ -322,20 +130,18 @@ def train_distributed(
         ValueError: as :func:`safcore.generators.train.train`, plus a global batch that is not a multiple of the world
             size and a checkpoint written with another world size (or by single-process training).
     """
-    rank, world = _rank_world(accelerator)
+    group = DataParallel(accelerator)
     work_dir = Path(work_dir)
-    if rank == 0 and work_dir.is_dir():
-        resume_point(work_dir)  # sets unreadable checkpoints aside (one process only: it renames files)
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    made: list[DDPTrainer] = []
+    if group.is_main and work_dir.is_dir():
+        resume_point(work_dir)
+    group.barrier()
+    made: list[Trainer] = []
 
     def make(images, cfg, sde_):
-        trainer = DDPTrainer(images, cfg, sde_, accelerator=accelerator)
-        made.append(trainer)
-        return trainer
+        made.append(Trainer(images, cfg, sde_, parallel=group))
+        return made[0]
 
-    result = train(images_unit, config, work_dir, sde=sde, progress=progress and rank == 0, stop_after=stop_after,
+    result = train(images_unit, config, work_dir, sde=sde, progress=progress and group.is_main, stop_after=stop_after,
                    make_trainer=make)
     return result, made[0]
 
@@ -407,20 +213,12 @@ def sample_chunks(
     bad = [c for c in chunks if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < n_chunks]
     if bad:
         raise ValueError(f"chunks {bad}: allowed chunk indices 0 … {n_chunks - 1} (n = {n}, chunk_size = {settings.chunk_size})")
-    if shape is None:
-        shape = (model.channels, model.image_size, model.image_size)
-    device = model.device
     out: dict[int, torch.Tensor] = {}
     for c in progress_bar(list(chunks), enabled=progress, desc="sample chunks", unit="chunk"):
         size = min(n, (c + 1) * settings.chunk_size) - c * settings.chunk_size
-        generator = torch.Generator(device=device).manual_seed(derived_seed(seed, int(c)))
-        if isinstance(model, ScoreModel):
-            result = sample(model, model.sde, shape=(size, *shape), method=settings.method, steps=settings.steps,
-                            eps=settings.eps, generator=generator, autocast_bf16=settings.autocast_bf16, progress=False)
-        else:  # a diffusers model under audit (safcore.generators.diffusers_model.DiffusersModel): its own scheduler's steps
-            result = model.sample(size, steps=settings.steps, generator=generator, autocast_bf16=settings.autocast_bf16,
-                                  progress=False)
-        out[int(c)] = from_model_range(result.images.float().cpu()).clamp(0.0, 1.0)
+        generator = torch.Generator(device=model.device).manual_seed(derived_seed(seed, int(c)))
+        out[int(c)] = draw_unit_images(model, size, generator, shape=shape, method=settings.method, steps=settings.steps,
+                                       eps=settings.eps, autocast_bf16=settings.autocast_bf16)
     return out
 
 
@@ -430,7 +228,7 @@ def sample_split(
     seed: int,
     settings: SplitSampling = SplitSampling(),
     *,
-    accelerator: Accelerator | None = None,
+    accelerator=None,
     shape: tuple[int, int, int] | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
@@ -442,7 +240,8 @@ def sample_split(
     world size (and for ``accelerator=None``, one process). The progress bar shows on the main process.
     """
     n = _check_n(n)
-    rank, world = _rank_world(accelerator)
+    group = DataParallel(accelerator)
+    rank, world = group.rank, group.world_size
     mine = chunks_of_rank(n, settings.chunk_size, rank, world)
     drawn = sample_chunks(model, n, seed, mine, settings, shape=shape, progress=progress and rank == 0)
     if world == 1:
@@ -454,7 +253,7 @@ def sample_split(
     padded = torch.zeros((per_rank * cs, *shape), dtype=torch.float32)
     for slot, c in enumerate(mine):
         padded[slot * cs: slot * cs + drawn[c].shape[0]] = drawn[c]
-    gathered = accelerator.gather(padded.to(accelerator.device)).cpu()  # (W · per_rank · cs, C, H, W), rank order
+    gathered = group.gather_tensor(padded)  # (W · per_rank · cs, C, H, W), rank order
     parts = []
     for c in range(math.ceil(n / cs)):
         size = min(n, (c + 1) * cs) - c * cs
@@ -469,7 +268,7 @@ def sample_split(
 
 
 def probe_jobs(config: ProbeConfig) -> list[tuple[float, ...]]:
-    """The exhaustive search's sampler calls as groups of grid t (high → low), by :func:`safcore.probe.core.q_curve`'s
+    """The exhaustive search's sampler calls as groups of grid t (high → low), by :func:`safcore.probe.q_curve`'s
     batching rule: up to ``max(1, batch_size // M)`` t per call, a t joining only if it waits at most
     ``batch_waste`` of its steps (a waiting trajectory costs no network evaluation). (With ``M > batch_size``
     each t is its own group; ``q_curve`` splits its M samples over calls.) Each group, probed alone by ``q_curve``'s code, forms one call again."""
@@ -479,14 +278,23 @@ def probe_jobs(config: ProbeConfig) -> list[tuple[float, ...]]:
     groups: list[tuple[float, ...]] = []
     group: list[float] = []
     for t in config.grid:
-        s_max = _steps_for(group[0], config.steps_full, config.eps) if group else 0
+        s_max = steps_for(group[0], config.steps_full, config.eps) if group else 0
         if group and (len(group) == per_call
-                      or s_max > (1.0 + config.batch_waste) * _steps_for(t, config.steps_full, config.eps)):
+                      or s_max > (1.0 + config.batch_waste) * steps_for(t, config.steps_full, config.eps)):
             groups.append(tuple(group))
             group = []
         group.append(t)
     groups.append(tuple(group))
     return groups
+
+
+def _check_sde(score_fn, sde) -> None:
+    """``sde=None`` only for a model whose scheduler defines the process (as :func:`safcore.probe.q_curve` checks)."""
+    from safcore.generators.diffusers_model import DiffusersModel
+
+    if sde is None and not isinstance(score_fn, DiffusersModel):
+        raise ValueError("sde=None is allowed only for a safcore.generators.diffusers_model.DiffusersModel (its scheduler "
+                         "defines the forward and reverse process); pass the score model's SDE")
 
 
 def _check_split_config(config: ProbeConfig) -> None:
@@ -507,11 +315,11 @@ def probe_job_tallies(
     progress: bool = False,
 ) -> dict[tuple[int, int], QTally]:
     """Run the given ``(run, job)`` pairs: job ``j`` of :func:`probe_jobs` in run ``k`` with a generator seeded
-    with ``derived_seed(run_seed(config.seed, k), j)``, counted by :func:`safcore.probe.core.q_curve`'s own code
+    with ``derived_seed(run_seed(config.seed, k), j)``, counted by :func:`safcore.probe.q_curve`'s own code
     (diffuse, reverse, ``c_p`` AND ``c_id``). Returns ``{(run, job): tally}``."""
     _check_split_config(config)
-    x_p = _as_single_image(x_p)
-    _check_process(score_fn, sde)
+    x_p = as_single_image(x_p)
+    _check_sde(score_fn, sde)
     groups = probe_jobs(config)
     out: dict[tuple[int, int], QTally] = {}
     for run, j in progress_bar(list(jobs), enabled=progress, desc="q_M(t) split", unit="call"):
@@ -527,8 +335,8 @@ def probe_job_tallies(
 
 
 def merge_probe(score_fn, sde, config: ProbeConfig, tallies: dict[tuple[int, int], QTally]) -> ProbeResult:
-    """The :class:`~safcore.probe.core.ProbeResult` of all ``(run, job)`` tallies, built as
-    :func:`safcore.probe.core.find_t_prime` builds its exhaustive result: per run t' = the largest grid t with a
+    """The :class:`~safcore.probe.ProbeResult` of all ``(run, job)`` tallies, built as
+    :func:`safcore.probe.find_t_prime` builds its exhaustive result: per run t' = the largest grid t with a
     positive; THE t' = the largest over runs; counts pooled; Eq. 9 indicator on the pooled counts."""
     _check_split_config(config)
     groups = probe_jobs(config)
@@ -549,7 +357,7 @@ def merge_probe(score_fn, sde, config: ProbeConfig, tallies: dict[tuple[int, int
 
 def topdown_units(config: ProbeConfig) -> list[tuple[int, int]]:
     """The top-down search's units in its order: ``(grid index i, chunk size m)`` for every grid t from the top,
-    its M samples in the chunks of :func:`safcore.probe.core.chunk_sizes` (1, 1, 2, 4, … up to M)."""
+    its M samples in the chunks of :func:`safcore.probe.chunk_sizes` (1, 1, 2, 4, … up to M)."""
     sizes = chunk_sizes(config.M, config.first_chunk)
     return [(i, m) for i in range(len(config.grid)) for m in sizes]
 
@@ -562,7 +370,7 @@ def topdown_split(
     c_id,
     config: ProbeConfig,
     *,
-    accelerator: Accelerator | None = None,
+    accelerator=None,
     progress: bool = True,
 ) -> ProbeResult:
     """Algorithm 1's top-down search shared by the processes; call on every rank, every rank gets the result.
@@ -572,11 +380,12 @@ def topdown_split(
     ``r`` draws unit ``round·W + r``; after each round the first unit (in the search's order) with a positive
     ends the run at its t, and only the units up to it are counted. So t', the counts and q are the same for
     any world size (W − 1 units of a round may be drawn in vain), and t' has the law of the single-process
-    top-down search (:func:`safcore.probe.core.topdown_search`: each unit is a fresh draw of its chunk, in its
+    top-down search (:func:`safcore.probe.topdown_search`: each unit is a fresh draw of its chunk, in its
     order) and hence of the exhaustive search."""
-    x_p = _as_single_image(x_p)
-    _check_process(score_fn, sde)
-    rank, world = _rank_world(accelerator)
+    x_p = as_single_image(x_p)
+    _check_sde(score_fn, sde)
+    group = DataParallel(accelerator)
+    rank, world = group.rank, group.world_size
     units = topdown_units(config)
     tallies: list[QTally] = []
     primes: list[float | None] = []
@@ -594,7 +403,7 @@ def topdown_split(
                 tally = QTally(config.n_examples)
                 generator = torch.Generator(device=x_p.device).manual_seed(derived_seed(base, u))
                 mine = (u, tally, tally_draws(tally, score_fn, sde, x_p, c_p, c_id, config, config.grid[i], m, generator))
-            drawn = sorted((x for x in _gather(accelerator, mine) if x is not None), key=lambda x: x[0])
+            drawn = sorted((x for x in group.gather(mine) if x is not None), key=lambda x: x[0])
             bar.update(len(drawn))
             for u_done, tally, found in drawn:
                 counted.append(tally)
@@ -617,7 +426,7 @@ def probe_split(
     c_id,
     config: ProbeConfig = ProbeConfig(),
     *,
-    accelerator: Accelerator | None = None,
+    accelerator=None,
     progress: bool = True,
 ) -> ProbeResult:
     """Algorithm 1 split across processes; call on every rank, every rank gets the result. A top-down
@@ -626,18 +435,19 @@ def probe_split(
     The sampler calls ``(run k, job j)`` (:func:`probe_jobs`, in run-major order, numbered ``i``) go to rank
     ``i mod W``; each has its own generator (:func:`probe_job_tallies`); the tallies (counts and the few
     example images) are gathered and merged in grid order (:func:`merge_probe`). q_M(t) and t' are the same
-    for any world size. They are drawn with other random streams than :func:`safcore.probe.core.find_t_prime`'s
+    for any world size. They are drawn with other random streams than :func:`safcore.probe.find_t_prime`'s
     (one generator per call instead of one per run), so they have its law, not its exact draws.
     """
     if config.search == "topdown":
         return topdown_split(score_fn, sde, x_p, c_p, c_id, config, accelerator=accelerator, progress=progress)
     _check_split_config(config)
-    rank, world = _rank_world(accelerator)
+    group = DataParallel(accelerator)
+    rank, world = group.rank, group.world_size
     pairs = [(run, j) for run in range(config.repeats) for j in range(len(probe_jobs(config)))]
     mine = [pair for i, pair in enumerate(pairs) if i % world == rank]
     tallies = probe_job_tallies(score_fn, sde, x_p, c_p, c_id, config, mine, progress=progress and rank == 0)
     merged: dict[tuple[int, int], QTally] = {}
-    for part in _gather(accelerator, tallies):
+    for part in group.gather(tallies):
         merged.update(part)
     return merge_probe(score_fn, sde, config, merged)
 
@@ -645,54 +455,6 @@ def probe_split(
 # --------------------------------------------------------------------------------------------------
 # a study under a launcher
 # --------------------------------------------------------------------------------------------------
-
-#: How long a process waits in a collective call (a rank waits there while the main process waits for a run
-#: key's lock held by another job, e.g. one training the same model): a day, not torch's 30 minutes.
-COLLECTIVE_TIMEOUT_S = 24 * 3600
-
-_ACCELERATOR: list[Accelerator] = []
-
-
-def launched() -> bool:
-    """Whether this process is one of several started by a launcher (``accelerate launch``, ``torchrun``):
-    the launcher's ``WORLD_SIZE`` is above 1."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
-    except ValueError:
-        return False
-
-
-def process_accelerator() -> Accelerator | None:
-    """This process's :class:`accelerate.Accelerator` under a launcher (made once; DDP over NCCL on GPUs, over
-    gloo on the CPU when no GPU is visible; collective timeout :data:`COLLECTIVE_TIMEOUT_S`); ``None`` for a
-    plain single process, which then runs every stage as it always did."""
-    if not launched():
-        return None
-    if not _ACCELERATOR:
-        from datetime import timedelta
-
-        from accelerate.utils import InitProcessGroupKwargs
-
-        handler = InitProcessGroupKwargs(timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-        _ACCELERATOR.append(Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[handler]))
-    return _ACCELERATOR[0]
-
-
-def is_main_process() -> bool:
-    """True for a plain process and for the launcher's global rank 0 (the one that writes reports)."""
-    return not launched() or int(os.environ.get("RANK", "0")) == 0
-
-
-def broadcast_from_main(value):
-    """``value`` of the main process, on every rank (a collective call; a plain process gets its own)."""
-    accelerator = process_accelerator()
-    if accelerator is None or accelerator.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    box = [value if accelerator.is_main_process else None]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
 
 
 def collective_stage(store, kind: str, config: dict, compute, write, *, seed: int | None = None):

@@ -45,7 +45,8 @@ from safcore.runtime.runs import RunStore, atomic_save_safetensors, atomic_write
 from safcore.generators.sampling import sample
 from safcore.generators.diffusers_model import DiffusersModel, model_identity
 from safcore.generators.loader import load_model
-from safcore.generators.train import TrainResult, load_kept, train
+from safcore.generators.checkpoints import load_kept
+from safcore.generators.train import TrainResult, train
 
 if TYPE_CHECKING:
     from safcore.data.fingerprint_io import Fingerprint
@@ -316,9 +317,8 @@ class Study:
             if self.store.find("score_model", config) is not None:
                 return None
             work_dir = self.store.scratch_dir("score_model", config)
-            train_config = dataclasses.replace(train_config, device=self.device.type)
-            with self._on_device():
-                result = train(images, train_config, work_dir, progress=self.progress, make_trainer=make_trainer)
+            train_config = dataclasses.replace(train_config, device=self.device)
+            result = train(images, train_config, work_dir, progress=self.progress, make_trainer=make_trainer)
             self._publish_training(config, train_config, result, processes=1)
         return result
 
@@ -360,20 +360,13 @@ class Study:
             work_dir = distributed.broadcast_from_main(work_dir)
             if work_dir is None:  # published (by this group earlier, or by another job)
                 return None
-            train_config = dataclasses.replace(train_config, device=self.device.type)
-            with self._on_device():
-                result, _ = distributed.train_distributed(images, train_config, work_dir, accelerator=accelerator,
-                                                          progress=self.progress)
+            train_config = dataclasses.replace(train_config, device=self.device)
+            result, _ = distributed.train_distributed(images, train_config, work_dir, accelerator=accelerator,
+                                                      progress=self.progress)
             if accelerator.is_main_process:
                 self._publish_training(config, train_config, result, processes=accelerator.num_processes)
         accelerator.wait_for_everyone()
         return result
-
-    def _on_device(self):
-        """Make this study's CUDA device the current one while a stage that says only "cuda" runs."""
-        import contextlib
-
-        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def tensors(self) -> dict[str, list[torch.Tensor]]:
         """The parameters and buffers of every model this study has loaded so far, by name (for checking
@@ -586,7 +579,7 @@ class Study:
 
     def _classifier(self, kind: Literal["c_p", "c_id"]) -> Classifier:
         config = self.classifier_config(kind)
-        settings = dataclasses.replace(self.profile.classifier_for(kind), device=str(self.device))
+        settings = dataclasses.replace(self.profile.classifier_for(kind), device=self.device)
 
         def make(tmp: Path) -> None:
             if kind == "c_p":  # the attacker paints SAFs on the dataset's real training images
