@@ -9,14 +9,19 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import UNet2DModel
 
 from safcore.data.datasets import from_model_range
 from safcore.generators.sampling import Method, sample
-from safcore.generators.score_model import ScoreModel
+from safcore.generators.loader import as_generator, as_score_model
 from safcore.generators.sde import SDE
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DModel
+
+    from safcore.generators.score_model import ScoreModel
 
 __all__ = ["draw_unit_images", "sample_images_from_unet"]
 
@@ -26,7 +31,6 @@ def draw_unit_images(
     n: int,
     generator: torch.Generator,
     *,
-    shape: tuple[int, int, int] | None = None,
     method: Method = "euler_maruyama",
     steps: int = 100,
     eps: float = 1e-3,
@@ -34,19 +38,14 @@ def draw_unit_images(
 ) -> torch.Tensor:
     """``n`` samples from the prior in one call, as unit-range float32 images ``(n, C, H, W)`` on the CPU.
 
-    A :class:`~safcore.generators.score_model.ScoreModel` draws with :func:`safcore.generators.sampling.sample`
-    (``method``, ``steps``, ``eps``; ``shape`` ``(C, H, W)``, default its channels and image size); any other model
-    (:class:`safcore.generators.diffusers_model.DiffusersModel`) with its own ``sample`` (its scheduler's ``steps``
-    steps; ``method``, ``eps`` and ``shape`` do not apply). The images are ``(x + 1) / 2`` of the model-range
+    Any model :func:`~safcore.generators.loader.as_generator` accepts, through its generator's ``sample``: a
+    :class:`~safcore.generators.score_model.ScoreModel` with :func:`safcore.generators.sampling.sample` (``method``,
+    ``steps``, ``eps``, its channels and image size), a :class:`~safcore.generators.diffusers_model.DiffusersModel`
+    with its scheduler's ``steps`` steps (``method`` and ``eps`` do not apply). The images are ``(x + 1) / 2`` of the model-range
     samples, clamped to ``[0, 1]``.
     """
-    if isinstance(model, ScoreModel):
-        if shape is None:
-            shape = (model.channels, model.image_size, model.image_size)
-        result = sample(model, model.sde, shape=(n, *shape), method=method, steps=steps, eps=eps, generator=generator,
-                        autocast_bf16=autocast_bf16, progress=False)
-    else:
-        result = model.sample(n, steps=steps, generator=generator, autocast_bf16=autocast_bf16, progress=False)
+    generator_model = as_generator(model, method=method, eps=eps)
+    result = generator_model.sample(n, steps=steps, generator=generator, autocast_bf16=autocast_bf16, progress=False)
     return from_model_range(result.images.float().cpu()).clamp(0.0, 1.0)
 
 
@@ -73,14 +72,7 @@ def sample_images_from_unet(
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n = {n!r} images: must be an integer ≥ 1")
-    if isinstance(unet_or_path, ScoreModel):
-        model = unet_or_path if sde is None else ScoreModel(unet_or_path.unet, sde, unet_or_path.mean_prior)
-    elif isinstance(unet_or_path, UNet2DModel):
-        model = ScoreModel(unet_or_path, sde)
-    elif isinstance(unet_or_path, (str, os.PathLike)):
-        model = ScoreModel.from_pretrained(unet_or_path, sde)
-    else:
-        raise ValueError(f"expected a UNet2DModel, a ScoreModel or a saved model's folder, got {type(unet_or_path).__name__}")
+    model = as_score_model(unet_or_path, sde)
     if device is not None:
         model = model.to(device)
     model.eval()

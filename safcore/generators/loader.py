@@ -22,7 +22,7 @@ from safcore.runtime.checks import check_safetensors, regular_file
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin, UNet2DModel
 
-__all__ = ["AUDITABLE", "as_generator", "load_model", "is_auditable", "ModelLoadError"]
+__all__ = ["AUDITABLE", "as_generator", "as_score_model", "load_model", "is_auditable", "ModelLoadError"]
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -63,6 +63,20 @@ def as_generator(model, sde=None, *, method: str = "euler_maruyama", eps: float 
         raise ValueError("sde=None is allowed only for a safcore.generators.diffusers_model.DiffusersModel (its scheduler "
                          "defines the forward and reverse process); pass the score model's SDE")
     return SDEGenerator(model, sde, method=method, eps=eps)
+
+
+def as_score_model(unet_or_path, sde=None) -> ScoreModel:
+    """A safcore :class:`~safcore.generators.score_model.ScoreModel` from a ScoreModel (under ``sde`` when given), a
+    diffusers ``UNet2DModel`` read as an ε-predictor of ``sde`` (default sub-VP), or a folder it was saved to."""
+    from diffusers import UNet2DModel
+
+    if isinstance(unet_or_path, ScoreModel):
+        return unet_or_path if sde is None else ScoreModel(unet_or_path.unet, sde, unet_or_path.mean_prior)
+    if isinstance(unet_or_path, UNet2DModel):
+        return ScoreModel(unet_or_path, sde)
+    if isinstance(unet_or_path, (str, os.PathLike)):
+        return ScoreModel.from_pretrained(unet_or_path, sde)
+    raise ValueError(f"expected a UNet2DModel, a ScoreModel or a saved model's folder, got {type(unet_or_path).__name__}")
 
 
 _MAX_JSON_BYTES = 10_000_000  # a model's config files are a few kB; a link to a device or a huge file is refused

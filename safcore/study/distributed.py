@@ -51,6 +51,7 @@ import torch
 
 from safcore.generators.checkpoints import resume_point
 from safcore.generators.images_from_model import draw_unit_images
+from safcore.generators.loader import as_generator
 from safcore.generators.score_model import ScoreModel
 from safcore.generators.train import TrainConfig, Trainer, TrainResult, train
 from safcore.probe import (
@@ -206,7 +207,7 @@ def sample_chunks(
     Chunk ``c`` holds samples ``[c·chunk_size, min(n, (c+1)·chunk_size))`` and is one
     :func:`safcore.generators.sampling.sample` call from the prior with a generator (on the model's device) seeded
     with ``derived_seed(seed, c)`` — or, for a :class:`safcore.generators.diffusers_model.DiffusersModel`, one call of its
-    ``sample`` (its scheduler's ``settings.steps`` steps; ``method`` and ``eps`` do not apply). ``shape``: ``(C, H, W)``, default the model's channels and image size.
+    ``sample`` (its scheduler's ``settings.steps`` steps; ``method`` and ``eps`` do not apply). ``shape`` (``(C, H, W)``) is the model's.
     """
     n = _check_n(n)
     n_chunks = math.ceil(n / settings.chunk_size)
@@ -217,8 +218,8 @@ def sample_chunks(
     for c in progress_bar(list(chunks), enabled=progress, desc="sample chunks", unit="chunk"):
         size = min(n, (c + 1) * settings.chunk_size) - c * settings.chunk_size
         generator = torch.Generator(device=model.device).manual_seed(derived_seed(seed, int(c)))
-        out[int(c)] = draw_unit_images(model, size, generator, shape=shape, method=settings.method, steps=settings.steps,
-                                       eps=settings.eps, autocast_bf16=settings.autocast_bf16)
+        out[int(c)] = draw_unit_images(model, size, generator, method=settings.method, steps=settings.steps, eps=settings.eps,
+                                       autocast_bf16=settings.autocast_bf16)
     return out
 
 
@@ -288,15 +289,6 @@ def probe_jobs(config: ProbeConfig) -> list[tuple[float, ...]]:
     return groups
 
 
-def _check_sde(score_fn, sde) -> None:
-    """``sde=None`` only for a model whose scheduler defines the process (as :func:`safcore.probe.q_curve` checks)."""
-    from safcore.generators.diffusers_model import DiffusersModel
-
-    if sde is None and not isinstance(score_fn, DiffusersModel):
-        raise ValueError("sde=None is allowed only for a safcore.generators.diffusers_model.DiffusersModel (its scheduler "
-                         "defines the forward and reverse process); pass the score model's SDE")
-
-
 def _check_split_config(config: ProbeConfig) -> None:
     if config.search != "exhaustive":
         raise ValueError(f"ProbeConfig.search = {config.search!r}: the sampler calls of the exhaustive search; "
@@ -319,7 +311,7 @@ def probe_job_tallies(
     (diffuse, reverse, ``c_p`` AND ``c_id``). Returns ``{(run, job): tally}``."""
     _check_split_config(config)
     x_p = as_single_image(x_p)
-    _check_sde(score_fn, sde)
+    as_generator(score_fn, sde)  # sde=None only for a model whose scheduler defines the process
     groups = probe_jobs(config)
     out: dict[tuple[int, int], QTally] = {}
     for run, j in progress_bar(list(jobs), enabled=progress, desc="q_M(t) split", unit="call"):
@@ -383,7 +375,7 @@ def topdown_split(
     top-down search (:func:`safcore.probe.topdown_search`: each unit is a fresh draw of its chunk, in its
     order) and hence of the exhaustive search."""
     x_p = as_single_image(x_p)
-    _check_sde(score_fn, sde)
+    as_generator(score_fn, sde)  # sde=None only for a model whose scheduler defines the process
     group = DataParallel(accelerator)
     rank, world = group.rank, group.world_size
     units = topdown_units(config)
