@@ -1,7 +1,7 @@
 """Data parallel with accelerate (issue 12, item 3): DDP training, split audit sampling and a split t' probe.
 
 Everything here is new code beside the single-process functions, which it reuses unchanged
-(:func:`safcore.generators.train.train`, :func:`safcore.generators.sampling.sample`, :mod:`safcore.probe.core`'s pieces). Under
+(:func:`safcore.generators.train.train`, :func:`safcore.generators.sampling.sample`, :mod:`safcore.probe`'s pieces). Under
 ``accelerate launch`` every process runs the same code; as one plain process (no launcher) the same
 calls run with world size 1.
 
@@ -10,7 +10,7 @@ Derived seeds (one rule everywhere, :func:`derived_seed`)::
     derived_seed(seed, i) = seed                                            for i = 0
                           = SeedSequence([seed, i]).generate_state(1, uint64)[0] >> 1   for i ≥ 1
 
-(:func:`safcore.probe.core.run_seed`'s rule): stream 0 is the seed itself — so world size 1 reproduces the
+(:func:`safcore.probe.run_seed`'s rule): stream 0 is the seed itself — so world size 1 reproduces the
 single-process function — and the others are independent streams that do not collide with those of
 ``seed + 1``. It is used as
 
@@ -23,7 +23,7 @@ single-process function — and the others are independent streams that do not c
   ``derived_seed(seed, c)``; rank ``r`` draws the chunks ``c ≡ r (mod W)``. The images depend on
   ``(seed, chunk_size)``, never on the world size.
 * the t' probe: the exhaustive search's sampler calls (groups of grid t formed by
-  :func:`safcore.probe.core.q_curve`'s batching rule) are numbered ``j = 0, 1, …`` from the top of the grid;
+  :func:`safcore.probe.q_curve`'s batching rule) are numbered ``j = 0, 1, …`` from the top of the grid;
   call ``j`` of run ``k`` uses ``derived_seed(run_seed(config.seed, k), j)``; rank ``r`` makes the calls
   ``j ≡ r (mod W)``. The top-down search's units (a grid t and one chunk of its M samples, in the search's
   order) are numbered ``u``; unit ``u`` of run ``k`` uses ``derived_seed(run_seed(config.seed, k), u)``;
@@ -67,17 +67,17 @@ from accelerate.utils import gather_object
 
 from safcore.data.datasets import from_model_range
 from safcore.generators.score_model import TIME_LABEL_SCALE, ScoreModel
-from safcore.probe.core import (
+from safcore.generators.loader import as_generator
+from safcore.probe import (
     ProbeConfig,
     ProbeResult,
     QTally,
-    _as_single_image,
-    _check_process,
-    _steps_for,
+    as_single_image,
     chunk_sizes,
     fill_q_curve,
     probe_result,
     run_seed,
+    steps_for,
     tally_draws,
 )
 from safcore.runtime.progress import progress_bar
@@ -120,7 +120,7 @@ DDP_FORMAT = "safcore-ddp/1"
 
 def derived_seed(seed: int, index: int) -> int:
     """The seed of stream ``index`` derived from ``seed`` (module docstring): ``seed`` for index 0, else
-    ``SeedSequence([seed, index]).generate_state(1, uint64)[0] >> 1`` (:func:`safcore.probe.core.run_seed`)."""
+    ``SeedSequence([seed, index]).generate_state(1, uint64)[0] >> 1`` (:func:`safcore.probe.run_seed`)."""
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
         raise ValueError(f"stream index {index!r}: must be an integer ≥ 0")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -469,7 +469,7 @@ def sample_split(
 
 
 def probe_jobs(config: ProbeConfig) -> list[tuple[float, ...]]:
-    """The exhaustive search's sampler calls as groups of grid t (high → low), by :func:`safcore.probe.core.q_curve`'s
+    """The exhaustive search's sampler calls as groups of grid t (high → low), by :func:`safcore.probe.q_curve`'s
     batching rule: up to ``max(1, batch_size // M)`` t per call, a t joining only if it waits at most
     ``batch_waste`` of its steps (a waiting trajectory costs no network evaluation). (With ``M > batch_size``
     each t is its own group; ``q_curve`` splits its M samples over calls.) Each group, probed alone by ``q_curve``'s code, forms one call again."""
@@ -479,9 +479,9 @@ def probe_jobs(config: ProbeConfig) -> list[tuple[float, ...]]:
     groups: list[tuple[float, ...]] = []
     group: list[float] = []
     for t in config.grid:
-        s_max = _steps_for(group[0], config.steps_full, config.eps) if group else 0
+        s_max = steps_for(group[0], config.steps_full, config.eps) if group else 0
         if group and (len(group) == per_call
-                      or s_max > (1.0 + config.batch_waste) * _steps_for(t, config.steps_full, config.eps)):
+                      or s_max > (1.0 + config.batch_waste) * steps_for(t, config.steps_full, config.eps)):
             groups.append(tuple(group))
             group = []
         group.append(t)
@@ -507,11 +507,11 @@ def probe_job_tallies(
     progress: bool = False,
 ) -> dict[tuple[int, int], QTally]:
     """Run the given ``(run, job)`` pairs: job ``j`` of :func:`probe_jobs` in run ``k`` with a generator seeded
-    with ``derived_seed(run_seed(config.seed, k), j)``, counted by :func:`safcore.probe.core.q_curve`'s own code
+    with ``derived_seed(run_seed(config.seed, k), j)``, counted by :func:`safcore.probe.q_curve`'s own code
     (diffuse, reverse, ``c_p`` AND ``c_id``). Returns ``{(run, job): tally}``."""
     _check_split_config(config)
-    x_p = _as_single_image(x_p)
-    _check_process(score_fn, sde)
+    x_p = as_single_image(x_p)
+    as_generator(score_fn, sde)  # a score function needs its SDE; a DiffusersModel none
     groups = probe_jobs(config)
     out: dict[tuple[int, int], QTally] = {}
     for run, j in progress_bar(list(jobs), enabled=progress, desc="q_M(t) split", unit="call"):
@@ -527,8 +527,8 @@ def probe_job_tallies(
 
 
 def merge_probe(score_fn, sde, config: ProbeConfig, tallies: dict[tuple[int, int], QTally]) -> ProbeResult:
-    """The :class:`~safcore.probe.core.ProbeResult` of all ``(run, job)`` tallies, built as
-    :func:`safcore.probe.core.find_t_prime` builds its exhaustive result: per run t' = the largest grid t with a
+    """The :class:`~safcore.probe.ProbeResult` of all ``(run, job)`` tallies, built as
+    :func:`safcore.probe.find_t_prime` builds its exhaustive result: per run t' = the largest grid t with a
     positive; THE t' = the largest over runs; counts pooled; Eq. 9 indicator on the pooled counts."""
     _check_split_config(config)
     groups = probe_jobs(config)
@@ -549,7 +549,7 @@ def merge_probe(score_fn, sde, config: ProbeConfig, tallies: dict[tuple[int, int
 
 def topdown_units(config: ProbeConfig) -> list[tuple[int, int]]:
     """The top-down search's units in its order: ``(grid index i, chunk size m)`` for every grid t from the top,
-    its M samples in the chunks of :func:`safcore.probe.core.chunk_sizes` (1, 1, 2, 4, … up to M)."""
+    its M samples in the chunks of :func:`safcore.probe.chunk_sizes` (1, 1, 2, 4, … up to M)."""
     sizes = chunk_sizes(config.M, config.first_chunk)
     return [(i, m) for i in range(len(config.grid)) for m in sizes]
 
@@ -572,10 +572,10 @@ def topdown_split(
     ``r`` draws unit ``round·W + r``; after each round the first unit (in the search's order) with a positive
     ends the run at its t, and only the units up to it are counted. So t', the counts and q are the same for
     any world size (W − 1 units of a round may be drawn in vain), and t' has the law of the single-process
-    top-down search (:func:`safcore.probe.core.topdown_search`: each unit is a fresh draw of its chunk, in its
+    top-down search (:func:`safcore.probe.topdown_search`: each unit is a fresh draw of its chunk, in its
     order) and hence of the exhaustive search."""
-    x_p = _as_single_image(x_p)
-    _check_process(score_fn, sde)
+    x_p = as_single_image(x_p)
+    as_generator(score_fn, sde)  # a score function needs its SDE; a DiffusersModel none
     rank, world = _rank_world(accelerator)
     units = topdown_units(config)
     tallies: list[QTally] = []
@@ -626,7 +626,7 @@ def probe_split(
     The sampler calls ``(run k, job j)`` (:func:`probe_jobs`, in run-major order, numbered ``i``) go to rank
     ``i mod W``; each has its own generator (:func:`probe_job_tallies`); the tallies (counts and the few
     example images) are gathered and merged in grid order (:func:`merge_probe`). q_M(t) and t' are the same
-    for any world size. They are drawn with other random streams than :func:`safcore.probe.core.find_t_prime`'s
+    for any world size. They are drawn with other random streams than :func:`safcore.probe.find_t_prime`'s
     (one generator per call instead of one per run), so they have its law, not its exact draws.
     """
     if config.search == "topdown":
