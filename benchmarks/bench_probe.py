@@ -1,7 +1,7 @@
 """t' searches against the exhaustive one (Algorithm 1, issue 9): NFE ratio and how often t' agrees.
 
 Part 1 (always): Bernoulli simulation on KNOWN q(t) curves, with the probe's own search code
-(``safcore.probe.core.topdown_search`` and ``chunk_sizes``, answered by ``safcore.generators.known_answer.BernoulliDraws``).
+(``safcore.probe.topdown_search`` and ``chunk_sizes``, answered by ``safcore.generators.known_answer.BernoulliDraws``).
 Curves: sharp drops at several t*, a logistic tail (q ≈ 1/M on 0.5–0.8), two levels (q = 0.05 on
 0.4–0.9), a slow logistic decline, and the exact q(t) of ``PointMixtureScore`` two-point mixtures.
 For each: ``P(ex~ex)`` — two independent exhaustive runs agree within one grid step (exact, from the
@@ -45,7 +45,7 @@ from safcore.generators.known_answer import (
     t_prime_distribution,
     two_level_curve,
 )
-from safcore.probe.core import ProbeConfig, ProbeResult, chunk_sizes, find_t_prime, topdown_search
+from safcore.probe import ProbeConfig, ProbeResult, chunk_sizes, find_t_prime, topdown_search
 from safcore.study.profiles import get_profile
 from safcore.generators.sde import SDE, SubVPSDE
 
@@ -65,7 +65,7 @@ def _positive_at(draw: Draw, M: int, first_chunk: int) -> Callable[[int], bool]:
 
 
 def old_bisection(grid: tuple[float, ...], M: int, draw: Draw, first_chunk: int = 1, coarse_step: float = 0.2) -> int | None:
-    """The former ``safcore.probe.core.adaptive_search`` (removed): coarse pass from the top every
+    """The former ``safcore.probe.adaptive_search`` (removed): coarse pass from the top every
     ``coarse_step`` (and the last grid t) to the first positive, then bisection between it and the
     coarse point above."""
     positive_at = _positive_at(draw, M, first_chunk)

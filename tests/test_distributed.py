@@ -34,7 +34,7 @@ from safcore.study.distributed import (
     train_distributed,
 )
 from safcore.generators.score_model import ScoreModel, build_unet
-from safcore.probe.core import ProbeConfig
+from safcore.probe import ProbeConfig
 from safcore.generators.sampling import sample
 from safcore.generators.checkpoints import latest_checkpoint
 from safcore.generators.train import TrainConfig, train

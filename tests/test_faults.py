@@ -446,7 +446,7 @@ def test_steps_beyond_T_are_refused_not_capped(pipeline, fingerprint, data_root,
 
 def test_negative_seeds_are_refused_everywhere(data_root, tmp_path, store, capsys):
     from safcore.data.fingerprint import make_private_dataset
-    from safcore.probe.core import ProbeConfig
+    from safcore.probe import ProbeConfig
     from safcore.study import Study
 
     err = one_line(["fingerprint", "--n-dataset", "8", "--seed", "-1", "--data-root", str(data_root), "--out",

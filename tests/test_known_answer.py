@@ -23,7 +23,7 @@ from safcore.generators.known_answer import (
     t_prime_distribution,
     two_level_curve,
 )
-from safcore.probe.core import DEFAULT_GRID, ProbeConfig, topdown_search
+from safcore.probe import DEFAULT_GRID, ProbeConfig, topdown_search
 from safcore.generators.sde import SubVPSDE
 
 CFG = ProbeConfig(M=16, steps_full=1000)  # the paper's grid 0.99 … 0.01

@@ -1,4 +1,4 @@
-"""Algorithm 1 (safcore.probe.core) on score models whose answer is known, and the explorer app.
+"""Algorithm 1 (safcore.probe) on score models whose answer is known, and the explorer app.
 
 The models are exact scores of point masses (``safcore.generators.known_answer.PointMixtureScore``): one point
 at ``x_p`` (every reverse sample comes back as ``x_p``: q = 1), one point at another image ``y``
@@ -17,7 +17,7 @@ import torch
 
 from conftest import Recording
 from safcore.generators.known_answer import PointMixtureScore
-from safcore.probe.core import (
+from safcore.probe import (
     DEFAULT_GRID,
     ProbeConfig,
     chunk_sizes,

@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from safcore.data.fingerprint import apply_saf, circle_mask
 from safcore.generators.known_answer import PointMassDenoiser
-from safcore.probe.core import ProbeConfig, find_t_prime
+from safcore.probe import ProbeConfig, find_t_prime
 from safcore.generators.diffusers_model import DiffusersModel, ModelLoadError
 from safcore.generators.loader import load_model
 

@@ -1,4 +1,4 @@
-"""Models and q(t) curves whose t' is known, to test Algorithm 1 (:mod:`safcore.probe.core`) against.
+"""Models and q(t) curves whose t' is known, to test Algorithm 1 (:mod:`safcore.probe`) against.
 
 Two kinds of known answer:
 
@@ -11,11 +11,11 @@ Two kinds of known answer:
   reverse run of that scheduler lands on the point.
 * Simulated curves: a known ``q(t)`` on a grid (:func:`sharp_curve`, :func:`logistic_tail_curve`,
   :func:`two_level_curve`, :func:`slow_logistic_curve`) and :class:`BernoulliDraws`, which answers
-  the probe's own search code (:func:`safcore.probe.core.topdown_search`) with Bernoulli draws instead of
+  the probe's own search code (:func:`safcore.probe.search.topdown_search`) with Bernoulli draws instead of
   reverse samples. :func:`t_prime_distribution` is the exact law of the exhaustive t' on such a
   curve, so a search can be checked against it without running a model.
 
-Grids here are sorted HIGH → LOW (as :attr:`safcore.probe.core.ProbeConfig.grid`): index 0 is the
+Grids here are sorted HIGH → LOW (as :attr:`safcore.probe.ProbeConfig.grid`): index 0 is the
 largest t, and a t' is reported as a grid index (``None``: no positive on the grid).
 """
 

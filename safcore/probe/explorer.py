@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
-from safcore.probe.core import Classifier, ProbeExample, SamplerMethod, ScoreFn, probe_at
+from safcore.probe.config import Classifier, SamplerMethod, ScoreFn
+from safcore.probe.results import ProbeExample
+from safcore.probe.runner import probe_at
 from safcore.generators.sde import SDE
 
 __all__ = ["ProbeExplorer", "explore", "verdict_text", "probe_figure"]
@@ -116,7 +118,7 @@ def explore(
     """Interactive Algorithm 1 at one t at a time (issue 5, item 5).
 
     Moving the slider diffuses ``x_p`` to ``x_{t,p} ~ p(x_t | x_p)``, runs the reverse sampler M
-    times (``steps(t) = ceil((t-eps)/(1-eps)·steps_full)`` steps, as in :class:`safcore.probe.core.ProbeConfig`)
+    times (``steps(t) = ceil((t-eps)/(1-eps)·steps_full)`` steps, as in :class:`safcore.probe.config.ProbeConfig`)
     and shows the queries, the samples and both classifiers' verdicts. Each update reseeds with
     ``seed``, so returning to a t shows the same draws.
 

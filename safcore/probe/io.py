@@ -1,4 +1,4 @@
-"""A :class:`~safcore.probe.core.ProbeResult` as files: ``probe.json`` (counts, t', config) and
+"""A :class:`~safcore.probe.results.ProbeResult` as files: ``probe.json`` (counts, t', config) and
 ``examples.safetensors`` (the example images), so that ``Study.probe`` is computed once per key and
 read back by notebooks, sweeps and the command line (nothing pickled)."""
 
@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from safcore.probe.core import ProbeConfig, ProbeExample, ProbeResult
+from safcore.probe.config import ProbeConfig
+from safcore.probe.results import ProbeExample, ProbeResult, QCurve
 from safcore.runtime.runs import atomic_save_safetensors, atomic_write
 
 __all__ = ["save_probe", "load_probe", "FORMAT"]
@@ -45,7 +46,7 @@ def save_probe(result: ProbeResult, folder: str | Path) -> Path:
 
 def load_probe(folder: str | Path) -> ProbeResult:
     """The :class:`ProbeResult` :func:`save_probe` wrote (arrays as the dtypes the probe makes: counts int64,
-    rates float64)."""
+    rates float64; its curve's ``nfe_per_t`` is ``None``, as ``probe.json`` keeps only the total ``nfe``)."""
     folder = Path(folder)
     record = json.loads((folder / "probe.json").read_text())
     if record.get("format") != FORMAT:
@@ -57,8 +58,8 @@ def load_probe(folder: str | Path) -> ProbeResult:
     config["grid"] = tuple(config["grid"])
     ints = ("n", "k", "k_p", "k_id")
     arrays = {name: np.asarray(record[name], dtype=np.int64 if name in ints else np.float64) for name in _ARRAYS}
-    return ProbeResult(**arrays, M=record["M"], t_prime=record["t_prime"], k_at_t_prime=record["k_at_t_prime"],
+    curve = QCurve(**arrays, nfe_per_t=None, nfe=record["nfe"], examples=examples)  # probe.json keeps the total nfe
+    return ProbeResult(curve, M=record["M"], t_prime=record["t_prime"], k_at_t_prime=record["k_at_t_prime"],
                        n_at_t_prime=record["n_at_t_prime"], t_prime_runs=tuple(record["t_prime_runs"]),
-                       eq9_indicator=record["eq9_indicator"], nfe=record["nfe"], nfe_exhaustive=record["nfe_exhaustive"],
-                       search=record["search"], grid=tuple(record["grid"]), examples=examples,
-                       config=ProbeConfig(**config))
+                       eq9_indicator=record["eq9_indicator"], nfe_exhaustive=record["nfe_exhaustive"],
+                       search=record["search"], grid=tuple(record["grid"]), config=ProbeConfig(**config))

@@ -38,7 +38,7 @@ from safcore.defences import CADP, DPSGD, check_defence
 from safcore.runtime.device import resolve_device
 from safcore.data.fingerprint import PrivateDataset, SAFConfig, make_private_dataset
 from safcore.generators.score_model import ScoreModel
-from safcore.probe.core import ProbeConfig, ProbeResult, find_t_prime
+from safcore.probe import ProbeConfig, ProbeResult, find_t_prime
 from safcore.study.profiles import Profile, get_profile
 from safcore.measures.quality import SampleQuality
 from safcore.runtime.runs import RunStore, atomic_save_safetensors, atomic_write, file_sha256, write_manifest
@@ -832,7 +832,7 @@ class Study:
 
     # ------------------------------------------------------------------ Algorithm 1
     def probe_config(self, **changes) -> ProbeConfig:
-        """The profile's :class:`~safcore.probe.core.ProbeConfig`, with ``changes`` applied."""
+        """The profile's :class:`~safcore.probe.ProbeConfig`, with ``changes`` applied."""
         return dataclasses.replace(self.profile.probe, **changes)
 
     def probe(self, config: ProbeConfig | None = None, *, step: int | None = None) -> ProbeResult:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from safcore.adversary.classifiers import ClassifierConfig
 from safcore.defences.cadp import INNConfig
-from safcore.probe.core import ProbeConfig
+from safcore.probe import ProbeConfig
 from safcore.generators.train import TrainConfig
 
 ProfileName = Literal["smoke", "cpu", "paper"]
@@ -33,7 +33,7 @@ class Profile:
         classifier: ``c_p`` and ``c_id`` settings (:class:`safcore.adversary.classifiers.ClassifierConfig`). AugMix is
             on only in the paper profile: with it a ResNet18 could not learn the grey SAF within a CPU
             budget (c_p stopped at 55 % test accuracy on BreastMNIST, 95 % without).
-        probe: Algorithm 1's settings (:class:`safcore.probe.core.ProbeConfig`).
+        probe: Algorithm 1's settings (:class:`safcore.probe.ProbeConfig`).
         n_fid: images per side for FID.
         saf_classifier: ``c_p``'s settings where they differ from ``c_id``'s (``None``: ``classifier``).
             An audit is only as good as its SAF detector: the verdict needs ≥ 95 % SAF accuracy.

@@ -18,7 +18,7 @@ from pathlib import Path
 from safcore.study import distributed
 from safcore.study import plotting
 from safcore.audit.sample_audit import AuditResult
-from safcore.probe.core import ProbeResult
+from safcore.probe import ProbeResult
 from safcore.runtime.progress import progress_bar
 from safcore.runtime.runs import atomic_write, output_folder, write_manifest
 from safcore.study.hub import Study
