@@ -19,6 +19,7 @@ import torch
 from safcore.generators.base import Generator
 from safcore.generators.loader import as_generator
 from safcore.generators.sde import SDE
+from safcore.runtime.parallel import derived_seed
 from safcore.probe.config import Classifier, ProbeConfig, ScoreFn, Search, as_single_image
 from safcore.probe.eq9 import eq9_indicator
 from safcore.probe.results import ProbeResult
@@ -50,10 +51,8 @@ def _generator_for(x_p: torch.Tensor, seed: int) -> torch.Generator:
 def run_seed(seed: int, run: int) -> int:
     """The seed of run ``run`` of a probe seeded with ``seed``: ``seed`` itself for run 0 (so one run
     reproduces an earlier single probe), then ``SeedSequence([seed, run])`` (independent streams that
-    do not collide with the runs of ``seed + 1``)."""
-    if run == 0:
-        return int(seed)
-    return int(np.random.SeedSequence([int(seed), int(run)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    do not collide with the runs of ``seed + 1``): :func:`safcore.runtime.parallel.derived_seed`'s rule."""
+    return derived_seed(seed, run)
 
 
 def chunk_sizes(M: int, first_chunk: int = 1) -> list[int]:
