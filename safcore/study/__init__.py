@@ -1,6 +1,6 @@
 """Orchestration: the profiles (``profiles``), :class:`Study` wiring data → model → adversary → audit / probe
-(``hub``), sweeps (``sweep``), data parallelism (``distributed``), the audit report (``report``), figures
-(``plotting``), the demo (``demo``) and the paper's Tab. 2 rows (``paper_rows``)."""
+(``hub``) and the stages it keeps in the run store (``stages``), sweeps (``sweep``), data parallelism (``distributed``), the audit report (``report``), figures
+(``plotting``) and the paper's Tab. 2 rows (``paper_rows``)."""
 
 from safcore.study.hub import Study
 
