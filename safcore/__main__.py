@@ -167,14 +167,13 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args):
     from safcore.runtime.checks import check_int
     from safcore.runtime.device import resolve_device
-    from safcore.generators.diffusers_model import DiffusersModel
-    from safcore.generators.loader import load_model
+    from safcore.generators.loader import load_model, max_inference_steps
 
     model = load_model(args.model)
-    if isinstance(model, DiffusersModel):
+    T = max_inference_steps(model)  # None: a safcore SDE model, sampled with the profile's sampler and steps
+    if T is not None:
         model = model.with_scheduler(args.scheduler)
         if args.steps is not None:  # refused, not capped: a run of T steps is not what was asked for
-            T = model.num_train_timesteps
             check_int(args.steps, "--steps", 1, T, why=f" (T = {T}, the num_train_timesteps of {args.model!r}'s scheduler)")
     elif args.scheduler != "model":
         raise ValueError(f"--scheduler {args.scheduler} applies to a diffusers model; {args.model!r} is a safcore sub-VP model")
@@ -280,42 +279,27 @@ def _run(args) -> int:
             print(report)
         return 0
     if args.command == "probe":
-        from safcore.study import plotting
         from safcore.study.distributed import is_main_process
-        from safcore.probe.io import save_probe
-        from safcore.runtime.runs import check_output_folder, output_folder, write_manifest
+        from safcore.study.report import run_probe
 
         _positive("--M", args.M)
         _positive("--repeats", args.repeats)
         _positive("--steps", args.steps)
         _out(args)
         study = _study(args, _load(args))
-        changes = {"search": args.search, "repeats": args.repeats, **({"M": args.M} if args.M else {})}
-        config = study.probe_config(**changes)
+        config = study.probe_config(search=args.search, repeats=args.repeats, **({"M": args.M} if args.M else {}))
         out = args.out or paths.runs_dir() / "reports" / f"probe_{study.data.name}_ND{study.n_dataset}_{study.profile.name}"
+        report = run_probe(study, out, config, overwrite=args.overwrite)
         if is_main_process():
-            check_output_folder(out, overwrite=args.overwrite)  # the default folder too, before the probe
-        result = study.probe(config)
-        if not is_main_process():
-            return 0
-        figure = plotting.q_curve(result.ts, result.q, result.ci_low, result.ci_high, result.t_prime,
-                                  label=f"N_D={study.n_dataset}", k=result.k, n=result.n,
-                                  title=(f"x_p comes back from t' = {result.t_prime:.2f} ({result.t_prime_count})"
-                                         if result.t_prime is not None else "x_p did not come back from any t of the grid"))
-        with output_folder(out, overwrite=args.overwrite) as tmp:  # renamed into place when whole
-            plotting.save_figure(figure, tmp / "q_curve.png")
-            save_probe(result, tmp)  # probe.json (counts, t', config) and examples.safetensors, as the run store keeps it
-            write_manifest(tmp / "probe.json", config={"study": study.model_config(), "profile": study.profile.name},
-                           seed=study.seed)
-        print(f"{study}\n{result}\nwritten: {out / 'probe.json'}, {out / 'q_curve.png'}")
+            print(report)
         return 0
     if args.command == "sweep":
         return _sweep(args, progress)
     if args.command == "tab2":
         return _tab2(args, progress)
     # demo
-    from safcore.study.demo import run_demo
     from safcore.study.distributed import is_main_process
+    from safcore.study.report import run_demo
     from safcore.study.hub import Study
 
     _seed("--seed", args.seed)

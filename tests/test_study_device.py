@@ -24,12 +24,12 @@ def test_every_tensor_of_a_loaded_study_is_on_its_device(data_root, smoke_store,
     result = study.audit()
     probe = study.probe(study.probe_config(M=2, grid=(0.5, 0.1)))
     # t' is kept in the run store: asked again (here or by a sweep, a notebook) it is read, not probed
-    import safcore.study.hub
+    import safcore.study.stages  # the probe stage runs find_t_prime there
 
     def no_probe(*args, **kwargs):
         raise AssertionError("probed again")
 
-    monkeypatch.setattr(safcore.study.hub, "find_t_prime", no_probe)
+    monkeypatch.setattr(safcore.study.stages, "find_t_prime", no_probe)
     again = study.probe(study.probe_config(M=2, grid=(0.5, 0.1)))
     assert (again.t_prime, again.k.tolist()) == (probe.t_prime, probe.k.tolist())
     loaded = study.tensors()

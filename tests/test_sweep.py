@@ -133,7 +133,8 @@ def test_a_cells_stages_are_the_ones_study_finds(swept, data_root, monkeypatch):
     model, classifiers and samples (training is forbidden here) and its audit and t' are the record's."""
     store, result, _ = swept
     for name in ("train", "train_saf_classifier", "train_id_classifier"):
-        monkeypatch.setattr(f"safcore.study.hub.{name}", lambda *a, _n=name, **k: pytest.fail(f"Study retrained ({_n})"))
+        module = "stages" if name == "train" else "hub"  # the score model's training runs in safcore.study.stages
+        monkeypatch.setattr(f"safcore.study.{module}.{name}", lambda *a, _n=name, **k: pytest.fail(f"Study retrained ({_n})"))
     before = _runs(store)
     for outcome in result.outcomes:
         record = outcome.record
@@ -240,7 +241,8 @@ def test_a_killed_sweep_resumes_without_recomputing_finished_cells(swept, tmp_pa
 def test_a_fid_cell_is_its_own_record_and_reuses_the_trained_stages(swept, data_root, monkeypatch):
     store, result, _ = swept
     for name in ("train", "train_saf_classifier", "train_id_classifier"):
-        monkeypatch.setattr(f"safcore.study.hub.{name}", lambda *a, _n=name, **k: pytest.fail(f"Study retrained ({_n})"))
+        module = "stages" if name == "train" else "hub"  # the score model's training runs in safcore.study.stages
+        monkeypatch.setattr(f"safcore.study.{module}.{name}", lambda *a, _n=name, **k: pytest.fail(f"Study retrained ({_n})"))
     cell = dataclasses.replace(GRID.cells()[0], probe=False, fid=True)
     outcome = run_cell(cell, store=store, data_root=data_root, progress=False)
     record = outcome.record

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,9 +21,11 @@ from safcore.generators.score_model import SDE_CONFIG_NAME, ScoreModel
 from safcore.runtime.checks import check_safetensors, regular_file
 
 if TYPE_CHECKING:
+    import torch
     from diffusers import SchedulerMixin, UNet2DModel
 
-__all__ = ["AUDITABLE", "as_generator", "as_score_model", "load_model", "is_auditable", "ModelLoadError"]
+__all__ = ["AUDITABLE", "as_generator", "as_score_model", "load_model", "is_auditable", "max_inference_steps",
+           "Sampling", "sampling_for", "network", "ModelLoadError"]
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -77,6 +80,48 @@ def as_score_model(unet_or_path, sde=None) -> ScoreModel:
     if isinstance(unet_or_path, (str, os.PathLike)):
         return ScoreModel.from_pretrained(unet_or_path, sde)
     raise ValueError(f"expected a UNet2DModel, a ScoreModel or a saved model's folder, got {type(unet_or_path).__name__}")
+
+
+def max_inference_steps(model) -> int | None:
+    """The most steps a full reverse run of ``model`` may take: a scheduler-driven model's ``T`` (its scheduler's
+    ``num_train_timesteps``); ``None`` for an SDE model, whose sampler takes any number (``model=None``: the
+    score model a study trains, an SDE model)."""
+    return model.num_train_timesteps if isinstance(model, DiffusersModel) else None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a model's samples are drawn, as the run store records it.
+
+    Attributes:
+        method: the SDE sampler of :func:`safcore.generators.sampling.sample`, or a scheduler-driven model's
+            scheduler class (``"DDPMScheduler"``, ``"DDIMScheduler"``).
+        steps: steps of a full reverse run from ``t = 1``.
+        autocast_bf16: whether the network runs under bf16 autocast.
+    """
+
+    method: str
+    steps: int
+    autocast_bf16: bool
+
+
+def sampling_for(model, *, method: str, steps: int, chosen_steps: int | None = None, bf16: bool = False) -> Sampling:
+    """How ``model`` is sampled with a profile's ``method``, ``steps`` and ``bf16``.
+
+    A scheduler-driven model (:func:`max_inference_steps` not ``None``) runs its own scheduler for
+    ``chosen_steps`` (the user's choice, else ``steps``) inference steps, at most ``T``, in fp32; an SDE model
+    (or ``None``, the score model a study trains) runs ``method`` for ``steps`` steps (``chosen_steps`` does
+    not apply) with ``bf16``."""
+    limit = max_inference_steps(model)
+    if limit is None:
+        return Sampling(method, steps, bf16)
+    chosen = chosen_steps if chosen_steps is not None else steps
+    return Sampling(type(model.scheduler).__name__, min(int(chosen), limit), False)
+
+
+def network(model) -> torch.nn.Module:
+    """The module that holds ``model``'s weights: a diffusers model's U-Net, else ``model`` itself."""
+    return model.unet if isinstance(model, DiffusersModel) else model
 
 
 _MAX_JSON_BYTES = 10_000_000  # a model's config files are a few kB; a link to a device or a huge file is refused

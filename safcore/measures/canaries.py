@@ -11,7 +11,8 @@ Appendix D code does).
   images, where each SAF sits, which canaries are in;
 * :func:`guess` and :func:`count_correct`: the guesses and ``(r, v)``;
 * :func:`p_value` and :func:`epsilon_lower_bound`: the theorem and the bound; :func:`audit` chains them
-  into a :class:`CanaryAudit`.
+  into a :class:`CanaryAudit`;
+* :func:`audit_samples`: the whole audit of one trained model from its samples → :class:`CanaryRun`.
 
 Neighbouring datasets are add/remove ones, as in the paper: an excluded canary is absent from the
 training set, and so is its clean original (keeping the clean image when the canary is out would make
@@ -45,6 +46,8 @@ __all__ = [
     "epsilon_lower_bound",
     "CanaryAudit",
     "audit",
+    "CanaryRun",
+    "audit_samples",
 ]
 
 
@@ -311,3 +314,37 @@ def audit(
     eps = epsilon_lower_bound(design.m, r, v, delta=delta, confidence=confidence)
     return CanaryAudit(m=design.m, k_plus=int(k_plus), k_minus=int(k_minus), r=r, v=v, epsilon=eps,
                        delta=float(delta), confidence=float(confidence))
+
+
+@dataclass(frozen=True)
+class CanaryRun:
+    """A canary audit of one trained model: the :class:`CanaryAudit`, its :class:`CanaryDesign` and each
+    canary's score (float64 ``(m,)``). Unpacks as ``(audit, design, scores)``."""
+
+    audit: CanaryAudit
+    design: CanaryDesign
+    scores: np.ndarray
+
+    def __iter__(self):
+        return iter((self.audit, self.design, self.scores))
+
+    def __getitem__(self, index: int):
+        return tuple(self)[index]
+
+
+def audit_samples(design: CanaryDesign, images: torch.Tensor, samples: torch.Tensor, *,
+                  delta: float = 1e-5) -> CanaryRun:
+    """Score each canary by how close the closest sample comes to it, ``s_i = −min_j ‖c_i − x_j‖₂``, and
+    audit with ``k_+ = k_- = ⌊m / 2⌋`` (every canary guessed, one abstaining when m is odd; fixed before the
+    scores are seen, so a copy machine gets them all right).
+
+    Args:
+        design: the canaries the model was trained with.
+        images: the clean ``N_D`` images the canaries were painted on, ``(N_D, C, H, W)`` in [0, 1].
+        samples: the model's samples ``(n, C, H, W)`` in [0, 1].
+    """
+    painted = design.canaries(images)
+    distance = torch.cdist(painted.flatten(1), samples.flatten(1)).min(dim=1).values
+    scores = (-distance).numpy().astype(np.float64)
+    k = design.m // 2
+    return CanaryRun(audit(design, scores, k, k, delta=delta), design, scores)

@@ -12,12 +12,16 @@ FID extractor's network and training) is trained on
 
 and scored on the dataset's real test split by **balanced accuracy** (mean per-class recall; chance
 is 1/K however unbalanced the split — BreastMNIST's test split is 73 % one class) or, for a
-multi-label task, the mean per-label accuracy.
+multi-label task, the mean per-label accuracy. :func:`stored_reference` and :func:`stored_utility` keep the
+reference classifier and the scores in the run store.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -25,8 +29,11 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from safcore.measures.extractor_training import DomainExtractorConfig, train_domain_extractor
+from safcore.measures.features import DomainClassifier
+from safcore.runtime.runs import RunStore, atomic_save_safetensors, atomic_write
 
-__all__ = ["UTILITY_CLASSIFIER", "train_label_classifier", "predict_labels", "score"]
+__all__ = ["UTILITY_CLASSIFIER", "train_label_classifier", "predict_labels", "score", "stored_reference",
+           "stored_utility"]
 
 #: The utility classifier's settings: the FID extractor's, with more epochs for a few dozen images.
 UTILITY_CLASSIFIER = DomainExtractorConfig(epochs=100, max_steps=400, batch_size=64, lr=2e-3, shift=2, seed=0,
@@ -65,3 +72,63 @@ def score(classifier: torch.nn.Module, images: torch.Tensor, labels, *, task: Ta
 
 def with_seed(config: DomainExtractorConfig, seed: int) -> DomainExtractorConfig:
     return dataclasses.replace(config, seed=seed)
+
+
+def stored_reference(store: RunStore, data_config: dict, images: torch.Tensor, labels, *, task: Task, n_outputs: int,
+                     device: torch.device) -> torch.nn.Module:
+    """The classifier trained on the real ``D_p`` ``images`` ``(N_D, C, S, S)`` with their ``labels`` ("train on
+    real"), kept in the run store under ``data_config`` (what ``D_p`` depends on): the reference every defence's
+    utility is compared with, and the labeller of a model's samples. In eval mode on ``device``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    config = {**data_config, "task": task, "n_outputs": n_outputs,
+              "classifier": dataclasses.asdict(UTILITY_CLASSIFIER), "version": 1}
+
+    def make(tmp: Path) -> None:
+        classifier = train_label_classifier(images, labels, task=task, n_outputs=n_outputs, device=device)
+        metadata = {"in_channels": str(images.shape[1]), "image_size": str(images.shape[-1])}
+        atomic_save_safetensors({k: v.contiguous() for k, v in classifier.state_dict().items()},
+                                tmp / "classifier.safetensors", metadata)
+
+    run = store.get_or_create("utility_reference", config, make, seed=UTILITY_CLASSIFIER.seed)
+    with safe_open(str(run.file("classifier.safetensors")), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    classifier = DomainClassifier(int(meta["in_channels"]), n_outputs, UTILITY_CLASSIFIER.widths,
+                                  image_size=int(meta["image_size"]))
+    classifier.load_state_dict(load_file(run.file("classifier.safetensors")))
+    return classifier.to(device).eval()
+
+
+def stored_utility(store: RunStore, model_config: dict, samples: torch.Tensor, *,
+                   reference: Callable[[], torch.nn.Module], labels, test: torch.Tensor, test_labels, task: Task,
+                   n_outputs: int, device: torch.device,
+                   privatized: Callable[[], torch.Tensor] | None = None, seed: int = 0) -> dict[str, float]:
+    """Balanced test accuracy (:func:`score`) of classifiers trained on the real ``D_p`` (``"real"``, the
+    ``reference``), on the model's ``samples`` labelled by the reference (``"samples"``) and, when given, on
+    the ``privatized`` ``D_p`` with its ``labels`` (``"privatized"``); ``"chance"`` is ``1/K`` (NaN for a
+    multi-label task). Kept in the run store under the model's ``model_config`` and ``len(samples)``.
+
+    Args:
+        samples: ``(n, C, S, S)`` in [0, 1]; test, test_labels: the real test split and its labels.
+        reference, privatized: called only when the scores are not stored yet.
+    """
+    config = {"model": model_config, "n": int(samples.shape[0]),
+              "classifier": dataclasses.asdict(UTILITY_CLASSIFIER), "version": 1}
+
+    def make(tmp: Path) -> dict:
+        def fit(images, y):
+            return train_label_classifier(images, y, task=task, n_outputs=n_outputs, device=device)
+
+        real = reference().cpu()
+        result = {"real": score(real, test, test_labels, task=task)}
+        pseudo = predict_labels(real, samples, task=task)
+        result["samples"] = score(fit(samples, pseudo), test, test_labels, task=task)
+        if privatized is not None:
+            result["privatized"] = score(fit(privatized(), labels), test, test_labels, task=task)
+        result["chance"] = 1.0 / n_outputs if task == "multi-class" else float("nan")
+        atomic_write(tmp / "utility.json", json.dumps(result, indent=2))
+        return result
+
+    run = store.get_or_create("utility", config, make, seed=seed)
+    return json.loads(run.file("utility.json").read_text())

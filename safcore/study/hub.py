@@ -22,12 +22,10 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from safetensors.torch import load_file
 
 from safcore.data import datasets as data_lib
 from safcore.runtime import paths
@@ -38,19 +36,22 @@ from safcore.defences import CADP, DPSGD, check_defence
 from safcore.runtime.device import resolve_device
 from safcore.data.fingerprint import PrivateDataset, SAFConfig, make_private_dataset
 from safcore.generators.score_model import ScoreModel
-from safcore.probe import ProbeConfig, ProbeResult, find_t_prime
+from safcore.probe import ProbeConfig, ProbeResult
 from safcore.study.profiles import Profile, get_profile
 from safcore.measures.quality import SampleQuality
-from safcore.runtime.runs import RunStore, atomic_save_safetensors, atomic_write, file_sha256, write_manifest
-from safcore.generators.sampling import sample
-from safcore.generators.diffusers_model import DiffusersModel, model_identity
-from safcore.generators.loader import load_model
+from safcore.runtime.runs import RunStore, atomic_write, file_sha256, write_manifest
+from safcore.generators.loader import (Sampling, as_generator, is_auditable, load_model, max_inference_steps, network,
+                                       sampling_for)
 from safcore.generators.checkpoints import load_kept
-from safcore.generators.train import TrainResult, train
+from safcore.generators.train import TrainResult
 
 if TYPE_CHECKING:
     from safcore.data.fingerprint_io import Fingerprint
+    from safcore.defences.cadp import ConditionalINN, Privatized
+    from safcore.generators.diffusers_model import DiffusersModel
+    from safcore.measures.canaries import CanaryRun
     from safcore.measures.fid import FIDResult
+    from safcore.measures.peer_study import PeerReport
 
 Split = Literal["train", "val", "test"]
 
@@ -130,17 +131,17 @@ class Study:
         self.fingerprint: Fingerprint | None = None
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model)
-        if model is not None and not isinstance(model, (ScoreModel, DiffusersModel)):
+        if model is not None and not is_auditable(model):
             raise ValueError(f"model is a {type(model).__name__}; allowed: a ScoreModel, a DiffusersModel, a model folder "
                              "or a Hub id")
         self.model = model.to(self.device).eval() if model is not None else None
         if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(sample_steps, int) or sample_steps < 1):
             raise ValueError(f"sample_steps = {sample_steps!r}; allowed: an integer ≥ 1")
         self.sample_steps = sample_steps
-        if (sample_steps is not None and isinstance(self.model, DiffusersModel)
-                and sample_steps > self.model.num_train_timesteps):
-            raise ValueError(f"sample_steps = {sample_steps} exceeds the model's T = {self.model.num_train_timesteps} "
-                             f"training timesteps; allowed: 1 … {self.model.num_train_timesteps}")
+        limit = max_inference_steps(self.model)
+        if sample_steps is not None and limit is not None and sample_steps > limit:
+            raise ValueError(f"sample_steps = {sample_steps} exceeds the model's T = {limit} "
+                             f"training timesteps; allowed: 1 … {limit}")
         if self.model is not None and self.model.channels != self.channels:
             raise ValueError(f"the model under audit has {self.model.channels} input channel(s); the data it is audited on "
                              f"has {self.channels} (profile {self.profile.name!r})")
@@ -256,9 +257,7 @@ class Study:
         """What the model under audit depends on: ``D_p``, the training settings and the defence, or an
         external model's hashes. Without a defence the key is the one it always was (stored models are reused)."""
         if self.model is not None:
-            identity = (self.model.identity() if isinstance(self.model, DiffusersModel)
-                        else model_identity(self.model.unet, sde=repr(self.model.sde)))
-            return {**self.data_config, "external_model": identity}
+            return {**self.data_config, "external_model": as_generator(self.model).identity()}
         config = {**self.data_config, "train": _without_device(self.train_config, self.channels)}
         if self.defence is not None:
             config["defence"] = self.defence_config()
@@ -303,70 +302,12 @@ class Study:
 
     def _train_on(self, images: torch.Tensor, config: dict, *, train_config=None, make_trainer=None) -> TrainResult | None:
         """Train the profile's score model (or ``train_config``) on ``images`` into the run ``("score_model",
-        config)`` unless it exists; ``make_trainer``: see :func:`safcore.generators.train.train`."""
-        from safcore.study import distributed
+        config)`` unless it exists (:func:`safcore.study.stages.train_into_store`)."""
+        from safcore.study.stages import train_into_store
 
         train_config = self.profile.train if train_config is None else train_config
-        if distributed.process_accelerator() is not None:
-            return self._train_on_ranks(images, config, train_config, make_trainer)
-        if self.store.find("score_model", config) is not None:
-            return None
-        # one process trains a key at a time (others wait here, then reuse its run); the holder alone
-        # uses the key's resume folder, so a crashed training resumes and two never mix checkpoints
-        with self.store.lock("score_model", config):
-            if self.store.find("score_model", config) is not None:
-                return None
-            work_dir = self.store.scratch_dir("score_model", config)
-            train_config = dataclasses.replace(train_config, device=self.device)
-            result = train(images, train_config, work_dir, progress=self.progress, make_trainer=make_trainer)
-            self._publish_training(config, train_config, result, processes=1)
-        return result
-
-    def _publish_training(self, config: dict, train_config, result: TrainResult, *, processes: int) -> None:
-        """Write a finished training into the run ``("score_model", config)`` (the caller holds its lock)."""
-        extra = {"seconds_per_step": result.seconds_per_step, "processes": processes, **result.record}
-        with self.store.create("score_model", config, seed=train_config.seed, extra=extra) as tmp:
-            result.model.save_pretrained(tmp / "model")
-            (tmp / "kept").mkdir()
-            for path in result.kept.values():
-                shutil.copy2(path, tmp / "kept" / path.name)
-            atomic_write(tmp / "losses.json", json.dumps(list(result.losses)))
-            if result.record:
-                atomic_write(tmp / "training_record.json", json.dumps(result.record, indent=2))
-
-    def _train_on_ranks(self, images: torch.Tensor, config: dict, train_config, make_trainer) -> TrainResult | None:
-        """:meth:`_train_on` under ``accelerate launch`` (every rank calls it): DDP training
-        (:func:`safcore.study.distributed.train_distributed`) in the key's resume folder.
-
-        The main process takes the key's lock (a training by another job is waited for and reused), tells the
-        others whether to train and where; every rank trains its share of each global batch; the main process
-        writes checkpoints, the kept EMA weights and the run (its manifest records the number of processes:
-        each rank's data stream depends on it, so another number of processes trains another, equally valid
-        model, and resumes only with the same one)."""
-        import contextlib
-
-        from safcore.study import distributed
-
-        if make_trainer is not None:
-            raise ValueError("DP-SGD training under accelerate launch is not built (Opacus needs its DPDDP wrapper "
-                             "and a per-rank accountant); run a DP-SGD study as one process")
-        accelerator = distributed.process_accelerator()
-        with contextlib.ExitStack() as held:
-            work_dir = None
-            if accelerator.is_main_process:
-                held.enter_context(self.store.lock("score_model", config))
-                if self.store.find("score_model", config) is None:
-                    work_dir = str(self.store.scratch_dir("score_model", config))
-            work_dir = distributed.broadcast_from_main(work_dir)
-            if work_dir is None:  # published (by this group earlier, or by another job)
-                return None
-            train_config = dataclasses.replace(train_config, device=self.device)
-            result, _ = distributed.train_distributed(images, train_config, work_dir, accelerator=accelerator,
-                                                      progress=self.progress)
-            if accelerator.is_main_process:
-                self._publish_training(config, train_config, result, processes=accelerator.num_processes)
-        accelerator.wait_for_everyone()
-        return result
+        return train_into_store(self.store, config, images, dataclasses.replace(train_config, device=self.device),
+                                make_trainer=make_trainer, progress=self.progress)
 
     def tensors(self) -> dict[str, list[torch.Tensor]]:
         """The parameters and buffers of every model this study has loaded so far, by name (for checking
@@ -376,82 +317,33 @@ class Study:
             model = self.__dict__.get(name)
             if model is None:
                 continue
-            module = model.model if isinstance(model, Classifier) else model
-            if isinstance(module, DiffusersModel):
-                module = module.unet
+            module = model.model if isinstance(model, Classifier) else network(model)
             found[name] = [*module.parameters(), *module.buffers()]
         return found
 
     # ------------------------------------------------------------------ defences (issue 13)
-    def _labels(self) -> torch.Tensor:
-        """Condition vectors of ``D_p``'s images (one-hot class, or multi-hot labels): ``x_p`` has ``x_i``'s label."""
-        from safcore.defences.cadp import one_hot
-
-        _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
-        task, n = data_lib.label_task(self.data)
-        return one_hot(self.data.labels("train")[chosen], n, task)
-
-    def cadp_inn(self):
-        """CADP's conditional INN, trained by maximum likelihood on the train split **without** ``D_p``'s images
-        (public/other data: it never saw ``x_p``, ``x_i`` or any image of ``D_p``); kept in the run store.
-
-        Returns:
-            ``(ConditionalINN, record)``; ``record`` has the final NLL, the training time and ``n_images``."""
-        import numpy as np
-
-        from safcore.defences.cadp import ConditionalINN, one_hot, train_inn
+    def cadp_inn(self) -> tuple[ConditionalINN, dict]:
+        """CADP's conditional INN, trained on the train split **without** ``D_p``'s images, kept in the run store
+        (:func:`safcore.defences.cadp_store.stored_inn`): ``(ConditionalINN, record)``."""
+        from safcore.defences.cadp_store import stored_inn
 
         if not isinstance(self.defence, CADP):
             raise ValueError("cadp_inn() belongs to a study with defence=CADP(...)")
-        inn_config = self.defence.inn or self.profile.inn
-        task, n_classes = data_lib.label_task(self.data)
-        config = {"dataset": self.data.name, "data_sha256": self.data_config["data_sha256"], "channels": self.channels,
-                  "without_dp_of": {"n_dataset": self.n_dataset, "seed": self.seed}, "task": task,
-                  "inn": dataclasses.asdict(inn_config)}
+        return stored_inn(self.store, self.data, self.defence.inn or self.profile.inn, n_dataset=self.n_dataset,
+                          seed=self.seed, channels=self.channels, data_sha256=self.data_config["data_sha256"],
+                          device=self.device, progress=self.progress)
 
-        def make(tmp: Path) -> dict:
-            _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
-            others = np.setdiff1d(np.arange(len(self.data.split("train"))), chosen)
-            if len(others) == 0:
-                raise ValueError(f"N_D = {self.n_dataset} is the whole train split of {self.data.name}: no other image "
-                                 "is left to train CADP's INN on")
-            images = self.images("train")[torch.as_tensor(others, dtype=torch.long)]
-            labels = one_hot(self.data.labels("train")[others], n_classes, task)
-            inn, record = train_inn(images, labels, inn_config, progress=self.progress, device=self.device)
-            inn.save(tmp / "inn")
-            atomic_write(tmp / "record.json", json.dumps(record, indent=2))
-            return record
-
-        run = self.store.get_or_create("cadp_inn", config, make, seed=inn_config.seed)
-        return ConditionalINN.load(run.path / "inn").to(self.device), json.loads(run.file("record.json").read_text())
-
-    def privatized(self):
-        """CADP applied to every image of ``D_p`` (``x_p`` with its SAF included), kept in the run store.
-
-        Returns:
-            :class:`safcore.defences.cadp.Privatized`: images ``(N_D, C, S, S)`` in [0, 1] (``x_p`` at
-            :attr:`private.index`), which latents were clipped, C and the noise scale."""
-        from safcore.defences.cadp import Privatized, privatize
+    def privatized(self) -> Privatized:
+        """CADP applied to every image of ``D_p`` (``x_p`` with its SAF included), kept in the run store
+        (:func:`safcore.defences.cadp_store.stored_privatized`); ``x_p`` is at :attr:`private.index`."""
+        from safcore.defences.cadp_store import dp_labels, stored_privatized
 
         if not isinstance(self.defence, CADP):
             raise ValueError("privatized() belongs to a study with defence=CADP(...)")
         config = {**self.data_config, "defence": self.defence_config()}
-
-        def make(tmp: Path) -> dict:
-            inn, _ = self.cadp_inn()
-            generator = torch.Generator().manual_seed(self.defence.seed)
-            result = privatize(inn, self.private.images.to(self.device), self._labels().to(self.device), self.defence,
-                               generator=generator)
-            atomic_save_safetensors({"images": result.images.contiguous(), "clipped": result.clipped},
-                                    tmp / "privatized.safetensors")
-            record = {"bound": result.bound, "scale": result.scale, "clipped": int(result.clipped.sum())}
-            atomic_write(tmp / "privatized.json", json.dumps(record))
-            return record
-
-        run = self.store.get_or_create("cadp_images", config, make, seed=self.defence.seed)
-        tensors = load_file(run.file("privatized.safetensors"))
-        record = json.loads(run.file("privatized.json").read_text())
-        return Privatized(tensors["images"], tensors["clipped"], record["bound"], record["scale"])
+        return stored_privatized(self.store, config, self.defence, inn=lambda: self.cadp_inn()[0],
+                                 images=self.private.images, labels=dp_labels(self.data, self.n_dataset, self.seed),
+                                 device=self.device)
 
     def training_record(self) -> dict:
         """What the training reported beyond its losses: DP-SGD's ε spent, δ, noise multiplier, sampling
@@ -463,69 +355,32 @@ class Study:
         file = run.path / "training_record.json"
         return json.loads(file.read_text()) if file.is_file() else {}
 
+    def _dp_labels(self):
+        """``D_p``'s labels in MedMNIST's layout, and the dataset's task and number of outputs."""
+        _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
+        return self.data.labels("train")[chosen], *data_lib.label_task(self.data)
+
     def utility_reference(self) -> torch.nn.Module:
-        """The classifier trained on the real ``D_p`` with its labels (:mod:`safcore.measures.utility`'s "train on real"):
-        the reference every defence's utility is compared with, and the labeller of a model's samples.
-        It depends on ``D_p`` alone (not on the defence or the model), so it is trained once per ``D_p`` and
-        kept in the run store. Returned in eval mode on the study's device."""
-        from safetensors import safe_open
-
+        """The classifier trained on the real ``D_p`` with its labels, trained once per ``D_p``
+        (:func:`safcore.measures.utility.stored_reference`); in eval mode on the study's device."""
         from safcore.measures import utility as utility_lib
-        from safcore.measures.features import DomainClassifier
 
-        task, n_outputs = data_lib.label_task(self.data)
-        config = {**self.data_config, "task": task, "n_outputs": n_outputs,
-                  "classifier": dataclasses.asdict(utility_lib.UTILITY_CLASSIFIER), "version": 1}
-
-        def make(tmp: Path) -> None:
-            _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
-            classifier = utility_lib.train_label_classifier(self.private.images, self.data.labels("train")[chosen],
-                                                            task=task, n_outputs=n_outputs, device=self.device)
-            metadata = {"in_channels": str(self.channels), "image_size": str(self.image_size)}
-            atomic_save_safetensors({k: v.contiguous() for k, v in classifier.state_dict().items()},
-                                    tmp / "classifier.safetensors", metadata)
-
-        run = self.store.get_or_create("utility_reference", config, make, seed=utility_lib.UTILITY_CLASSIFIER.seed)
-        with safe_open(str(run.file("classifier.safetensors")), framework="pt") as handle:
-            meta = handle.metadata() or {}
-        classifier = DomainClassifier(int(meta["in_channels"]), n_outputs, utility_lib.UTILITY_CLASSIFIER.widths,
-                                      image_size=int(meta["image_size"]))
-        classifier.load_state_dict(load_file(run.file("classifier.safetensors")))
-        return classifier.to(self.device).eval()
+        labels, task, n_outputs = self._dp_labels()
+        return utility_lib.stored_reference(self.store, self.data_config, self.private.images, labels, task=task,
+                                            n_outputs=n_outputs, device=self.device)
 
     def utility(self, n: int | None = None) -> dict[str, float]:
-        """Downstream utility (:mod:`safcore.measures.utility`): balanced test accuracy of a classifier trained on the real
-        ``D_p`` (``"real"``, :meth:`utility_reference`, trained once per ``D_p``), on ``n`` samples of the model
-        labelled by that classifier (``"samples"``) and, under CADP, on the privatized ``D_p`` with its labels
-        (``"privatized"``); kept in the run store."""
+        """Downstream utility of ``n`` samples of the model (and, under CADP, of the privatized ``D_p``) beside
+        the real ``D_p``'s (:func:`safcore.measures.utility.stored_utility`); kept in the run store."""
         from safcore.measures import utility as utility_lib
 
         samples = self.samples(n)
-        config = {"model": self.model_config(), "n": int(samples.shape[0]),
-                  "classifier": dataclasses.asdict(utility_lib.UTILITY_CLASSIFIER), "version": 1}
-
-        def make(tmp: Path) -> dict:
-            task, n_outputs = data_lib.label_task(self.data)
-            _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
-            labels = self.data.labels("train")[chosen]
-            test, test_labels = self.images("test"), self.data.labels("test")
-
-            def fit(images, y):
-                return utility_lib.train_label_classifier(images, y, task=task, n_outputs=n_outputs, device=self.device)
-
-            real = self.utility_reference().cpu()
-            result = {"real": utility_lib.score(real, test, test_labels, task=task)}
-            pseudo = utility_lib.predict_labels(real, samples, task=task)
-            result["samples"] = utility_lib.score(fit(samples, pseudo), test, test_labels, task=task)
-            if isinstance(self.defence, CADP):
-                result["privatized"] = utility_lib.score(fit(self.privatized().images, labels), test, test_labels,
-                                                         task=task)
-            result["chance"] = 1.0 / n_outputs if task == "multi-class" else float("nan")
-            atomic_write(tmp / "utility.json", json.dumps(result, indent=2))
-            return result
-
-        run = self.store.get_or_create("utility", config, make, seed=self.seed)
-        return json.loads(run.file("utility.json").read_text())
+        labels, task, n_outputs = self._dp_labels()
+        privatized = (lambda: self.privatized().images) if isinstance(self.defence, CADP) else None
+        return utility_lib.stored_utility(self.store, self.model_config(), samples, reference=self.utility_reference,
+                                          labels=labels, test=self.images("test"), test_labels=self.data.labels("test"),
+                                          task=task, n_outputs=n_outputs, device=self.device, privatized=privatized,
+                                          seed=self.seed)
 
     @functools.cached_property
     def score_model(self) -> ScoreModel | DiffusersModel:
@@ -618,58 +473,26 @@ class Study:
     def samples(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> torch.Tensor:
         """``n`` generated images ``(n, C, S, S)`` in ``[0, 1]`` (cached), from the model at ``step``."""
         n = self.profile.n_samples if n is None else n
-        external = isinstance(self.model, DiffusersModel)
         step = (None if self.model is not None else self.profile.train.steps) if step is None else step
-        method = type(self.model.scheduler).__name__ if external else self.profile.sampler
-        steps = self.diffusers_steps(self.profile.sample_steps) if external else self.profile.sample_steps
-        config = {"model": self.model_config(), "step": step, "method": method, "steps": steps, "n": n, "seed": seed}
-        return self._stored_samples(config, lambda: self.model_at(step), n, steps, seed)
+        how = self._sampling(self.profile.sample_steps)
+        config = {"model": self.model_config(), "step": step, "method": how.method, "steps": how.steps, "n": n,
+                  "seed": seed}
+        return self._stored_samples(config, lambda: self.model_at(step), n, how, seed)
 
-    def _stored_samples(self, config: dict, load_model, n: int, steps: int, seed: int) -> torch.Tensor:
-        """``n`` samples of ``load_model()`` kept in the run store under ``("samples", config)`` (drawn once).
+    def _sampling(self, steps: int) -> Sampling:
+        """How the model under audit is sampled with ``steps`` steps: the profile's sampler and bf16, or a
+        diffusers model's scheduler for ``sample_steps=`` (else ``steps``) steps, at most its ``T``
+        (:func:`safcore.generators.loader.sampling_for`)."""
+        return sampling_for(self.model, method=self.profile.sampler, steps=steps, chosen_steps=self.sample_steps,
+                            bf16=self.profile.train.bf16)
 
-        With the profile's ``split_seeds`` they are drawn in chunks of ``sample_batch``, chunk ``c`` seeded
-        ``derived_seed(seed, c)`` (:func:`safcore.study.distributed.sample_split`; the key records it): the same
-        images for one process or several under ``accelerate launch``, which share the chunks. Otherwise one
-        generator runs through all batches (under a launcher the main process draws them alone)."""
-        from safcore.study import distributed
+    def _stored_samples(self, config: dict, load_model, n: int, how: Sampling, seed: int) -> torch.Tensor:
+        """``n`` samples ``(n, C, S, S)`` in [0, 1] of ``load_model()`` kept in the run store under ``("samples",
+        config)`` (:func:`safcore.study.stages.stored_samples`)."""
+        from safcore.study.stages import stored_samples
 
-        split = self.profile.split_seeds
-        if split:
-            config = {**config, "seeding": "chunk c: derived_seed(seed, c)", "chunk_size": self.profile.sample_batch}
-        shape = (self.channels, *self.private.images.shape[-2:])
-
-        def compute() -> torch.Tensor | None:
-            model = load_model()  # on every rank: it may train the score model with DDP first
-            external = isinstance(model, DiffusersModel)
-            bf16 = self.profile.train.bf16 and not external
-            if split:
-                settings = distributed.SplitSampling(chunk_size=self.profile.sample_batch, method=self.profile.sampler,
-                                                     steps=steps, autocast_bf16=bf16)
-                return distributed.sample_split(model, n, seed, settings, accelerator=distributed.process_accelerator(),
-                                                shape=shape, progress=self.progress)
-            if not distributed.is_main_process():
-                return None
-            generator = torch.Generator(device=model.device).manual_seed(seed)
-            if external:
-                result = model.sample(n, steps=steps, generator=generator, batch_size=self.profile.sample_batch,
-                                      progress=self.progress)
-            else:
-                result = sample(model, model.sde, shape=(n, *shape), method=self.profile.sampler, steps=steps,
-                                generator=generator, batch_size=self.profile.sample_batch, autocast_bf16=bf16,
-                                progress=self.progress)
-            return data_lib.from_model_range(result.images.float().cpu()).clamp(0.0, 1.0)
-
-        def write(tmp: Path, images: torch.Tensor) -> None:
-            atomic_save_safetensors({"images": images.contiguous()}, tmp / "samples.safetensors")
-
-        run = distributed.collective_stage(self.store, "samples", config, compute, write, seed=seed)
-        return load_file(run.file("samples.safetensors"))["images"]
-
-    def diffusers_steps(self, steps: int) -> int:
-        """A diffusers model's inference steps: ``sample_steps=`` if given, else ``steps``, at most its ``T``."""
-        chosen = self.sample_steps if self.sample_steps is not None else steps
-        return min(int(chosen), self.model.num_train_timesteps)
+        return stored_samples(self.store, config, load_model, n, how, seed, profile=self.profile,
+                              shape=(self.channels, *self.private.images.shape[-2:]), progress=self.progress)
 
     def audit(self, n: int | None = None, *, step: int | None = None, seed: int = 0,
               images: torch.Tensor | None = None) -> AuditResult:
@@ -727,39 +550,31 @@ class Study:
 
     # ------------------------------------------------------------------ the field's metrics (issue 14)
     def nonmembers(self) -> torch.Tensor:
-        """Held-out images for membership inference: ``N_D`` images of the same split family not in ``D_p``.
+        """Held-out images for membership inference: ``N_D`` images of the same split family not in ``D_p``, drawn
+        with the study's seed from :meth:`nonmember_pool`, the train split's first
+        (:func:`safcore.measures.peer_study.draw_nonmembers`); fewer only when the dataset has no more. ``(n, C, H, W)``
+        in [0, 1]."""
+        from safcore.measures.peer_study import draw_nonmembers
 
-        Drawn with the study's seed from the train split's images outside ``D_p``'s subset, then (where
-        those run out, e.g. ``N_D`` = the whole train split) from the val and test splits, after removing
-        every near-duplicate of ``D_p`` or ``x_p``'s original (:meth:`nonmember_pool`); fewer than ``N_D``
-        only when the dataset has no more. ``(n, C, H, W)`` in [0, 1]."""
         pool, n_train = self.nonmember_pool()
-        order = torch.randperm(pool.n, generator=torch.Generator().manual_seed(self.seed))
-        # train-split images first (closest to the members' distribution), then val, then test
-        first = order[order < n_train]
-        then = order[order >= n_train]
-        return pool.images[torch.cat([first, then])[: self.n_dataset]]
+        return draw_nonmembers(pool, n_train, self.n_dataset, self.seed)
 
     def nonmember_pool(self) -> tuple[control_lib.HeldOut, int]:
-        """Every candidate non-member (train split outside ``D_p``, then val, then test), near-duplicates
-        removed, and how many of the kept ones come from the train split."""
-        import numpy as np
+        """Every candidate non-member (train split outside ``D_p``, then val, then test), near-duplicates of ``D_p``
+        and ``x_p``'s original removed, and how many of the kept ones come from the train split
+        (:func:`safcore.measures.peer_study.nonmember_pool`)."""
+        from safcore.measures.peer_study import nonmember_pool
 
         _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
-        rest = np.setdiff1d(np.arange(len(self.data.split("train"))), chosen)
-        train_rest = self.images("train")[torch.as_tensor(rest, dtype=torch.long)]
-        candidates = torch.cat([train_rest, self.images("val"), self.images("test")])
-        dup = control_lib.near_duplicates(candidates, self._patient_images)
-        pool = control_lib.HeldOut(candidates[~dup], int(len(candidates)), int(dup.sum()), control_lib.NEAR_DUPLICATE_RMS,
-                                   "train split outside D_p, val, test")
-        return pool, int((~dup[: len(rest)]).sum())
+        return nonmember_pool(self.images("train"), chosen, [self.images("val"), self.images("test")],
+                              self._patient_images)
 
-    def peers(self, *, n_draws: int = 8) -> dict:
-        """The field's metrics on this study's model and audit samples (:func:`safcore.measures.peers.peer_metrics`),
+    def peers(self, *, n_draws: int = 8) -> PeerReport:
+        """The field's metrics on this study's model and audit samples (:func:`safcore.measures.peer_study.peer_report`),
         kept in the run store: membership inference (loss, SecMI, PIA: AUC, TPR at 1 % / 0.1 % FPR),
         Carlini copies and distinct images extracted, Dar et al. copies, Gu et al.'s ratio."""
+        from safcore.measures.peer_study import PeerReport, draw_nonmembers, peer_report
         from safcore.study import distributed
-        from safcore.measures import peers
 
         samples = self.samples()
         if distributed.launched():
@@ -770,31 +585,27 @@ class Study:
                   "version": 2}
 
         def make(tmp: Path) -> None:
-            pool, _ = self.nonmember_pool()
-            result = peers.peer_metrics(self.score_model, self.private.images, self.nonmembers(),
-                                        samples, self.images("val"), n_draws=n_draws, seed=self.seed)
-            result["nonmember_pool"] = pool.to_dict()
-            result["copy_criteria"] = control_lib.copy_criteria(samples, self.private.images, self.control)
-            atomic_write(tmp / "peers.json", json.dumps(result, indent=2, default=float))
+            pool, n_train = self.nonmember_pool()
+            nonmembers = draw_nonmembers(pool, n_train, self.n_dataset, self.seed)
+            report = peer_report(self.score_model, self.private.images, nonmembers, samples, self.images("val"),
+                                 pool=pool, control=self.control, n_draws=n_draws, seed=self.seed)
+            atomic_write(tmp / "peers.json", json.dumps(report.to_dict(), indent=2, default=float))
 
         run = self.store.get_or_create("peers", config, make, seed=self.seed)
-        return json.loads(run.file("peers.json").read_text())
+        return PeerReport.from_dict(json.loads(run.file("peers.json").read_text()))
 
-    def canary_audit(self, m: int | None = None, *, n_samples: int | None = None, delta: float = 1e-5):
+    def canary_audit(self, m: int | None = None, *, n_samples: int | None = None, delta: float = 1e-5) -> CanaryRun:
         """SAF canaries as a one-run privacy audit (Steinke, Nasr & Jagielski 2023) for this study's setting.
 
         ``m`` canaries (default ``N_D // 2``) are painted on ``m`` images of the clean ``N_D`` subset (places
         and inclusion drawn from the seed, :func:`safcore.measures.canaries.design_canaries`); the profile's score
         model is trained ONCE on the non-canary images plus the included canaries; ``n_samples`` samples
-        are drawn and each canary scored by how close the closest sample comes to it (minus the ℓ2
-        distance). Guesses: "in" for the closer half, "out" for the farther half (fixed before the scores
-        are seen), and the theorem's ε lower bound at ``delta``.
+        are drawn and scored (:func:`safcore.measures.canaries.audit_samples`: the closer half guessed "in", the
+        farther half "out", the theorem's ε lower bound at ``delta``).
 
         Returns:
-            ``(CanaryAudit, CanaryDesign, scores)``.
+            :class:`~safcore.measures.canaries.CanaryRun`, unpacking as ``(CanaryAudit, CanaryDesign, scores)``.
         """
-        import numpy as np
-
         from safcore.measures import canaries as canary_lib
 
         if self.model is not None:
@@ -810,17 +621,15 @@ class Study:
                   "train": _without_device(self.profile.train, self.channels)}
         self._train_on(design.training_set(images), config)
         n = self.profile.n_samples if n_samples is None else int(n_samples)
-        sample_config = {"model": config, "step": self.profile.train.steps, "method": self.profile.sampler,
-                         "steps": self.profile.sample_steps, "n": n, "seed": 0}
+        how = sampling_for(None, method=self.profile.sampler, steps=self.profile.sample_steps,
+                           bf16=self.profile.train.bf16)  # the score model trained here
+        sample_config = {"model": config, "step": self.profile.train.steps, "method": how.method,
+                         "steps": how.steps, "n": n, "seed": 0}
         drawn = self._stored_samples(
             sample_config,
             lambda: ScoreModel.from_pretrained(self.store.find("score_model", config).path / "model").to(self.device).eval(),
-            n, self.profile.sample_steps, 0)
-        painted = design.canaries(images)
-        distance = torch.cdist(painted.flatten(1), drawn.flatten(1)).min(dim=1).values
-        scores = (-distance).numpy().astype(np.float64)
-        k = m // 2  # guess every canary (one abstains when m is odd): a copy machine gets them all right
-        return canary_lib.audit(design, scores, k, k, delta=delta), design, scores
+            n, how, 0)
+        return canary_lib.audit_samples(design, images, drawn, delta=delta)
 
     def copies(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> int:
         """How many of the ``n`` samples copy some image of ``D_p``: the audit's copy rule (Carlini et al. 2023's
@@ -838,48 +647,24 @@ class Study:
     def probe(self, config: ProbeConfig | None = None, *, step: int | None = None) -> ProbeResult:
         """Algorithm 1: ``q_M(t)`` and ``t'`` for ``x_p`` under the score model at ``step``, computed once per
         model, step, probe settings and classifiers (the search is seeded by ``config.seed``) and kept in the
-        run store, so notebooks, sweeps and the command line read it back instead of probing again.
-
-        With the profile's ``split_seeds`` the exhaustive search uses one generator per sampler call and the
-        top-down search one per unit (a t and a chunk of its M samples) (:func:`safcore.study.distributed.probe_split`;
-        the key records it): either is shared by the processes of an ``accelerate launch`` and gives the same
-        result for any number of them. Without ``split_seeds`` (the cpu profile) the search runs on the main
-        process while the others wait."""
-        from safcore.study import distributed
-        from safcore.probe.io import load_probe, save_probe
+        run store, so notebooks, sweeps and the command line read it back instead of probing again; with the
+        profile's ``split_seeds`` the same for any number of processes (:func:`safcore.study.stages.stored_probe`)."""
+        from safcore.study.stages import stored_probe
 
         step = step if step is not None or self.model is not None else self.profile.train.steps
         config = config or self.profile.probe
-        if isinstance(self.model, DiffusersModel):
-            config = dataclasses.replace(config, steps_full=self.diffusers_steps(config.steps_full))
+        scheduled = max_inference_steps(self.model) is not None  # a diffusers model runs its own step grid
+        if scheduled:
+            config = dataclasses.replace(config, steps_full=self._sampling(config.steps_full).steps)
         # seeded by config.seed, so one computation per key; kept in the run store like every other stage
         key = {"model": self.model_config(), "step": step, "probe": dataclasses.asdict(config),
                "c_p": self.classifier_config("c_p"), "c_id": self.classifier_config("c_id"),
                # version 2: the exhaustive search runs each t with its own step count (issue 20); the top-down
                # search and diffusers models are unchanged, so their stored probes stay valid
-               "version": 2 if config.search == "exhaustive" and not isinstance(self.model, DiffusersModel) else 1}
+               "version": 2 if config.search == "exhaustive" and not scheduled else 1}
 
-        split = self.profile.split_seeds
-        if split:  # one generator per sampler call / search unit: the same q_M(t) and t' for 1 or N processes
-            key["seeding"] = ("call j of run k: derived_seed(run_seed(seed, k), j)" if config.search == "exhaustive"
-                              else "unit u of run k: derived_seed(run_seed(seed, k), u)")
-
-        def compute() -> ProbeResult | None:
-            model = self.model_at(step)  # on every rank: it may train the score model with DDP first
-            x_p = self.private.x_p.to(model.device)
-            if split:
-                return distributed.probe_split(model, model.sde, x_p, self.c_p, self.c_id, config,
-                                               accelerator=distributed.process_accelerator(), progress=self.progress)
-            if not distributed.is_main_process():
-                return None
-            return find_t_prime(model, model.sde, x_p, self.c_p, self.c_id, config, progress=self.progress)
-
-        def write(tmp: Path, result: ProbeResult) -> dict:
-            save_probe(result, tmp / "probe")
-            return {"t_prime": result.t_prime, "nfe": result.nfe}
-
-        run = distributed.collective_stage(self.store, "probe", key, compute, write, seed=config.seed)
-        return load_probe(run.path / "probe")
+        return stored_probe(self.store, key, config, lambda: self.model_at(step), lambda: self.private.x_p,
+                            lambda: (self.c_p, self.c_id), split=self.profile.split_seeds, progress=self.progress)
 
     # ------------------------------------------------------------------ figures
     def save_figure(self, figure, name: str) -> Path:

@@ -3,8 +3,9 @@
 :func:`run_audit` walks a :class:`~safcore.study.hub.Study` through every stage with a progress display
 (stage, elapsed time and an estimate of the time left) and writes ``report.md`` (verdict, the
 adversary's count, the independent copy count, bounds, t'), ``summary.json``, its figures and a
-manifest, each file atomically. The same report serves safcore's own demo model and a model trained
-elsewhere (``Study.from_fingerprint(..., model=...)``), and images generated elsewhere (``images=``).
+manifest, each file atomically. The same report serves safcore's own demo model (:func:`run_demo`) and a
+model trained elsewhere (``Study.from_fingerprint(..., model=...)``), and images generated elsewhere (``images=``).
+:func:`run_probe` measures t' alone and writes ``probe.json``, ``q_curve.png`` and a manifest.
 """
 
 from __future__ import annotations
@@ -149,6 +150,55 @@ def run_audit(study: Study, out_dir: str | Path, *, images=None, n: int | None =
             _write_report(study, tmp, audit_result, probe_result, spread, accuracies, copies, samples, seconds,
                           stage_seconds, images_given=images is not None)
     return AuditReport(repr(study), audit_result, probe_result, accuracies, copies, seconds, out_dir)
+
+
+def run_demo(study: Study, out_dir: str | Path, *, spread_runs: int = 3, progress: bool = True,
+             overwrite: bool = False) -> AuditReport:
+    """The demo (``safcore demo``): train (or reuse) every stage of safcore's own model for ``study`` and write the
+    audit report into ``out_dir`` (:func:`run_audit`, t' probed; ``out_dir`` new or empty unless ``overwrite``)."""
+    return run_audit(study, out_dir, spread_runs=spread_runs, progress=progress, overwrite=overwrite)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeReport:
+    """What :func:`run_probe` found (``result`` is ``None`` on processes other than the main one), and where."""
+
+    study: str
+    result: ProbeResult | None
+    directory: Path
+
+    def __str__(self) -> str:
+        return (f"{self.study}\n{self.result}\nwritten: {self.directory / 'probe.json'}, "
+                f"{self.directory / 'q_curve.png'}")
+
+
+def run_probe(study: Study, out_dir: str | Path, config=None, *, overwrite: bool = False) -> ProbeReport:
+    """Algorithm 1 for ``study`` (:meth:`~safcore.study.hub.Study.probe`; ``config``: its
+    :class:`~safcore.probe.ProbeConfig`, default the profile's) and write ``probe.json`` (counts, t', config),
+    ``examples.safetensors`` (as the run store keeps them), ``q_curve.png`` and a manifest into ``out_dir``.
+
+    ``out_dir`` is checked before the probe (new or empty unless ``overwrite``) and written beside its place,
+    renamed there when whole. Under ``accelerate launch`` call it on every rank; the main process writes.
+    """
+    from safcore.probe.io import save_probe
+    from safcore.runtime.runs import check_output_folder
+
+    if distributed.is_main_process():
+        check_output_folder(out_dir, overwrite=overwrite)  # the default folder too, before the probe
+    out_dir = Path(out_dir)
+    result = study.probe(config)
+    if not distributed.is_main_process():
+        return ProbeReport(repr(study), None, out_dir)
+    figure = plotting.q_curve(result.ts, result.q, result.ci_low, result.ci_high, result.t_prime,
+                              label=f"N_D={study.n_dataset}", k=result.k, n=result.n,
+                              title=(f"x_p comes back from t' = {result.t_prime:.2f} ({result.t_prime_count})"
+                                     if result.t_prime is not None else "x_p did not come back from any t of the grid"))
+    with output_folder(out_dir, overwrite=overwrite) as tmp:  # renamed into place when whole
+        plotting.save_figure(figure, tmp / "q_curve.png")
+        save_probe(result, tmp)
+        write_manifest(tmp / "probe.json", config={"study": study.model_config(), "profile": study.profile.name},
+                       seed=study.seed)
+    return ProbeReport(repr(study), result, out_dir)
 
 
 def _md_table(rows: list[dict]) -> list[str]:
