@@ -280,3 +280,21 @@ def private_dataset(fingerprint: Fingerprint, x_i: torch.Tensor) -> PrivateDatas
         images=fingerprint.images, index=fingerprint.index, x_p=fingerprint.x_p, x_i=x_i, mask=fingerprint.mask,
         center=fingerprint.center, radius=fingerprint.radius, grey=fingerprint.grey, seed=fingerprint.seed,
     )
+
+
+def regenerated_private_dataset(fingerprint: Fingerprint, regenerated: PrivateDataset, source: str | Path) -> PrivateDataset:
+    """The folder's :class:`PrivateDataset` after checking that ``source`` (by sha256) and the folder's records
+    regenerate it: ``regenerated`` is ``D_p`` made again from ``source`` with the folder's seed and SAF.
+
+    Raises:
+        ValueError: another source, or a folder whose ``D_p`` is not the one its records regenerate.
+    """
+    fp = fingerprint
+    if file_sha256(source) != fp.source_sha256:
+        raise ValueError(f"the source {str(source)!r} differs from the one fingerprint folder "
+                         f"{str(fp.folder)!r} was made from (sha256); give the original data")
+    images = (regenerated.images * 255).round()
+    if regenerated.index != fp.index or not torch.equal(images, (fp.images * 255).round()):
+        raise ValueError(f"fingerprint folder {str(fp.folder)!r}: its D_p is not the one its records regenerate "
+                         "from the source; write it again with safcore fingerprint")
+    return private_dataset(fp, regenerated.x_i)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from diffusers import SchedulerMixin, UNet2DModel
 
 __all__ = ["AUDITABLE", "as_generator", "as_score_model", "load_model", "is_auditable", "max_inference_steps",
-           "Sampling", "sampling_for", "network", "ModelLoadError"]
+           "Sampling", "sampling_for", "network", "model_under_audit", "ModelLoadError"]
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -80,6 +80,28 @@ def as_score_model(unet_or_path, sde=None) -> ScoreModel:
     if isinstance(unet_or_path, (str, os.PathLike)):
         return ScoreModel.from_pretrained(unet_or_path, sde)
     raise ValueError(f"expected a UNet2DModel, a ScoreModel or a saved model's folder, got {type(unet_or_path).__name__}")
+
+
+def model_under_audit(model, *, sample_steps: int | None = None, device: torch.device | None = None):
+    """``(model, sample_steps)`` of a study's ``model=`` and ``sample_steps=``, checked: a folder or Hub id is loaded
+    (:func:`load_model`), the model must be :func:`is_auditable` (then moved to ``device``, in eval mode), and
+    ``sample_steps`` an integer ≥ 1 and at most a scheduler-driven model's ``T``. ``model=None``: ``(None, ...)``.
+
+    Raises:
+        ValueError (:class:`ModelLoadError` for a folder): what is wrong and what is allowed."""
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
+    if model is not None and not is_auditable(model):
+        raise ValueError(f"model is a {type(model).__name__}; allowed: a ScoreModel, a DiffusersModel, a model folder "
+                         "or a Hub id")
+    model = model.to(device).eval() if model is not None else None
+    if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(sample_steps, int) or sample_steps < 1):
+        raise ValueError(f"sample_steps = {sample_steps!r}; allowed: an integer ≥ 1")
+    limit = max_inference_steps(model)
+    if sample_steps is not None and limit is not None and sample_steps > limit:
+        raise ValueError(f"sample_steps = {sample_steps} exceeds the model's T = {limit} "
+                         f"training timesteps; allowed: 1 … {limit}")
+    return model, sample_steps
 
 
 def max_inference_steps(model) -> int | None:

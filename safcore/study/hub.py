@@ -32,15 +32,16 @@ from safcore.runtime import paths
 from safcore.audit.sample_audit import AuditResult, audit
 from safcore.measures import control as control_lib
 from safcore.adversary.classifiers import Classifier, id_accuracy, saf_accuracy, train_id_classifier, train_saf_classifier
-from safcore.defences import CADP, DPSGD, check_defence
+from safcore.defences import CADP, DPSGD, check_defence, defence_key, defended_train_config, trainer_factory
 from safcore.runtime.device import resolve_device
 from safcore.data.fingerprint import PrivateDataset, SAFConfig, make_private_dataset
 from safcore.generators.score_model import ScoreModel
 from safcore.probe import ProbeConfig, ProbeResult
 from safcore.study.profiles import Profile, get_profile
+from safcore.study.stages import without_device as _without_device
 from safcore.measures.quality import SampleQuality
-from safcore.runtime.runs import RunStore, atomic_write, file_sha256, write_manifest
-from safcore.generators.loader import (Sampling, as_generator, is_auditable, load_model, max_inference_steps, network,
+from safcore.runtime.runs import RunStore, file_sha256, write_manifest
+from safcore.generators.loader import (Sampling, as_generator, max_inference_steps, model_under_audit, network,
                                        sampling_for)
 from safcore.generators.checkpoints import load_kept
 from safcore.generators.train import TrainResult
@@ -51,21 +52,9 @@ if TYPE_CHECKING:
     from safcore.generators.diffusers_model import DiffusersModel
     from safcore.measures.canaries import CanaryRun
     from safcore.measures.fid import FIDResult
-    from safcore.measures.peer_study import PeerReport
+    from safcore.measures.peers import PeerReport
 
 Split = Literal["train", "val", "test"]
-
-
-def _without_device(config, channels: int | None = None) -> dict:
-    """A configuration's fields for a run key, without its device. A training configuration's ``mean_head``
-    enters only where it is on for ``channels`` (RGB by default), so grey models keep the keys they always had."""
-    values = dataclasses.asdict(config)
-    values.pop("device", None)
-    if "mean_head" in values:
-        values.pop("mean_head")
-        if channels is not None and config.uses_mean_head(channels):
-            values["mean_head"] = True
-    return values
 
 
 class Study:
@@ -90,10 +79,8 @@ class Study:
         defence: ``None``, :class:`safcore.defences.CADP` (the score model is trained on privatized
             images) or :class:`safcore.defences.DPSGD` (trained with DP-SGD). It is part of the key of the
             score model and of everything drawn from it; ``c_p`` and ``c_id`` stay the attacker's.
-        device: where every stage runs — training, the score model, ``c_p`` / ``c_id``, sampling, the probe,
-            FID features, CADP's INN and the utility classifier: ``"auto"`` (CUDA when visible), ``"cpu"``,
-            ``"cuda"`` or ``"cuda:N"`` (:func:`safcore.runtime.device.resolve_device`). Not part of any run key: a
-            model trained on a GPU is reused on the CPU and the other way round.
+        device: where every stage runs: ``"auto"`` (CUDA when visible), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
+            (:func:`safcore.runtime.device.resolve_device`); in no run key (a GPU-trained model is reused on a CPU).
     """
 
     def __init__(
@@ -129,19 +116,7 @@ class Study:
         data_lib.check_n_dataset(dataset, self.n_dataset)
         self.store = store or RunStore()
         self.fingerprint: Fingerprint | None = None
-        if isinstance(model, (str, os.PathLike)):
-            model = load_model(model)
-        if model is not None and not is_auditable(model):
-            raise ValueError(f"model is a {type(model).__name__}; allowed: a ScoreModel, a DiffusersModel, a model folder "
-                             "or a Hub id")
-        self.model = model.to(self.device).eval() if model is not None else None
-        if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(sample_steps, int) or sample_steps < 1):
-            raise ValueError(f"sample_steps = {sample_steps!r}; allowed: an integer ≥ 1")
-        self.sample_steps = sample_steps
-        limit = max_inference_steps(self.model)
-        if sample_steps is not None and limit is not None and sample_steps > limit:
-            raise ValueError(f"sample_steps = {sample_steps} exceeds the model's T = {limit} "
-                             f"training timesteps; allowed: 1 … {limit}")
+        self.model, self.sample_steps = model_under_audit(model, sample_steps=sample_steps, device=self.device)
         if self.model is not None and self.model.channels != self.channels:
             raise ValueError(f"the model under audit has {self.model.channels} input channel(s); the data it is audited on "
                              f"has {self.channels} (profile {self.profile.name!r})")
@@ -159,10 +134,8 @@ class Study:
         sample_steps: int | None = None,
         device: str | torch.device = "auto",
     ) -> Study:
-        """The study of a fingerprint folder (``safcore fingerprint``): ``D_p`` exactly as the trainer read it.
-
-        The source dataset the folder names (flag or ``.npz`` path, checked by sha256) gives ``c_p``'s
-        real training images and ``x_p``'s clean original; the profile's channels become the folder's.
+        """The study of a fingerprint folder (``safcore fingerprint``): ``D_p`` exactly as the trainer read it; the
+        source it names (checked by sha256) gives ``c_p``'s real images and ``x_p``'s clean original.
 
         Raises:
             ValueError: not a fingerprint folder, a source that is missing or changed, or a folder whose
@@ -219,17 +192,9 @@ class Study:
         private = make_private_dataset(images, seed=self.seed, config=self.saf)
         if self.fingerprint is None:
             return private
-        from safcore.data.fingerprint_io import private_dataset
+        from safcore.data.fingerprint_io import regenerated_private_dataset
 
-        fp = self.fingerprint
-        if file_sha256(self.data.source) != fp.source_sha256:
-            raise ValueError(f"the source {str(self.data.source)!r} differs from the one fingerprint folder "
-                             f"{str(fp.folder)!r} was made from (sha256); give the original data")
-        regenerated = (private.images * 255).round()
-        if private.index != fp.index or not torch.equal(regenerated, (fp.images * 255).round()):
-            raise ValueError(f"fingerprint folder {str(fp.folder)!r}: its D_p is not the one its records regenerate "
-                             "from the source; write it again with safcore fingerprint")
-        return private_dataset(fp, private.x_i)
+        return regenerated_private_dataset(self.fingerprint, private, self.data.source)
 
     def images(self, split: Split) -> torch.Tensor:
         """All images of ``split`` as unit-range tensors ``(N, C, S, S)`` with the study's :attr:`channels`."""
@@ -237,11 +202,8 @@ class Study:
 
     @functools.cached_property
     def data_config(self) -> dict:
-        """What the private dataset depends on (the data file's content, not its location).
-
-        ``channels`` is the number the models see (:attr:`channels`, resolved), so a grey dataset keeps the
-        key it had when profiles fixed 1 channel, and grey repeated to 3 channels (paper profile) is another
-        run. The image size needs no entry of its own: ``data_sha256`` pins the file and with it the size."""
+        """What ``D_p`` depends on: the data file's content (which pins the image size), not its location, and the
+        channels the models see (grey repeated to 3 channels, the paper profile, is another run)."""
         return {
             "dataset": self.data.name,
             "data_sha256": file_sha256(self.data.source)[:16],
@@ -265,23 +227,12 @@ class Study:
 
     @property
     def train_config(self):
-        """The score model's training settings: the profile's, or DP-SGD's version of them
-        (:func:`safcore.defences.dpsgd.dp_train_config`: expected batch ≤ N_D, fp32, no global clipping)."""
-        if isinstance(self.defence, DPSGD):
-            from safcore.defences.dpsgd import dp_train_config
-
-            config = dp_train_config(self.profile.train, self.defence, self.n_dataset)
-            # the mean head's prior is a statistic of D_p that DP-SGD's accountant does not cover: off under DP
-            return dataclasses.replace(config, mean_head=False) if config.uses_mean_head(self.channels) else config
-        return self.profile.train
+        """The score model's training settings (:func:`safcore.defences.defended_train_config`)."""
+        return defended_train_config(self.profile.train, self.defence, self.n_dataset, self.channels)
 
     def defence_config(self) -> dict | None:
-        """The defence's settings as they enter the run keys (CADP's INN and DP-SGD's δ resolved)."""
-        if isinstance(self.defence, CADP):
-            return self.defence.to_dict(self.defence.inn or self.profile.inn)
-        if isinstance(self.defence, DPSGD):
-            return self.defence.to_dict(self.n_dataset)
-        return None
+        """The defence's settings as they enter the run keys (:func:`safcore.defences.defence_key`)."""
+        return defence_key(self.defence, self.n_dataset, self.profile.inn)
 
     def training_images(self) -> torch.Tensor:
         """What the score model is trained on: ``D_p``, or its CADP-privatized version."""
@@ -292,11 +243,7 @@ class Study:
     def _train(self) -> TrainResult | None:
         if self.model is not None:
             raise ValueError("this study audits a model trained elsewhere (model=); it trains nothing")
-        make_trainer = None
-        if isinstance(self.defence, DPSGD):
-            from safcore.defences.dpsgd import DPTrainer
-
-            make_trainer = functools.partial(DPTrainer, dp=self.defence)
+        make_trainer = trainer_factory(self.defence)
         return self._train_on(self.training_images(), self.model_config(), train_config=self.train_config,
                               make_trainer=make_trainer)
 
@@ -312,14 +259,9 @@ class Study:
     def tensors(self) -> dict[str, list[torch.Tensor]]:
         """The parameters and buffers of every model this study has loaded so far, by name (for checking
         where they live; loading happens on first use, so call the stages first)."""
-        found: dict[str, list[torch.Tensor]] = {}
-        for name in ("score_model", "c_p", "c_id"):
-            model = self.__dict__.get(name)
-            if model is None:
-                continue
-            module = model.model if isinstance(model, Classifier) else network(model)
-            found[name] = [*module.parameters(), *module.buffers()]
-        return found
+        loaded = {name: self.__dict__[name] for name in ("score_model", "c_p", "c_id") if name in self.__dict__}
+        modules = {name: m.model if isinstance(m, Classifier) else network(m) for name, m in loaded.items()}
+        return {name: [*m.parameters(), *m.buffers()] for name, m in modules.items()}
 
     # ------------------------------------------------------------------ defences (issue 13)
     def cadp_inn(self) -> tuple[ConditionalINN, dict]:
@@ -350,9 +292,7 @@ class Study:
         rate (empty for plain training)."""
         if self.model is not None:
             return {}
-        self.score_model  # noqa: B018
-        run = self.store.find("score_model", self.model_config())
-        file = run.path / "training_record.json"
+        file = self._trained_run().path / "training_record.json"
         return json.loads(file.read_text()) if file.is_file() else {}
 
     def _dp_labels(self):
@@ -370,8 +310,8 @@ class Study:
                                             n_outputs=n_outputs, device=self.device)
 
     def utility(self, n: int | None = None) -> dict[str, float]:
-        """Downstream utility of ``n`` samples of the model (and, under CADP, of the privatized ``D_p``) beside
-        the real ``D_p``'s (:func:`safcore.measures.utility.stored_utility`); kept in the run store."""
+        """Utility of ``n`` samples (and under CADP of the privatized ``D_p``) beside the real ``D_p``'s
+        (:func:`safcore.measures.utility.stored_utility`)."""
         from safcore.measures import utility as utility_lib
 
         samples = self.samples(n)
@@ -384,14 +324,18 @@ class Study:
 
     @functools.cached_property
     def score_model(self) -> ScoreModel | DiffusersModel:
-        """The model under audit: ``model=`` when given, else the EMA score model after the profile's
-        training steps (trained once, then reused)."""
+        """The model under audit: ``model=``, else the EMA score model after the profile's steps (trained once)."""
         if self.model is not None:
             self._check_model_size()
             return self.model
         self._train()
         run = self.store.find("score_model", self.model_config())
         return ScoreModel.from_pretrained(run.path / "model").to(self.device).eval()
+
+    def _trained_run(self):
+        """The run store's run of the score model this study trained (trained first when it is not there yet)."""
+        self.score_model  # noqa: B018 — make sure it exists
+        return self.store.find("score_model", self.model_config())
 
     def _check_model_size(self, size: int | None = None) -> None:
         size = int(self.private.images.shape[-1]) if size is None else int(size)
@@ -404,9 +348,7 @@ class Study:
         """The training loss of every step."""
         if self.model is not None:
             raise ValueError("the model under audit was trained elsewhere; safcore has no record of its losses")
-        self.score_model  # noqa: B018 — make sure it exists
-        run = self.store.find("score_model", self.model_config())
-        return json.loads(run.file("losses.json").read_text())
+        return json.loads(self._trained_run().file("losses.json").read_text())
 
     def model_at(self, step: int) -> ScoreModel:
         """The EMA score model kept at training ``step`` (one of the profile's ``keep_steps``)."""
@@ -414,9 +356,7 @@ class Study:
             return self.score_model
         if self.model is not None:
             raise ValueError(f"step = {step!r}: a model trained elsewhere is audited as given (step=None)")
-        self.score_model  # noqa: B018
-        run = self.store.find("score_model", self.model_config())
-        file = run.path / "kept" / f"ema_step{step:06d}.safetensors"
+        file = self._trained_run().path / "kept" / f"ema_step{step:06d}.safetensors"
         if not file.is_file():
             raise ValueError(f"training step {step} was not kept; kept steps: {list(self.profile.train.keep_steps)}")
         return load_kept(file, step).to(self.device).eval()
@@ -433,20 +373,17 @@ class Study:
         return {**self.data_config, "kind": kind, "classifier": classifier}
 
     def _classifier(self, kind: Literal["c_p", "c_id"]) -> Classifier:
-        config = self.classifier_config(kind)
+        from safcore.study.stages import stored_classifier
+
         settings = dataclasses.replace(self.profile.classifier_for(kind), device=self.device)
-
-        def make(tmp: Path) -> None:
-            if kind == "c_p":  # the attacker paints SAFs on the dataset's real training images
-                clf = train_saf_classifier(self.images("train"), self.images("val"), self.saf, settings,
-                                           progress=self.progress)
-            else:
-                clf = train_id_classifier(self.private, settings, progress=self.progress,
-                                          val_images=self.images("val"))
-            clf.save(tmp / "classifier")
-
-        run = self.store.get_or_create(kind, config, make, seed=settings.seed)
-        return Classifier.load(run.path / "classifier", device=self.device)
+        if kind == "c_p":  # the attacker paints SAFs on the dataset's real training images
+            make = lambda: train_saf_classifier(self.images("train"), self.images("val"), self.saf,  # noqa: E731
+                                                settings, progress=self.progress)
+        else:
+            make = lambda: train_id_classifier(self.private, settings, progress=self.progress,  # noqa: E731
+                                               val_images=self.images("val"))
+        return stored_classifier(self.store, kind, self.classifier_config(kind), make, seed=settings.seed,
+                                 device=self.device)
 
     @functools.cached_property
     def c_p(self) -> Classifier:
@@ -550,86 +487,51 @@ class Study:
 
     # ------------------------------------------------------------------ the field's metrics (issue 14)
     def nonmembers(self) -> torch.Tensor:
-        """Held-out images for membership inference: ``N_D`` images of the same split family not in ``D_p``, drawn
-        with the study's seed from :meth:`nonmember_pool`, the train split's first
-        (:func:`safcore.measures.peer_study.draw_nonmembers`); fewer only when the dataset has no more. ``(n, C, H, W)``
-        in [0, 1]."""
-        from safcore.measures.peer_study import draw_nonmembers
+        """``N_D`` held-out images ``(n, C, H, W)`` for membership inference, drawn with the study's seed from
+        :meth:`nonmember_pool` (:func:`safcore.measures.peers.draw_nonmembers`)."""
+        from safcore.measures.peers import draw_nonmembers
 
         pool, n_train = self.nonmember_pool()
         return draw_nonmembers(pool, n_train, self.n_dataset, self.seed)
 
     def nonmember_pool(self) -> tuple[control_lib.HeldOut, int]:
-        """Every candidate non-member (train split outside ``D_p``, then val, then test), near-duplicates of ``D_p``
-        and ``x_p``'s original removed, and how many of the kept ones come from the train split
-        (:func:`safcore.measures.peer_study.nonmember_pool`)."""
-        from safcore.measures.peer_study import nonmember_pool
+        """Every candidate non-member, near-duplicates removed, and how many come from the train split
+        (:func:`safcore.measures.peers.nonmember_pool`)."""
+        from safcore.measures.peers import nonmember_pool
 
         _, chosen = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
         return nonmember_pool(self.images("train"), chosen, [self.images("val"), self.images("test")],
                               self._patient_images)
 
     def peers(self, *, n_draws: int = 8) -> PeerReport:
-        """The field's metrics on this study's model and audit samples (:func:`safcore.measures.peer_study.peer_report`),
-        kept in the run store: membership inference (loss, SecMI, PIA: AUC, TPR at 1 % / 0.1 % FPR),
-        Carlini copies and distinct images extracted, Dar et al. copies, Gu et al.'s ratio."""
-        from safcore.measures.peer_study import PeerReport, draw_nonmembers, peer_report
+        """The field's metrics on this study's model and audit samples (:func:`safcore.measures.peers.peer_report`,
+        kept in the run store by :func:`~safcore.measures.peers.stored_peer_report`)."""
+        from safcore.measures.peers import draw_nonmembers, peer_report, stored_peer_report
         from safcore.study import distributed
 
         samples = self.samples()
         if distributed.launched():
             self.score_model  # noqa: B018 — on every rank before one takes the key's lock (DDP training is collective)
-        config = {"model": self.model_config(), "n_samples": int(samples.shape[0]), "n_draws": n_draws,
-                  "nonmembers": "train-rest, val, test; near-duplicates removed",
-                  "near_duplicate_rms": control_lib.NEAR_DUPLICATE_RMS, "mia": "reference noise levels, Newcombe AUC CI",
-                  "version": 2}
 
-        def make(tmp: Path) -> None:
+        def make() -> PeerReport:
             pool, n_train = self.nonmember_pool()
             nonmembers = draw_nonmembers(pool, n_train, self.n_dataset, self.seed)
-            report = peer_report(self.score_model, self.private.images, nonmembers, samples, self.images("val"),
-                                 pool=pool, control=self.control, n_draws=n_draws, seed=self.seed)
-            atomic_write(tmp / "peers.json", json.dumps(report.to_dict(), indent=2, default=float))
+            return peer_report(self.score_model, self.private.images, nonmembers, samples, self.images("val"),
+                               pool=pool, control=self.control, n_draws=n_draws, seed=self.seed)
 
-        run = self.store.get_or_create("peers", config, make, seed=self.seed)
-        return PeerReport.from_dict(json.loads(run.file("peers.json").read_text()))
+        return stored_peer_report(self.store, self.model_config(), make, n_samples=samples.shape[0], n_draws=n_draws,
+                                  seed=self.seed)
 
     def canary_audit(self, m: int | None = None, *, n_samples: int | None = None, delta: float = 1e-5) -> CanaryRun:
-        """SAF canaries as a one-run privacy audit (Steinke, Nasr & Jagielski 2023) for this study's setting.
-
-        ``m`` canaries (default ``N_D // 2``) are painted on ``m`` images of the clean ``N_D`` subset (places
-        and inclusion drawn from the seed, :func:`safcore.measures.canaries.design_canaries`); the profile's score
-        model is trained ONCE on the non-canary images plus the included canaries; ``n_samples`` samples
-        are drawn and scored (:func:`safcore.measures.canaries.audit_samples`: the closer half guessed "in", the
-        farther half "out", the theorem's ε lower bound at ``delta``).
+        """SAF canaries as a one-run privacy audit (Steinke, Nasr & Jagielski 2023) for this study's setting
+        (:func:`safcore.study.stages.canary_run`: ``m`` canaries, one training, ``n_samples`` samples scored).
 
         Returns:
             :class:`~safcore.measures.canaries.CanaryRun`, unpacking as ``(CanaryAudit, CanaryDesign, scores)``.
         """
-        from safcore.measures import canaries as canary_lib
+        from safcore.study.stages import canary_run
 
-        if self.model is not None:
-            raise ValueError("a canary audit trains its own model; it does not apply to a model trained elsewhere")
-        if self.defence is not None:
-            raise ValueError("a canary audit of a defended setting is not built; use Study(..., defence=None)")
-        m = max(2, self.n_dataset // 2) if m is None else int(m)
-        clean, _ = data_lib.seeded_subset(self.data.split("train"), self.n_dataset, seed=self.seed)
-        images = data_lib.to_unit_tensor(clean, channels=self.profile.channels)
-        design = canary_lib.design_canaries(self.n_dataset, m, int(images.shape[-1]), seed=self.seed,
-                                            radius=self.saf.radius, grey=self.saf.grey)
-        config = {**{k: v for k, v in self.data_config.items() if k != "saf"}, "canaries": design.to_dict(),
-                  "train": _without_device(self.profile.train, self.channels)}
-        self._train_on(design.training_set(images), config)
-        n = self.profile.n_samples if n_samples is None else int(n_samples)
-        how = sampling_for(None, method=self.profile.sampler, steps=self.profile.sample_steps,
-                           bf16=self.profile.train.bf16)  # the score model trained here
-        sample_config = {"model": config, "step": self.profile.train.steps, "method": how.method,
-                         "steps": how.steps, "n": n, "seed": 0}
-        drawn = self._stored_samples(
-            sample_config,
-            lambda: ScoreModel.from_pretrained(self.store.find("score_model", config).path / "model").to(self.device).eval(),
-            n, how, 0)
-        return canary_lib.audit_samples(design, images, drawn, delta=delta)
+        return canary_run(self, m, n_samples=n_samples, delta=delta)
 
     def copies(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> int:
         """How many of the ``n`` samples copy some image of ``D_p``: the audit's copy rule (Carlini et al. 2023's
@@ -680,19 +582,12 @@ class Study:
     def fid(self, split: Split = "train", *, extractor: str = "auto", seed: int = 0) -> FIDResult:
         """FID between real images and the model's samples (Tab. 2's FID_train / FID_test), same ``n`` on both sides.
 
-        ``split="train"`` compares the samples with ``D_p``, the images the model was trained on (not the
-        whole train split, most of which it never saw at small ``N_D``: against those, FID cannot see
-        copying by construction); ``"test"`` / ``"val"`` with that split. FID's small-sample bias depends
-        on the number of images on each side, so FID_train and FID_test use the same
-        ``n = min(profile.n_fid, N_D, |test split|)`` real and generated images (``"val"``: at most the
-        val split's size, then not comparable with the other two). ``n`` real images are drawn from the
-        reference and ``n`` of the ``profile.n_fid`` cached samples with :func:`safcore.measures.fid.subsample`
-        (seeded by ``seed``, without replacement, the whole set when it has ``n``); FID_train and FID_test
-        share the same generated subset. The result records ``n`` and the sizes drawn from.
-
-        Inception when its weights are available locally, otherwise safcore's domain feature
-        extractor trained on this dataset's labels (cached in the run store); the result names it.
-        Domain-extractor FIDs are not comparable with the paper's Inception FIDs.
+        ``split="train"``: against ``D_p``, the images the model was trained on (not the whole train split, most of
+        which it never saw at small ``N_D``); ``"test"`` / ``"val"``: against that split. FID's small-sample bias
+        depends on ``n``, so FID_train and FID_test use the same ``n = min(profile.n_fid, N_D, |test split|)`` real
+        and generated images, drawn with :func:`safcore.measures.fid.subsample` (seeded by ``seed``; both share
+        the generated subset). Inception where its weights are available locally, else the dataset's domain
+        extractor (the result names it; not comparable with the paper's Inception FIDs).
         """
         from safcore.measures.fid import fid
 

@@ -17,15 +17,19 @@ the key, nothing else here changes one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
 
 from safcore.data import datasets as data_lib
+from safcore.generators.loader import sampling_for
+from safcore.generators.score_model import ScoreModel
 from safcore.generators.loader import Sampling, as_generator
 from safcore.generators.train import TrainResult, train
 from safcore.probe import ProbeConfig, ProbeResult, find_t_prime
@@ -33,7 +37,24 @@ from safcore.runtime.runs import RunStore, atomic_save_safetensors, atomic_write
 from safcore.study import distributed
 from safcore.study.profiles import Profile
 
-__all__ = ["train_into_store", "stored_samples", "stored_probe"]
+if TYPE_CHECKING:
+    from safcore.adversary.classifiers import Classifier
+    from safcore.measures.canaries import CanaryRun
+    from safcore.study.hub import Study
+
+__all__ = ["without_device", "train_into_store", "stored_samples", "stored_probe", "stored_classifier", "canary_run"]
+
+
+def without_device(config, channels: int | None = None) -> dict:
+    """A configuration's fields for a run key, without its device. A training configuration's ``mean_head``
+    enters only where it is on for ``channels`` (RGB by default), so grey models keep the keys they always had."""
+    values = dataclasses.asdict(config)
+    values.pop("device", None)
+    if "mean_head" in values:
+        values.pop("mean_head")
+        if channels is not None and config.uses_mean_head(channels):
+            values["mean_head"] = True
+    return values
 
 
 def train_into_store(store: RunStore, config: dict, images: torch.Tensor, train_config, *, make_trainer=None,
@@ -178,3 +199,44 @@ def stored_probe(store: RunStore, key: dict, config: ProbeConfig, load_model: Ca
 
     run = distributed.collective_stage(store, "probe", key, compute, write, seed=config.seed)
     return load_probe(run.path / "probe")
+
+
+def stored_classifier(store: RunStore, kind: str, config: dict, make: Callable[[], Classifier], *, seed: int,
+                      device: torch.device) -> Classifier:
+    """The classifier ``kind`` (``"c_p"`` / ``"c_id"``) kept in the run store under ``(kind, config)``, trained by
+    ``make()`` once (under the key's lock), loaded on ``device``."""
+    from safcore.adversary.classifiers import Classifier
+
+    run = store.get_or_create(kind, config, lambda tmp: make().save(tmp / "classifier"), seed=seed)
+    return Classifier.load(run.path / "classifier", device=device)
+
+
+def canary_run(study: Study, m: int | None = None, *, n_samples: int | None = None, delta: float = 1e-5) -> CanaryRun:
+    """SAF canaries for ``study``'s setting (:meth:`safcore.study.hub.Study.canary_audit`): ``m`` canaries (default
+    ``N_D // 2``) designed from the seed, ONE score model trained on the non-canary images plus the included
+    canaries, ``n_samples`` of its samples scored (:func:`safcore.measures.canaries.audit_samples`)."""
+    from safcore.measures import canaries as canary_lib
+
+    if study.model is not None:
+        raise ValueError("a canary audit trains its own model; it does not apply to a model trained elsewhere")
+    if study.defence is not None:
+        raise ValueError("a canary audit of a defended setting is not built; use Study(..., defence=None)")
+    profile = study.profile
+    m = max(2, study.n_dataset // 2) if m is None else int(m)
+    clean, _ = data_lib.seeded_subset(study.data.split("train"), study.n_dataset, seed=study.seed)
+    images = data_lib.to_unit_tensor(clean, channels=profile.channels)
+    design = canary_lib.design_canaries(study.n_dataset, m, int(images.shape[-1]), seed=study.seed,
+                                        radius=study.saf.radius, grey=study.saf.grey)
+    config = {**{k: v for k, v in study.data_config.items() if k != "saf"}, "canaries": design.to_dict(),
+              "train": without_device(profile.train, study.channels)}
+    study._train_on(design.training_set(images), config)
+    n = profile.n_samples if n_samples is None else int(n_samples)
+    how = sampling_for(None, method=profile.sampler, steps=profile.sample_steps,
+                       bf16=profile.train.bf16)  # the score model trained here
+    sample_config = {"model": config, "step": profile.train.steps, "method": how.method, "steps": how.steps, "n": n,
+                     "seed": 0}
+    drawn = study._stored_samples(
+        sample_config,
+        lambda: ScoreModel.from_pretrained(study.store.find("score_model", config).path / "model").to(study.device).eval(),
+        n, how, 0)
+    return canary_lib.audit_samples(design, images, drawn, delta=delta)
