@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from safcore.generators.score_model import UNetBacked
 from safcore.runtime.device import bf16_autocast
 from safcore.runtime.progress import progress_bar
 
@@ -68,7 +69,7 @@ class SampleOutput:
     nfe: int
 
 
-class DiffusersModel:
+class DiffusersModel(UNetBacked):
     """A diffusers ``UNet2DModel`` driven by its own scheduler (DDPM or DDIM).
 
     Args:
@@ -107,22 +108,8 @@ class DiffusersModel:
 
     # ------------------------------------------------------------------ what it is
     @property
-    def channels(self) -> int:
-        return int(self.unet.config.in_channels)
-
-    @property
-    def image_size(self) -> int:
-        from safcore.generators.score_model import unet_image_size
-
-        return unet_image_size(self.unet)
-
-    @property
     def num_train_timesteps(self) -> int:
         return int(self.scheduler.config.num_train_timesteps)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
 
     def to(self, device: str | torch.device) -> DiffusersModel:
         self.unet.to(device)

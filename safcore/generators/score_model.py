@@ -202,7 +202,28 @@ class MeanPrior:
         return {"mean": list(self.mean), "var": list(self.var)}
 
 
-class ScoreModel(torch.nn.Module):
+class UNetBacked:
+    """What a model built on a diffusers U-Net (its ``unet``) is: channels, image size and device."""
+
+    unet: UNet2DModel
+
+    @property
+    def channels(self) -> int:
+        """Image channels the U-Net takes and returns (1 grey, 3 RGB)."""
+        return int(self.unet.config.in_channels)
+
+    @property
+    def image_size(self) -> int:
+        """The U-Net's ``sample_size``: the side of the square images it was built for (px)."""
+        return unet_image_size(self.unet)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the U-Net's parameters are."""
+        return next(self.unet.parameters()).device
+
+
+class ScoreModel(UNetBacked, torch.nn.Module):
     """Score function ``s_θ(x, t) ≈ ∇_x log p_t(x)`` built on an ε-predicting ``UNet2DModel``.
 
     Args:
@@ -228,19 +249,6 @@ class ScoreModel(torch.nn.Module):
             self.register_buffer("_prior_mean", torch.tensor(mean_prior.mean).reshape(1, -1, 1, 1), persistent=False)
             self.register_buffer("_prior_var", torch.tensor(mean_prior.var).reshape(1, -1, 1, 1), persistent=False)
 
-    @property
-    def channels(self) -> int:
-        """Image channels the U-Net takes and returns (1 grey, 3 RGB)."""
-        return int(self.unet.config.in_channels)
-
-    @property
-    def image_size(self) -> int:
-        """The U-Net's ``sample_size``: the side of the square images it was built for (px)."""
-        return unet_image_size(self.unet)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, *, unet: torch.nn.Module | None = None) -> torch.Tensor:
         """Network output ε̂ for ``x`` (B, C, H, W, model range) at times ``t`` (B,) → (B, C, H, W).
