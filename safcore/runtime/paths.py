@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # safcore/ (this module is safcore/runtime/paths.py)
 
 HOME_ENV = "SAFCORE_HOME"
 RUNS_ENV = "SAFCORE_RUNS_DIR"

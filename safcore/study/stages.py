@@ -207,7 +207,10 @@ def stored_classifier(store: RunStore, kind: str, config: dict, make: Callable[[
     ``make()`` once (under the key's lock), loaded on ``device``."""
     from safcore.adversary.classifiers import Classifier
 
-    run = store.get_or_create(kind, config, lambda tmp: make().save(tmp / "classifier"), seed=seed)
+    def write(tmp: Path) -> None:
+        make().save(tmp / "classifier")
+
+    run = store.get_or_create(kind, config, write, seed=seed)
     return Classifier.load(run.path / "classifier", device=device)
 
 
