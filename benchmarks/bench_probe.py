@@ -1,7 +1,7 @@
 """t' searches against the exhaustive one (Algorithm 1, issue 9): NFE ratio and how often t' agrees.
 
 Part 1 (always): Bernoulli simulation on KNOWN q(t) curves, with the probe's own search code
-(``safcore.probe.topdown_search`` and ``chunk_sizes``, answered by ``safcore.known_answer.BernoulliDraws``).
+(``safcore.probe.topdown_search`` and ``chunk_sizes``, answered by ``safcore.generators.known_answer.BernoulliDraws``).
 Curves: sharp drops at several t*, a logistic tail (q ≈ 1/M on 0.5–0.8), two levels (q = 0.05 on
 0.4–0.9), a slow logistic decline, and the exact q(t) of ``PointMixtureScore`` two-point mixtures.
 For each: ``P(ex~ex)`` — two independent exhaustive runs agree within one grid step (exact, from the
@@ -34,7 +34,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from safcore.known_answer import (
+from safcore.generators.known_answer import (
     BernoulliDraws,
     PointMixtureScore,
     agreement_probability,
@@ -46,8 +46,8 @@ from safcore.known_answer import (
     two_level_curve,
 )
 from safcore.probe import ProbeConfig, ProbeResult, chunk_sizes, find_t_prime, topdown_search
-from safcore.profiles import get_profile
-from safcore.sde import SDE, SubVPSDE
+from safcore.study.profiles import get_profile
+from safcore.generators.sde import SDE, SubVPSDE
 
 Draw = Callable[[int, int], int]
 
@@ -246,8 +246,8 @@ def run_real(args, base: ProbeConfig, parser: argparse.ArgumentParser) -> None:
     if args.model:
         from safetensors.torch import load_file
 
-        from safcore.classifiers import Classifier
-        from safcore.models import ScoreModel
+        from safcore.adversary.classifiers import Classifier
+        from safcore.generators.score_model import ScoreModel
 
         if not (args.c_p and args.c_id and args.x_p):
             parser.error("--model needs --c-p, --c-id and --x-p")

@@ -4,11 +4,11 @@ Trains the cpu profile's score model (1.1 M-parameter U-Net, sub-VP) on the same
 (seeded subset, x_p fingerprinted as in a Study) in several variants, one at a time, and prints for each:
 the ε-MSE on D_p per diffusion time (where in t the network errs), the samples' raw range before
 clipping, black / white samples, saturated pixels (D_p beside), the quality gate's unlike count
-(:mod:`safcore.quality`) and how many samples copy a training image (the audit's calibrated rule, with its
+(:mod:`safcore.measures.quality`) and how many samples copy a training image (the audit's calibrated rule, with its
 held-out control). Variants are named on the command line:
 
     rgb         the cpu profile as it is (bf16 autocast, lr 2e-4, 2000 steps; RGB gets the mean head,
-                safcore.models.MeanPrior)
+                safcore.generators.score_model.MeanPrior)
     nohead      RGB without the mean head: the U-Net alone, as before issue 21
     grey        the same images converted to grey (ITU-R 601 luma), trained the same way — the reference
     fp32        RGB without bf16 autocast (and without the mean head)
@@ -32,16 +32,16 @@ from pathlib import Path
 
 import torch
 
-from safcore.control import copy_threshold_for
-from safcore.data import from_model_range
-from safcore.memorization import carlini_nearest
-from safcore.metrics import domain_extractor
-from safcore.profiles import CPU
-from safcore.quality import pixel_statistics, sample_quality
-from safcore.sampling import sample
-from safcore.sde import SubVPSDE
+from safcore.measures.control import copy_threshold_for
+from safcore.data.datasets import from_model_range
+from safcore.measures.memorization import carlini_nearest
+from safcore.measures.extractor_training import domain_extractor
+from safcore.study.profiles import CPU
+from safcore.measures.quality import pixel_statistics, sample_quality
+from safcore.generators.sampling import sample
+from safcore.generators.sde import SubVPSDE
 from safcore.study import Study
-from safcore.train import train
+from safcore.generators import train
 
 TIMES = (0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 

@@ -1,4 +1,4 @@
-"""Sampler throughput: ``safcore.sampling.sample`` vs a plain per-step loop, bf16 autocast on vs off.
+"""Sampler throughput: ``safcore.generators.sampling.sample`` vs a plain per-step loop, bf16 autocast on vs off.
 
 All variants run Euler–Maruyama on the same randomly initialised U-Net with the same number of
 network evaluations, interleaved round by round (side by side, so load from other processes hits
@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import torch
 
-from safcore.models import UNET_PRESETS, ScoreModel, build_unet
-from safcore.sampling import sample
-from safcore.sde import SubVPSDE
+from safcore.generators.score_model import UNET_PRESETS, ScoreModel, build_unet
+from safcore.generators.sampling import sample
+from safcore.generators.sde import SubVPSDE
 
 
 def plain_loop(model: ScoreModel, n: int, steps: int, eps: float = 1e-3, seed: int = 0) -> torch.Tensor:

@@ -2,9 +2,9 @@
 
 Prints, for 1 and 2 processes (``accelerate launch --multi_gpu --num_processes 2``; on a machine without
 CUDA the two processes run DDP over gloo on the CPU, each with ``--threads`` torch threads, default 1):
-  * training steps/s of :class:`safcore.distributed.DDPTrainer` (the same GLOBAL batch for both, so the
-    2-process step does half the images per process) and the ratio 2-process / 1-process;
-  * sampling images/s of :func:`safcore.distributed.sample_split` (same n, chunks and sampler steps);
+  * training steps/s of a data-parallel :class:`safcore.generators.train.Trainer` (the same GLOBAL batch for
+    both, so the 2-process step does half the images per process) and the ratio 2-process / 1-process;
+  * sampling images/s of :func:`safcore.study.distributed.sample_split` (same n, chunks and sampler steps);
 and, on the device it ran on, the PROJECTED wall time of the paper profile's training (30 000 steps of the
 ``paper`` U-Net at batch 128, bf16 as the profile) and of its 150 000-sample audit (1000 Euler–Maruyama
 steps): a few paper-preset steps and sampler network evaluations are timed in one process and scaled
@@ -45,9 +45,10 @@ def _free_port() -> int:
 def _worker(args) -> None:
     from accelerate import Accelerator
 
-    from safcore.distributed import DDPTrainer, SplitSampling, sample_split
-    from safcore.models import ScoreModel, build_unet
-    from safcore.train import TrainConfig
+    from safcore.study.distributed import SplitSampling, sample_split
+    from safcore.generators.score_model import ScoreModel, build_unet
+    from safcore.generators.train import TrainConfig, Trainer
+    from safcore.runtime.parallel import DataParallel
 
     torch.set_num_threads(args.threads)
     acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -58,7 +59,7 @@ def _worker(args) -> None:
         images = torch.rand(64, args.channels, 28, 28)
         cfg = TrainConfig(preset=args.preset, steps=10**6, batch_size=args.batch, warmup_steps=1,
                           checkpoint_every=10**6, bf16=args.bf16, device=device)
-        trainer = DDPTrainer(images, cfg, accelerator=acc)
+        trainer = Trainer(images, cfg, parallel=DataParallel(acc))
         for _ in range(args.warmup):
             trainer.step()
         acc.wait_for_everyone()
@@ -90,8 +91,8 @@ def _worker(args) -> None:
 
 def _paper_worker(args) -> None:
     """One process: paper-preset training steps and sampler network evaluations, timed."""
-    from safcore.profiles import get_profile
-    from safcore.train import Trainer
+    from safcore.study.profiles import get_profile
+    from safcore.generators.train import Trainer
 
     torch.set_num_threads(args.threads)
     paper = get_profile("paper")
@@ -234,7 +235,7 @@ def main() -> None:
     for line in more:
         print(line, flush=True)
     if args.out:
-        from safcore.runs import atomic_write
+        from safcore.runtime.runs import atomic_write
 
         atomic_write(args.out, "\n".join(lines + more) + "\n")
         print(f"wrote {args.out}")

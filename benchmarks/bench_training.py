@@ -2,12 +2,12 @@
 
 Prints seconds per step of
   * the bare U-Net step: forward at labels 999·t, MSE to the noise, backward, Adam step (fp32);
-  * ``safcore.train.Trainer.step`` (fp32): generator draws, sub-VP perturbation, warm-up lr,
+  * ``safcore.generators.train.Trainer.step`` (fp32): generator draws, sub-VP perturbation, warm-up lr,
     clipping, EMA, loss bookkeeping — the training loop's step;
   * ``Trainer.step`` with bf16 autocast;
 and the ratios: overhead = Trainer/bare − 1 (target ≤ 10 %), bf16 speed-up = fp32/bf16.
 The variants alternate in rounds of ``--steps`` steps so that load from other processes hits them
-alike; each time is the median over rounds. Finally one ``safcore.train.train`` call (with its
+alike; each time is the median over rounds. Finally one ``safcore.generators.train.train`` call (with its
 checkpoint writes) reports its own seconds per step.
 
     .venv/bin/python benchmarks/bench_training.py --preset small --batch 32 --steps 8 --rounds 3
@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from safcore.train import TrainConfig, Trainer, train
+from safcore.generators.train import TrainConfig, Trainer, train
 
 
 def _bare_step(unet, optimizer, x0, t, z, sde) -> None:

@@ -27,8 +27,11 @@ RADIUS = None  # SAF radius in px; None → the author's rule, ≈ 3.9 px at 28 
 GREY = 0.5  # the SAF's constant grey x_SAF, in [0, 1]
 
 # %%
-from safcore import data, fingerprint, paths, plotting
-from safcore.runs import write_manifest
+from safcore.data import datasets as data
+from safcore.data import fingerprint
+from safcore.runtime import paths
+from safcore.study import plotting
+from safcore.runtime.runs import write_manifest
 
 dataset = data.load_dataset(DATASET, root=DATA_ROOT)
 clean, subset_index = data.seeded_subset(dataset.split("train"), N_D, seed=SEED)

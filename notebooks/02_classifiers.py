@@ -26,7 +26,8 @@ DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cud
 # %%
 import pandas as pd
 
-from safcore import classifiers, plotting
+from safcore.adversary import classifiers
+from safcore.study import plotting
 from safcore.study import Study
 
 study = Study(DATASET, N_D, profile=PROFILE, seed=SEED, device=DEVICE)
@@ -64,7 +65,7 @@ pd.DataFrame([accuracies]).style.format("{:.1%}")
 # %%
 import torch
 
-from safcore.fingerprint import apply_saf
+from safcore.data.fingerprint import apply_saf
 
 others = study.private.others
 with_saf = apply_saf(others, study.private.mask)  # the SAF at x_p's place on every other image

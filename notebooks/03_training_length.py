@@ -25,7 +25,7 @@ DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cud
 # %%
 import pandas as pd
 
-from safcore import plotting
+from safcore.study import plotting
 from safcore.study import Study
 
 study = Study(DATASET, N_D, profile=PROFILE, seed=SEED, device=DEVICE)

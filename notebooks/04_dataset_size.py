@@ -27,7 +27,7 @@ DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cud
 # %%
 import pandas as pd
 
-from safcore import plotting
+from safcore.study import plotting
 from safcore.study import Study
 
 studies = {n_d: Study(DATASET, n_d, profile=PROFILE, seed=SEED, device=DEVICE) for n_d in N_DS}

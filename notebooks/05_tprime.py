@@ -32,7 +32,8 @@ DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cud
 N_D_LARGE = 64  # a larger training set for comparison: t' should fall as N_D grows
 
 # %%
-from safcore import data, plotting
+from safcore.data import datasets as data
+from safcore.study import plotting
 from safcore.study import Study
 
 # N_D and N_D_LARGE must fit the train split: otherwise stop here, in one line, with the flags that fit
@@ -108,7 +109,7 @@ print(f"t'(N_D={N_D}) = {small:.2f} {sign} t'(N_D={N_D_LARGE}) = {large_:.2f} (0
 # **Explore it yourself** — move `t` and watch `x_{t,p}` and its reverse samples with both verdicts.
 
 # %%
-from safcore.explorer import explore
+from safcore.probe.explorer import explore
 
 explorer = explore(study.score_model, study.score_model.sde, study.private.x_p, study.c_p, study.c_id, M=4, t=0.3,
                    steps_full=study.profile.probe.steps_full)

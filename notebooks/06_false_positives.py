@@ -22,7 +22,8 @@ SEED = 0  # draws the subset, x_i and the SAF's place
 DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cuda | cuda:N
 
 # %%
-from safcore import memorization, plotting
+from safcore.measures import memorization
+from safcore.study import plotting
 from safcore.study import Study
 
 study = Study(DATASET, N_D, profile=PROFILE, seed=SEED, device=DEVICE)

@@ -24,12 +24,9 @@ SEED = 0  # draws the subsets, x_i and the SAF's place
 DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cuda | cuda:N
 
 # %%
-import pandas as pd
-import torch
-
-from safcore import paths, plotting
-from safcore.runs import atomic_write, write_manifest
-from safcore.study import Study
+from safcore.runtime import paths
+from safcore.runtime.runs import atomic_write, write_manifest
+from safcore.study import Study, plotting, tables
 
 
 def resolve(dataset: str) -> str:
@@ -56,25 +53,9 @@ studies = [Study(resolve(d), N_D, profile=PROFILE, seed=SEED, device=DEVICE) for
 # something.
 
 # %%
-rows, audits = [], {}
-for study in studies:
-    audit, probe = study.audit(), study.probe()
-    audits[study.data.name] = audit
-    fid_train, fid_test = study.fid("train"), study.fid("test")
-    rows.append({"dataset": study.data.name, "|N_D|": study.n_dataset, **study.classifier_accuracies(),
-                 "FID_train": fid_train.value, "FID_test": fid_test.value, "FID n": fid_train.n_real,
-                 "E|q|": audit.expected_q, "|q|": audit.n_q, "P(x_p) ≤": audit.handed_back_interval()[1],
-                 "t'": probe.t_prime_or_zero,
-                 "t' k/n": probe.t_prime_count,
-                 "FID features": fid_train.extractor_name, "c_p(x_p)": audit.cp_on_x_p,
-                 "x_p copies (NN)": audit.copies.n_xp_copies, "with SAF": len(audit.copies.xp_copies_with_saf),
-                 "caught": audit.copies.q_hits,
-                 "c_p+ others": audit.copies.cp_others, "copies": audit.copies.n_copies,
-                 "copies, held-out": f"{audit.copies.control['copies']}/{audit.copies.control['n']}",
-                 "near-duplicates removed": study.control.n_removed,
-                 "samples unlike data": f"{audit.quality.n_unlike}/{audit.quality.n}" if audit.quality else "—",
-                 "verdict": audit.verdict().kind})
-table = pd.DataFrame(rows).set_index("dataset")
+results = [tables.DatasetResults.of(study) for study in studies]
+audits = {r.study.data.name: r.audit for r in results}
+table = tables.medmnist_table(results)
 table
 
 # %%
@@ -91,7 +72,7 @@ for name, audit in audits.items():
 # At the cpu profile every model's samples must pass the quality gate (they look like the data) and copy
 # training images far more often than held-out images pass the rule; the grey models are copy machines
 # (most samples copies, `x_p` among them, `t' > 0`). The RGB RetinaMNIST row (cpu run) needs the U-Net's
-# channel-mean head (`safcore.models.MeanPrior`): without it its samples drift to black or white.
+# channel-mean head (`safcore.generators.score_model.MeanPrior`): without it its samples drift to black or white.
 
 # %%
 assert (table["saf_accuracy"] >= 0.75).all() and (table["id_accuracy"] >= 0.9).all(), table
@@ -119,19 +100,7 @@ if PROFILE != "smoke":  # the smoke U-Net is too small to memorize
 # a model that memorizes hands `x_p` back with its fingerprint.
 
 # %%
-rows_of_images, highlight = {}, {}
-for study in studies:  # the audits of the table above, not new ones
-    audit, samples = audits[study.data.name], study.samples()
-    q = list(audit.q_indices)
-    missed = list(audit.missed_copies)
-    others = [i for i in range(len(samples)) if i not in set(q) | set(missed)]
-    shown = (q + missed + others)[:11]
-    label = (f"{study.data.name}\n|q| = {audit.n_q} (E|q| = {audit.expected_q:.3g})\nP(x_p) ≤ {audit.handed_back_interval()[1]:.1%}; "
-             f"NN copies {audit.copies.n_xp_copies}")
-    rows_of_images[label] = torch.cat([study.private.x_p[None], samples[shown]])
-    highlight[label] = {1 + j: "q" if i in set(q) else "missed x_p copy" for j, i in enumerate(shown) if i in set(q) | set(missed)}
-figure = plotting.samples_by_group(rows_of_images, highlight, highlight_label="q",
-                                   title="x_p (first column), its q-positives (q) and the x_p copies the adversary missed")
+figure = plotting.xp_and_samples(results)  # the audits of the table above, not new ones
 settings = {"datasets": DATASETS, "N_D": N_D, "profile": PROFILE}
 figure_path = plotting.save_figure(figure, paths.figures_dir() / f"07_xp_and_samples_{PROFILE}.png")
 table_path = atomic_write(paths.figures_dir() / f"07_medmnist_table_{PROFILE}.csv", table.to_csv())

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from safcore import plotting
-from safcore.fingerprint_io import export_fingerprint
-from safcore.progress import progress_bar
+from safcore.study import plotting
+from safcore.data.fingerprint_io import export_fingerprint
+from safcore.runtime.progress import progress_bar
 from safcore.study import Study
 
 work = Path(WORK).resolve() / f"{PROFILE}_{DATASET.split('/')[-1]}_ND{N_D}"
@@ -57,7 +57,7 @@ plotting.image_grid(fp.images, ncols=min(8, N_D), title=f"D_p as the trainer rea
 # %%
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from safcore.device import resolve_device
+from safcore.runtime.device import resolve_device
 
 device = resolve_device(DEVICE)
 with np.load(fp.folder / "dp.npz") as archive:

@@ -36,14 +36,10 @@ DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cud
 import dataclasses
 import math
 
-import matplotlib.pyplot as plt
-import pandas as pd
-import torch
-
 from safcore.defences import CADP, DPSGD
-from safcore.profiles import get_profile
-from safcore.runs import config_key
-from safcore.study import Study
+from safcore.runtime.runs import config_key
+from safcore.study import Study, plotting, tables
+from safcore.study.profiles import get_profile
 
 base = get_profile(PROFILE)
 profile = dataclasses.replace(base, n_fid=base.n_samples)  # FID from the audited samples themselves
@@ -54,6 +50,7 @@ probes = [s.probe() for s in studies]
 fids = [s.fid("train") for s in studies]
 utilities = [s.utility() for s in studies]
 copies = [s.copies() for s in studies]
+results = [tables.DefenceResults(*r) for r in zip(defences, studies, audits, probes, fids, utilities, copies)]
 
 # %% [markdown]
 # **The table.** `|q|`: samples both classifiers call `x_p` with its SAF; `x_p` copies: samples whose
@@ -67,28 +64,7 @@ copies = [s.copies() for s in studies]
 # `D_p`), on the privatized images (CADP), and on the real `D_p` (the reference); chance = 0.5 on a binary task.
 
 # %%
-def eps_text(defence):
-    if defence is None:
-        return "—"
-    return "∞" if math.isinf(defence.epsilon) else f"{defence.epsilon:g}"
-
-
-rows = []
-for d, s, a, p, f, u, c in zip(defences, studies, audits, probes, fids, utilities, copies):
-    spent = s.training_record().get("epsilon") if isinstance(d, DPSGD) else None
-    rows.append({
-        "defence": "none" if d is None else type(d).__name__, "ε": eps_text(d),
-        "|c_p+|": a.n_cp, "|c_id+|": a.n_cid, "|q|": a.n_q, "E|q|": round(a.expected_q, 2),
-        "P(x_p) ≤": f"{a.handed_back_interval()[1]:.1%}", "x_p copies": a.copies.n_xp_copies, "copies": c,
-        "copies, held-out": f"{a.copies.control['copies']}/{a.copies.control['n']}",
-        "t' (k/M)": f"{p.t_prime_or_zero:.2f} ({p.t_prime_count})",
-        "FID_train": round(f.value, 2), "utility: samples": round(u["samples"], 3),
-        "utility: privatized": round(u["privatized"], 3) if "privatized" in u else None,
-        "utility: real D_p": round(u["real"], 3),
-        "ε spent (DP-SGD)": None if spent is None else (spent if isinstance(spent, str) else round(spent, 3)),
-        "verdict": a.verdict().kind,
-    })
-table = pd.DataFrame(rows)
+table = tables.defences_table(results)
 table
 
 # %%
@@ -120,56 +96,7 @@ if PROFILE == "cpu":
 # only from a barely noised `x_p` — what any model does.
 
 # %%
-finite_eps = [d.epsilon for d in defences if d is not None and not math.isinf(d.epsilon)]
-INF_AT = 10.0 ** (math.ceil(math.log10(max(finite_eps, default=1.0))) + 1)  # where ε = ∞ sits on the axis
-
-
-def x_of(defence):
-    return INF_AT if math.isinf(defence.epsilon) else defence.epsilon
-
-
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-none = 0
-for kind, marker in ((CADP, "o"), (DPSGD, "s")):
-    idx = [i for i, d in enumerate(defences) if isinstance(d, kind)]
-    if not idx:
-        continue
-    xs = [x_of(defences[i]) for i in idx]
-    name = kind.__name__
-    axes[0].plot(xs, [audits[i].n_q for i in idx], marker + "-", label=f"{name}: |q|")
-    axes[0].plot(xs, [audits[i].copies.n_xp_copies for i in idx], marker + ":", label=f"{name}: x_p copies (NN)")
-    axes[1].plot(xs, [probes[i].t_prime_or_zero for i in idx], marker + "-", label=name)
-    axes[2].plot(xs, [fids[i].value for i in idx], marker + "-", label=name)
-axes[0].axhline(audits[none].n_q, color="k", ls="--", lw=1, label="no defence: |q|")
-axes[1].axhline(probes[none].t_prime_or_zero, color="k", ls="--", lw=1, label="no defence")
-axes[2].axhline(fids[none].value, color="k", ls="--", lw=1, label="no defence")
-ticks = sorted({x_of(d) for d in defences if d is not None})
-axes[2].set_yscale("log")
-for ax, ylabel, title in zip(axes, ["samples (of n)", "t' (diffusion time)", "FID_train (domain features)"],
-                             ["x_p handed back", "Algorithm 1: t'", "image quality (lower = closer)"]):
-    ax.set(xscale="log", xlabel="ε per image (CADP) / per model (DP-SGD); ∞ at the right", ylabel=ylabel, title=title)
-    ax.set_xticks(ticks, ["∞" if t == INF_AT else f"{t:g}" for t in ticks])
-    ax.minorticks_off()
-    ax.legend(fontsize=7)
-finite = [i for i, d in enumerate(defences) if d is not None and not math.isinf(d.epsilon)]
-
-
-def stop_text(kind):
-    """Largest ε of ``kind`` from which x_p is no longer handed back (no q-positive, no NN copy)."""
-    safe = [defences[i].epsilon for i in finite if isinstance(defences[i], kind)
-            and audits[i].n_q == 0 and audits[i].copies.n_xp_copies == 0]
-    if not safe:
-        return f"{kind.__name__} at no ε tried"
-    i = next(i for i in finite if isinstance(defences[i], kind) and defences[i].epsilon == max(safe))
-    return f"{kind.__name__} at ε ≤ {max(safe):g} (there {copies[i]}/{audits[i].n} samples still copy a training image)"
-
-
-kinds = [k for k in (CADP, DPSGD) if any(isinstance(defences[i], k) for i in finite)]
-fig.suptitle(f"{DATASET}, N_D = {N_D} ({PROFILE}): undefended, x_p comes back {audits[none].copies.n_xp_copies}× in "
-             f"{audits[none].n} samples;\nit stops with {' and '.join(stop_text(k) for k in kinds)}; "
-             f"FID {fids[none].value:.1f} → up to {max(fids[i].value for i in finite) if finite else float('nan'):.1f}",
-             fontsize=10)
-fig.tight_layout()
+fig = plotting.defences_vs_epsilon(results, setting=f"{DATASET}, N_D = {N_D} ({PROFILE})")
 if PROFILE != "smoke":
     studies[0].save_figure(fig, "09_defences")
 
@@ -179,34 +106,6 @@ if PROFILE != "smoke":
 # or, where there is none, the sample nearest to `x_p` (ℓ2), labelled so.
 
 # %%
-cadp = [i for i, d in enumerate(defences) if isinstance(d, CADP)]
-fig, axes = plt.subplots(2, len(defences), figsize=(1.7 * len(defences), 3.9))
-x_p = studies[0].private.x_p
-for col, (d, s, a) in enumerate(zip(defences, studies, audits)):
-    top, bottom = axes[0, col], axes[1, col]
-    if d is None:
-        top.imshow(x_p[0], cmap="gray", vmin=0, vmax=1)
-        top.set_title("x_p (with SAF)", fontsize=8)
-    elif isinstance(d, CADP):
-        top.imshow(s.privatized().images[s.private.index, 0], cmap="gray", vmin=0, vmax=1)
-        top.set_title(f"CADP ε={eps_text(d)}", fontsize=8)
-    else:
-        top.imshow(x_p[0], cmap="gray", vmin=0, vmax=1)
-        top.set_title(f"DP-SGD ε={eps_text(d)}: x_p", fontsize=8)
-    samples = s.samples()
-    if a.q_indices:
-        shown, label = samples[a.q_indices[0]], f"q-positive (|q|={a.n_q})"
-    else:
-        nearest = int(torch.cdist(samples.flatten(1), x_p.flatten()[None]).argmin())
-        shown, label = samples[nearest], "nearest, no q"
-    bottom.imshow(shown[0], cmap="gray", vmin=0, vmax=1)
-    bottom.set_title(label, fontsize=8)
-for ax in axes.ravel():
-    ax.set_xticks([])
-    ax.set_yticks([])
-axes[0, 0].set_ylabel("trained on", fontsize=8)
-axes[1, 0].set_ylabel("gives back", fontsize=8)
-fig.suptitle(f"x_p (left) beside what each defence trains on (top) and hands back (bottom)", fontsize=10)
-fig.tight_layout()
+fig = plotting.defence_images(results)
 if PROFILE != "smoke":
     studies[0].save_figure(fig, "09_defences_images")

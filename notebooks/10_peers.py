@@ -36,16 +36,14 @@ SEED = 0
 DEVICE = "auto"  # where every stage runs: auto (a GPU when visible) | cpu | cuda | cuda:N
 
 # %%
-import matplotlib.pyplot as plt
-import pandas as pd
-
-from safcore.study import Study
+from safcore.study import Study, plotting, tables
 
 studies = {n_d: Study(DATASET, n_d, profile=PROFILE, seed=SEED, device=DEVICE) for n_d in N_DS}
 audits = {n_d: study.audit() for n_d, study in studies.items()}
 probes = {n_d: study.probe() for n_d, study in studies.items()}
 peers = {n_d: study.peers() for n_d, study in studies.items()}
 canaries = {n_d: study.canary_audit() for n_d, study in studies.items()}
+results = [tables.PeerResults(n_d, audits[n_d], probes[n_d], peers[n_d], canaries[n_d][0]) for n_d in N_DS]
 
 # %% [markdown]
 # **One table** — which method flags which model. Every copy count stands beside the same count on the
@@ -54,35 +52,7 @@ canaries = {n_d: study.canary_audit() for n_d, study in studies.items()}
 # canary audit's lower bound (95 % confidence, δ = 1e-5) from `r` guesses of which `v` were right.
 
 # %%
-def fmt(summary, what="auc"):
-    if what == "auc":
-        low, high = summary["auc_interval"]
-        return f"{summary['auc']:.2f} [{low:.2f}, {high:.2f}]"
-    tpr, interval = summary["tprs"][0], summary["tpr_intervals"][0]
-    return "—" if tpr is None else f"{tpr:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"
-
-
-def beside(criterion):
-    return f"{criterion['samples']}/{criterion['n']} | {criterion['control']}/{criterion['n_control']}"
-
-
-rows = []
-for n_d in N_DS:
-    result, probe, peer, (canary, design, _) = audits[n_d], probes[n_d], peers[n_d], canaries[n_d]
-    criteria = peer["copy_criteria"]
-    rows.append({
-        "N_D": n_d, "|q|": result.n_q, "E|q|": round(result.expected_q, 2), "verdict": result.verdict().kind,
-        "t'": probe.t_prime_or_zero, "copies (audit rule)": beside(criteria["audit"]),
-        "Carlini 0.5": beside(criteria["carlini_0.5"]), "distinct extracted": peer["distinct_extracted"],
-        "Dar (pixel)": beside(criteria["dar_pixel"]), "Gu": beside(criteria["gu"]),
-        "MIA loss AUC": fmt(peer["mia_loss"]), "loss TPR@1%": fmt(peer["mia_loss"], "tpr"),
-        "SecMI AUC": fmt(peer["mia_secmi"]), "PIA AUC": fmt(peer["mia_pia"]),
-        "canary ε ≥": round(canary.epsilon, 3), "canary v/r (m)": f"{canary.v}/{canary.r} ({canary.m})",
-        "n": result.n, "non-members": peer["n_nonmembers"],
-        "near-duplicates removed (non-members | control)":
-            f"{peer['nonmember_pool']['n_removed']} | {criteria['control_set']['n_removed']}",
-    })
-table = pd.DataFrame(rows).set_index("N_D")
+table = tables.peers_table(results)
 table.T
 
 # %%
@@ -114,36 +84,6 @@ if PROFILE == "cpu":
 # (dotted), the share that are `x_p` by the adversary (`|q|/n`), and the loss attack's AUC with its interval.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-xs = list(N_DS)
-rule = {n: peers[n]["copy_criteria"]["audit"] for n in xs}
-carlini = {n: peers[n]["copy_criteria"]["carlini_0.5"] for n in xs}
-axes[0].plot(xs, [rule[n]["samples"] / rule[n]["n"] for n in xs], "o-", color="C0", label="copies / n (audit rule)")
-axes[0].plot(xs, [rule[n]["control"] / rule[n]["n_control"] for n in xs], "o:", color="C0", label="  held-out control")
-axes[0].plot(xs, [carlini[n]["samples"] / carlini[n]["n"] for n in xs], "s--", color="C1", label="Carlini 0.5 / n")
-axes[0].plot(xs, [carlini[n]["control"] / carlini[n]["n_control"] for n in xs], "s:", color="C1", label="  held-out control")
-axes[0].plot(xs, [audits[n].n_q / audits[n].n for n in xs], "^-", label="|q| / n (SAF audit)")
-axes[0].set(xscale="log", xlabel="N_D (training images)", ylabel="fraction of samples", title="memorization in samples")
-axes[0].legend(fontsize=8)
-auc = [peers[n]["mia_loss"]["auc"] for n in xs]
-err = [[a - peers[n]["mia_loss"]["auc_interval"][0] for a, n in zip(auc, xs)],
-       [peers[n]["mia_loss"]["auc_interval"][1] - a for a, n in zip(auc, xs)]]
-axes[1].errorbar(xs, auc, yerr=err, fmt="o-", capsize=3)
-axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
-axes[1].set(xscale="log", xlabel="N_D (training images)", ylabel="AUC", ylim=(0, 1.05), title="MIA (loss attack), 95 % CI")
-axes[2].plot(xs, [probes[n].t_prime_or_zero for n in xs], "o-", label="t' (SAF audit)")
-axes[2].plot(xs, [canaries[n][0].epsilon for n in xs], "s--", label="canary ε lower bound")
-axes[2].set(xscale="log", xlabel="N_D (training images)", ylabel="t' / ε", title="SAF indicators")
-axes[2].legend(fontsize=8)
-for ax in axes:
-    ax.set_xticks(xs, [str(n) for n in xs])
-    ax.minorticks_off()
-small, large = min(xs), max(xs)
-fig.suptitle(f"{DATASET} ({PROFILE}): from N_D = {small} to {large}, samples copying training images fall from "
-             f"{rule[small]['samples'] / rule[small]['n']:.0%} to {rule[large]['samples'] / rule[large]['n']:.0%} "
-             f"(held-out control ≤ {max(rule[n]['control'] / rule[n]['n_control'] for n in xs):.1%}), "
-             f"MIA AUC from {peers[small]['mia_loss']['auc']:.2f} to {peers[large]['mia_loss']['auc']:.2f}, "
-             f"t' from {probes[small].t_prime_or_zero:.2f} to {probes[large].t_prime_or_zero:.2f}")
-fig.tight_layout()
+fig = plotting.peers_vs_n_d(results, setting=f"{DATASET} ({PROFILE})")
 if PROFILE != "smoke":  # figures/ keeps the real runs' figures only
     studies[max(N_DS)].save_figure(fig, "10_peers")

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 import safcore
-from safcore import paths
-from safcore.profiles import PROFILES
+from safcore.runtime import paths
+from safcore.study.profiles import PROFILES
 
 EPILOG = ("Each command has its own --help. Reports are written to runs/reports/ unless --out is given; an --out that "
           "is not new or empty is refused unless --overwrite is given.")
@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", type=Path, default=None, help="also write the summary to this .csv or .json file")
     _common(sw)
 
-    from safcore.paper_rows import PAPER_TAB2, PAPER_TAB2_SAMPLES
+    from safcore.study.paper_rows import PAPER_TAB2, PAPER_TAB2_SAMPLES
 
     t2 = commands.add_parser("tab2", help="rerun one row of the paper's Tab. 2 at the paper profile, beside the paper's",
                              description="Run a dataset's row of the paper's Tab. 2 at the paper profile (N_D = the "
@@ -165,15 +165,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
-    from safcore.checks import check_int
-    from safcore.device import resolve_device
-    from safcore.schedulers import DiffusersModel, load_model
+    from safcore.runtime.checks import check_int
+    from safcore.runtime.device import resolve_device
+    from safcore.generators.loader import load_model, max_inference_steps
 
     model = load_model(args.model)
-    if isinstance(model, DiffusersModel):
+    T = max_inference_steps(model)  # None: a safcore SDE model, sampled with the profile's sampler and steps
+    if T is not None:
         model = model.with_scheduler(args.scheduler)
         if args.steps is not None:  # refused, not capped: a run of T steps is not what was asked for
-            T = model.num_train_timesteps
             check_int(args.steps, "--steps", 1, T, why=f" (T = {T}, the num_train_timesteps of {args.model!r}'s scheduler)")
     elif args.scheduler != "model":
         raise ValueError(f"--scheduler {args.scheduler} applies to a diffusers model; {args.model!r} is a safcore sub-VP model")
@@ -185,7 +185,7 @@ def _load(args):
 
 def _out(args) -> Path | None:
     """``--out`` checked before any work (new or empty folder unless --overwrite; no link, no file; writable)."""
-    from safcore.runs import check_output_folder
+    from safcore.runtime.runs import check_output_folder
 
     return check_output_folder(args.out, overwrite=args.overwrite) if args.out is not None else None
 
@@ -193,8 +193,8 @@ def _out(args) -> Path | None:
 def _samples(args):
     """``--samples`` read and checked against the fingerprint folder's D_p before any stage: header, dtype,
     range, channels and size (a mismatch found after c_p's training costs minutes, at the paper profile hours)."""
-    from safcore.fingerprint_io import read_fingerprint
-    from safcore.images import check_images_fit, load_images
+    from safcore.data.fingerprint_io import read_fingerprint
+    from safcore.data.images import check_images_fit, load_images
 
     fp = read_fingerprint(args.fingerprint)
     images = load_images(args.samples)
@@ -204,7 +204,7 @@ def _samples(args):
 
 
 def _study(args, model=None):
-    from safcore.study import Study
+    from safcore.study.hub import Study
 
     return Study.from_fingerprint(args.fingerprint, model=model, profile=args.profile, data_root=args.data_root,
                                   progress=not args.no_progress, sample_steps=getattr(args, "steps", None),
@@ -217,7 +217,7 @@ def _positive(name: str, value) -> None:
 
 
 def _seed(name: str, value) -> None:
-    from safcore.checks import check_seed
+    from safcore.runtime.checks import check_seed
 
     check_seed(value, name)
 
@@ -225,9 +225,9 @@ def _seed(name: str, value) -> None:
 def _run(args) -> int:
     progress = not getattr(args, "no_progress", False)
     if args.command == "fingerprint":
-        from safcore.distributed import is_main_process
-        from safcore.fingerprint import SAFConfig
-        from safcore.fingerprint_io import export_fingerprint
+        from safcore.study.distributed import is_main_process
+        from safcore.data.fingerprint import SAFConfig
+        from safcore.data.fingerprint_io import export_fingerprint
 
         _seed("--seed", args.seed)
         if not is_main_process():  # under a launcher one process writes the folder
@@ -242,8 +242,8 @@ def _run(args) -> int:
               f"safcore audit --model YOUR_MODEL --fingerprint {fp.folder} --probe")
         return 0
     if args.command == "train":
-        from safcore.distributed import is_main_process
-        from safcore.runs import output_folder
+        from safcore.study.distributed import is_main_process
+        from safcore.runtime.runs import output_folder
 
         _out(args)  # before the training, not after it
         study = _study(args)
@@ -256,8 +256,8 @@ def _run(args) -> int:
               f"audit it with: safcore audit --model {args.out} --fingerprint {args.fingerprint} --probe")
         return 0
     if args.command == "audit":
-        from safcore.distributed import is_main_process
-        from safcore.report import run_audit
+        from safcore.study.distributed import is_main_process
+        from safcore.study.report import run_audit
 
         _positive("--n", args.n)
         _positive("--steps", args.steps)
@@ -279,43 +279,28 @@ def _run(args) -> int:
             print(report)
         return 0
     if args.command == "probe":
-        from safcore import plotting
-        from safcore.distributed import is_main_process
-        from safcore.probe_io import save_probe
-        from safcore.runs import check_output_folder, output_folder, write_manifest
+        from safcore.study.distributed import is_main_process
+        from safcore.study.report import run_probe
 
         _positive("--M", args.M)
         _positive("--repeats", args.repeats)
         _positive("--steps", args.steps)
         _out(args)
         study = _study(args, _load(args))
-        changes = {"search": args.search, "repeats": args.repeats, **({"M": args.M} if args.M else {})}
-        config = study.probe_config(**changes)
+        config = study.probe_config(search=args.search, repeats=args.repeats, **({"M": args.M} if args.M else {}))
         out = args.out or paths.runs_dir() / "reports" / f"probe_{study.data.name}_ND{study.n_dataset}_{study.profile.name}"
+        report = run_probe(study, out, config, overwrite=args.overwrite)
         if is_main_process():
-            check_output_folder(out, overwrite=args.overwrite)  # the default folder too, before the probe
-        result = study.probe(config)
-        if not is_main_process():
-            return 0
-        figure = plotting.q_curve(result.ts, result.q, result.ci_low, result.ci_high, result.t_prime,
-                                  label=f"N_D={study.n_dataset}", k=result.k, n=result.n,
-                                  title=(f"x_p comes back from t' = {result.t_prime:.2f} ({result.t_prime_count})"
-                                         if result.t_prime is not None else "x_p did not come back from any t of the grid"))
-        with output_folder(out, overwrite=args.overwrite) as tmp:  # renamed into place when whole
-            plotting.save_figure(figure, tmp / "q_curve.png")
-            save_probe(result, tmp)  # probe.json (counts, t', config) and examples.safetensors, as the run store keeps it
-            write_manifest(tmp / "probe.json", config={"study": study.model_config(), "profile": study.profile.name},
-                           seed=study.seed)
-        print(f"{study}\n{result}\nwritten: {out / 'probe.json'}, {out / 'q_curve.png'}")
+            print(report)
         return 0
     if args.command == "sweep":
         return _sweep(args, progress)
     if args.command == "tab2":
         return _tab2(args, progress)
     # demo
-    from safcore.demo import run_demo
-    from safcore.distributed import is_main_process
-    from safcore.study import Study
+    from safcore.study.distributed import is_main_process
+    from safcore.study.report import run_demo
+    from safcore.study.hub import Study
 
     _seed("--seed", args.seed)
     _out(args)
@@ -329,8 +314,8 @@ def _run(args) -> int:
 
 
 def _sweep(args, progress: bool) -> int:
-    from safcore.distributed import launched
-    from safcore.sweep import SweepGrid, check_summary_path, run_sweep
+    from safcore.study.distributed import launched
+    from safcore.study.sweep import SweepGrid, check_summary_path, run_sweep
 
     if launched():
         raise ValueError("safcore sweep runs its cells in its own worker processes (--jobs K, one per GPU); do not start "
@@ -340,7 +325,7 @@ def _sweep(args, progress: bool) -> int:
     _positive("--threads", args.threads)
     _positive("--n", args.n)
     if args.out is not None:
-        from safcore.runs import check_output_file
+        from safcore.runtime.runs import check_output_file
 
         check_output_file(check_summary_path(args.out), overwrite=args.overwrite)
     grid = SweepGrid(tuple(args.datasets), tuple(args.n_dataset), tuple(args.seeds), profile=args.profile,
@@ -377,9 +362,9 @@ def _where(filename: str) -> str:
 
 
 def _tab2(args, progress: bool) -> int:
-    from safcore.checks import check_int, check_seed
-    from safcore.device import resolve_device
-    from safcore.paper_rows import projection, row_beside_paper, run_paper_row
+    from safcore.runtime.checks import check_int, check_seed
+    from safcore.runtime.device import resolve_device
+    from safcore.study.paper_rows import projection, row_beside_paper, run_paper_row
 
     check_int(args.n, "--n", 1)
     check_seed(args.seed, "--seed")
@@ -401,7 +386,7 @@ def failure_line(error: BaseException) -> str | None:
     traceback is shown). Expected: bad input (``ValueError``, incl. unreadable weights and unreachable Hub ids),
     OS errors (a full, read-only or forbidden disk, a missing file), corrupt stored runs, a full disk reported by
     safetensors, a missing Inception, and running out of memory."""
-    from safcore.runs import CorruptRunError, os_error_of
+    from safcore.runtime.runs import CorruptRunError, os_error_of
 
     os_error = os_error_of(error)
     if isinstance(os_error, OSError) and not isinstance(error, ValueError):

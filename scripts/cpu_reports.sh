@@ -12,7 +12,7 @@ export SAFCORE_FIGURES_DIR="$PWD/figures"
 # each executed notebook gets a manifest beside it (parameters, revision, time, machine)
 pm() {
   .venv/bin/papermill --cwd notebooks "notebooks/$1.ipynb" "reports/cpu/$1.ipynb" -p PROFILE cpu "${@:2}"
-  .venv/bin/python -c 'import sys; from safcore.runs import write_manifest; write_manifest(sys.argv[1], config={"notebook": sys.argv[2], "papermill": sys.argv[3:]}, seed=0)' \
+  .venv/bin/python -c 'import sys; from safcore.runtime.runs import write_manifest; write_manifest(sys.argv[1], config={"notebook": sys.argv[2], "papermill": sys.argv[3:]}, seed=0)' \
     "reports/cpu/$1.ipynb" "$1" -p PROFILE cpu "${@:2}"
 }
 .venv/bin/python -m safcore demo --profile cpu --out reports/cpu/demo_breastmnist_ND16 --overwrite --no-progress

@@ -1,6 +1,6 @@
 """Shared fixtures: the real data root (CI: ../shared/data/medmnist), a throwaway run store, and no network.
 
-Every test runs offline (``SAFCORE_OFFLINE=1``, so :func:`safcore.data.load_dataset` never downloads)
+Every test runs offline (``SAFCORE_OFFLINE=1``, so :func:`safcore.data.datasets.load_dataset` never downloads)
 and with sockets that refuse any address but the loopback (so nothing can reach the internet, even by
 mistake). The download test lifts the first for itself and serves its file from 127.0.0.1.
 """
@@ -81,7 +81,7 @@ def user_npz(data_root: Path) -> Path:
 
 @pytest.fixture
 def run_store(tmp_path):
-    from safcore.runs import RunStore
+    from safcore.runtime.runs import RunStore
 
     return RunStore(tmp_path / "runs")
 
@@ -129,7 +129,7 @@ def _smoke_study(store, data_root):
 def smoke_stages(tmp_path_factory, data_root):
     """A run store holding ``c_p``, ``c_id`` and the score model of the :data:`SMOKE_STUDY` (trained on one thread,
     as the tests that compute them themselves do, so a copy is bit for bit what they would train)."""
-    from safcore.runs import RunStore
+    from safcore.runtime.runs import RunStore
 
     store = RunStore(tmp_path_factory.mktemp("smoke_stages") / "runs")
     before = torch.get_num_threads()

@@ -9,8 +9,10 @@ import pytest
 import torch
 from scipy import stats
 
-from safcore.audit import AuditResult, audit, binomial_p_value, load_images
-from safcore.fingerprint import SAFConfig, apply_saf, make_private_dataset, random_circle_masks
+from safcore.audit.sample_audit import AuditResult, audit
+from safcore.data.images import load_images
+from safcore.measures.bounds import binomial_p_value
+from safcore.data.fingerprint import SAFConfig, apply_saf, make_private_dataset, random_circle_masks
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +179,8 @@ def test_load_images_errors(tmp_path):
 
 
 def test_sample_images_from_a_diffusers_unet(tmp_path):
-    from safcore.audit import sample_images_from_unet
-    from safcore.models import ScoreModel, build_unet
+    from safcore.generators.images_from_model import sample_images_from_unet
+    from safcore.generators.score_model import ScoreModel, build_unet
 
     torch.manual_seed(0)
     unet = build_unet("tiny", channels=1)
@@ -324,7 +326,7 @@ def test_found_copies_with_a_weak_adversary_read_as_handed_back(private):
 
 
 def test_evenness_test_is_exact_in_law_where_expected_counts_are_small():
-    from safcore.audit import evenness_test
+    from safcore.audit.copies import evenness_test
 
     # under the uniform null the Monte-Carlo p-value is (about) uniform: P(p ≤ 0.05) ≈ 0.05
     rng = np.random.default_rng(0)

@@ -1,11 +1,11 @@
-"""Exact binomial bounds, sample sizes and tests (safcore.bounds) against scipy and closed forms."""
+"""Exact binomial bounds, sample sizes and tests (safcore.measures.bounds) against scipy and closed forms."""
 
 import math
 
 import pytest
 from scipy import stats
 
-from safcore.bounds import binomial_p_value, proportion_interval, samples_to_bound, upper_bound
+from safcore.measures.bounds import binomial_p_value, proportion_interval, samples_to_bound, upper_bound
 
 
 def test_upper_bound_is_scipys_exact_interval():

@@ -1,4 +1,4 @@
-"""safcore.canaries: the m-canary design, the guesses, and Steinke et al.'s one-run ε lower bound."""
+"""safcore.measures.canaries: the m-canary design, the guesses, and Steinke et al.'s one-run ε lower bound."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 import torch
 from scipy.stats import binom
 
-from safcore import canaries, peers
-from safcore.known_answer import PointMixtureScore
-from safcore.sde import VPSDE
+from safcore.measures import canaries
+from safcore.measures import membership
+from safcore.generators.known_answer import PointMixtureScore
+from safcore.generators.sde import VPSDE
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -178,7 +179,7 @@ def test_exact_memorizer_gets_every_canary_right():
     assert 4 <= sum(design.included) <= 12  # the seed leaves at least 4 in and 4 out
     painted = design.canaries(images)
     memorizer = PointMixtureScore(VPSDE(), design.training_set(images))
-    scores = -peers.loss_attack(memorizer, painted).numpy()  # higher = more likely trained on
+    scores = -membership.loss_attack(memorizer, painted).numpy()  # higher = more likely trained on
     result = canaries.audit(design, scores, k_plus=4, k_minus=4)
     assert (result.r, result.v) == (8, 8)
     assert result.epsilon == pytest.approx(canaries.epsilon_lower_bound(16, 8, 8))
@@ -186,7 +187,7 @@ def test_exact_memorizer_gets_every_canary_right():
     assert "8/8 guesses right" in str(result)
 
     stranger = PointMixtureScore(VPSDE(), torch.rand(24, 1, 8, 8, generator=g, dtype=torch.float64))
-    blind = canaries.audit(design, -peers.loss_attack(stranger, painted).numpy(), k_plus=4, k_minus=4)
+    blind = canaries.audit(design, -membership.loss_attack(stranger, painted).numpy(), k_plus=4, k_minus=4)
     assert blind.epsilon == 0.0
     with pytest.raises(ValueError, match="3 scores for a design of m = 16 canaries"):
         canaries.audit(design, [1.0, 2.0, 3.0], 1, 1)

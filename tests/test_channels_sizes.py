@@ -20,17 +20,18 @@ from matplotlib import colormaps
 from PIL import Image
 from safetensors.torch import load_file
 
-from safcore import data as data_lib
+from safcore.data import datasets as data_lib
 from safcore.__main__ import main
-from safcore.classifiers import Classifier, ClassifierConfig, build_resnet
-from safcore.fingerprint import default_radius
-from safcore.metrics import DomainExtractorConfig, domain_extractor, fid
-from safcore.models import build_unet
-from safcore.paths import RUNS_ENV
-from safcore.profiles import PAPER, PROFILES, SMOKE
-from safcore.runs import RunStore, config_key
+from safcore.adversary.classifiers import Classifier, ClassifierConfig, build_resnet
+from safcore.data.fingerprint import default_radius
+from safcore.measures.extractor_training import DomainExtractorConfig, domain_extractor
+from safcore.measures.fid import fid
+from safcore.generators.score_model import build_unet
+from safcore.runtime.paths import RUNS_ENV
+from safcore.study.profiles import PAPER, PROFILES, SMOKE
+from safcore.runtime.runs import RunStore, config_key
 from safcore.study import Study
-from safcore.train import TrainConfig, Trainer, train
+from safcore.generators.train import TrainConfig, Trainer, train
 
 TINY_FID = DomainExtractorConfig(widths=(4, 8), epochs=1, batch_size=16, max_steps=4, seed=0)
 

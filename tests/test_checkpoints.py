@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import safcore.train as train_module
-from safcore.runs import (
+import safcore.generators.checkpoints as checkpoints_module
+from safcore.runtime.runs import (
     CorruptRunError,
     RunStore,
     atomic_save_safetensors,
@@ -29,16 +29,14 @@ from safcore.runs import (
     temporary_owner,
     temporary_prefix,
 )
-from safcore.sde import VPSDE, SubVPSDE
-from safcore.train import (
+from safcore.generators.sde import VPSDE, SubVPSDE
+from safcore.generators.checkpoints import (
     CheckpointError,
     CheckpointFallbackWarning,
-    TrainConfig,
-    Trainer,
     latest_checkpoint,
     read_checkpoint,
-    train,
 )
+from safcore.generators.train import TrainConfig, Trainer, train
 
 from conftest import half_images
 
@@ -124,20 +122,20 @@ def test_older_checkpoints_stay_until_the_new_one_reads_back(tmp_path, monkeypat
         trainer.step()
         trainer.save_checkpoint(tmp_path)
     assert _names(tmp_path) == ["checkpoint_step000001.safetensors", "checkpoint_step000002.safetensors"]
-    real_save = train_module.atomic_save_safetensors
+    real_save = checkpoints_module.atomic_save_safetensors
 
     def lossy_save(tensors, path, metadata=None):  # the write "succeeds" but the disk keeps half
         real_save(tensors, path, metadata)
         Path(path).write_bytes(Path(path).read_bytes()[:1000])
         return path
 
-    monkeypatch.setattr(train_module, "atomic_save_safetensors", lossy_save)
+    monkeypatch.setattr(checkpoints_module, "atomic_save_safetensors", lossy_save)
     trainer.step()
     with pytest.raises(CheckpointError, match="does not read back"):
         trainer.save_checkpoint(tmp_path)
     assert _names(tmp_path) == ["checkpoint_step000001.safetensors", "checkpoint_step000002.safetensors",
                                 "checkpoint_step000003.safetensors.unreadable"]
-    monkeypatch.setattr(train_module, "atomic_save_safetensors", real_save)
+    monkeypatch.setattr(checkpoints_module, "atomic_save_safetensors", real_save)
     trainer.step()
     trainer.save_checkpoint(tmp_path)  # a good one: all but the previous one go
     assert [n for n in _names(tmp_path) if n.endswith(".safetensors")] == [

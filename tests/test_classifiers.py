@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from safcore.classifiers import (
+from safcore.adversary.classifiers import (
     Classifier,
     ClassifierConfig,
     augmented_examples,
@@ -23,7 +23,7 @@ from safcore.classifiers import (
     train_id_classifier,
     train_saf_classifier,
 )
-from safcore.fingerprint import SAFConfig, make_private_dataset
+from safcore.data.fingerprint import SAFConfig, make_private_dataset
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_classifier_rejects_wrong_inputs(private):
 
 @pytest.fixture(scope="module")
 def trained(data_root):
-    from safcore.data import load_dataset, to_unit_tensor
+    from safcore.data.datasets import load_dataset, to_unit_tensor
 
     data = load_dataset("breastmnist", root=data_root)
     saf = SAFConfig(grey=1.0)
@@ -184,8 +184,8 @@ def test_c_id_picks_out_x_p(trained):
 
 
 def test_audit_with_the_trained_adversary(trained):
-    from safcore.audit import audit
-    from safcore.fingerprint import apply_saf, random_circle_masks
+    from safcore.audit.sample_audit import audit
+    from safcore.data.fingerprint import apply_saf, random_circle_masks
 
     private, saf, test, c_p, c_id = trained
     g = torch.Generator().manual_seed(7)

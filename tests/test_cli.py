@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from safcore.__main__ import main
-from safcore.fingerprint_io import read_fingerprint
+from safcore.data.fingerprint_io import read_fingerprint
 
 
 def _train_ddpm(fp: Path, out: Path, steps: int = 30, channels: int = 1, size: int = 28, save: str = "pipeline") -> None:
@@ -66,7 +66,7 @@ def pipeline(fingerprint) -> Path:
 
 
 def test_fingerprint_folder_reads_back(fingerprint, data_root):
-    from safcore.data import load_dataset, seeded_subset
+    from safcore.data.datasets import load_dataset, seeded_subset
 
     meta = json.loads((fingerprint / "fingerprint.json").read_text())
     fp = read_fingerprint(fingerprint)
@@ -201,8 +201,8 @@ def test_help_version_and_usage_errors(capsys):
 
 def test_train_then_probe_safcore_s_own_model(fingerprint, data_root, tmp_path, capsys):
     """safcore train writes a model folder that audit/probe read back as a sub-VP score model."""
-    from safcore.models import ScoreModel
-    from safcore.schedulers import load_model
+    from safcore.generators.score_model import ScoreModel
+    from safcore.generators.loader import load_model
 
     model = tmp_path / "own"
     assert main(["train", "--fingerprint", str(fingerprint), "--out", str(model), "--profile", "smoke",

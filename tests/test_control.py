@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from safcore import data as data_lib
-from safcore.audit import audit
-from safcore.control import (
+from safcore.data import datasets as data_lib
+from safcore.audit.sample_audit import audit
+from safcore.measures.control import (
     CARLINI_THRESHOLD,
     NEAR_DUPLICATE_RMS,
     calibrate_copy_threshold,
     held_out,
     near_duplicates,
 )
-from safcore.bounds import proportion_interval
-from safcore.fingerprint import SAFConfig, make_private_dataset
+from safcore.measures.bounds import proportion_interval
+from safcore.data.fingerprint import SAFConfig, make_private_dataset
 
 
 def test_near_duplicates_are_those_within_the_stated_rms():

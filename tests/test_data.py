@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from safcore import data
+from safcore.data import datasets as data
 
 
 def test_breastmnist_through_medmnist(data_root):

@@ -15,10 +15,10 @@ from safcore.defences.cadp import ConditionalINN, one_hot, privatize, train_inn
 from safcore.defences.dpsgd import DPTrainer, dp_train_config
 from safcore.defences.mechanisms import (classical_gaussian_sigma, clip_per_image, gaussian_sigma, laplace_scale,
                                          perturb)
-from safcore.models import ScoreModel, build_unet
-from safcore.runs import config_key
-from safcore.sde import SubVPSDE
-from safcore.train import TrainConfig, train
+from safcore.generators.score_model import ScoreModel, build_unet
+from safcore.runtime.runs import config_key
+from safcore.generators.sde import SubVPSDE
+from safcore.generators.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -284,8 +284,8 @@ def test_cadp_study_trains_on_privatized_images_and_keeps_the_attackers(data_roo
 def test_the_utility_reference_is_trained_once_per_dp_and_shared_by_every_defence(data_root, run_store, monkeypatch):
     """The classifier trained on the real D_p depends on D_p alone: stored once, read back with the weights it was
     trained with, and reused (not retrained) by a study of the same D_p under a defence."""
-    import safcore.utility as utility_lib
-    from safcore import data as data_lib
+    import safcore.measures.utility as utility_lib
+    from safcore.data import datasets as data_lib
     from safcore.study import Study
 
     plain = Study("breastmnist", 8, profile="smoke", data_root=data_root, store=run_store, progress=False, device="cpu")

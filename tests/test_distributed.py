@@ -1,4 +1,4 @@
-"""safcore.distributed: split sampling and probe independent of the world size, DDP training and its resume,
+"""safcore.study.distributed: split sampling and probe independent of the world size, DDP training and its resume,
 and ``safcore demo`` under ``accelerate launch`` with two CPU processes (gloo over 127.0.0.1)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from safcore.distributed import (
+from safcore.study.distributed import (
     SplitSampling,
     chunks_of_rank,
     derived_seed,
@@ -33,10 +33,11 @@ from safcore.distributed import (
     topdown_units,
     train_distributed,
 )
-from safcore.models import ScoreModel, build_unet
+from safcore.generators.score_model import ScoreModel, build_unet
 from safcore.probe import ProbeConfig
-from safcore.sampling import sample
-from safcore.train import TrainConfig, latest_checkpoint, train
+from safcore.generators.sampling import sample
+from safcore.generators.checkpoints import latest_checkpoint
+from safcore.generators.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -166,9 +167,9 @@ class _ThreadRank:
 
 def _in_threads(world: int, run, monkeypatch):
     """``run(accelerator)`` on ``world`` simulated ranks (threads); returns every rank's result."""
-    import safcore.distributed as distributed
+    import safcore.runtime.parallel as parallel
 
-    monkeypatch.setattr(distributed, "_gather", lambda acc, obj: [obj] if acc is None else acc.world.gather(
+    monkeypatch.setattr(parallel, "gather", lambda acc, obj: [obj] if acc is None else acc.world.gather(
         acc.process_index, obj))
     shared, results = _ThreadWorld(world), [None] * world
 
@@ -229,12 +230,13 @@ def test_world_size_one_is_plain_training_and_refuses_plain_checkpoints(tmp_path
     with pytest.raises(ValueError, match="single-process training"):
         train_distributed(images, config, tmp_path / "plain", progress=False)
     with pytest.raises(ValueError, match="multiple of the world size"):
-        from safcore.distributed import DDPTrainer
+        from safcore.generators.train import Trainer
+        from safcore.runtime.parallel import DataParallel
 
         class _Two:  # an accelerator of world size 2 is only consulted for its rank and size here
             process_index, num_processes = 0, 2
 
-        DDPTrainer(images, _config(batch_size=5), accelerator=_Two())
+        Trainer(images, _config(batch_size=5), parallel=DataParallel(_Two()))
 
 
 _SCRIPT = """
@@ -242,8 +244,8 @@ import json, sys
 from pathlib import Path
 import torch
 from accelerate import Accelerator
-from safcore.distributed import train_distributed
-from safcore.train import TrainConfig
+from safcore.study.distributed import train_distributed
+from safcore.generators.train import TrainConfig
 
 acc = Accelerator(cpu=True)
 torch.manual_seed(1)
@@ -297,7 +299,7 @@ def _images_of_script() -> torch.Tensor:
 # process only): the command a user runs, started by ``accelerate launch`` or as one plain process.
 _DEMO = """
 import dataclasses, sys
-import safcore.profiles as profiles
+import safcore.study.profiles as profiles
 
 smoke = profiles.PROFILES["smoke"]
 cap = lambda c: dataclasses.replace(c, epochs=1, patience=1, epoch_size=32)

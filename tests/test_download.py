@@ -1,4 +1,4 @@
-"""The download path of :func:`safcore.data.load_dataset`, for real, against a loopback HTTP server.
+"""The download path of :func:`safcore.data.datasets.load_dataset`, for real, against a loopback HTTP server.
 
 medmnist downloads a flag from ``INFO[flag]["url"]`` with torchvision's ``download_url`` and checks
 ``INFO[flag]["MD5"]``. Here the URL points at a ``http.server`` on 127.0.0.1 that serves a copy of the
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safcore import data
+from safcore.data import datasets as data
 
 FLAG = "breastmnist"
 

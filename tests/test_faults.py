@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 import torch
 
-from safcore import profiles
+from safcore.study import profiles
 from safcore.__main__ import failure_line, main
-from safcore.fingerprint_io import export_fingerprint
+from safcore.data.fingerprint_io import export_fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -195,7 +195,7 @@ def test_train_never_replaces_a_model_or_fingerprint_folder(target, pipeline, fi
 
 def test_train_overwrite_replaces_an_earlier_model_whole_and_nothing_else(fingerprint, data_root, tmp_path, store,
                                                                          two_step_smoke, capsys):
-    from safcore.models import ScoreModel
+    from safcore.generators.score_model import ScoreModel
 
     out = tmp_path / "own"
     args = ["train", "--fingerprint", str(fingerprint), "--out", str(out), "--profile", "smoke", "--data-root",
@@ -257,7 +257,7 @@ def test_sweep_summary_file_is_not_replaced(data_root, tmp_path, store, capsys):
 # ------------------------------------------------------------------ a command's folder appears whole or not at all
 
 def test_output_folder_is_renamed_into_place_whole(tmp_path):
-    from safcore.runs import output_folder
+    from safcore.runtime.runs import output_folder
 
     out = tmp_path / "report"
     with pytest.raises(KeyboardInterrupt), output_folder(out) as tmp:  # stopped while writing
@@ -280,7 +280,7 @@ def test_output_folder_is_renamed_into_place_whole(tmp_path):
 
 
 def test_what_a_killed_writer_left_is_removed_by_the_next_one(tmp_path):
-    from safcore.runs import output_folder, temporary_prefix
+    from safcore.runtime.runs import output_folder, temporary_prefix
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
@@ -299,13 +299,13 @@ def test_disk_full_while_writing_a_checkpoint(fingerprint, data_root, tmp_path, 
                                               capsys):
     from safetensors import SafetensorError
 
-    import safcore.runs
+    import safcore.runtime.atomic
 
     def full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 16)  # what a full disk leaves: a few bytes, then the error
         raise SafetensorError(ENOSPC_SAFETENSORS)
 
-    monkeypatch.setattr(safcore.runs, "save_file", full)
+    monkeypatch.setattr(safcore.runtime.atomic, "save_file", full)
     out = tmp_path / "model"
     err = one_line(["train", "--fingerprint", str(fingerprint), "--out", str(out), "--profile", "smoke",
                     "--data-root", str(data_root), "--no-progress"], capsys)
@@ -316,12 +316,12 @@ def test_disk_full_while_writing_a_checkpoint(fingerprint, data_root, tmp_path, 
 
 
 def test_disk_full_while_writing_a_fingerprint(data_root, tmp_path, monkeypatch, capsys):
-    import safcore.fingerprint_io
+    import safcore.data.fingerprint_io
 
     def full(file, **arrays):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as Python's write reports it: no file name
 
-    monkeypatch.setattr(safcore.fingerprint_io.np, "savez_compressed", full)
+    monkeypatch.setattr(safcore.data.fingerprint_io.np, "savez_compressed", full)
     out = tmp_path / "fp"
     err = one_line(["fingerprint", "--n-dataset", "8", "--data-root", str(data_root), "--out", str(out)], capsys)
     assert "cannot write" in err and "dp.npz" in err and "no space left" in err and "--out" in err
@@ -350,7 +350,7 @@ def test_read_only_report_folder_is_found_before_any_stage(fingerprint, data_roo
 
 
 def test_corrupt_stored_run_is_one_line(fingerprint, data_root, tmp_path, store, capsys):
-    from safcore.runs import RunStore
+    from safcore.runtime.runs import RunStore
     from safcore.study import Study
 
     runs = RunStore(store)
@@ -445,7 +445,7 @@ def test_steps_beyond_T_are_refused_not_capped(pipeline, fingerprint, data_root,
 
 
 def test_negative_seeds_are_refused_everywhere(data_root, tmp_path, store, capsys):
-    from safcore.fingerprint import make_private_dataset
+    from safcore.data.fingerprint import make_private_dataset
     from safcore.probe import ProbeConfig
     from safcore.study import Study
 
@@ -486,7 +486,7 @@ def test_fingerprint_records_are_checked_field_by_field(field, value, expected, 
 
 @pytest.mark.parametrize("fault", ["text", "link outside"])
 def test_fingerprint_npz_by_header_and_inside_its_folder(fault, fingerprint, data_root, tmp_path, store, capsys):
-    from safcore.runs import file_sha256
+    from safcore.runtime.runs import file_sha256
 
     copy = tmp_path / "fp"
     shutil.copytree(fingerprint, copy)

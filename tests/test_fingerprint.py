@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from safcore import fingerprint as fp
+from safcore.data import fingerprint as fp
 
 
 def test_default_radius_follows_author_rule():

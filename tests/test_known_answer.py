@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from safcore.known_answer import (
+from safcore.generators.known_answer import (
     BernoulliDraws,
     PointMixtureScore,
     agreement_probability,
@@ -24,7 +24,7 @@ from safcore.known_answer import (
     two_level_curve,
 )
 from safcore.probe import DEFAULT_GRID, ProbeConfig, topdown_search
-from safcore.sde import SubVPSDE
+from safcore.generators.sde import SubVPSDE
 
 CFG = ProbeConfig(M=16, steps_full=1000)  # the paper's grid 0.99 … 0.01
 GRID = np.array(CFG.grid)

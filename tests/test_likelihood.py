@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from safcore.likelihood import NLLComparison, bits_per_dim, nll_comparison, ode_log_likelihood
-from safcore.models import ScoreModel, build_unet
-from safcore.sde import VPSDE, GaussianDataScore, SubVPSDE
+from safcore.generators.likelihood import NLLComparison, bits_per_dim, nll_comparison, ode_log_likelihood
+from safcore.generators.score_model import ScoreModel, build_unet
+from safcore.generators.sde import VPSDE, GaussianDataScore, SubVPSDE
 
 MU, S = 0.1, 0.3  # model range
 

@@ -1,9 +1,9 @@
-"""Nearest neighbours, Carlini copies and per-image errors (safcore.memorization)."""
+"""Nearest neighbours, Carlini copies and per-image errors (safcore.measures.memorization)."""
 
 import pytest
 import torch
 
-from safcore import memorization
+from safcore.measures import memorization
 
 
 def test_nearest_neighbours_finds_the_copied_training_images():

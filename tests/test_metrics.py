@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from safcore import metrics
-from safcore.metrics import DomainExtractorConfig, FIDResult, InceptionUnavailableError
+from safcore.measures import extractor_training, features, fid
+from safcore.measures.extractor_training import DomainExtractorConfig
+from safcore.measures.features import InceptionUnavailableError
+from safcore.measures.fid import FIDResult
 
 TINY = DomainExtractorConfig(widths=(4, 8), epochs=2, batch_size=16, max_steps=8, seed=0)
 
@@ -25,10 +27,10 @@ def _blobs(n: int, seed: int, channels: int = 1) -> tuple[torch.Tensor, torch.Te
 
 
 @pytest.fixture(scope="module")
-def tiny_extractor() -> metrics.DomainFeatureExtractor:
+def tiny_extractor() -> features.DomainFeatureExtractor:
     images, labels = _blobs(48, seed=0)
     val_images, val_labels = _blobs(16, seed=1)
-    return metrics.train_domain_extractor(
+    return extractor_training.train_domain_extractor(
         images, labels, task="multi-class", n_outputs=2, val_images=val_images, val_labels=val_labels,
         config=TINY, dataset_name="blobs",
     )
@@ -37,7 +39,7 @@ def tiny_extractor() -> metrics.DomainFeatureExtractor:
 @pytest.fixture()
 def no_inception(monkeypatch, tmp_path):
     """No $SAFCORE_INCEPTION_WEIGHTS and an empty torch hub cache."""
-    monkeypatch.delenv(metrics.INCEPTION_WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv(features.INCEPTION_WEIGHTS_ENV, raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
 
@@ -71,20 +73,20 @@ def test_domain_extractor_shapes_history_and_channels(tiny_extractor):
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(tiny_extractor):
     real, _ = _blobs(64, seed=5)
-    same = metrics.fid(real, real, tiny_extractor)
+    same = fid.fid(real, real, tiny_extractor)
     assert isinstance(same, FIDResult)
     assert same.extractor_name == "domain-resnet6[blobs]" and (same.n_real, same.n_fake) == (64, 64)
     assert abs(same.value) < 1e-3
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(real.shape, generator=g)
-    values = [metrics.fid(real, (real + s * noise).clamp(0, 1), tiny_extractor).value for s in (0.02, 0.1, 0.3)]
+    values = [fid.fid(real, (real + s * noise).clamp(0, 1), tiny_extractor).value for s in (0.02, 0.1, 0.3)]
     assert same.value < values[0] < values[1] < values[2]
     assert values[2] > 100 * max(abs(same.value), 1e-4)
-    shifted = metrics.fid(real, (real + 0.3).clamp(0, 1), tiny_extractor).value
+    shifted = fid.fid(real, (real + 0.3).clamp(0, 1), tiny_extractor).value
     assert shifted > values[0]
 
 
-class _PoolFeatures(metrics.FeatureExtractor):
+class _PoolFeatures(features.FeatureExtractor):
     """A fixed, untrained extractor: 4×4 average pool of the grey image (16 features), for FID arithmetic."""
 
     name = "pool4"
@@ -96,44 +98,44 @@ class _PoolFeatures(metrics.FeatureExtractor):
 
 def test_subsample_is_seeded_without_replacement_and_never_up_samples():
     images = torch.arange(50.0)[:, None, None, None].expand(-1, 1, 28, 28)
-    first = metrics.subsample(images, 20, seed=3)
+    first = fid.subsample(images, 20, seed=3)
     ids = first[:, 0, 0, 0].long()
     assert first.shape == (20, 1, 28, 28)
     assert len(set(ids.tolist())) == 20 and bool((ids[1:] > ids[:-1]).all())  # distinct, original order
-    assert torch.equal(metrics.subsample(images, 20, seed=3), first)  # reproducible
-    assert not torch.equal(metrics.subsample(images, 20, seed=4), first)  # another seed, another draw
-    assert not torch.equal(metrics.subsample(images, 20, seed=3, side="fake"), first)  # its own stream
-    assert metrics.subsample(images, 50, seed=3) is images  # the whole set: used as given
+    assert torch.equal(fid.subsample(images, 20, seed=3), first)  # reproducible
+    assert not torch.equal(fid.subsample(images, 20, seed=4), first)  # another seed, another draw
+    assert not torch.equal(fid.subsample(images, 20, seed=3, side="fake"), first)  # its own stream
+    assert fid.subsample(images, 50, seed=3) is images  # the whole set: used as given
     with pytest.raises(ValueError, match=r"never up-sampled"):
-        metrics.subsample(images, 51)
+        fid.subsample(images, 51)
     with pytest.raises(ValueError, match=r"\[2, 50\]"):
-        metrics.subsample(images, 1)
+        fid.subsample(images, 1)
     with pytest.raises(ValueError, match="allowed"):
-        metrics.subsample(images, 10, side="test")  # type: ignore[arg-type]
+        fid.subsample(images, 10, side="test")  # type: ignore[arg-type]
 
 
 def test_fid_draws_the_larger_side_down_to_the_smaller_one():
     pool = _PoolFeatures()
     real, _ = _blobs(64, seed=5)
     fake = real[:40]  # a subset of the same set: the real side is drawn down, the fake one kept whole
-    result = metrics.fid(real, fake, pool, seed=2)
+    result = fid.fid(real, fake, pool, seed=2)
     assert (result.n_real, result.n_fake) == (40, 40)
     assert (result.n_real_given, result.n_fake_given, result.seed) == (64, 40, 2)
     assert str(result).endswith("(pool4; 40 of 64 real vs 40 generated, drawn with seed 2)")
-    by_hand = metrics.fid(metrics.subsample(real, 40, seed=2), fake, pool, equal_sizes=False)
+    by_hand = fid.fid(fid.subsample(real, 40, seed=2), fake, pool, equal_sizes=False)
     assert by_hand.seed is None and (by_hand.n_real, by_hand.n_fake) == (40, 40)
     assert result.value == pytest.approx(by_hand.value, rel=1e-6)
-    assert metrics.fid(real, fake, pool, seed=2).value == result.value  # reproducible
-    assert metrics.fid(real, fake, pool, seed=3).value != result.value  # another draw
+    assert fid.fid(real, fake, pool, seed=2).value == result.value  # reproducible
+    assert fid.fid(real, fake, pool, seed=3).value != result.value  # another draw
     # the other way round: the generated side is drawn down
-    swapped = metrics.fid(fake, real, pool, seed=2)
+    swapped = fid.fid(fake, real, pool, seed=2)
     assert (swapped.n_real, swapped.n_fake, swapped.n_real_given, swapped.n_fake_given) == (40, 40, 40, 64)
     # equal sizes given: nothing is drawn, a set against itself is 0
-    same = metrics.fid(real, real, pool)
+    same = fid.fid(real, real, pool)
     assert same.seed is None and abs(same.value) < 1e-3
     assert str(same) == f"FID {same.value:.2f} (pool4; 64 real vs 64 generated)"
     # the old behaviour on request
-    unequal = metrics.fid(real, fake, pool, equal_sizes=False)
+    unequal = fid.fid(real, fake, pool, equal_sizes=False)
     assert (unequal.n_real, unequal.n_fake, unequal.seed) == (64, 40, None)
 
 
@@ -142,19 +144,19 @@ def test_fid_n_per_side_and_its_limits():
     big, _ = _blobs(120, seed=10)
     small, _ = _blobs(30, seed=11)
     fake, _ = _blobs(64, seed=12)
-    a = metrics.fid(big, fake, pool, n_per_side=30)
-    b = metrics.fid(small, fake, pool, n_per_side=30)
+    a = fid.fid(big, fake, pool, n_per_side=30)
+    b = fid.fid(small, fake, pool, n_per_side=30)
     assert (a.n_real, a.n_fake, b.n_real, b.n_fake) == (30, 30, 30, 30)
     assert (a.n_real_given, b.n_real_given, a.n_fake_given) == (120, 30, 64)
     # both compare with the same 30 generated images (the fake draw does not depend on the real side)
-    fake_30 = metrics.subsample(fake, 30, seed=0, side="fake")
-    assert b.value == pytest.approx(metrics.fid(small, fake_30, pool, equal_sizes=False).value, rel=1e-6)
+    fake_30 = fid.subsample(fake, 30, seed=0, side="fake")
+    assert b.value == pytest.approx(fid.fid(small, fake_30, pool, equal_sizes=False).value, rel=1e-6)
     assert a.value == pytest.approx(
-        metrics.fid(metrics.subsample(big, 30, seed=0), fake_30, pool, equal_sizes=False).value, rel=1e-6
+        fid.fid(fid.subsample(big, 30, seed=0), fake_30, pool, equal_sizes=False).value, rel=1e-6
     )
     for bad in (31, 1, 2.5):
         with pytest.raises(ValueError, match=r"n_per_side=.*\[2, 30\]"):
-            metrics.fid(small, fake, pool, n_per_side=bad)  # type: ignore[arg-type]
+            fid.fid(small, fake, pool, n_per_side=bad)  # type: ignore[arg-type]
 
 
 def test_study_fid_uses_the_same_n_for_train_and_test(monkeypatch, tmp_path):
@@ -187,8 +189,8 @@ def test_study_fid_uses_the_same_n_for_train_and_test(monkeypatch, tmp_path):
     assert asked == [64, 64]
     assert (train.n_real, train.n_fake, test.n_real, test.n_fake) == (30, 30, 30, 30)  # the test split's size
     assert (train.n_real_given, test.n_real_given, train.n_fake_given) == (40, 30, 64)  # D_p, not the 100 of the split
-    fake_30 = metrics.subsample(generated, 30, seed=0, side="fake")
-    expected = metrics.fid(metrics.subsample(d_p, 30, seed=0), fake_30, pool, equal_sizes=False)
+    fake_30 = fid.subsample(generated, 30, seed=0, side="fake")
+    expected = fid.fid(fid.subsample(d_p, 30, seed=0), fake_30, pool, equal_sizes=False)
     assert train.value == pytest.approx(expected.value, rel=1e-6)
     small = Study.fid(study(20), "train", extractor=pool, seed=1)  # type: ignore[arg-type]
     assert (small.n_real, small.n_fake, small.seed) == (20, 20, 1)  # n_fid smaller than both splits
@@ -201,48 +203,48 @@ def test_study_fid_uses_the_same_n_for_train_and_test(monkeypatch, tmp_path):
 def test_fid_rejects_bad_input(tiny_extractor):
     real, _ = _blobs(4, seed=0)
     with pytest.raises(ValueError, match="at least 2"):
-        metrics.fid(real, real[:1], tiny_extractor)
+        fid.fid(real, real[:1], tiny_extractor)
     with pytest.raises(ValueError, match=r"\(N, 1\|3, H, W\)"):
-        metrics.fid(real[:, 0], real, tiny_extractor)
+        fid.fid(real[:, 0], real, tiny_extractor)
     with pytest.raises(ValueError, match="allowed"):
-        metrics.fid(real, real, "vgg")  # type: ignore[arg-type]
+        fid.fid(real, real, "vgg")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dataset="):
-        metrics.fid(real, real, "domain")
+        fid.fid(real, real, "domain")
 
 
 def test_inception_without_local_weights_raises_a_clear_error(no_inception, monkeypatch, tmp_path):
     real, _ = _blobs(4, seed=0)
-    assert not metrics.inception_available()
-    with pytest.raises(InceptionUnavailableError, match=metrics.INCEPTION_WEIGHTS_ENV) as error:
-        metrics.fid(real, real, "inception")
+    assert not features.inception_available()
+    with pytest.raises(InceptionUnavailableError, match=features.INCEPTION_WEIGHTS_ENV) as error:
+        fid.fid(real, real, "inception")
     assert "never downloads" in str(error.value) or "torch-fidelity" in str(error.value)
-    monkeypatch.setenv(metrics.INCEPTION_WEIGHTS_ENV, str(tmp_path / "missing.pth"))
+    monkeypatch.setenv(features.INCEPTION_WEIGHTS_ENV, str(tmp_path / "missing.pth"))
     with pytest.raises(InceptionUnavailableError, match="missing.pth"):
-        metrics.fid(real, real, "inception")
+        fid.fid(real, real, "inception")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a state dict")
-    monkeypatch.setenv(metrics.INCEPTION_WEIGHTS_ENV, str(garbage))
+    monkeypatch.setenv(features.INCEPTION_WEIGHTS_ENV, str(garbage))
     with pytest.raises(InceptionUnavailableError):
-        metrics.InceptionFeatureExtractor()
+        features.InceptionFeatureExtractor()
 
 
 def test_auto_falls_back_to_the_cached_domain_extractor_and_says_so(no_inception, tmp_path):
     data = _npz_dataset(tmp_path / "blobs.npz")
     cache = tmp_path / "cache"
     real, _ = _blobs(32, seed=7)
-    first = metrics.fid(real, real.flip(-1), "auto", dataset=data, cache_dir=cache, domain_config=TINY)
+    first = fid.fid(real, real.flip(-1), "auto", dataset=data, cache_dir=cache, domain_config=TINY)
     assert first.extractor_name == "domain-resnet6[blobs]"
     assert "Inception" in first.note and "domain" in first.note
     assert first.value > 0
     files = list(cache.glob("domain_extractor-blobs-*.safetensors"))
     assert len(files) == 1
     # the second call loads the cached weights (same numbers, the original training time kept)
-    loaded = metrics.domain_extractor(data, cache, config=TINY)
-    again = metrics.fid(real, real.flip(-1), loaded)
+    loaded = extractor_training.domain_extractor(data, cache, config=TINY)
+    again = fid.fid(real, real.flip(-1), loaded)
     assert again.value == pytest.approx(first.value, rel=1e-5)
     assert loaded.train_seconds == loaded.train_seconds  # not NaN: read from the cache metadata
     assert len(loaded.history) == 2
-    explicit = metrics.fid(real, real.flip(-1), "domain", dataset=data, cache_dir=cache, domain_config=TINY)
+    explicit = fid.fid(real, real.flip(-1), "domain", dataset=data, cache_dir=cache, domain_config=TINY)
     assert explicit.note == "" and explicit.value == pytest.approx(first.value, rel=1e-5)
 
 
@@ -264,18 +266,18 @@ def test_inception_extractor_runs_with_local_weights(monkeypatch, tmp_path):
         patch.setattr(cls, "load_state_dict", lambda self, state, *a, **k: None)
         torch.manual_seed(0)
         random_net = cls("inception-v3-compat", ["2048"])
-    weights = tmp_path / metrics.INCEPTION_WEIGHTS_FILE
+    weights = tmp_path / features.INCEPTION_WEIGHTS_FILE
     torch.save(random_net.state_dict(), weights)
-    monkeypatch.setenv(metrics.INCEPTION_WEIGHTS_ENV, str(weights))
-    assert metrics.inception_available()
-    network, note = metrics.resolve_extractor("auto")
-    assert isinstance(network, metrics.InceptionFeatureExtractor) and note == ""
+    monkeypatch.setenv(features.INCEPTION_WEIGHTS_ENV, str(weights))
+    assert features.inception_available()
+    network, note = fid.resolve_extractor("auto")
+    assert isinstance(network, features.InceptionFeatureExtractor) and note == ""
     assert network.name == "inception-v3"
     real, _ = _blobs(2, seed=0)
     with torch.inference_mode():
-        features = network(real)
-        assert features.shape == (2, 2048)
-        assert torch.allclose(network(real.repeat(1, 3, 1, 1)), features)
+        feats = network(real)
+        assert feats.shape == (2, 2048)
+        assert torch.allclose(network(real.repeat(1, 3, 1, 1)), feats)
 
 
 def test_processes_that_need_the_domain_extractor_at_once_train_it_once(tmp_path, monkeypatch):
@@ -287,18 +289,18 @@ def test_processes_that_need_the_domain_extractor_at_once_train_it_once(tmp_path
     data = _npz_dataset(tmp_path / "blobs.npz")
     cache = tmp_path / "cache"
     trained = []
-    real_train = metrics.train_domain_extractor
+    real_train = extractor_training.train_domain_extractor
 
     def slow_train(*args, **kwargs):
         trained.append(threading.get_ident())
         time.sleep(0.5)  # long enough for the others to arrive while it trains
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(metrics, "train_domain_extractor", slow_train)
+    monkeypatch.setattr(extractor_training, "train_domain_extractor", slow_train)
     got: list = [None] * 4
 
     def ask(i: int) -> None:
-        got[i] = metrics.domain_extractor(data, cache, config=TINY)
+        got[i] = extractor_training.domain_extractor(data, cache, config=TINY)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
     for thread in threads:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from safcore.data import IMAGE_SIZES
-from safcore.models import TIME_LABEL_SCALE, UNET_LEVELS, UNET_PRESETS, ScoreModel, UNetPreset, build_unet
-from safcore.sde import VPSDE, SubVPSDE
+from safcore.data.datasets import IMAGE_SIZES
+from safcore.generators.score_model import TIME_LABEL_SCALE, UNET_LEVELS, UNET_PRESETS, ScoreModel, UNetPreset, build_unet
+from safcore.generators.sde import VPSDE, SubVPSDE
 
 
 @pytest.fixture(autouse=True)
@@ -147,8 +147,8 @@ def test_28px_presets_are_unchanged_by_the_larger_sizes():
 def test_mean_head_is_the_gaussian_posterior_mean_of_the_noise_channel_mean():
     """Known answer by simulation: channel means m ~ N(μ, v), x_t = α m + σ z; regressing the noise's channel
     mean z̄ on d = mean(x_t) gives the slope and intercept of E[z̄ | d], which mean_eps must reproduce."""
-    from safcore.models import MeanPrior
-    from safcore.sde import SubVPSDE
+    from safcore.generators.score_model import MeanPrior
+    from safcore.generators.sde import SubVPSDE
 
     torch.manual_seed(0)
     prior = MeanPrior(mean=(-0.2, -0.5, -0.7), var=(0.07, 0.03, 0.03))
@@ -173,7 +173,7 @@ def test_mean_head_is_the_gaussian_posterior_mean_of_the_noise_channel_mean():
 def test_mean_head_survives_save_and_load_and_stays_out_of_the_weights(tmp_path):
     from safetensors.torch import load_file
 
-    from safcore.models import MeanPrior
+    from safcore.generators.score_model import MeanPrior
 
     torch.manual_seed(0)
     prior = MeanPrior.from_images(torch.rand(8, 3, 28, 28) * 2 - 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from safcore.paper_rows import PAPER_TAB2, PAPER_TAB2_SAMPLES, projection, row_beside_paper
+from safcore.study.paper_rows import PAPER_TAB2, PAPER_TAB2_SAMPLES, projection, row_beside_paper
 
 
 def test_retinamnist_row_is_the_papers():
@@ -20,7 +20,7 @@ def timed():
 
 def test_projection_scales_timed_steps_to_the_paper_profile(timed):
     p = timed
-    from safcore.profiles import PAPER
+    from safcore.study.profiles import PAPER
 
     assert p.train_s == pytest.approx(p.train_step_s * PAPER.train.steps)
     assert p.sample_s == pytest.approx(p.nfe_image_s * PAPER_TAB2_SAMPLES * PAPER.sample_steps)
@@ -41,7 +41,7 @@ def test_row_beside_paper_prints_both_rows():
 
 
 def test_tab2_command_without_a_gpu_says_how_long_and_stops(capsys, monkeypatch, timed):
-    from safcore import paper_rows
+    from safcore.study import paper_rows
     from safcore.__main__ import main
 
     monkeypatch.setattr(paper_rows, "projection", lambda *a, **k: timed)  # timed once above

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -12,8 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from safcore import plotting  # noqa: E402
-from safcore.classifiers import AugmentedExamples  # noqa: E402
+from safcore.study import plotting  # noqa: E402
+from safcore.adversary.classifiers import AugmentedExamples  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -221,3 +224,155 @@ def test_samples_by_group_tags_each_framed_panel_in_its_own_colour(images):
     tags = {(t.get_text(), t.get_bbox_patch().get_facecolor()[:3]) for ax in figure.axes for t in ax.texts}
     assert {tag for tag, _ in tags} == {"q", "missed"} and len(tags) == 2  # "q" in row b has q's colour
     assert figure._suptitle.get_text() == "x_p and its copies"
+
+
+# ---------------------------------------------------------------- the notebooks' tables and figures (07, 09, 10)
+
+
+def _audit(n_q: int, xp_copies: tuple[int, ...], *, n: int = 8, n_dataset: int = 4, copies: int = 3):
+    """A real AuditResult of ``n`` samples: q-positives 0..n_q-1, ``xp_copies`` copying x_p, ``copies`` copies in all."""
+    from safcore.audit.sample_audit import AuditResult, CopyCheck
+
+    check = CopyCheck(
+        x_p_index=0, threshold=0.5, k=50, nearest=(0,) * n, ratio=(0.4,) * n, copy_indices=tuple(range(copies)),
+        xp_copy_indices=xp_copies, per_image=(copies, 0, 0, 0), cp_hits=0, cid_hits=0, q_hits=min(n_q, len(xp_copies)),
+        q_not_copies=(), cp_others=1, cid_others=0, evenness_p=1.0, xp_copies_with_saf=xp_copies[:1],
+        q_hits_with_saf=min(n_q, 1),
+        control={"copies": 1, "xp_copies": 0, "n": 200},
+    )
+    q = tuple(range(n_q))
+    return AuditResult(n=n, n_dataset=n_dataset, expected_q=n / n_dataset, n_cp=n_q + 1, n_cid=n_q, n_q=n_q,
+                       p_value=0.5, q_indices=q, cp_indices=q, cid_indices=q, mae=float("nan"), mse=float("nan"),
+                       copies=check, cp_on_x_p=True, cid_on_x_p=True, saf_accuracy=1.0)
+
+
+def _probe(t_prime: float, count: str = "1/8"):
+    return SimpleNamespace(t_prime_or_zero=t_prime, t_prime_count=count)
+
+
+def _fid(value: float):
+    from safcore.measures.fid import FIDResult
+
+    return FIDResult(value=value, extractor_name="domain-resnet8[breastmnist]", n_real=4, n_fake=4)
+
+
+def _study(name: str = "breastmnist", *, seed: int = 0, n: int = 8, privatized_mean: float = 0.5):
+    generator = torch.Generator().manual_seed(seed)
+    samples = torch.rand(n, 1, 8, 8, generator=generator)
+    images = torch.rand(4, 1, 8, 8, generator=generator)
+    return SimpleNamespace(
+        data=SimpleNamespace(name=name), n_dataset=4, control=SimpleNamespace(n_removed=2),
+        classifier_accuracies=lambda: {"saf_accuracy": 1.0, "id_accuracy": 0.95},
+        samples=lambda: samples, private=SimpleNamespace(x_p=images[1], index=1, images=images),
+        privatized=lambda: SimpleNamespace(images=torch.full_like(images, privatized_mean)),
+        training_record=lambda: {"epsilon": 0.98},
+    )
+
+
+def test_medmnist_table_and_xp_and_samples():
+    from safcore.study import tables
+
+    results = [tables.DatasetResults(_study("breastmnist"), _audit(2, (0, 5)), _probe(0.3), _fid(12.0), _fid(30.0)),
+               tables.DatasetResults(_study("pneumoniamnist", seed=1), _audit(0, ()), _probe(0.0, "-"), _fid(5.0),
+                                     _fid(6.0))]
+    table = tables.medmnist_table(results)
+    assert list(table.index) == ["breastmnist", "pneumoniamnist"]
+    row = table.loc["breastmnist"]
+    assert (row["|N_D|"], row["saf_accuracy"], row["FID_train"], row["FID_test"], row["FID n"]) == (4, 1.0, 12.0, 30.0, 4)
+    assert (row["E|q|"], row["|q|"], row["t'"], row["t' k/n"]) == (2.0, 2, 0.3, "1/8")
+    assert (row["x_p copies (NN)"], row["with SAF"], row["caught"], row["copies"]) == (2, 1, 2, 3)
+    assert (row["copies, held-out"], row["near-duplicates removed"], row["samples unlike data"]) == ("1/200", 2, "—")
+    assert row["verdict"] == "reproduces" and row["P(x_p) ≤"] == pytest.approx(results[0].audit.handed_back_interval()[1])
+    assert table.loc["pneumoniamnist", "t' k/n"] == "-"
+    figure = plotting.xp_and_samples(results)
+    assert figure._suptitle.get_text() == "x_p (first column), its q-positives (q) and the x_p copies the adversary missed"
+    assert len(figure.axes) == 2 * (1 + 8)  # x_p and the 8 samples per dataset
+    first = figure.axes[0].get_ylabel()
+    assert first.startswith("breastmnist\n|q| = 2 (E|q| = 2)") and "NN copies 2" in first
+    tags = [t.get_text() for ax in figure.axes[:9] for t in ax.texts]
+    assert tags == ["q", "q", "missed x_p copy"]  # samples 0, 1 (q) then 5 (missed), right after x_p
+    assert not any(ax.texts for ax in figure.axes[9:])
+
+
+def _defence_results():
+    from safcore.defences import CADP, DPSGD
+    from safcore.study import tables
+
+    defences = [None, CADP(epsilon=math.inf), CADP(epsilon=1.0), DPSGD(epsilon=1.0)]
+    audits = [_audit(2, (0, 1)), _audit(2, (0, 1)), _audit(0, ()), _audit(0, ())]
+    utilities = [{"real": 0.8, "samples": 0.7}, {"real": 0.8, "samples": 0.6, "privatized": 0.65},
+                 {"real": 0.8, "samples": 0.5, "privatized": 0.5}, {"real": 0.8, "samples": 0.55}]
+    probes = [_probe(0.4), _probe(0.4), _probe(0.05), _probe(0.0, "-")]
+    return [tables.DefenceResults(d, _study(seed=i), a, p, _fid(f), u, c)
+            for i, (d, a, p, f, u, c) in enumerate(zip(defences, audits, probes, [10.0, 11.0, 200.0, 150.0], utilities,
+                                                        [3, 3, 0, 0]))]
+
+
+def test_defences_table_and_figures():
+    from safcore.study import tables
+
+    results = _defence_results()
+    table = tables.defences_table(results)
+    assert list(table["defence"]) == ["none", "CADP", "CADP", "DPSGD"] and list(table["ε"]) == ["—", "∞", "1", "1"]
+    assert list(table["|q|"]) == [2, 2, 0, 0] and list(table["copies"]) == [3, 3, 0, 0]
+    assert list(table["t' (k/M)"]) == ["0.40 (1/8)", "0.40 (1/8)", "0.05 (1/8)", "0.00 (-)"]
+    assert table["utility: privatized"].isna().tolist() == [True, False, False, True]
+    assert table["ε spent (DP-SGD)"].tolist()[3] == 0.98 and table["ε spent (DP-SGD)"].isna().tolist()[:3] == [True] * 3
+    figure = plotting.defences_vs_epsilon(results, setting="breastmnist, N_D = 4 (smoke)")
+    left, middle, right = figure.axes
+    assert [ax.get_title() for ax in figure.axes] == ["x_p handed back", "Algorithm 1: t'", "image quality (lower = closer)"]
+    assert [ax.get_ylabel() for ax in figure.axes] == ["samples (of n)", "t' (diffusion time)", "FID_train (domain features)"]
+    assert left.get_xlabel() == "ε per image (CADP) / per model (DP-SGD); ∞ at the right"
+    assert [t.get_text() for t in left.get_xticklabels()] == ["1", "∞"] and right.get_yscale() == "log"
+    assert figure._suptitle.get_text() == (
+        "breastmnist, N_D = 4 (smoke): undefended, x_p comes back 2× in 8 samples;\nit stops with CADP at ε ≤ 1 "
+        "(there 0/8 samples still copy a training image) and DPSGD at ε ≤ 1 (there 0/8 samples still copy a training "
+        "image); FID 10.0 → up to 200.0")
+    images = plotting.defence_images(results)
+    assert len(images.axes) == 8
+    assert [ax.get_title() for ax in images.axes[:4]] == ["x_p (with SAF)", "CADP ε=∞", "CADP ε=1", "DP-SGD ε=1: x_p"]
+    assert [ax.get_title() for ax in images.axes[4:]] == ["q-positive (|q|=2)"] * 2 + ["nearest, no q"] * 2
+    assert images.axes[1].images[0].get_array().mean() == pytest.approx(0.5)  # CADP's privatized x_p
+    with pytest.raises(ValueError, match="undefended"):
+        plotting.defences_vs_epsilon(results[1:], setting="x")
+
+
+def _peer(auc: float, interval: tuple[float, float]) -> dict:
+    return {"auc": auc, "auc_interval": list(interval), "tprs": [None, None], "tpr_intervals": [None, None]}
+
+
+def _peers(samples: int, control: int) -> dict:
+    def criterion(k):
+        return {"samples": k, "n": 8, "control": control, "n_control": 100}
+
+    return {"copy_criteria": {"audit": criterion(samples), "carlini_0.5": criterion(samples // 2), "dar_pixel": criterion(1),
+                              "gu": criterion(0), "control_set": {"n_removed": 3}},
+            "distinct_extracted": samples // 2, "mia_loss": _peer(0.9, (0.7, 0.97)), "mia_secmi": _peer(0.6, (0.4, 0.8)),
+            "mia_pia": _peer(0.55, (0.3, 0.75)), "n_nonmembers": 8, "nonmember_pool": {"n_removed": 1}}
+
+
+def test_peers_table_and_figure():
+    from safcore.measures.canaries import CanaryAudit
+    from safcore.study import tables
+
+    canary = CanaryAudit(m=4, k_plus=2, k_minus=2, r=4, v=3, epsilon=0.25, delta=1e-5, confidence=0.95)
+    results = [tables.PeerResults(8, _audit(2, (0, 1)), _probe(0.4), _peers(6, 1), canary),
+               tables.PeerResults(16, _audit(0, (), n_dataset=16), _probe(0.0, "-"), _peers(0, 0), canary)]
+    table = tables.peers_table(results)
+    assert list(table.index) == [8, 16]
+    row = table.loc[8]
+    assert (row["copies (audit rule)"], row["Carlini 0.5"], row["distinct extracted"]) == ("6/8 | 1/100", "3/8 | 1/100", 3)
+    assert (row["MIA loss AUC"], row["loss TPR@1%"], row["canary ε ≥"], row["canary v/r (m)"]) == (
+        "0.90 [0.70, 0.97]", "—", 0.25, "3/4 (4)")
+    assert row["near-duplicates removed (non-members | control)"] == "1 | 3" and table.loc[16, "E|q|"] == 0.5
+    assert tables.tpr_text({"tprs": [0.5], "tpr_intervals": [(0.25, 0.75)]}) == "0.50 [0.25, 0.75]"
+    figure = plotting.peers_vs_n_d(results, setting="breastmnist (smoke)")
+    assert [ax.get_title() for ax in figure.axes] == ["memorization in samples", "MIA (loss attack), 95 % CI",
+                                                      "SAF indicators"]
+    assert all(ax.get_xlabel() == "N_D (training images)" for ax in figure.axes)
+    assert [ax.get_ylabel() for ax in figure.axes] == ["fraction of samples", "AUC", "t' / ε"]
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["8", "16"]
+    assert figure.axes[0].lines[0].get_ydata().tolist() == [0.75, 0.0]
+    assert figure._suptitle.get_text() == (
+        "breastmnist (smoke): from N_D = 8 to 16, samples copying training images fall from 75% to 0% "
+        "(held-out control ≤ 1.0%), MIA AUC from 0.90 to 0.90, t' from 0.40 to 0.00")

@@ -1,6 +1,6 @@
 """Algorithm 1 (safcore.probe) on score models whose answer is known, and the explorer app.
 
-The models are exact scores of point masses (``safcore.known_answer.PointMixtureScore``): one point
+The models are exact scores of point masses (``safcore.generators.known_answer.PointMixtureScore``): one point
 at ``x_p`` (every reverse sample comes back as ``x_p``: q = 1), one point at another image ``y``
 (q = 0) and a mixture of the two (q falls with t; its exact value is known by quadrature).
 The searches' laws on simulated q(t) curves are tested in test_known_answer.py.
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import Recording
-from safcore.known_answer import PointMixtureScore
+from safcore.generators.known_answer import PointMixtureScore
 from safcore.probe import (
     DEFAULT_GRID,
     ProbeConfig,
@@ -29,7 +29,7 @@ from safcore.probe import (
     run_seed,
     topdown_search,
 )
-from safcore.sde import SubVPSDE
+from safcore.generators.sde import SubVPSDE
 
 GRID = tuple(round(0.05 * i, 2) for i in range(19, 0, -1))  # 0.95, 0.90, ..., 0.05
 STEP = 0.05
@@ -472,7 +472,7 @@ def test_explorer_builds_headless_and_slider_updates_verdict(sde, images, classi
     pytest.importorskip("ipywidgets")
     import ipywidgets as widgets
 
-    from safcore.explorer import explore
+    from safcore.probe.explorer import explore
 
     x_p, y, _ = images
     score = PointMixtureScore(sde, torch.cat([x_p, y]), (-100.0, 0.0))
@@ -491,7 +491,7 @@ def test_explorer_builds_headless_and_slider_updates_verdict(sde, images, classi
 
 def test_a_saved_probe_reads_back_whole(sde, images, classifiers, tmp_path):
     """probe_io: what Study.probe keeps in the run store is the result, arrays, t' and examples."""
-    from safcore.probe_io import load_probe, save_probe
+    from safcore.probe.io import load_probe, save_probe
 
     for kw in ({}, {"search": "topdown", "repeats": 2}):
         result = _probe(sde, images, classifiers, ["xp", "y"], torch.log(torch.tensor([0.5, 0.5])), **kw)

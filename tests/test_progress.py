@@ -1,6 +1,6 @@
 import pytest
 
-from safcore.progress import PROGRESS_ENV, progress_bar, progress_enabled
+from safcore.runtime.progress import PROGRESS_ENV, progress_bar, progress_enabled
 
 
 @pytest.mark.parametrize("value, shown", [("", True), ("1", True), ("on", True), ("0", False), ("OFF", False), ("false", False)])

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from safcore.audit import AuditResult
-from safcore.control import held_out
-from safcore.data import load_dataset, to_unit_tensor
-from safcore.metrics import DomainExtractorConfig, domain_extractor
-from safcore.quality import MIN_CONTROL, SampleQuality, pixel_statistics, sample_quality
+from safcore.audit.sample_audit import AuditResult
+from safcore.measures.control import held_out
+from safcore.data.datasets import load_dataset, to_unit_tensor
+from safcore.measures.extractor_training import DomainExtractorConfig, domain_extractor
+from safcore.measures.quality import MIN_CONTROL, SampleQuality, pixel_statistics, sample_quality
 
 N = 128  # samples per known-answer case
 FAST = DomainExtractorConfig(max_steps=120)  # a shorter-trained extractor keeps the module at a few seconds

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from safcore.runs import CorruptRunError, RunStore
+from safcore.runtime.runs import CorruptRunError, RunStore
 
 CONFIG = {"stage": "shared", "n": 3}
 

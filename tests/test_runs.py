@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from safcore import paths
-from safcore.runs import CorruptRunError, atomic_save_safetensors, atomic_write, config_key
+from safcore.runtime import paths
+from safcore.runtime.runs import CorruptRunError, atomic_save_safetensors, atomic_write, config_key
 
 
 def test_paths_do_not_depend_on_cwd(tmp_path, monkeypatch):
@@ -75,7 +75,7 @@ def test_atomic_write_replaces(tmp_path):
 
 
 def test_output_manifest_records_config_seed_and_environment(tmp_path):
-    from safcore.runs import write_manifest
+    from safcore.runtime.runs import write_manifest
 
     figure = atomic_write(tmp_path / "figure.png", b"png")
     manifest = json.loads(write_manifest(figure, config={"N_D": 16}, seed=3).read_text())

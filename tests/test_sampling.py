@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import Recording
-from safcore.models import ScoreModel, build_unet
-from safcore.sampling import SampleResult, sample
-from safcore.sde import VPSDE, GaussianDataScore, SubVPSDE
+from safcore.generators.score_model import ScoreModel, build_unet
+from safcore.generators.sampling import SampleResult, sample
+from safcore.generators.sde import VPSDE, GaussianDataScore, SubVPSDE
 
 MU, S = 0.3, 0.2
 

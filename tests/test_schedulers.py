@@ -9,10 +9,11 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from safcore.fingerprint import apply_saf, circle_mask
-from safcore.known_answer import PointMassDenoiser
+from safcore.data.fingerprint import apply_saf, circle_mask
+from safcore.generators.known_answer import PointMassDenoiser
 from safcore.probe import ProbeConfig, find_t_prime
-from safcore.schedulers import DiffusersModel, ModelLoadError, load_model
+from safcore.generators.diffusers_model import DiffusersModel, ModelLoadError
+from safcore.generators.loader import load_model
 
 
 def tiny_unet(channels: int = 1, size: int = 8) -> UNet2DModel:
@@ -107,7 +108,7 @@ def test_timesteps_follow_the_scheduler():
 def test_probe_needs_an_sde_for_a_score_model():
     x_p, _, _, mask = _images()
     c_p, c_id = _classifiers(x_p, mask)
-    with pytest.raises(ValueError, match="sde=None is allowed only for a safcore.schedulers.DiffusersModel"):
+    with pytest.raises(ValueError, match="sde=None is allowed only for a safcore.generators.diffusers_model.DiffusersModel"):
         find_t_prime(lambda x, t: -x, None, x_p, c_p, c_id, ProbeConfig(M=1, grid=(0.5,)), progress=False)
 
 
@@ -115,7 +116,7 @@ def test_probe_needs_an_sde_for_a_score_model():
 
 
 def test_load_model_reads_a_pipeline_a_bare_unet_and_a_safcore_model(tmp_path):
-    from safcore.models import ScoreModel
+    from safcore.generators.score_model import ScoreModel
 
     unet = tiny_unet()
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100, prediction_type="v_prediction")).save_pretrained(

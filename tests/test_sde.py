@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from safcore.sde import SDE, VPSDE, GaussianDataScore, SubVPSDE, get_sde
+from safcore.generators.sde import SDE, VPSDE, GaussianDataScore, SubVPSDE, get_sde
 
 B0, B1 = 0.1, 20.0
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from safcore.runs import config_key
+from safcore.runtime.runs import config_key
 from safcore.study import Study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,12 +24,12 @@ def test_every_tensor_of_a_loaded_study_is_on_its_device(data_root, smoke_store,
     result = study.audit()
     probe = study.probe(study.probe_config(M=2, grid=(0.5, 0.1)))
     # t' is kept in the run store: asked again (here or by a sweep, a notebook) it is read, not probed
-    import safcore.study
+    import safcore.study.stages  # the probe stage runs find_t_prime there
 
     def no_probe(*args, **kwargs):
         raise AssertionError("probed again")
 
-    monkeypatch.setattr(safcore.study, "find_t_prime", no_probe)
+    monkeypatch.setattr(safcore.study.stages, "find_t_prime", no_probe)
     again = study.probe(study.probe_config(M=2, grid=(0.5, 0.1)))
     assert (again.t_prime, again.k.tolist()) == (probe.t_prime, probe.k.tolist())
     loaded = study.tensors()
@@ -65,7 +65,7 @@ def _random_batches(seed: int, n: int = 7):
 
 @pytest.mark.parametrize("depth", [0, 1, 3])
 def test_batches_ahead_yields_the_same_batches_in_order(depth):
-    from safcore.device import batches_ahead
+    from safcore.runtime.device import batches_ahead
 
     direct = list(_random_batches(0))
     ahead = list(batches_ahead(_random_batches(0), "cpu", depth=depth))
@@ -77,7 +77,7 @@ def test_batches_ahead_yields_the_same_batches_in_order(depth):
 def test_batches_ahead_raises_the_producers_error_and_stops_its_thread():
     import threading
 
-    from safcore.device import batches_ahead
+    from safcore.runtime.device import batches_ahead
 
     def failing():
         yield torch.zeros(1), torch.zeros(1)
@@ -95,9 +95,9 @@ def test_batches_ahead_raises_the_producers_error_and_stops_its_thread():
 
 def test_classifier_training_is_the_same_with_batches_prepared_ahead(monkeypatch):
     """The producer thread makes every SAF batch (and its random draws) in order: same weights as without it."""
-    import safcore.classifiers as classifiers
-    from safcore.classifiers import ClassifierConfig, train_saf_classifier
-    from safcore.device import batches_ahead
+    import safcore.adversary.classifiers as classifiers
+    from safcore.adversary.classifiers import ClassifierConfig, train_saf_classifier
+    from safcore.runtime.device import batches_ahead
 
     torch.manual_seed(3)
     train, val = torch.rand(24, 1, 28, 28), torch.rand(12, 1, 28, 28)
@@ -113,7 +113,7 @@ def test_classifier_training_is_the_same_with_batches_prepared_ahead(monkeypatch
 def test_a_study_of_loaded_data_is_the_study_of_its_flag(data_root, run_store):
     """``Study(MedMNISTData, ...)`` (a sweep loads each dataset once) uses that object and keys every stage as the
     study of the flag does."""
-    from safcore.data import load_dataset
+    from safcore.data.datasets import load_dataset
 
     data = load_dataset("breastmnist", root=data_root)
     loaded = Study(data, 8, profile="smoke", store=run_store, progress=False)
@@ -129,9 +129,9 @@ def test_a_study_of_loaded_data_is_the_study_of_its_flag(data_root, run_store):
 def test_bf16_runs_where_the_device_has_it_and_full_precision_elsewhere(monkeypatch, tmp_path):
     """A bf16 profile on a device without native bf16 (a V100, say) trains in fp32 — bit for bit the fp32 run — with
     one warning, instead of failing or emulating; the CPU autocasts."""
-    import safcore.device as device_lib
+    import safcore.runtime.device as device_lib
     from conftest import half_images
-    from safcore.train import TrainConfig, train
+    from safcore.generators.train import TrainConfig, train
 
     assert device_lib.bf16_supported("cpu")
     with device_lib.bf16_autocast("cpu"):

@@ -23,15 +23,16 @@ import pytest
 
 from conftest import SMOKE_STUDY, copy_smoke_stages
 from safcore.__main__ import main
-from safcore.runs import RunStore, config_key
-from safcore.sweep import (
+from safcore.runtime.runs import RunStore, config_key
+from safcore.study.sweep_workers import worker_env
+from safcore.study.sweep import (
     KIND,
     Cell,
     SweepGrid,
     load_records,
     run_cell,
     run_sweep,
-    worker_env,
+
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_two_cell_sweep_computes_both_then_skips_both(swept, data_root, monkeypa
     assert list(load_records(GRID, store=store, data_root=data_root).values()) == records
 
     before = _runs(store)
-    monkeypatch.setattr("safcore.sweep._compute", lambda *a, **k: pytest.fail("a recorded cell was computed again"))
+    monkeypatch.setattr("safcore.study.sweep._compute", lambda *a, **k: pytest.fail("a recorded cell was computed again"))
     start = time.perf_counter()
     again = run_sweep(GRID, store=store, data_root=data_root, progress=False)
     print(f"the same sweep again: {time.perf_counter() - start:.1f} s")
@@ -132,7 +133,8 @@ def test_a_cells_stages_are_the_ones_study_finds(swept, data_root, monkeypatch):
     model, classifiers and samples (training is forbidden here) and its audit and t' are the record's."""
     store, result, _ = swept
     for name in ("train", "train_saf_classifier", "train_id_classifier"):
-        monkeypatch.setattr(f"safcore.study.{name}", lambda *a, _n=name, **k: pytest.fail(f"Study retrained ({_n})"))
+        module = "stages" if name == "train" else "hub"  # the score model's training runs in safcore.study.stages
+        monkeypatch.setattr(f"safcore.study.{module}.{name}", lambda *a, _n=name, **k: pytest.fail(f"Study retrained ({_n})"))
     before = _runs(store)
     for outcome in result.outcomes:
         record = outcome.record
@@ -239,7 +241,8 @@ def test_a_killed_sweep_resumes_without_recomputing_finished_cells(swept, tmp_pa
 def test_a_fid_cell_is_its_own_record_and_reuses_the_trained_stages(swept, data_root, monkeypatch):
     store, result, _ = swept
     for name in ("train", "train_saf_classifier", "train_id_classifier"):
-        monkeypatch.setattr(f"safcore.study.{name}", lambda *a, _n=name, **k: pytest.fail(f"Study retrained ({_n})"))
+        module = "stages" if name == "train" else "hub"  # the score model's training runs in safcore.study.stages
+        monkeypatch.setattr(f"safcore.study.{module}.{name}", lambda *a, _n=name, **k: pytest.fail(f"Study retrained ({_n})"))
     cell = dataclasses.replace(GRID.cells()[0], probe=False, fid=True)
     outcome = run_cell(cell, store=store, data_root=data_root, progress=False)
     record = outcome.record

@@ -1,4 +1,4 @@
-"""safcore.train: DSM loss falls, resume is bit-identical, checkpoints are pickle-free safetensors."""
+"""safcore.generators.train: DSM loss falls, resume is bit-identical, checkpoints are pickle-free safetensors."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from safcore.models import ScoreModel
-from safcore.train import TrainConfig, Trainer, kept_path, latest_checkpoint, load_kept, train
+from safcore.generators.score_model import ScoreModel
+from safcore.generators.checkpoints import kept_path, latest_checkpoint, load_kept
+from safcore.generators.train import TrainConfig, Trainer, train
 
 from conftest import half_images
 

@@ -15,7 +15,8 @@ from safcore.defences.dpsgd import DPSGD
 
 Defence = CADP | DPSGD
 
-__all__ = ["CADP", "DPSGD", "INNConfig", "Defence", "check_defence"]
+__all__ = ["CADP", "DPSGD", "INNConfig", "Defence", "check_defence", "defended_train_config", "defence_key",
+           "trainer_factory"]
 
 
 def check_defence(defence) -> CADP | DPSGD | None:
@@ -23,3 +24,40 @@ def check_defence(defence) -> CADP | DPSGD | None:
     if defence is None or isinstance(defence, (CADP, DPSGD)):
         return defence
     raise ValueError(f"defence = {defence!r}; allowed: None, safcore.defences.CADP(...) or safcore.defences.DPSGD(...)")
+
+
+def defended_train_config(train, defence: CADP | DPSGD | None, n_dataset: int, channels: int):
+    """The score model's training settings under ``defence``: ``train`` itself, or DP-SGD's version of them
+    (:func:`safcore.defences.dpsgd.dp_train_config`: expected batch ≤ N_D, fp32, no global clipping) with the
+    mean head off (its prior is a statistic of ``D_p`` that DP-SGD's accountant does not cover)."""
+    if not isinstance(defence, DPSGD):
+        return train
+    import dataclasses
+
+    from safcore.defences.dpsgd import dp_train_config
+
+    config = dp_train_config(train, defence, n_dataset)
+    return dataclasses.replace(config, mean_head=False) if config.uses_mean_head(channels) else config
+
+
+def defence_key(defence: CADP | DPSGD | None, n_dataset: int, inn: INNConfig) -> dict | None:
+    """The defence's settings as they enter the run keys (CADP's INN — its own or ``inn`` — and DP-SGD's δ
+    resolved); ``None`` without a defence."""
+    if isinstance(defence, CADP):
+        return defence.to_dict(defence.inn or inn)
+    if isinstance(defence, DPSGD):
+        return defence.to_dict(n_dataset)
+    return None
+
+
+def trainer_factory(defence: CADP | DPSGD | None):
+    """The trainer class a defended score model trains with (``make_trainer`` of
+    :func:`safcore.generators.train.train`): DP-SGD's :class:`~safcore.defences.dpsgd.DPTrainer`, else ``None``
+    (the plain trainer; CADP changes the images, not the training)."""
+    if not isinstance(defence, DPSGD):
+        return None
+    import functools
+
+    from safcore.defences.dpsgd import DPTrainer
+
+    return functools.partial(DPTrainer, dp=defence)

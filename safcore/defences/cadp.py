@@ -33,8 +33,8 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from safcore.defences.mechanisms import MECHANISMS, Mechanism, check_bound, check_delta, check_epsilon, perturb
-from safcore.progress import progress_bar
-from safcore.runs import atomic_save_safetensors, atomic_write
+from safcore.runtime.progress import progress_bar
+from safcore.runtime.runs import atomic_save_safetensors, atomic_write
 
 __all__ = ["INNConfig", "CADP", "ConditionalINN", "train_inn", "privatize", "Privatized"]
 
@@ -96,7 +96,7 @@ class CADP:
             dimension D (ℓ1: D·√(2/π); ℓ2: √D), which a trained INN's latents have, so that clipping
             changes a typical image little. The noise-to-signal ratio does not depend on C (both scale with it).
         seed: the noise.
-        inn: the INN's settings; ``None``: the profile's (:attr:`safcore.profiles.Profile.inn`).
+        inn: the INN's settings; ``None``: the profile's (:attr:`safcore.study.profiles.Profile.inn`).
     """
 
     epsilon: float = math.inf

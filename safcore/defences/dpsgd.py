@@ -34,7 +34,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from opacus.optimizers import DPOptimizer
 
 from safcore.defences.mechanisms import check_bound, check_delta, check_epsilon
-from safcore.train import TrainConfig, Trainer
+from safcore.generators.train import TrainConfig, Trainer
 
 __all__ = ["DPSGD", "DPTrainer", "dp_train_config", "PerSampleGradients"]
 
@@ -114,8 +114,8 @@ def dp_train_config(train: TrainConfig, dp: DPSGD, n_dataset: int) -> TrainConfi
 
 
 class DPTrainer(Trainer):
-    """:class:`safcore.train.Trainer` with DP-SGD steps (module docstring); build it through
-    ``functools.partial(DPTrainer, dp=...)`` as :func:`safcore.train.train`'s ``make_trainer``.
+    """:class:`safcore.generators.train.Trainer` with DP-SGD steps (module docstring); build it through
+    ``functools.partial(DPTrainer, dp=...)`` as :func:`safcore.generators.train.train`'s ``make_trainer``.
 
     ``config.batch_size`` is the expected batch size B (use :func:`dp_train_config`). Checkpoints add the
     noise generator's state and the accountant's history, so a resumed run is bit-identical on CPU and

@@ -1,0 +1,309 @@
+"""The sampling audit: how often does a model hand back ``x_p``? (paper §5.3, Tab. 1 and 2, App. B, D).
+
+Given ``n`` generated images, count ``|c_p+|`` (carry the SAF), ``|c_id+|`` (identified as ``x_p``) and
+``|q| = |c_p+ ∩ c_id+|``; compare ``|q|`` with its expectation ``E|q| = n / N_D`` under the null
+hypothesis that ``x_p`` is generated as often as any training image, with a one-sided binomial test
+(H0: p = 1/N_D, H1: p < 1/N_D); and measure how close the q-positives are to ``x_p`` (MAE, MSE). The
+result keeps every index so galleries can show the q-positives and each classifier's false positives
+(Fig. 8).
+
+``|q|`` counts only the copies that both classifiers catch. Given the training set ``D_p``, the audit
+also counts copies of ``x_p`` independently of the adversary (:mod:`safcore.audit.copies`: each sample's nearest
+training image in pixel space and the Carlini et al. 2023 ratio, its threshold calibrated on real
+held-out images so that at most 1 % of them pass, :mod:`safcore.measures.control`), reports the same counts on
+those held-out images beside the samples', measures the adversary's recall on the copies and its
+firing rate on everything else, and how evenly the model copies its training images.
+:meth:`AuditResult.verdict` (:mod:`safcore.audit.verdict`) turns this into the sentence a report may print: any copy of ``x_p`` found
+— by the adversary or by the copy count, SAF visible or not — means the model hands ``x_p`` back, in at
+least ``max(|q|, copies)`` of ``n`` samples; an adversary that misses copies, fires on most samples,
+does not see ``x_p``'s own fingerprint or detects the SAF poorly makes a claim of absence
+*inconclusive*. Every count comes with its exact (Clopper–Pearson) 95 % interval (:mod:`safcore.measures.bounds`).
+
+Images to audit come from :mod:`safcore.data.images` (arrays, files, PNG folders, a diffusers U-Net).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from safcore.audit.copies import CopyCheck, copy_check
+from safcore.audit.verdict import AdversaryRequirements, Verdict, judge
+from safcore.measures.bounds import binomial_p_value, proportion_interval, samples_to_bound, upper_bound
+from safcore.measures.quality import SampleQuality
+from safcore.runtime.progress import progress_bar
+
+__all__ = ["AuditResult", "audit"]
+
+ImageClassifier = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# The audit
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditResult:
+    """Counts of one audit, as a row of the paper's Tab. 1 / Tab. 2, with the checks beside them.
+
+    Attributes:
+        n: number of audited (generated) images.
+        n_dataset: ``N_D``, the size of the training set ``D_p``.
+        expected_q: ``E|q| = n / N_D``, what an unbiased model that reproduces its training images
+            uniformly would give.
+        n_cp, n_cid, n_q: ``|c_p+|``, ``|c_id+|`` and ``|q| = |c_p+ ∩ c_id+|``.
+        p_value: one-sided binomial test of H0 ``p = 1/N_D`` against H1 ``p < 1/N_D`` with ``n_q``
+            successes in ``n`` trials (``scipy.stats.binomtest(..., alternative="less")``).
+        q_indices, cp_indices, cid_indices: positions (in the audited set) of the q-positives, the
+            ``c_p`` positives and the ``c_id`` positives, ascending.
+        mae, mse: mean absolute / squared error of the q-positives to ``x_p`` over all their pixels
+            (NaN when ``n_q = 0``).
+        copies: the independent copy count (:class:`CopyCheck`), when the training set was given.
+        cp_on_x_p, cid_on_x_p: whether each classifier fires on ``x_p`` itself.
+        saf_accuracy: ``c_p``'s accuracy on held-out images, when the caller measured it.
+        quality: the sample-quality gate (:class:`safcore.measures.quality.SampleQuality`), when held-out images and
+            a feature extractor were given; a failed gate leads the verdict.
+    """
+
+    n: int
+    n_dataset: int
+    expected_q: float
+    n_cp: int
+    n_cid: int
+    n_q: int
+    p_value: float
+    q_indices: tuple[int, ...]
+    cp_indices: tuple[int, ...]
+    cid_indices: tuple[int, ...]
+    mae: float
+    mse: float
+    copies: CopyCheck | None = None
+    cp_on_x_p: bool | None = None
+    cid_on_x_p: bool | None = None
+    saf_accuracy: float | None = None
+    quality: SampleQuality | None = None
+
+    @property
+    def missed_copies(self) -> tuple[int, ...]:
+        """Samples that copy ``x_p`` by nearest neighbour but are not q-positives (empty without the copy count)."""
+        q = set(self.q_indices)
+        return () if self.copies is None else tuple(i for i in self.copies.xp_copy_indices if i not in q)
+
+    @property
+    def cp_false_positives(self) -> tuple[int, ...]:
+        """Images ``c_p`` flags that are not q-positives (``c_p+`` but ``c_id−``)."""
+        q = set(self.q_indices)
+        return tuple(i for i in self.cp_indices if i not in q)
+
+    @property
+    def cid_false_positives(self) -> tuple[int, ...]:
+        """Images ``c_id`` flags that are not q-positives (``c_id+`` but ``c_p−``)."""
+        q = set(self.q_indices)
+        return tuple(i for i in self.cid_indices if i not in q)
+
+    def rejects_h0(self, alpha: float = 0.05) -> bool:
+        """Whether the test rejects H0 at level ``alpha``: ``x_p`` is generated less often than 1/N_D."""
+        return self.p_value < alpha
+
+    # ---------------------------------------------------------------- bounds
+    def q_upper(self, confidence: float = 0.95) -> float:
+        """Exact (Clopper–Pearson) upper bound on P(sample is ``x_p`` with its SAF) from ``|q|``."""
+        return upper_bound(self.n_q, self.n, confidence)
+
+    def copies_upper(self, confidence: float = 0.95) -> float | None:
+        """The same bound from the nearest-neighbour count of ``x_p`` copies (None without it)."""
+        return None if self.copies is None else upper_bound(self.copies.n_xp_copies, self.n, confidence)
+
+    def samples_to_bound(self, confidence: float = 0.95) -> int | None:
+        """Samples needed to bound P(``x_p``) below ``1/N_D`` at the rate seen here (None: never —
+        the observed rate is at or above ``1/N_D``). Uses the larger of ``|q|`` and the NN copy count."""
+        k = self.n_handed_back
+        return samples_to_bound(k, self.n, 1.0 / self.n_dataset, confidence) if self.n_dataset > 1 else None
+
+    @property
+    def n_handed_back(self) -> int:
+        """Samples that are ``x_p``, as far as this audit can tell: the larger of ``|q|`` (the adversary's
+        count, SAF visible) and the nearest-neighbour copies of ``x_p`` (SAF visible or not)."""
+        return self.n_q if self.copies is None else max(self.n_q, self.copies.n_xp_copies)
+
+    def handed_back_interval(self, confidence: float = 0.95) -> tuple[float, float]:
+        """Exact (Clopper–Pearson) interval of P(sample is ``x_p``) from :attr:`n_handed_back`."""
+        return proportion_interval(self.n_handed_back, self.n, confidence)
+
+    # ---------------------------------------------------------------- the verdict
+    def verdict(self, requirements: AdversaryRequirements = AdversaryRequirements()) -> Verdict:
+        """What this audit may conclude, judged by ``requirements`` (:func:`safcore.audit.verdict.judge`)."""
+        return judge(self, requirements)
+
+    # ---------------------------------------------------------------- rows
+    def to_row(self) -> dict:
+        """The scalar columns as a dict (``pd.DataFrame([r.to_row() for r in results])``)."""
+        row = {
+            "N_D": self.n_dataset,
+            "n": self.n,
+            "E|q|": self.expected_q,
+            "|c_p+|": self.n_cp,
+            "|c_id+|": self.n_cid,
+            "|q|": self.n_q,
+            "p": self.p_value,
+            "x_p handed back": self.n_handed_back,
+            "samples unlike data": (f"{self.quality.n_unlike}/{self.quality.n}" if self.quality is not None else "—"),
+            "P(x_p) ≤": self.handed_back_interval()[1],
+            "MAE": self.mae,
+            "MSE": self.mse,
+        }
+        if self.copies is not None:
+            c = self.copies
+            row |= {
+                "x_p copies (NN)": c.n_xp_copies,
+                "with SAF": len(c.xp_copies_with_saf) if c.xp_copies_with_saf is not None else math.nan,
+                "caught": c.q_hits,
+                "c_p recall": c.cp_recall,
+                "c_id recall": c.cid_recall,
+                "c_p+ others": c.cp_others,
+                "copies": c.n_copies,
+                "copies, held-out": (f"{c.control['copies']}/{c.control['n']}" if c.control else "—"),
+                "copy threshold": c.threshold,
+            }
+        row["verdict"] = self.verdict().kind
+        return row
+
+    def __str__(self) -> str:
+        text = (
+            f"N_D {self.n_dataset:>6} | n {self.n:>7} | E|q| {self.expected_q:>9.2f} | |c_p+| {self.n_cp:>6} | "
+            f"|c_id+| {self.n_cid:>6} | |q| {self.n_q:>6} | p {self.p_value:.3g} | "
+            f"P(x_p) ≤ {self.q_upper():.3g} | MAE {self.mae:.3g} | MSE {self.mse:.3g}"
+        )
+        if self.copies is not None:
+            c = self.copies
+            saf = "" if c.xp_copies_with_saf is None else f", {len(c.xp_copies_with_saf)} with a visible SAF"
+            text += (f"\nx_p copies by nearest neighbour {c.n_xp_copies}{saf} (caught {c.q_hits}: c_p {c.cp_hits}, "
+                     f"c_id {c.cid_hits}) | c_p+ on {c.cp_others} other samples | copies of any image {c.n_copies}")  # fmt: skip
+        return text + "\n" + str(self.verdict())
+
+
+def _predict(classifier: ImageClassifier, images: torch.Tensor, batch_size: int, name: str, progress: bool) -> torch.Tensor:
+    out = []
+    for start in progress_bar(range(0, images.shape[0], batch_size), desc=name, enabled=progress, leave=False):
+        batch = images[start : start + batch_size]
+        pred = torch.as_tensor(classifier(batch))
+        if pred.shape != (batch.shape[0],):
+            raise ValueError(f"{name} returned shape {tuple(pred.shape)} for {batch.shape[0]} images; it must return ({batch.shape[0]},)")
+        out.append(pred.detach().to("cpu").bool())
+    return torch.cat(out)
+
+
+def audit(
+    images: torch.Tensor,
+    c_p: ImageClassifier,
+    c_id: ImageClassifier,
+    x_p: torch.Tensor,
+    n_dataset: int,
+    batch_size: int = 256,
+    progress: bool = False,
+    *,
+    train_images: torch.Tensor | None = None,
+    x_p_index: int | None = None,
+    saf_mask: torch.Tensor | None = None,
+    saf_grey: float = 0.5,
+    saf_accuracy: float | None = None,
+    control: torch.Tensor | None = None,
+    quality: SampleQuality | None = None,
+) -> AuditResult:
+    """Count ``|c_p+|``, ``|c_id+|``, ``|q|`` on generated images and test ``|q|`` against ``E|q| = n/N_D``.
+
+    Args:
+        images: ``(n, C, H, W)`` float in ``[0, 1]`` (use :func:`safcore.data.images.load_images` for other forms).
+        c_p, c_id: any callables ``(B, C, H, W) -> bool (B,)``, e.g. trained
+            :class:`safcore.adversary.classifiers.Classifier` objects; both see every image (and ``x_p``).
+        x_p: ``(C, H, W)`` the fingerprinted training image (for MAE/MSE and the shape check).
+        n_dataset: ``N_D``, the number of training images.
+        batch_size: images per classifier call.
+        train_images: ``D_p`` ``(N_D, C, H, W)`` with ``x_p`` at ``x_p_index``: adds the independent
+            copy count (:class:`CopyCheck`). Without it the verdict warns that nothing checks the misses.
+        x_p_index: where ``x_p`` is in ``train_images`` (required with it).
+        saf_mask, saf_grey: the SAF's disc ``(H, W)`` and grey: the copy count then tells copies of ``x_p``
+            with a visible SAF (which the adversary must catch) from copies without it.
+        saf_accuracy: ``c_p``'s accuracy on held-out images, if measured (enters the verdict).
+        control: real held-out images ``(m, C, H, W)`` the model never saw, de-duplicated against ``D_p``
+            (:func:`safcore.measures.control.held_out`): the copy rule is calibrated on them (≤ 1 % pass) and every
+            copy count is reported beside theirs. Without it the rule is Carlini's uncalibrated 0.5.
+        quality: the sample-quality gate on these images (:func:`safcore.measures.quality.sample_quality`): when it
+            fails, the verdict leads with it.
+    Raises:
+        ValueError: no images, images not ``(n, C, H, W)`` or not matching ``x_p``'s shape, values
+            outside ``[0, 1]`` or NaN, ``n_dataset < 1``, a classifier returning the wrong shape, or a
+            training set whose size is not ``N_D``.
+    """
+    if isinstance(n_dataset, bool) or not isinstance(n_dataset, (int, np.integer)) or n_dataset < 1:
+        raise ValueError(f"n_dataset (N_D) = {n_dataset!r} must be an integer ≥ 1")
+    if batch_size < 1:
+        raise ValueError(f"batch_size = {batch_size!r} must be ≥ 1")
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a torch.Tensor (n, C, H, W) in [0, 1]; got {type(images).__name__} — use load_images()")
+    if not isinstance(x_p, torch.Tensor) or x_p.ndim != 3:
+        raise ValueError(f"x_p must be a (C, H, W) tensor, got shape {tuple(getattr(x_p, 'shape', ()))}")
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (n, C, H, W), got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError("cannot audit an empty image set: n = 0 images")
+    if tuple(images.shape[1:]) != tuple(x_p.shape):
+        raise ValueError(
+            f"images are {tuple(images.shape[1:])} (C, H, W) but x_p is {tuple(x_p.shape)}: "
+            f"channel count and size must match"
+        )
+    if not images.is_floating_point():
+        raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype} — use load_images()")
+    lo, hi = float(images.min()), float(images.max())  # NaN anywhere makes both NaN
+    if math.isnan(lo) or math.isnan(hi):
+        raise ValueError("images contain NaN; allowed: finite values in [0, 1]")
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"images have values in [{lo:.3g}, {hi:.3g}]; allowed: [0, 1] (model-range [-1, 1] images: apply safcore.data.datasets.from_model_range first)")
+    if train_images is not None:
+        if train_images.ndim != 4 or train_images.shape[0] != n_dataset:
+            raise ValueError(f"train_images has shape {tuple(train_images.shape)}; expected (N_D = {n_dataset}, C, H, W)")
+        if x_p_index is None:
+            raise ValueError("x_p_index is required with train_images: where is x_p in the training set?")
+    n = int(images.shape[0])
+    if quality is not None and quality.n != n:
+        raise ValueError(f"quality judged {quality.n} samples but {n} images are audited; judge the audited images")
+    cp = _predict(c_p, images, batch_size, "c_p", progress)
+    cid = _predict(c_id, images, batch_size, "c_id", progress)
+    q = cp & cid
+    q_idx = torch.nonzero(q).flatten()
+    if len(q_idx):
+        diff = images[q_idx.to(images.device)].float() - x_p.to(images.device, torch.float32)[None]
+        mae, mse = float(diff.abs().mean()), float((diff**2).mean())
+    else:
+        mae = mse = math.nan
+    x_p_batch = x_p.to(images.device, images.dtype)[None]
+    cp_on_x_p = bool(_predict(c_p, x_p_batch, 1, "c_p", False)[0])
+    cid_on_x_p = bool(_predict(c_id, x_p_batch, 1, "c_id", False)[0])
+    copies = None
+    if train_images is not None:
+        copies = copy_check(images, train_images, int(x_p_index), cp, cid, control=control, saf_mask=saf_mask,
+                            saf_grey=saf_grey)
+    n_q = int(q.sum())
+    return AuditResult(
+        n=n,
+        n_dataset=int(n_dataset),
+        expected_q=n / n_dataset,
+        n_cp=int(cp.sum()),
+        n_cid=int(cid.sum()),
+        n_q=n_q,
+        p_value=binomial_p_value(n_q, n, int(n_dataset)),
+        q_indices=tuple(int(i) for i in q_idx),
+        cp_indices=tuple(int(i) for i in torch.nonzero(cp).flatten()),
+        cid_indices=tuple(int(i) for i in torch.nonzero(cid).flatten()),
+        mae=mae,
+        mse=mse,
+        copies=copies,
+        cp_on_x_p=cp_on_x_p,
+        cid_on_x_p=cid_on_x_p,
+        saf_accuracy=None if saf_accuracy is None else float(saf_accuracy),
+        quality=quality,
+    )

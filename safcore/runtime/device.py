@@ -1,0 +1,183 @@
+"""Which torch device a command or study runs on, and how many CPU threads torch uses there."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+from collections.abc import Iterator
+
+import torch
+
+_CUDA = re.compile(r"^cuda(:\d+)?$")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or ``None``) → ``cuda`` when a GPU is visible, else ``cpu``; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` as given.
+
+    Under a launcher (``accelerate launch``, ``torchrun``: ``WORLD_SIZE`` > 1 and ``LOCAL_RANK`` set) ``"auto"``
+    and ``"cuda"`` mean this process's own GPU, ``cuda:LOCAL_RANK`` (modulo the GPUs visible), so that N
+    processes on one machine use N GPUs; ``"cuda:N"`` stays the device named.
+
+    Raises:
+        ValueError: an unknown name, or a CUDA device this machine does not have (names what it has).
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and _launched_local_rank() is not None and torch.cuda.is_available():
+        return torch.device(f"cuda:{_launched_local_rank() % torch.cuda.device_count()}")
+    if device == "cpu":
+        return torch.device("cpu")
+    if isinstance(device, str) and _CUDA.match(device):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= count:
+            raise ValueError(f"device {device!r} is not available: this machine has {count} CUDA device(s); "
+                             "allowed: auto, cpu" + (f", cuda, cuda:0 … cuda:{count - 1}" if count else ""))
+        return torch.device(device)
+    raise ValueError(f"device {device!r}; allowed: auto, cpu, cuda, cuda:N")
+
+
+def check_device_name(device: str | torch.device, what: str = "device") -> None:
+    """Check that ``device`` names a device :func:`resolve_device` knows — ``"auto"``, ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"`` or a ``torch.device`` of type cpu / cuda — without asking whether this machine has it.
+
+    Raises:
+        ValueError: naming ``what`` and the allowed names.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not (device in ("auto", "cpu") or (isinstance(device, str) and _CUDA.match(device))):
+        raise ValueError(f"{what} = {device!r}: allowed auto, cpu, cuda, cuda:N or a torch.device of type cpu or cuda")
+
+
+def _launched_local_rank() -> int | None:
+    """This process's ``LOCAL_RANK`` when a launcher started several processes, else ``None``."""
+    try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ:
+            return int(os.environ["LOCAL_RANK"])
+    except ValueError:
+        return None
+    return None
+
+
+def batches_ahead(batches, device: str | torch.device, *, depth: int | None = None):
+    """Iterate ``batches`` (tuples of CPU tensors) while a background thread prepares the next ``depth`` ones,
+    so that the device is not idle while the CPU builds a batch (SAF painting, AugMix, the c_id augmentations).
+
+    ``depth=None``: 2 batches ahead on CUDA — there pinned (page-locked) and copied with ``non_blocking=True`` —
+    and none on the CPU, where the preparing thread would compete with training for the same cores. The
+    batches are made by the one producer thread in their order, so their content (and every random draw in
+    them) is the same as without it. An exception in the producer is raised here.
+
+    Yields:
+        the batches, each tensor on ``device``.
+    """
+    import queue
+    import threading
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    depth = (2 if cuda else 0) if depth is None else int(depth)
+    if depth < 0:
+        raise ValueError(f"depth = {depth}: allowed an integer ≥ 0 (0: no batch prepared ahead)")
+
+    def move(batch):
+        if cuda:
+            return tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
+        return tuple(t.to(device) for t in batch)
+
+    if depth == 0:
+        for batch in batches:
+            yield move(batch)
+        return
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        """Hand ``item`` over unless the consumer has stopped; False once it has."""
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(tuple(t.pin_memory() for t in batch) if cuda else batch):
+                    return
+            put(done)
+        except BaseException as error:  # handed to the consumer, raised there
+            put(error)
+
+    worker = threading.Thread(target=produce, name="safcore-batches-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield tuple(t.to(device, non_blocking=cuda) for t in item)
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+def bf16_supported(device: str | torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 natively: the CPU (autocast works everywhere; AVX512-BF16 / AMX make
+    it fast), a CUDA GPU with compute capability ≥ 8.0 (Ampere: A100, H100, H200 …; not emulated); no other."""
+    return _bf16_supported(str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=None)
+def _bf16_supported(device: str) -> bool:
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    return False
+
+
+_WARNED_BF16: set[str] = set()
+
+
+def bf16_autocast(device: str | torch.device, enabled: bool = True):
+    """``torch.autocast(device.type, dtype=torch.bfloat16)`` where the device supports bf16
+    (:func:`bf16_supported`) and ``enabled``; elsewhere full precision, with one warning per device type
+    (e.g. a V100 runs a bf16 profile in fp32 instead of failing or emulating bf16)."""
+    import contextlib
+    import warnings
+
+    device = torch.device(device)
+    if not enabled:
+        return contextlib.nullcontext()
+    if not bf16_supported(device):
+        if device.type not in _WARNED_BF16:
+            _WARNED_BF16.add(device.type)
+            warnings.warn(f"{device} has no native bfloat16: running in float32 where the settings ask for bf16 "
+                          "autocast", RuntimeWarning, stacklevel=2)
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Use ``n`` torch intra-op threads inside the block (0 = unchanged), restoring the old count."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
