@@ -13,12 +13,13 @@ from safcore.probe.config import DEFAULT_GRID, ProbeConfig, as_single_image, ste
 from safcore.probe.eq9 import diffuse, eq9_indicator, marginal_std
 from safcore.probe.io import load_probe, save_probe
 from safcore.probe.results import ProbeExample, ProbeResult, QCurve
-from safcore.probe.runner import QTally, fill_q_curve, probe_at, q_curve, tally_draws
+from safcore.probe.runner import QTally, call_groups, fill_q_curve, probe_at, q_curve, tally_draws
 from safcore.probe.search import chunk_sizes, find_t_prime, probe_result, run_seed, topdown_search
 
 __all__ = [
     "DEFAULT_GRID",
     "QTally",
+    "call_groups",
     "fill_q_curve",
     "probe_result",
     "tally_draws",

@@ -38,7 +38,7 @@ from safcore.probe.config import (
 from safcore.probe.results import ProbeExample, QCurve
 from safcore.runtime.progress import progress_bar
 
-__all__ = ["probe_at", "QTally", "q_curve", "fill_q_curve", "tally_draws"]
+__all__ = ["probe_at", "QTally", "call_groups", "q_curve", "fill_q_curve", "tally_draws"]
 
 
 def _classify(clf: Classifier, x_unit: torch.Tensor, name: str) -> torch.Tensor:
@@ -206,6 +206,28 @@ class QTally:
         )
 
 
+
+def call_groups(grid: Sequence[float], M: int, *, batch_size: int, batch_waste: float, steps_full: int,
+                eps: float) -> list[tuple[float, ...]]:
+    """The exhaustive search's sampler calls as groups of grid t (high → low): up to ``max(1, batch_size // M)`` t
+    per call, a t joining only if it waits at most ``batch_waste`` of its steps (a waiting trajectory costs no
+    network evaluation); with ``M > batch_size`` each t is its own group (its M samples are then split over
+    calls). One rule for :func:`fill_q_curve` and the data-parallel probe (:mod:`safcore.study.distributed`)."""
+    if M > batch_size:
+        return [(t,) for t in grid]
+    per_call = max(1, batch_size // M)
+    groups: list[tuple[float, ...]] = []
+    group: list[float] = []
+    for t in grid:  # high -> low; start a new call when full or when t would wait too many iterations
+        s_max = steps_for(group[0], steps_full, eps) if group else 0
+        if group and (len(group) == per_call or s_max > (1.0 + batch_waste) * steps_for(t, steps_full, eps)):
+            groups.append(tuple(group))
+            group = []
+        group.append(t)
+    groups.append(tuple(group))
+    return groups
+
+
 def q_curve(
     score_fn: ScoreFn,
     sde: SDE | None,
@@ -312,21 +334,12 @@ def fill_q_curve(
     x_p = as_single_image(x_p)
     gen = as_generator(score_fn, sde, method=method, eps=eps)
 
-    # jobs: (list of t, samples per t) per sampler call (the rule of safcore.study.distributed.probe_jobs)
-    jobs: list[tuple[tuple[float, ...], int]] = []
+    # jobs: (list of t, samples per t) per sampler call
     if M <= batch_size:
-        per_call = max(1, batch_size // M)
-        group: list[float] = []
-        for t in grid:  # high -> low; start a new call when full or when t would wait too many iterations
-            s_max = steps_for(group[0], steps_full, eps) if group else 0
-            if group and (len(group) == per_call or s_max > (1.0 + batch_waste) * steps_for(t, steps_full, eps)):
-                jobs.append((tuple(group), M))
-                group = []
-            group.append(t)
-        jobs.append((tuple(group), M))
+        jobs = [(group, M) for group in call_groups(grid, M, batch_size=batch_size, batch_waste=batch_waste,
+                                                     steps_full=steps_full, eps=eps)]
     else:
-        for t in grid:
-            jobs += [((t,), min(batch_size, M - j)) for j in range(0, M, batch_size)]
+        jobs = [((t,), min(batch_size, M - j)) for t in grid for j in range(0, M, batch_size)]
 
     for group, m in progress_bar(jobs, desc="q_M(t)", enabled=progress, leave=False):
         # each t with its own steps(t), exactly as probe_at / the top-down search run it alone

@@ -59,11 +59,11 @@ from safcore.probe import (
     ProbeResult,
     QTally,
     as_single_image,
+    call_groups,
     chunk_sizes,
     fill_q_curve,
     probe_result,
     run_seed,
-    steps_for,
     tally_draws,
 )
 from safcore.runtime.parallel import (  # noqa: F401  (the launcher's primitives, used as distributed.X by the study)
@@ -269,24 +269,11 @@ def sample_split(
 
 
 def probe_jobs(config: ProbeConfig) -> list[tuple[float, ...]]:
-    """The exhaustive search's sampler calls as groups of grid t (high → low), by :func:`safcore.probe.q_curve`'s
-    batching rule: up to ``max(1, batch_size // M)`` t per call, a t joining only if it waits at most
-    ``batch_waste`` of its steps (a waiting trajectory costs no network evaluation). (With ``M > batch_size``
-    each t is its own group; ``q_curve`` splits its M samples over calls.) Each group, probed alone by ``q_curve``'s code, forms one call again."""
-    if config.M > config.batch_size:
-        return [(t,) for t in config.grid]
-    per_call = max(1, config.batch_size // config.M)
-    groups: list[tuple[float, ...]] = []
-    group: list[float] = []
-    for t in config.grid:
-        s_max = steps_for(group[0], config.steps_full, config.eps) if group else 0
-        if group and (len(group) == per_call
-                      or s_max > (1.0 + config.batch_waste) * steps_for(t, config.steps_full, config.eps)):
-            groups.append(tuple(group))
-            group = []
-        group.append(t)
-    groups.append(tuple(group))
-    return groups
+    """The exhaustive search's sampler calls as groups of grid t (high → low): :func:`safcore.probe.call_groups`,
+    the rule :func:`safcore.probe.q_curve` batches by. Each group, probed alone by ``q_curve``'s code, forms one
+    call again."""
+    return call_groups(config.grid, config.M, batch_size=config.batch_size, batch_waste=config.batch_waste,
+                       steps_full=config.steps_full, eps=config.eps)
 
 
 def _check_split_config(config: ProbeConfig) -> None:
