@@ -188,8 +188,9 @@ def load_monai(folder: Path) -> MonaiModel:
     state = read_state_dict(weights)
     missing, unexpected = sorted(set(unet.state_dict()) - set(state)), sorted(set(state) - set(unet.state_dict()))
     if missing or unexpected:
-        raise ModelLoadError(f"{str(weights)!r} does not fit {file}'s {net_name}: {len(missing)} missing "
-                             f"({', '.join(missing[:3])}…), {len(unexpected)} unexpected ({', '.join(unexpected[:3])}…)")
+        shown = "; ".join(f"{len(names)} {what} ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})"
+                          for what, names in (("missing", missing), ("unexpected", unexpected)) if names)
+        raise ModelLoadError(f"{str(weights)!r} does not fit {file}'s {net_name}: weights {shown}")
     try:
         unet.load_state_dict(state)
     except RuntimeError as error:
