@@ -51,11 +51,13 @@ def _common(parser: argparse.ArgumentParser, *, profile_default: str = "cpu") ->
 def _model_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--model", required=required,
                         help="the model to audit: a diffusers pipeline folder (model_index.json), a UNet2DModel folder with "
-                             "scheduler_config.json, a folder from safcore train, or a Hub id owner/name")
+                             "scheduler_config.json, a MONAI bundle or MONAI folder (config.json with network and scheduler), "
+                             "a folder from safcore train, or a Hub id owner/name")
     parser.add_argument("--fingerprint", required=True, type=Path,
                         help="the folder safcore fingerprint wrote (the model was trained on its D_p)")
     parser.add_argument("--scheduler", choices=("model", "ddpm", "ddim"), default="model",
-                        help="sample a diffusers model with its own scheduler (default) or with DDPM / DDIM built from its config")
+                        help="sample a diffusers or MONAI model with its own scheduler (default) or with DDPM / DDIM built "
+                             "from its config")
     parser.add_argument("--steps", type=int, default=None,
                         help="inference steps of a full reverse run of a diffusers model, 1 … T (its scheduler's "
                              "num_train_timesteps; default: the profile's, at most T)")

@@ -2,11 +2,13 @@
 
 In the spirit of diffusers' ``SchedulerCommonTest``: one suite, each implementation a fixture. Known answers
 come from exact point-mass models (every reverse run ends at the one training image; ε̂ is the exact noise);
-the trained-network kinds (safcore's ScoreModel, a diffusers UNet2DModel) check shapes, nfe and identity.
+the trained-network kinds (safcore's ScoreModel, a diffusers UNet2DModel, a MONAI DiffusionModelUNet) check shapes,
+nfe and identity.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from safcore.data.datasets import to_model_range
 from safcore.generators.base import Generator, SDEGenerator, steps_for
 from safcore.generators.diffusers_model import DiffusersModel
-from safcore.generators.known_answer import PointMassDenoiser, PointMixtureScore
+from safcore.generators.known_answer import MonaiPointMassDenoiser, PointMassDenoiser, PointMixtureScore
 from safcore.generators.loader import as_generator
 from safcore.generators.score_model import ScoreModel, build_unet
 from safcore.generators.sde import SubVPSDE, VPSDE
@@ -42,12 +44,27 @@ def _exact_diffusers(kind: str, prediction_type: str = "epsilon") -> Generator:
     return DiffusersModel(PointMassDenoiser(_target(), scheduler), scheduler)
 
 
+def _exact_monai(kind: str, prediction_type: str = "epsilon") -> Generator:
+    from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+    from safcore.generators.monai_model import MonaiModel
+
+    scheduler = (DDPMScheduler if kind == "ddpm" else DDIMScheduler)(num_train_timesteps=1000,
+                                                                     prediction_type=prediction_type)
+    return MonaiModel(MonaiPointMassDenoiser(_target(), scheduler), scheduler, image_size=SIZE)
+
+
 EXACT = {
     "subvp_point_mass": lambda: _exact_sde(SubVPSDE()),
     "vp_point_mass": lambda: _exact_sde(VPSDE()),
     "ddpm_point_mass": lambda: _exact_diffusers("ddpm"),
     "ddim_point_mass_v": lambda: _exact_diffusers("ddim", "v_prediction"),
 }
+HAS_MONAI = importlib.util.find_spec("monai") is not None  # the test extra installs it (safcore[monai])
+if HAS_MONAI:
+    EXACT.update({"monai_ddpm_point_mass": lambda: _exact_monai("ddpm"),
+                  "monai_ddim_point_mass_v": lambda: _exact_monai("ddim", "v_prediction"),
+                  "monai_ddpm_point_mass_x0": lambda: _exact_monai("ddpm", "sample")})
 
 
 def _tiny_score_model() -> Generator:
@@ -65,7 +82,21 @@ def _tiny_diffusers() -> Generator:
     return DiffusersModel(unet, DDPMScheduler(num_train_timesteps=1000))
 
 
-NETWORKS = {"safcore_score_model": _tiny_score_model, "diffusers_unet": _tiny_diffusers}
+def _tiny_monai() -> Generator:
+    from monai.networks.nets import DiffusionModelUNet
+    from monai.networks.schedulers import DDPMScheduler
+
+    from safcore.generators.monai_model import MonaiModel
+
+    torch.manual_seed(0)
+    unet = DiffusionModelUNet(spatial_dims=2, in_channels=1, out_channels=1, channels=(8, 16),
+                              attention_levels=(False, False), num_res_blocks=1, num_head_channels=8,
+                              norm_num_groups=8).eval()
+    return MonaiModel(unet, DDPMScheduler(num_train_timesteps=1000), image_size=SIZE)
+
+
+NETWORKS = {"safcore_score_model": _tiny_score_model, "diffusers_unet": _tiny_diffusers,
+            **({"monai_unet": _tiny_monai} if HAS_MONAI else {})}
 ALL = {**EXACT, **NETWORKS}
 
 
@@ -170,6 +201,9 @@ def test_as_generator_is_the_one_dispatch():
     assert as_generator(gen) is gen
     diffusers = _exact_diffusers("ddpm")
     assert as_generator(diffusers) is diffusers
+    if HAS_MONAI:
+        monai = _exact_monai("ddim")
+        assert as_generator(monai) is monai
     model = ScoreModel(build_unet("tiny", channels=1))
     vp = VPSDE()
     assert as_generator(model).sde is model.sde and as_generator(model, vp).sde is vp

@@ -35,6 +35,7 @@ from safcore.generators.sde import SDE
 __all__ = [
     "PointMixtureScore",
     "PointMassDenoiser",
+    "MonaiPointMassDenoiser",
     "sharp_curve",
     "logistic_tail_curve",
     "two_level_curve",
@@ -154,7 +155,7 @@ class PointMassDenoiser(torch.nn.Module):
             raise ValueError(f"target must be one image (C, H, W), got shape {tuple(target.shape)}")
         self.register_buffer("target", to_model_range(target.float()))
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float())
-        self.prediction_type = str(scheduler.config.prediction_type)
+        self.prediction_type = str(getattr(getattr(scheduler, "config", scheduler), "prediction_type"))  # MONAI: no config
         if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
             raise ValueError(f"prediction_type {self.prediction_type!r}; allowed: epsilon, sample, v_prediction")
         c, h, _ = target.shape
@@ -173,6 +174,20 @@ class PointMassDenoiser(torch.nn.Module):
         else:
             out = a.sqrt() * eps - (1.0 - a).sqrt() * x0
         return _Output(out)
+
+
+class MonaiPointMassDenoiser(PointMassDenoiser):
+    """:class:`PointMassDenoiser` called as MONAI calls a ``DiffusionModelUNet``: ``unet(x, timesteps=k)`` → the
+    prediction ``(B, C, H, W)`` itself; ``scheduler`` a MONAI DDPM/DDIM scheduler (its ``alphas_cumprod`` and
+    ``prediction_type``). A :class:`safcore.generators.monai_model.MonaiModel` built on it hands back ``target``
+    from every t."""
+
+    def __init__(self, target: torch.Tensor, scheduler) -> None:
+        super().__init__(target, scheduler)
+        self.in_channels = self.out_channels = self.config.in_channels
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x, timesteps).sample
 
 
 def _grid_array(grid: Sequence[float] | np.ndarray) -> np.ndarray:

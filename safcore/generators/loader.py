@@ -1,14 +1,15 @@
 """The model under audit, from a folder, a Hub id or an object: the one place that asks which kind a model is.
 
-:func:`load_model` reads a model folder as data, never as code: weights only from safetensors, the scheduler
-class only from an allow-list (:data:`safcore.generators.diffusers_model.SCHEDULERS`), no ``trust_remote_code``.
+:func:`load_model` reads a model folder as data, never as code: weights only from safetensors (or a MONAI state
+dict read with ``weights_only=True``), the scheduler class only from an allow-list
+(:data:`safcore.generators.diffusers_model.SCHEDULERS`, :mod:`safcore.generators.monai_bundle`), no
+``trust_remote_code``, no MONAI config expression.
 :func:`as_generator` turns any model safcore audits into the one contract the audit, the probe and the attacks
 use (:class:`safcore.generators.base.Generator`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -16,9 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from safcore.generators.base import Generator, SDEGenerator
-from safcore.generators.diffusers_model import SCHEDULERS, DiffusersModel, ModelLoadError, _scheduler_class, model_identity
+from safcore.generators.diffusers_model import SCHEDULERS, DiffusersModel, _scheduler_class, model_identity
+from safcore.generators.model_files import ModelLoadError, read_json
+from safcore.generators.monai_bundle import is_monai_folder, load_monai
+from safcore.generators.monai_model import MonaiModel
 from safcore.generators.score_model import SDE_CONFIG_NAME, ScoreModel
-from safcore.runtime.checks import check_safetensors, regular_file
+from safcore.runtime.checks import check_safetensors
 
 if TYPE_CHECKING:
     import torch
@@ -30,8 +34,10 @@ __all__ = ["AUDITABLE", "as_generator", "as_score_model", "load_model", "is_audi
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
+#: Models driven by their own discrete-time scheduler (:class:`~safcore.generators.scheduled.ScheduledModel`).
+SCHEDULED = (DiffusersModel, MonaiModel)
 #: The model objects ``Study(model=...)`` and ``safcore audit --model`` accept.
-AUDITABLE = (ScoreModel, DiffusersModel)
+AUDITABLE = (ScoreModel, *SCHEDULED)
 
 
 def is_auditable(model) -> bool:
@@ -42,9 +48,9 @@ def is_auditable(model) -> bool:
 def as_generator(model, sde=None, *, method: str = "euler_maruyama", eps: float = 1e-3) -> Generator:
     """Any model safcore audits as a :class:`~safcore.generators.base.Generator`.
 
-    - a :class:`~safcore.generators.base.SDEGenerator` or :class:`~safcore.generators.diffusers_model.DiffusersModel`
-      is one already (returned as is; a diffusers model's scheduler defines its processes, ``sde``, ``method``
-      and ``eps`` do not apply);
+    - a :class:`~safcore.generators.base.SDEGenerator`, a :class:`~safcore.generators.diffusers_model.DiffusersModel`
+      or a :class:`~safcore.generators.monai_model.MonaiModel` is one already (returned as is; a scheduler-driven
+      model's scheduler defines its processes, ``sde``, ``method`` and ``eps`` do not apply);
     - safcore's :class:`~safcore.generators.score_model.ScoreModel`: its own ``ε̂`` (mean head included), its SDE
       unless ``sde`` is given, its weights' identity;
     - any other score function ``s(x, t)`` with ``sde`` (or a ``.sde``), e.g. the exact
@@ -53,7 +59,7 @@ def as_generator(model, sde=None, *, method: str = "euler_maruyama", eps: float 
     ``method`` and ``eps`` are the reverse sampler and the end of its grid
     (:func:`safcore.generators.sampling.sample`).
     """
-    if isinstance(model, (SDEGenerator, DiffusersModel)):
+    if isinstance(model, (SDEGenerator, *SCHEDULED)):
         return model
     if isinstance(model, ScoreModel):
         params = next(model.parameters())
@@ -92,8 +98,8 @@ def model_under_audit(model, *, sample_steps: int | None = None, device: torch.d
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     if model is not None and not is_auditable(model):
-        raise ValueError(f"model is a {type(model).__name__}; allowed: a ScoreModel, a DiffusersModel, a model folder "
-                         "or a Hub id")
+        raise ValueError(f"model is a {type(model).__name__}; allowed: a ScoreModel, a DiffusersModel, a MonaiModel, a "
+                         "model folder or a Hub id")
     model = model.to(device).eval() if model is not None else None
     if sample_steps is not None and (isinstance(sample_steps, bool) or not isinstance(sample_steps, int) or sample_steps < 1):
         raise ValueError(f"sample_steps = {sample_steps!r}; allowed: an integer ≥ 1")
@@ -108,7 +114,7 @@ def max_inference_steps(model) -> int | None:
     """The most steps a full reverse run of ``model`` may take: a scheduler-driven model's ``T`` (its scheduler's
     ``num_train_timesteps``); ``None`` for an SDE model, whose sampler takes any number (``model=None``: the
     score model a study trains, an SDE model)."""
-    return model.num_train_timesteps if isinstance(model, DiffusersModel) else None
+    return model.num_train_timesteps if isinstance(model, SCHEDULED) else None
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,7 @@ class Sampling:
 
     Attributes:
         method: the SDE sampler of :func:`safcore.generators.sampling.sample`, or a scheduler-driven model's
-            scheduler class (``"DDPMScheduler"``, ``"DDIMScheduler"``).
+            ``scheduler_name`` (diffusers: ``"DDPMScheduler"``, ``"DDIMScheduler"``; MONAI: ``"monai.DDPMScheduler"`` …).
         steps: steps of a full reverse run from ``t = 1``.
         autocast_bf16: whether the network runs under bf16 autocast.
     """
@@ -138,31 +144,12 @@ def sampling_for(model, *, method: str, steps: int, chosen_steps: int | None = N
     if limit is None:
         return Sampling(method, steps, bf16)
     chosen = chosen_steps if chosen_steps is not None else steps
-    return Sampling(type(model.scheduler).__name__, min(int(chosen), limit), False)
+    return Sampling(model.scheduler_name, min(int(chosen), limit), False)
 
 
 def network(model) -> torch.nn.Module:
-    """The module that holds ``model``'s weights: a diffusers model's U-Net, else ``model`` itself."""
-    return model.unet if isinstance(model, DiffusersModel) else model
-
-
-_MAX_JSON_BYTES = 10_000_000  # a model's config files are a few kB; a link to a device or a huge file is refused
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        regular_file(path, "model file")
-        if path.stat().st_size > _MAX_JSON_BYTES:
-            raise ModelLoadError(f"{str(path)!r} holds {path.stat().st_size:,} bytes; a model's JSON config is a few kB")
-        value = json.loads(path.read_text())
-    except (ValueError, OSError) as error:
-        if isinstance(error, ModelLoadError):
-            raise
-        error = error.msg if isinstance(error, json.JSONDecodeError) else error
-        raise ModelLoadError(f"{str(path)!r} is not a readable JSON file ({error})") from None
-    if not isinstance(value, dict):
-        raise ModelLoadError(f"{str(path)!r} holds {type(value).__name__}, expected a JSON object")
-    return value
+    """The module that holds ``model``'s weights: a scheduler-driven model's U-Net, else ``model`` itself."""
+    return model.unet if isinstance(model, SCHEDULED) else model
 
 
 def _check_weights(folder: Path) -> None:
@@ -184,7 +171,7 @@ def _check_weights(folder: Path) -> None:
 def _load_unet(folder: Path) -> UNet2DModel:
     from diffusers import UNet2DModel
 
-    config = _read_json(folder / "config.json")
+    config = read_json(folder / "config.json")
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise ModelLoadError(f"{str(folder)!r} holds a {config.get('_class_name')!r}; allowed: UNet2DModel "
                              "(an unconditional image diffusion network)")
@@ -193,16 +180,16 @@ def _load_unet(folder: Path) -> UNet2DModel:
 
 
 def _load_scheduler(file: Path) -> SchedulerMixin:
-    config = _read_json(file)
+    config = read_json(file)
     name = config.get("_class_name")
     if name not in SCHEDULERS:
         raise ModelLoadError(f"{str(file)!r} names scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}")
     return _scheduler_class(name).from_config(config)
 
 
-def _load_local(folder: Path) -> ScoreModel | DiffusersModel:
+def _load_local(folder: Path) -> ScoreModel | DiffusersModel | MonaiModel:
     if (folder / "model_index.json").is_file():  # a pipeline folder (DDPMPipeline.save_pretrained)
-        index = _read_json(folder / "model_index.json")
+        index = read_json(folder / "model_index.json")
         for part, allowed in (("unet", ("UNet2DModel",)), ("scheduler", SCHEDULERS)):
             entry = index.get(part)
             if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers" and entry[1] in allowed):
@@ -214,6 +201,8 @@ def _load_local(folder: Path) -> ScoreModel | DiffusersModel:
         if not file.is_file():
             raise ModelLoadError(f"pipeline folder {str(folder)!r} has no scheduler/scheduler_config.json")
         return DiffusersModel(_load_unet(folder / "unet"), _load_scheduler(file), source=str(folder))
+    if is_monai_folder(folder):  # a MONAI bundle or a plain MONAI folder
+        return load_monai(folder)
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{str(folder)!r} is not a model folder: it holds neither model_index.json (a pipeline) "
                              "nor config.json (a UNet2DModel)")
@@ -272,7 +261,7 @@ def _load_hub(repo_id: str) -> DiffusersModel:
     return DiffusersModel(unet, _scheduler_class(name).from_config(config), source=f"hub:{repo_id}")
 
 
-def load_model(source: str | os.PathLike) -> ScoreModel | DiffusersModel:
+def load_model(source: str | os.PathLike) -> ScoreModel | DiffusersModel | MonaiModel:
     """The model under audit, from a folder or a Hugging Face Hub id.
 
     - a pipeline folder (``model_index.json`` naming a ``UNet2DModel`` and a DDPM/DDIM scheduler, as
@@ -280,11 +269,15 @@ def load_model(source: str | os.PathLike) -> ScoreModel | DiffusersModel:
     - a bare ``UNet2DModel`` folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) with a
       ``scheduler_config.json`` beside it → :class:`DiffusersModel`;
     - a folder written by safcore (``safcore_sde.json`` beside the U-Net) → :class:`safcore.generators.score_model.ScoreModel`;
+    - a MONAI bundle (``configs/inference.json`` + ``models/model.pt``) or a plain MONAI folder (``config.json`` with
+      ``network``, ``scheduler``, ``image_size`` + ``model.safetensors`` / ``model.pt``) →
+      :class:`safcore.generators.monai_model.MonaiModel` (:mod:`safcore.generators.monai_bundle`);
     - ``owner/name`` that is not a local folder → the Hub (``subfolder="unet"``, ``"scheduler"``), where
       the machine has access.
 
-    Weights are read from safetensors only; ``trust_remote_code`` is never passed; the scheduler class
-    comes from :data:`SCHEDULERS`, not from the folder.
+    Weights are read from safetensors only (a MONAI ``.pt`` state dict with ``torch.load(weights_only=True)``);
+    ``trust_remote_code`` is never passed and no config expression is evaluated; the scheduler class comes from
+    an allow-list, not from the folder.
 
     Raises:
         ModelLoadError: one line naming what is wrong and what is allowed.

@@ -1,0 +1,167 @@
+"""A user's MONAI model as the generator under audit: a 2-D ``DiffusionModelUNet`` and its own MONAI scheduler.
+
+Medical imaging teams train with MONAI (its generative models are in MONAI core since 1.4:
+``monai.networks.nets.DiffusionModelUNet``, ``monai.networks.schedulers.DDPMScheduler`` / ``DDIMScheduler``,
+``monai.inferers.DiffusionInferer``). As for a diffusers model, the scheduler *is* the library's definition of the
+model's processes (β schedule, prediction type, clipping), so :class:`MonaiModel` drives MONAI's own scheduler
+through the loops of :class:`~safcore.generators.scheduled.ScheduledModel` (same ``t`` ↔ timestep convention,
+``k(t) = ceil(t · T) − 1``, a run from ``t`` the tail of a full run's schedule):
+
+- **forward** (Ho et al. 2020, Eq. 4): ``scheduler.add_noise(x_0, ε, k)``;
+- **reverse**: ``scheduler.step(model_output, k, x)`` over ``scheduler.timesteps`` after ``set_timesteps(steps)``,
+  as ``DiffusionInferer.sample`` does: the network is called as ``unet(x, timesteps=[k])`` (one float timestep
+  for the batch), the prior is ``torch.randn`` and each step draws its noise with ``torch.randn`` (through
+  ``generator``; ``None``: the global generator, as the inferer, which passes none). MONAI's DDPM ``step`` always
+  steps ``k → k − 1``, whatever the inference grid: a DDPM run of fewer than ``T`` steps is MONAI's own sampler,
+  reproduced as it is.
+
+Only MONAI's names are used; ``monai`` is imported when a scheduler is built (the optional extra
+``safcore[monai]``). Images: model range ``[-1, 1]`` inside, as for every generator.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import numpy as np
+import torch
+
+from safcore.generators.model_files import ModelLoadError
+from safcore.generators.scheduled import ScheduledModel, settings_sha256, weights_sha256
+
+__all__ = ["MONAI_SCHEDULERS", "MonaiModel"]
+
+#: MONAI schedulers whose ``step`` safcore drives (class names in ``monai.networks.schedulers``).
+MONAI_SCHEDULERS: tuple[str, ...] = ("DDPMScheduler", "DDIMScheduler")
+_CHOICE_CLASS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler"}
+
+
+def _value(option) -> str:
+    """A MONAI option (a ``StrEnum`` member or a plain string) as its string."""
+    return str(getattr(option, "value", option))
+
+
+def convert_scheduler(scheduler, name: str):
+    """A MONAI scheduler of class ``name`` with ``scheduler``'s noise schedule (``β``, ``α``, ``ᾱ``), ``T``,
+    prediction type and clipping (DDIM with ``ᾱ_prev = 1`` at its last step, DDPM with fixed-small variance)."""
+    from monai.networks import schedulers
+
+    if name not in MONAI_SCHEDULERS:
+        raise ModelLoadError(f"MONAI scheduler {name!r} is not supported; allowed: {', '.join(MONAI_SCHEDULERS)}")
+    lo, hi = scheduler.clip_sample_values
+    out = getattr(schedulers, name)(num_train_timesteps=int(scheduler.num_train_timesteps),
+                                    prediction_type=_value(scheduler.prediction_type),
+                                    clip_sample=bool(scheduler.clip_sample), clip_sample_min=lo, clip_sample_max=hi)
+    out.betas, out.alphas = scheduler.betas.clone(), scheduler.alphas.clone()
+    out.alphas_cumprod = scheduler.alphas_cumprod.clone()
+    return out
+
+
+class MonaiModel(ScheduledModel):
+    """A MONAI ``DiffusionModelUNet`` (``spatial_dims=2``) driven by its own MONAI DDPM or DDIM scheduler.
+
+    Args:
+        unet: the trained network, called as ``unet(x, timesteps=k)`` → ``(B, C, H, W)``; any prediction type its
+            scheduler names (``epsilon``, ``sample``, ``v_prediction``). Any module with ``in_channels`` called
+            so works (known-answer tests: :class:`~safcore.generators.known_answer.MonaiPointMassDenoiser`).
+        scheduler: the MONAI scheduler it was trained with; a template (each call steps a deep copy, so
+            ``set_timesteps`` never leaks between calls).
+        image_size: the side of the square images it makes (px): a MONAI U-Net is fully convolutional and does
+            not record it.
+        source: where the model came from (shown in reports).
+        eta: DDIM's η (0: deterministic DDIM, as ``DiffusionInferer.sample``; ignored by DDPM).
+    """
+
+    def __init__(self, unet: torch.nn.Module, scheduler, *, image_size: int, source: str = "",
+                 eta: float = 0.0) -> None:
+        name = type(scheduler).__name__
+        if name not in MONAI_SCHEDULERS or not type(scheduler).__module__.startswith("monai."):
+            raise ModelLoadError(f"scheduler {type(scheduler).__module__}.{name} is not supported; allowed: MONAI's "
+                                 f"{', '.join(MONAI_SCHEDULERS)} (monai.networks.schedulers)")
+        if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+            raise ValueError(f"image_size = {image_size!r}; allowed: an integer ≥ 1 (px)")
+        if not 0.0 <= float(eta) <= 1.0:
+            raise ValueError(f"eta = {eta!r}; allowed: a number in [0, 1]")
+        self.unet, self.scheduler = unet, scheduler
+        self._image_size, self.source, self.eta = int(image_size), str(source), float(eta)
+        self.prediction_type = _value(scheduler.prediction_type)
+
+    def __repr__(self) -> str:
+        return (f"MonaiModel({self.source or 'in memory'!s}: {self.scheduler_name}, {self.prediction_type}, "
+                f"T={self.num_train_timesteps}, {self.channels}×{self.image_size}×{self.image_size})")
+
+    # ------------------------------------------------------------------ what it is
+    @property
+    def channels(self) -> int:
+        """Image channels the network takes (1 grey, 3 RGB)."""
+        return int(self.unet.in_channels)
+
+    @property
+    def image_size(self) -> int:
+        return self._image_size
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's parameters are."""
+        return next(self.unet.parameters()).device
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.num_train_timesteps)
+
+    @property
+    def scheduler_name(self) -> str:
+        """``"monai.DDPMScheduler"`` / ``"monai.DDIMScheduler"``, as run keys record it."""
+        return f"monai.{type(self.scheduler).__name__}"
+
+    def with_scheduler(self, choice: Literal["model", "ddpm", "ddim"], eta: float | None = None) -> MonaiModel:
+        """The same network under MONAI's other scheduler with this one's noise schedule (``"model"``: unchanged)."""
+        eta = self.eta if eta is None else eta
+        if choice == "model":
+            scheduler = self.scheduler
+        elif choice in _CHOICE_CLASS:
+            scheduler = convert_scheduler(self.scheduler, _CHOICE_CLASS[choice])
+        else:
+            raise ValueError(f"scheduler choice {choice!r}; allowed: 'model', 'ddpm', 'ddim'")
+        return MonaiModel(self.unet, scheduler, image_size=self.image_size, source=self.source, eta=eta)
+
+    def settings(self) -> dict:
+        """The scheduler's settings that change what the model generates (its ``ᾱ`` by hash)."""
+        s = self.scheduler
+        final = getattr(s, "final_alpha_cumprod", None)
+        return {"class": self.scheduler_name, "num_train_timesteps": self.num_train_timesteps,
+                "prediction_type": self.prediction_type, "clip_sample": bool(s.clip_sample),
+                "clip_sample_values": [float(v) for v in s.clip_sample_values],
+                "variance_type": _value(getattr(s, "variance_type", None)),
+                "steps_offset": getattr(s, "steps_offset", None),
+                "final_alpha_cumprod": None if final is None else float(final),
+                "alphas_cumprod_sha256": settings_sha256({"abar": s.alphas_cumprod.double().tolist()})}
+
+    def identity(self) -> dict:
+        """What the run store keys this model's samples and probes by: its weights' and settings' hashes."""
+        return {"weights_sha256": weights_sha256(self.unet), "class": type(self.unet).__name__,
+                "scheduler": self.scheduler_name, "scheduler_sha256": settings_sha256(self.settings()),
+                "image_size": self.image_size, "eta": self.eta}
+
+    # ------------------------------------------------------------------ how MONAI runs it (ScheduledModel)
+    @property
+    def _alphas_cumprod(self) -> torch.Tensor:
+        return self.scheduler.alphas_cumprod
+
+    def _new_scheduler(self):
+        return copy.deepcopy(self.scheduler)
+
+    def _network(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``unet(x, timesteps=k)``: ``k`` ``(B,)`` per row, or one timestep for the batch as
+        ``DiffusionInferer.sample`` passes it (``torch.Tensor((k,))``, float ``(1,)``)."""
+        return self.unet(x, timesteps=k.reshape(-1).to(x.device, torch.float32))
+
+    def _step(self, scheduler, out: torch.Tensor, k: torch.Tensor, x: torch.Tensor, generator) -> torch.Tensor:
+        if type(scheduler).__name__ == "DDIMScheduler":
+            return scheduler.step(out, k, x, eta=self.eta, generator=generator)[0]
+        return scheduler.step(out, k, x, generator=generator)[0]
+
+    def _prior(self, shape: tuple[int, ...], scheduler, generator) -> torch.Tensor:
+        """``x_T ~ N(0, I)``: the ``torch.randn`` noise a MONAI user hands ``DiffusionInferer.sample``."""
+        return torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
