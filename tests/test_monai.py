@@ -185,3 +185,28 @@ def test_what_safcore_refuses_to_read_is_one_line_and_exit_code_2(case, expected
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("safcore audit: error: ") and expected in err, err
     assert not out.exists()  # nothing written
+
+
+def test_probe_of_a_monai_model_is_the_study_s(monai_unet, fingerprint, data_root, tmp_path, capsys):  # noqa: F811
+    """``safcore probe`` on a MONAI model: Algorithm 1 through MONAI's own scheduler (diffuse with ``add_noise``,
+    reverse the tail of the full schedule), the same t' and counts as the Study's probe, and the DDIM view too."""
+    from safcore.study import Study
+
+    plain = _save_plain(monai_unet, tmp_path / "plain")
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", str(plain), "--fingerprint", str(fingerprint), "--profile", "smoke", "--M", "2",
+                 "--steps", "10", "--device", "cpu", "--data-root", str(data_root), "--out", str(out),
+                 "--no-progress"]) == 0, capsys.readouterr().err
+    record = json.loads((out / "probe.json").read_text())
+    study = Study.from_fingerprint(fingerprint, model=plain, profile="smoke", data_root=data_root, progress=False,
+                                   sample_steps=10, device="cpu")
+    result = study.probe(study.probe_config(M=2))
+    assert record["config"]["M"] == 2 and record["config"]["steps_full"] == 10 and record["nfe"] > 0
+    assert record["t_prime"] == result.t_prime and record["k"] == np.asarray(result.k).tolist()
+    assert record["n"] == [2] * len(record["ts"])
+    # the network under MONAI's DDIM scheduler (same noise schedule) is another model: another run
+    ddim = tmp_path / "probe_ddim"
+    assert main(["probe", "--model", str(plain), "--fingerprint", str(fingerprint), "--profile", "smoke", "--M", "2",
+                 "--steps", "10", "--scheduler", "ddim", "--device", "cpu", "--data-root", str(data_root), "--out",
+                 str(ddim), "--no-progress"]) == 0, capsys.readouterr().err
+    assert json.loads((ddim / "probe.json").read_text())["n"] == [2] * len(record["ts"])
