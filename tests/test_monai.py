@@ -120,8 +120,7 @@ def test_plain_folder_and_bundle_load_as_the_model_trained(monai_unet, fingerpri
 
 def _audit(folder: Path, fingerprint: Path, data_root, out: Path, capsys) -> dict:  # noqa: F811
     code = main(["audit", "--model", str(folder), "--fingerprint", str(fingerprint), "--profile", "smoke", "--n", "8",
-                 "--steps", "10", "--device", "cpu", "--data-root", str(data_root), "--out", str(out),
-                 "--no-progress"])
+                 "--device", "cpu", "--data-root", str(data_root), "--out", str(out), "--no-progress"])
     assert code == 0, capsys.readouterr().err
     return json.loads((out / "summary.json").read_text())
 
@@ -140,7 +139,7 @@ def test_audit_of_a_monai_model_is_the_study_s(monai_unet, fingerprint, data_roo
     assert manifest["config"]["study"]["external_model"]["scheduler"] == "monai.DDPMScheduler"
     assert "Model under audit: MonaiModel(" in (tmp_path / "report" / "report.md").read_text()
     study = Study.from_fingerprint(fingerprint, model=plain, profile="smoke", data_root=data_root, progress=False,
-                                   sample_steps=10, device="cpu")
+                                   device="cpu")  # MONAI's DDPM reaches x_0 only on its full grid: all T steps
     row = json.loads(json.dumps(study.audit(8).to_row()))
     assert all(_same(summary["audit"][k], v) for k, v in row.items()), (summary["audit"], row)
     # the same weights as a MONAI bundle: the same model, the same audit
@@ -189,24 +188,32 @@ def test_what_safcore_refuses_to_read_is_one_line_and_exit_code_2(case, expected
 
 def test_probe_of_a_monai_model_is_the_study_s(monai_unet, fingerprint, data_root, tmp_path, capsys):  # noqa: F811
     """``safcore probe`` on a MONAI model: Algorithm 1 through MONAI's own scheduler (diffuse with ``add_noise``,
-    reverse the tail of the full schedule), the same t' and counts as the Study's probe, and the DDIM view too."""
+    reverse the tail of the full schedule) in its DDIM view, the same t' and counts as the Study's probe, and the
+    DDPM model itself on its full grid."""
     from safcore.study import Study
 
     plain = _save_plain(monai_unet, tmp_path / "plain")
     out = tmp_path / "probe"
     assert main(["probe", "--model", str(plain), "--fingerprint", str(fingerprint), "--profile", "smoke", "--M", "2",
-                 "--steps", "10", "--device", "cpu", "--data-root", str(data_root), "--out", str(out),
-                 "--no-progress"]) == 0, capsys.readouterr().err
+                 "--steps", "10", "--scheduler", "ddim", "--device", "cpu", "--data-root", str(data_root), "--out",
+                 str(out), "--no-progress"]) == 0, capsys.readouterr().err
     record = json.loads((out / "probe.json").read_text())
-    study = Study.from_fingerprint(fingerprint, model=plain, profile="smoke", data_root=data_root, progress=False,
-                                   sample_steps=10, device="cpu")
+    study = Study.from_fingerprint(fingerprint, model=load_model(plain).with_scheduler("ddim"), profile="smoke",
+                                   data_root=data_root, progress=False, sample_steps=10, device="cpu")
     result = study.probe(study.probe_config(M=2))
     assert record["config"]["M"] == 2 and record["config"]["steps_full"] == 10 and record["nfe"] > 0
     assert record["t_prime"] == result.t_prime and record["k"] == np.asarray(result.k).tolist()
     assert record["n"] == [2] * len(record["ts"])
-    # the network under MONAI's DDIM scheduler (same noise schedule) is another model: another run
-    ddim = tmp_path / "probe_ddim"
+    # the DDPM model itself (another model: another run) is probed on its full grid of T steps
+    ddpm = tmp_path / "probe_ddpm"
     assert main(["probe", "--model", str(plain), "--fingerprint", str(fingerprint), "--profile", "smoke", "--M", "2",
-                 "--steps", "10", "--scheduler", "ddim", "--device", "cpu", "--data-root", str(data_root), "--out",
-                 str(ddim), "--no-progress"]) == 0, capsys.readouterr().err
-    assert json.loads((ddim / "probe.json").read_text())["n"] == [2] * len(record["ts"])
+                 "--device", "cpu", "--data-root", str(data_root), "--out", str(ddpm), "--no-progress"]) == 0, \
+        capsys.readouterr().err
+    full = json.loads((ddpm / "probe.json").read_text())
+    assert full["n"] == [2] * len(record["ts"]) and full["config"]["steps_full"] == 1000
+    # fewer steps of MONAI's DDPM never reach x_0: refused in one line, exit code 2
+    assert main(["probe", "--model", str(plain), "--fingerprint", str(fingerprint), "--profile", "smoke", "--steps", "10",
+                 "--device", "cpu", "--data-root", str(data_root), "--out", str(tmp_path / "coarse"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "never reaches x_0" in err and not (tmp_path / "coarse").exists()

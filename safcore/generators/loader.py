@@ -107,6 +107,10 @@ def model_under_audit(model, *, sample_steps: int | None = None, device: torch.d
     if sample_steps is not None and limit is not None and sample_steps > limit:
         raise ValueError(f"sample_steps = {sample_steps} exceeds the model's T = {limit} "
                          f"training timesteps; allowed: 1 … {limit}")
+    if sample_steps is not None and limit is not None and model.full_schedule_only and sample_steps != limit:
+        raise ValueError(f"sample_steps = {sample_steps}: {model.scheduler_name} steps k → k − 1 only, so a run of fewer "
+                         f"than its T = {limit} steps never reaches x_0; allowed: {limit}, or its DDIM view "
+                         "(--scheduler ddim) for fewer steps")
     return model, sample_steps
 
 
@@ -137,13 +141,16 @@ def sampling_for(model, *, method: str, steps: int, chosen_steps: int | None = N
     """How ``model`` is sampled with a profile's ``method``, ``steps`` and ``bf16``.
 
     A scheduler-driven model (:func:`max_inference_steps` not ``None``) runs its own scheduler for
-    ``chosen_steps`` (the user's choice, else ``steps``) inference steps, at most ``T``, in fp32; an SDE model
+    ``chosen_steps`` (the user's choice, else ``steps``) inference steps, at most ``T`` (all ``T`` for a scheduler
+    that reaches ``x_0`` only on its full grid, ``full_schedule_only``), in fp32; an SDE model
     (or ``None``, the score model a study trains) runs ``method`` for ``steps`` steps (``chosen_steps`` does
     not apply) with ``bf16``."""
     limit = max_inference_steps(model)
     if limit is None:
         return Sampling(method, steps, bf16)
     chosen = chosen_steps if chosen_steps is not None else steps
+    if model.full_schedule_only:  # its scheduler reaches x_0 only on the full grid
+        chosen = limit
     return Sampling(model.scheduler_name, min(int(chosen), limit), False)
 
 

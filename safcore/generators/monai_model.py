@@ -12,8 +12,9 @@ through the loops of :class:`~safcore.generators.scheduled.ScheduledModel` (same
   as ``DiffusionInferer.sample`` does: the network is called as ``unet(x, timesteps=[k])`` (one float timestep
   for the batch), the prior is ``torch.randn`` and each step draws its noise with ``torch.randn`` (through
   ``generator``; ``None``: the global generator, as the inferer, which passes none). MONAI's DDPM ``step`` always
-  steps ``k → k − 1``, whatever the inference grid: a DDPM run of fewer than ``T`` steps is MONAI's own sampler,
-  reproduced as it is.
+  steps ``k → k − 1``, whatever the inference grid, so a DDPM run of fewer than ``T`` steps never reaches ``x_0``:
+  :meth:`sample` reproduces it as MONAI runs it, but the audit and the probe sample a MONAI DDPM model on all ``T``
+  steps (:attr:`MonaiModel.full_schedule_only`; fewer steps: ``with_scheduler("ddim")``).
 
 Only MONAI's names are used; ``monai`` is imported when a scheduler is built (the optional extra
 ``safcore[monai]``). Images: model range ``[-1, 1]`` inside, as for every generator.
@@ -114,6 +115,12 @@ class MonaiModel(ScheduledModel):
     def scheduler_name(self) -> str:
         """``"monai.DDPMScheduler"`` / ``"monai.DDIMScheduler"``, as run keys record it."""
         return f"monai.{type(self.scheduler).__name__}"
+
+    @property
+    def full_schedule_only(self) -> bool:
+        """MONAI's ``DDPMScheduler.step`` always steps ``k → k − 1`` (whatever ``set_timesteps`` chose), so a DDPM run
+        of fewer than ``T`` steps stops far from ``x_0``: the audit runs it on all ``T`` (fewer steps: its DDIM view)."""
+        return type(self.scheduler).__name__ == "DDPMScheduler"
 
     def with_scheduler(self, choice: Literal["model", "ddpm", "ddim"], eta: float | None = None) -> MonaiModel:
         """The same network under MONAI's other scheduler with this one's noise schedule (``"model"``: unchanged)."""

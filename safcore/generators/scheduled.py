@@ -96,6 +96,12 @@ class ScheduledModel:
     def _prior(self, shape: tuple[int, ...], scheduler, generator) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def full_schedule_only(self) -> bool:
+        """Whether the scheduler reaches ``x_0`` only on its full grid of ``T`` steps (a scheduler whose ``step``
+        always goes ``k → k − 1``, whatever the inference grid): the audit then samples and probes with all ``T``."""
+        return False
+
     # ------------------------------------------------------------------ what it is
     def to(self, device: str | torch.device):
         self.unet.to(device)
