@@ -103,11 +103,6 @@ class MonaiModel(ScheduledModel):
         return self._image_size
 
     @property
-    def device(self) -> torch.device:
-        """Where the network's parameters are."""
-        return next(self.unet.parameters()).device
-
-    @property
     def num_train_timesteps(self) -> int:
         return int(self.scheduler.num_train_timesteps)
 

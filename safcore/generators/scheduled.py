@@ -103,6 +103,11 @@ class ScheduledModel:
         return False
 
     # ------------------------------------------------------------------ what it is
+    @property
+    def device(self) -> torch.device:
+        """Where the network's parameters are."""
+        return next(self.unet.parameters()).device
+
     def to(self, device: str | torch.device):
         self.unet.to(device)
         return self

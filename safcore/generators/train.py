@@ -525,7 +525,7 @@ def train(
     start = time.perf_counter()
     try:
         while trainer.step_count < target:
-            loss = trainer.step()
+            trainer.step()
             step = trainer.step_count
             if step in keep:
                 trainer.save_kept(work_dir)
