@@ -185,15 +185,14 @@ def load_monai(folder: Path) -> MonaiModel:
     unet = _network(resolver.entry(net_name), f"{file}: {net_name}")
     scheduler = _scheduler(resolver.entry(sched_name), f"{file}: {sched_name}")
     size = _image_size(resolver.entry(size_name), f"{file}: {size_name}")
-    state = read_state_dict(weights)
-    missing, unexpected = sorted(set(unet.state_dict()) - set(state)), sorted(set(state) - set(unet.state_dict()))
-    if missing or unexpected:
-        shown = "; ".join(f"{len(names)} {what} ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})"
-                          for what, names in (("missing", missing), ("unexpected", unexpected)) if names)
-        raise ModelLoadError(f"{str(weights)!r} does not fit {file}'s {net_name}: weights {shown}")
-    try:
-        unet.load_state_dict(state)
+    try:  # torch names the keys that do not fit; a shape that does not fit raises
+        fit = unet.load_state_dict(read_state_dict(weights), strict=False)
     except RuntimeError as error:
         first = (str(error).strip().splitlines() or ["size mismatch"])[-1].strip()
         raise ModelLoadError(f"{str(weights)!r} does not fit {file}'s {net_name}: {first}") from None
+    if fit.missing_keys or fit.unexpected_keys:
+        shown = "; ".join(f"{len(names)} {what} ({', '.join(sorted(names)[:3])}{', …' if len(names) > 3 else ''})"
+                          for what, names in (("missing", fit.missing_keys), ("unexpected", fit.unexpected_keys))
+                          if names)
+        raise ModelLoadError(f"{str(weights)!r} does not fit {file}'s {net_name}: weights {shown}")
     return MonaiModel(unet.eval(), scheduler, image_size=size, source=str(folder))
