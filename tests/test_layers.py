@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "safcore"
 #: The layers, lowest first; a module may import from its own layer and those before it.
 LAYERS = ("runtime", "data", "generators", "defences", "adversary", "measures", "audit", "probe", "study", "__main__")
 #: Model classes whose kind only the loader may test.
-MODEL_KINDS = {"DiffusersModel", "MonaiModel", "ScoreModel", "SDEGenerator", "AUDITABLE", "SCHEDULED"}
+MODEL_KINDS = {"DiffusersModel", "MonaiModel", "ScoreModel", "SDEGenerator", "AUDITABLE", "SCHEDULED",
+               "LatentModel"}
 LOADER = PACKAGE / "generators" / "loader.py"
 MAX_LINES = 600
 MODULES = sorted(PACKAGE.rglob("*.py"))

@@ -15,7 +15,11 @@ and a network that predicts the noise, ``ε̂(x_t, t)``. A :class:`Generator` ex
 - its processes: :meth:`~Generator.diffuse` (``x_0 → x_t``), :meth:`~Generator.reverse` (``x_t → x_0``, from
   per-sample start times, the tail of a full run of ``steps`` steps) and :meth:`~Generator.sample` (from the
   prior, all ``steps`` steps);
-- :meth:`~Generator.identity`: what the run store keys its samples and probes by.
+- :meth:`~Generator.identity`: what the run store keys its samples and probes by;
+- where its diffusion runs: :attr:`~Generator.space` (``"pixel"``, or ``"latent"`` for a latent diffusion model,
+  :class:`~safcore.generators.latent_model.LatentModel`), :meth:`~Generator.encode` (images → that space) and
+  :meth:`~Generator.decode` (back). ``coefficients``, ``eps``, ``diffuse`` and ``reverse`` work in that space (the
+  "model space"); ``sample`` returns decoded images; ``channels`` and ``image_size`` are the images'.
 
 Two implementations: :class:`SDEGenerator` (any score function of an :class:`~safcore.generators.sde.SDE`:
 safcore's own :class:`~safcore.generators.score_model.ScoreModel`, the exact
@@ -23,7 +27,8 @@ safcore's own :class:`~safcore.generators.score_model.ScoreModel`, the exact
 :class:`~safcore.generators.diffusers_model.DiffusersModel` (a diffusers U-Net driven by its own scheduler).
 :func:`safcore.generators.loader.as_generator` is the one place that asks which kind a model is.
 
-Shapes: images ``(B, C, H, W)`` in the model range ``[-1, 1]``; times ``(B,)`` in ``[0, 1]``.
+Shapes: images ``(B, C, H, W)`` in the model range ``[-1, 1]``; times ``(B,)`` in ``[0, 1]``; a pixel model's
+model space is its images (``encode``, ``decode``: the identity).
 """
 
 from __future__ import annotations
@@ -104,6 +109,19 @@ class Generator(Protocol):
 
     def identity(self) -> dict:
         """What the run store keys this model's samples and probes by (hashes of weights and settings)."""
+        ...
+
+    @property
+    def space(self) -> str:
+        """Where the diffusion runs: ``"pixel"`` (on the images) or ``"latent"`` (on an autoencoder's latents)."""
+        ...
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` model range → the space the diffusion runs in (pixel: the images themselves)."""
+        ...
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Back from that space to images ``(B, C, H, W)`` model range (pixel: ``z`` itself)."""
         ...
 
 
@@ -242,6 +260,15 @@ class SDEGenerator:
         return sample(self.score, self.sde, shape=(n, self.channels, self.image_size, self.image_size),
                       method=self.method, steps=steps, eps=self.eps_end, generator=generator, batch_size=batch_size,
                       autocast_bf16=autocast_bf16, progress=progress)
+
+    space = "pixel"
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The images themselves: an SDE model diffuses pixels."""
+        return images
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
 
     def identity(self) -> dict:
         if self._identity is None:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from safcore.generators.base import Generator, SDEGenerator
 from safcore.generators.diffusers_model import SCHEDULERS, DiffusersModel, _scheduler_class, model_identity
+from safcore.generators.latent_model import (AutoencoderAdapter, DiffusersKL, DiffusersVQ, LatentModel, MonaiKL,
+                                             MonaiVQ, TensorAutoencoder)
 from safcore.generators.model_files import ModelLoadError, read_json
 from safcore.generators.monai_bundle import is_monai_folder, load_monai
 from safcore.generators.monai_model import MonaiModel
@@ -29,13 +31,17 @@ if TYPE_CHECKING:
     from diffusers import SchedulerMixin, UNet2DModel
 
 __all__ = ["AUDITABLE", "as_generator", "as_score_model", "load_model", "is_auditable", "max_inference_steps",
-           "Sampling", "sampling_for", "network", "model_under_audit", "ModelLoadError"]
+           "Sampling", "sampling_for", "network", "model_under_audit", "ModelLoadError", "autoencoder_adapter",
+           "AUTOENCODERS"]
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-#: Models driven by their own discrete-time scheduler (:class:`~safcore.generators.scheduled.ScheduledModel`).
-SCHEDULED = (DiffusersModel, MonaiModel)
+#: Models driven by their own discrete-time scheduler (:class:`~safcore.generators.scheduled.ScheduledModel`), and
+#: latent models of one (:class:`~safcore.generators.latent_model.LatentModel`).
+SCHEDULED = (DiffusersModel, MonaiModel, LatentModel)
+#: The autoencoders of a diffusers latent pipeline folder (``model_index.json``'s class names).
+AUTOENCODERS: tuple[str, ...] = ("VQModel", "AutoencoderKL")
 #: The model objects ``Study(model=...)`` and ``safcore audit --model`` accept.
 AUDITABLE = (ScoreModel, *SCHEDULED)
 
@@ -155,8 +161,49 @@ def sampling_for(model, *, method: str, steps: int, chosen_steps: int | None = N
 
 
 def network(model) -> torch.nn.Module:
-    """The module that holds ``model``'s weights: a scheduler-driven model's U-Net, else ``model`` itself."""
+    """The module that holds ``model``'s weights: a scheduler-driven model's U-Net (a latent model's U-Net and
+    autoencoder), else ``model`` itself."""
+    if isinstance(model, LatentModel):
+        import torch
+
+        return torch.nn.ModuleDict({"unet": model.unet, "autoencoder": model.autoencoder.module})
     return model.unet if isinstance(model, SCHEDULED) else model
+
+
+def autoencoder_adapter(module) -> AutoencoderAdapter:
+    """How ``module`` encodes and decodes (:mod:`safcore.generators.latent_model`): diffusers ``AutoencoderKL`` /
+    ``VQModel``, MONAI ``AutoencoderKL`` / ``VQVAE``, or any module whose ``encode``/``decode`` return tensors.
+
+    Raises:
+        ValueError: ``module`` has no ``encode`` and ``decode``."""
+    if isinstance(module, AutoencoderAdapter):
+        return module
+    kinds = {"diffusers": {"AutoencoderKL": DiffusersKL, "VQModel": DiffusersVQ},
+             "monai": {"AutoencoderKL": MonaiKL, "VQVAE": MonaiVQ}}
+    for library, classes in kinds.items():
+        for name, adapter in classes.items():
+            cls = _library_class(library, name)
+            if cls is not None and isinstance(module, cls):
+                return adapter(module)
+    if callable(getattr(module, "encode", None)) and callable(getattr(module, "decode", None)):
+        return TensorAutoencoder(module)
+    raise ValueError(f"autoencoder is a {type(module).__name__}; allowed: diffusers AutoencoderKL or VQModel, MONAI "
+                     "AutoencoderKL or VQVAE, or a module with encode and decode returning tensors")
+
+
+def _library_class(library: str, name: str):
+    """``library``'s class ``name`` where the library is installed, else ``None``."""
+    import importlib.util
+
+    if importlib.util.find_spec(library) is None:
+        return None
+    if library == "diffusers":
+        import diffusers
+
+        return getattr(diffusers, name)
+    from monai.networks import nets
+
+    return getattr(nets, name)
 
 
 def _check_weights(folder: Path) -> None:
@@ -194,6 +241,36 @@ def _load_scheduler(file: Path) -> SchedulerMixin:
     return _scheduler_class(name).from_config(config)
 
 
+def _latent_pipeline(folder: Path, index: dict, model: DiffusersModel) -> DiffusersModel | LatentModel:
+    """``model`` itself for a pixel pipeline; with a ``vqvae`` or ``vae`` entry (``LDMPipeline.save_pretrained``),
+    the :class:`LatentModel` of that autoencoder (safetensors, a class of :data:`AUTOENCODERS`) with
+    ``scale_factor`` = its ``config.scaling_factor``, as ``LDMPipeline`` decodes ``latents / scaling_factor``."""
+    import diffusers
+
+    part = next((p for p in ("vqvae", "vae") if p in index), None)
+    if part is None:
+        if str(index.get("_class_name", "")).startswith("LDM"):
+            raise ModelLoadError(f"{str(folder / 'model_index.json')!r} is a {index['_class_name']} without an "
+                                 "autoencoder (vqvae or vae entry); safcore cannot decode its latents without it")
+        return model
+    entry = index[part]
+    if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers" and entry[1] in AUTOENCODERS):
+        raise ModelLoadError(f"{str(folder / 'model_index.json')!r} has {part} = {entry!r}; allowed: "
+                             f"['diffusers', one of {', '.join(AUTOENCODERS)}]")
+    sub = folder / part
+    if not (sub / "config.json").is_file():
+        raise ModelLoadError(f"latent pipeline folder {str(folder)!r} has no {part}/config.json: the autoencoder is "
+                             "missing, and safcore cannot decode the latents without it")
+    config = read_json(sub / "config.json")
+    if config.get("_class_name") != entry[1]:
+        raise ModelLoadError(f"{str(sub / 'config.json')!r} holds a {config.get('_class_name')!r}; allowed: {entry[1]} "
+                             "(as model_index.json names it)")
+    _check_weights(sub)
+    module = getattr(diffusers, entry[1]).from_pretrained(sub, use_safetensors=True, low_cpu_mem_usage=False).eval()
+    scale = float(module.config.get("scaling_factor") or 1.0)
+    return LatentModel(autoencoder_adapter(module), model, scale_factor=scale, source=str(folder))
+
+
 def _load_local(folder: Path) -> ScoreModel | DiffusersModel | MonaiModel:
     if (folder / "model_index.json").is_file():  # a pipeline folder (DDPMPipeline.save_pretrained)
         index = read_json(folder / "model_index.json")
@@ -207,7 +284,8 @@ def _load_local(folder: Path) -> ScoreModel | DiffusersModel | MonaiModel:
         file = folder / "scheduler" / "scheduler_config.json"
         if not file.is_file():
             raise ModelLoadError(f"pipeline folder {str(folder)!r} has no scheduler/scheduler_config.json")
-        return DiffusersModel(_load_unet(folder / "unet"), _load_scheduler(file), source=str(folder))
+        model = DiffusersModel(_load_unet(folder / "unet"), _load_scheduler(file), source=str(folder))
+        return _latent_pipeline(folder, index, model)
     if is_monai_folder(folder):  # a MONAI bundle or a plain MONAI folder
         return load_monai(folder)
     if not (folder / "config.json").is_file():
@@ -272,13 +350,16 @@ def load_model(source: str | os.PathLike) -> ScoreModel | DiffusersModel | Monai
     """The model under audit, from a folder or a Hugging Face Hub id.
 
     - a pipeline folder (``model_index.json`` naming a ``UNet2DModel`` and a DDPM/DDIM scheduler, as
-      ``DDPMPipeline.save_pretrained`` writes it) → :class:`DiffusersModel`;
+      ``DDPMPipeline.save_pretrained`` writes it) → :class:`DiffusersModel`; with a ``vqvae`` (``VQModel``) or ``vae``
+      (``AutoencoderKL``) besides, as ``LDMPipeline.save_pretrained`` writes it →
+      :class:`~safcore.generators.latent_model.LatentModel`;
     - a bare ``UNet2DModel`` folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) with a
       ``scheduler_config.json`` beside it → :class:`DiffusersModel`;
     - a folder written by safcore (``safcore_sde.json`` beside the U-Net) → :class:`safcore.generators.score_model.ScoreModel`;
     - a MONAI bundle (``configs/inference.json`` + ``models/model.pt``) or a plain MONAI folder (``config.json`` with
       ``network``, ``scheduler``, ``image_size`` + ``model.safetensors`` / ``model.pt``) →
-      :class:`safcore.generators.monai_model.MonaiModel` (:mod:`safcore.generators.monai_bundle`);
+      :class:`safcore.generators.monai_model.MonaiModel` (:mod:`safcore.generators.monai_bundle`; with an autoencoder
+      entry: a :class:`~safcore.generators.latent_model.LatentModel`);
     - ``owner/name`` that is not a local folder → the Hub (``subfolder="unet"``, ``"scheduler"``), where
       the machine has access.
 

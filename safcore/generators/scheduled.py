@@ -66,6 +66,7 @@ class ScheduledModel:
     """
 
     sde = None  # no SDE: the scheduler defines forward and reverse
+    space = "pixel"  # a latent model wraps one of these (safcore.generators.latent_model.LatentModel)
     unet: torch.nn.Module
     eta: float
     prediction_type: str
@@ -123,6 +124,13 @@ class ScheduledModel:
         scheduler = self._new_scheduler()
         scheduler.set_timesteps(int(steps))
         return scheduler
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The images themselves: the network diffuses pixels."""
+        return images
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
 
     # ------------------------------------------------------------------ t ↔ timesteps
     def timestep(self, t: float) -> int:

@@ -166,7 +166,7 @@ def _prepare(model: Generator, images: torch.Tensor) -> torch.Tensor:
         x = x.to(model.dtype)
     if model.device is not None:
         x = x.to(model.device)
-    return x
+    return model.encode(x)  # the attacks run where the diffusion runs: a latent model's latents
 
 
 def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -77,11 +77,18 @@ def _run_batch(
     row from its t with the step size of a full run of ``steps_full`` steps (an SDE: ``steps_for(t)`` steps on
     ``linspace(t, eps, steps(t) + 1)``; a scheduler: the tail of its ``steps_full`` inference steps). ``nfe`` of
     the batch is what the network evaluated for each trajectory.
+
+    All of it runs in the model's space (:attr:`~safcore.generators.base.Generator.space`): a latent model's
+    ``x_p`` is encoded first (``z_p = encode(x_p)``), its latent diffused to t and reversed, and the reverse
+    samples and queries decoded to images before the classifiers see them, so t is a time of the latent
+    diffusion (a pixel model's ``encode`` / ``decode`` are the identity).
     """
     t_vec = torch.tensor(list(ts), dtype=torch.float64, device=x_p.device)  # exact t: each row's steps(t)
-    x0 = to_model_range(as_single_image(x_p)).unsqueeze(0).expand(t_vec.shape[0], -1, -1, -1)
+    z_p = gen.encode(to_model_range(as_single_image(x_p)).unsqueeze(0))
+    x0 = z_p.expand(t_vec.shape[0], -1, -1, -1)
     query = gen.diffuse(x0, t_vec.to(torch.float32).to(x0.dtype), steps_full, generator)
     images, nfe = gen.reverse(query, t_vec, steps_full, generator)
+    images, query = gen.decode(images), gen.decode(query)
     x_unit = from_model_range(images.detach()).clamp(0.0, 1.0)
     vp = _classify(c_p, x_unit, "c_p")
     vid = _classify(c_id, x_unit, "c_id")

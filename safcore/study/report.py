@@ -18,6 +18,7 @@ from pathlib import Path
 
 from safcore.study import distributed
 from safcore.study import plotting
+from safcore.audit.autoencoder import AutoencoderCheck, autoencoder_check, with_autoencoder_finding
 from safcore.audit.sample_audit import AuditResult
 from safcore.probe import ProbeResult
 from safcore.runtime.progress import progress_bar
@@ -40,10 +41,11 @@ class AuditReport:
     copies: int
     seconds: float
     directory: Path
+    autoencoder: AutoencoderCheck | None = None  # a latent model's: does the SAF survive encode → decode?
 
     def __str__(self) -> str:
         return (
-            f"{self.study}\n{self.audit.verdict().headline}\n{self.audit}\n"
+            f"{self.study}\n{with_autoencoder_finding(self.audit.verdict(), self.autoencoder).headline}\n{self.audit}\n"
             + (f"{self.probe}\n" if self.probe is not None else "t' not probed\n")
             + 
             f"samples that copy a training image (calibrated Carlini rule): {self.audit.copies.copies_text()}\n"
@@ -144,12 +146,34 @@ def run_audit(study: Study, out_dir: str | Path, *, images=None, n: int | None =
         stage_seconds["t' spread"] = time.perf_counter() - began
     accuracies = study.classifier_accuracies()
     copies = audit_result.copies.n_copies  # the audit's own neighbour search, not a second one
+    ae_check = latent_check(study)
     seconds = time.perf_counter() - start
     if distributed.is_main_process():  # under accelerate launch every rank ran the stages; one writes
         with output_folder(out_dir, overwrite=overwrite) as tmp:  # renamed into place when whole
             _write_report(study, tmp, audit_result, probe_result, spread, accuracies, copies, samples, seconds,
-                          stage_seconds, images_given=images is not None)
-    return AuditReport(repr(study), audit_result, probe_result, accuracies, copies, seconds, out_dir)
+                          stage_seconds, images_given=images is not None, autoencoder=ae_check)
+    return AuditReport(repr(study), audit_result, probe_result, accuracies, copies, seconds, out_dir, ae_check)
+
+
+def latent_check(study: Study) -> AutoencoderCheck | None:
+    """A latent model's :func:`~safcore.audit.autoencoder.autoencoder_check` on ``x_p`` with the study's ``c_p`` and
+    ``c_id`` (``None`` for a model that diffuses pixels, or none)."""
+    from safcore.generators.loader import as_generator
+
+    if study.model is None or as_generator(study.model).space == "pixel":
+        return None
+    p = study.private
+    return autoencoder_check(as_generator(study.model), p.x_p, p.x_i, p.mask, study.c_p, study.c_id)
+
+
+def _latent_section(autoencoder: AutoencoderCheck | None) -> list[str]:
+    if autoencoder is None:
+        return []
+    answer = "yes" if autoencoder.saf_survives else "**no: the audit cannot see the SAF, the autoencoder erases it**"
+    return ["## Latent diffusion: does the SAF survive the autoencoder?", "",
+            f"{answer} — {autoencoder.describe()}. The model diffuses the autoencoder's latents: every sample is a "
+            "decoded latent, so the best it can hand back of x_p is decode(encode(x_p)); Algorithm 1 encodes x_p, "
+            "noises the latent to t, reverses and decodes, so t' is a time of the latent diffusion.", ""]
 
 
 def run_demo(study: Study, out_dir: str | Path, *, spread_runs: int = 3, progress: bool = True,
@@ -229,10 +253,10 @@ def _model_line(study: Study, images_given: bool) -> str:
 
 
 def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds,
-                  stage_seconds, images_given: bool = False) -> None:
+                  stage_seconds, images_given: bool = False, autoencoder: AutoencoderCheck | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     x_p = study.private.x_p
-    verdict = audit_result.verdict()
+    verdict = with_autoencoder_finding(audit_result.verdict(), autoencoder)
     check = audit_result.copies
     u = audit_result.handed_back_interval()[1]
     k_back = audit_result.n_handed_back
@@ -295,6 +319,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         *[f"- Warning: {w}." for w in verdict.warnings],
         "",
         *_quality_section(audit_result.quality),
+        *_latent_section(autoencoder),
         "## The adversary's count (paper Tab. 1)",
         "",
         *_md_table([tab1]),
@@ -328,6 +353,8 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         "## t' (Algorithm 1)",
         "",
         *([f"- {probe_result}",
+           *(["- t' is measured in latent space: x_p is encoded, its latent noised to t and reversed by the diffusion "
+              "network, the reverse samples decoded before c_p and c_id see them."] if autoencoder is not None else []),
            *([f"- Spread: {len(spread.t_prime_runs)} further top-down probes (same M, other seeds) give t' = "
               + ", ".join("none" if t is None else f"{t:.2f}" for t in spread.t_prime_runs)
               + " — the top-down search draws t' from the same law as the exhaustive one."] if spread is not None else []),
@@ -367,6 +394,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         "quality": audit_result.quality.to_dict() if audit_result.quality is not None else None,
         "c_p_on_x_p": audit_result.cp_on_x_p, "c_id_on_x_p": audit_result.cid_on_x_p,
         "model": _model_line(study, images_given),
+        **({"t_prime_space": "latent", "autoencoder": autoencoder.to_dict()} if autoencoder is not None else {}),
         "probed": probe_result is not None,
         "t_prime": probe_result.t_prime if probe_result else None,
         "t_prime_k": probe_result.k_at_t_prime if probe_result else None,
