@@ -54,17 +54,42 @@ def _exact_monai(kind: str, prediction_type: str = "epsilon") -> Generator:
     return MonaiModel(MonaiPointMassDenoiser(_target(), scheduler), scheduler, image_size=SIZE)
 
 
+def _exact_latent(library: str) -> Generator:
+    """A point mass in the latent space of a lossless linear autoencoder: reverse → decode is the training image."""
+    from safcore.generators.known_answer import SpaceToDepthAutoencoder
+    from safcore.generators.latent_model import LatentModel, TensorAutoencoder
+
+    ae, scale = SpaceToDepthAutoencoder(), 0.5
+    z = scale * ae.encode(to_model_range(_target()).unsqueeze(0))[0]  # (4, SIZE/2, SIZE/2) model space
+    target = (z + 1.0) / 2.0  # the denoisers take their point in unit range
+    if library == "diffusers":
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler(num_train_timesteps=1000)
+        inner = DiffusersModel(PointMassDenoiser(target, scheduler), scheduler)
+    else:
+        from monai.networks.schedulers import DDPMScheduler
+
+        from safcore.generators.monai_model import MonaiModel
+
+        scheduler = DDPMScheduler(num_train_timesteps=1000)
+        inner = MonaiModel(MonaiPointMassDenoiser(target, scheduler), scheduler, image_size=SIZE // 2)
+    return LatentModel(TensorAutoencoder(ae), inner, scale_factor=scale)
+
+
 EXACT = {
     "subvp_point_mass": lambda: _exact_sde(SubVPSDE()),
     "vp_point_mass": lambda: _exact_sde(VPSDE()),
     "ddpm_point_mass": lambda: _exact_diffusers("ddpm"),
     "ddim_point_mass_v": lambda: _exact_diffusers("ddim", "v_prediction"),
+    "ddim_latent_point_mass": lambda: _exact_latent("diffusers"),
 }
 HAS_MONAI = importlib.util.find_spec("monai") is not None  # the test extra installs it (safcore[monai])
 if HAS_MONAI:
     EXACT.update({"monai_ddpm_point_mass": lambda: _exact_monai("ddpm"),
                   "monai_ddim_point_mass_v": lambda: _exact_monai("ddim", "v_prediction"),
-                  "monai_ddpm_point_mass_x0": lambda: _exact_monai("ddpm", "sample")})
+                  "monai_ddpm_point_mass_x0": lambda: _exact_monai("ddpm", "sample"),
+                  "monai_ddpm_latent_point_mass": lambda: _exact_latent("monai")})
 
 
 def _tiny_score_model() -> Generator:
@@ -143,7 +168,7 @@ def test_diffuse_draws_from_the_kernel(any_generator):
 
 def test_exact_eps_is_the_noise(exact):
     """For data that is one image, ε̂(x_t, t) = (x_t − a_t x_0) / σ_t exactly."""
-    x0 = to_model_range(_target()).unsqueeze(0).expand(3, -1, -1, -1).double()
+    x0 = exact.encode(to_model_range(_target()).unsqueeze(0)).expand(3, -1, -1, -1).double()  # its model space
     t = torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)
     z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     a, s = (c.reshape(-1, 1, 1, 1) for c in exact.coefficients(t))
@@ -157,7 +182,10 @@ def test_exact_reverse_returns_the_training_image(exact):
     t_vec = torch.tensor([0.1, 0.1, 0.6, 1.0])
     x0 = target.unsqueeze(0).expand(4, -1, -1, -1)
     gen = torch.Generator().manual_seed(3)
-    images, nfe = exact.reverse(exact.diffuse(x0, t_vec, 20, gen), t_vec, 20, gen)
+    z0 = exact.encode(x0)  # a latent model diffuses and reverses its latents; a pixel model's encode is the identity
+    latents, nfe = exact.reverse(exact.diffuse(z0, t_vec, 20, gen), t_vec, 20, gen)
+    images = exact.decode(latents)
+    assert (exact.space == "pixel") == (z0.shape == x0.shape) and latents.shape == z0.shape
     assert images.shape == x0.shape and nfe.dtype == torch.int64 and nfe.shape == (4,)
     assert float((images - x0).abs().max()) < 2e-3
     # a run from t keeps the step size of a full run: fewer evaluations from lower t, the full count from t = 1

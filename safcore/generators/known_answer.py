@@ -36,6 +36,7 @@ __all__ = [
     "PointMixtureScore",
     "PointMassDenoiser",
     "MonaiPointMassDenoiser",
+    "SpaceToDepthAutoencoder",
     "sharp_curve",
     "logistic_tail_curve",
     "two_level_curve",
@@ -188,6 +189,24 @@ class MonaiPointMassDenoiser(PointMassDenoiser):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(x, timesteps).sample
+
+
+class SpaceToDepthAutoencoder(torch.nn.Module):
+    """A lossless linear autoencoder with a known answer: ``encode(x) = gain · pixel_unshuffle(x, 2)`` (each 2×2
+    block of ``(B, C, H, W)`` becomes 4 channels of ``(B, 4C, H/2, W/2)``), ``decode`` its exact inverse. A
+    :class:`~safcore.generators.latent_model.LatentModel` of it and a point-mass denoiser on ``scale · encode(x)``
+    hands back ``x`` exactly, as the pixel model of ``x`` does."""
+
+    def __init__(self, gain: float = 2.0) -> None:
+        super().__init__()
+        self.gain = float(gain)
+        self.anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)  # gives the module a device
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gain * torch.nn.functional.pixel_unshuffle(x, 2)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pixel_shuffle(z / self.gain, 2)
 
 
 def _grid_array(grid: Sequence[float] | np.ndarray) -> np.ndarray:
