@@ -18,7 +18,8 @@ import torch
 from safcore.data.datasets import to_model_range
 from safcore.generators.base import Generator, SDEGenerator, steps_for
 from safcore.generators.diffusers_model import DiffusersModel
-from safcore.generators.known_answer import MonaiPointMassDenoiser, PointMassDenoiser, PointMixtureScore
+from safcore.generators.known_answer import (ClassPointMassDenoiser, MonaiPointMassDenoiser, PointMassDenoiser,
+                                             PointMixtureScore)
 from safcore.generators.loader import as_generator
 from safcore.generators.score_model import ScoreModel, build_unet
 from safcore.generators.sde import SubVPSDE, VPSDE
@@ -77,8 +78,18 @@ def _exact_latent(library: str) -> Generator:
     return LatentModel(TensorAutoencoder(ae), inner, scale_factor=scale)
 
 
+def _exact_class_conditional() -> Generator:
+    """A class-conditional exact denoiser of two labelled images, conditioned on the class of ``_target()`` alone."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    images = torch.stack([_target(), 1.0 - _target()])
+    return DiffusersModel(ClassPointMassDenoiser(images, [0, 1], scheduler), scheduler).conditioned(0)
+
+
 EXACT = {
     "subvp_point_mass": lambda: _exact_sde(SubVPSDE()),
+    "ddpm_class_point_mass": _exact_class_conditional,
     "vp_point_mass": lambda: _exact_sde(VPSDE()),
     "ddpm_point_mass": lambda: _exact_diffusers("ddpm"),
     "ddim_point_mass_v": lambda: _exact_diffusers("ddim", "v_prediction"),

@@ -3,7 +3,8 @@
 Given ``n`` generated images, count ``|c_p+|`` (carry the SAF), ``|c_id+|`` (identified as ``x_p``) and
 ``|q| = |c_p+ ∩ c_id+|``; compare ``|q|`` with its expectation ``E|q| = n / N_D`` under the null
 hypothesis that ``x_p`` is generated as often as any training image, with a one-sided binomial test
-(H0: p = 1/N_D, H1: p < 1/N_D); and measure how close the q-positives are to ``x_p`` (MAE, MSE). The
+(H0: p = 1/N_D, H1: p < 1/N_D); and measure how close the q-positives are to ``x_p`` (MAE, MSE). A class-conditional
+model's samples, drawn per class, are tested within ``x_p``'s class: ``E|q| = n_c / N_c`` (:mod:`safcore.audit.classes`). The
 result keeps every index so galleries can show the q-positives and each classifier's false positives
 (Fig. 8).
 
@@ -31,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from safcore.audit.classes import ClassCounts, class_labels
 from safcore.audit.copies import CopyCheck, copy_check
 from safcore.audit.verdict import AdversaryRequirements, Verdict, judge
 from safcore.measures.bounds import binomial_p_value, proportion_interval, samples_to_bound, upper_bound
@@ -54,10 +56,11 @@ class AuditResult:
         n: number of audited (generated) images.
         n_dataset: ``N_D``, the size of the training set ``D_p``.
         expected_q: ``E|q| = n / N_D``, what an unbiased model that reproduces its training images
-            uniformly would give.
+            uniformly would give (a class-conditional model: ``n_c / N_c`` of ``x_p``'s class, :attr:`classes`).
         n_cp, n_cid, n_q: ``|c_p+|``, ``|c_id+|`` and ``|q| = |c_p+ ∩ c_id+|``.
         p_value: one-sided binomial test of H0 ``p = 1/N_D`` against H1 ``p < 1/N_D`` with ``n_q``
-            successes in ``n`` trials (``scipy.stats.binomtest(..., alternative="less")``).
+            successes in ``n`` trials (``scipy.stats.binomtest(..., alternative="less")``); a class-conditional
+            model: H0 ``p = 1/N_c`` with the ``|q|`` of x_p's class in its ``n_c`` trials.
         q_indices, cp_indices, cid_indices: positions (in the audited set) of the q-positives, the
             ``c_p`` positives and the ``c_id`` positives, ascending.
         mae, mse: mean absolute / squared error of the q-positives to ``x_p`` over all their pixels
@@ -67,6 +70,8 @@ class AuditResult:
         saf_accuracy: ``c_p``'s accuracy on held-out images, when the caller measured it.
         quality: the sample-quality gate (:class:`safcore.measures.quality.SampleQuality`), when held-out images and
             a feature extractor were given; a failed gate leads the verdict.
+        classes: a class-conditional model's per-class counts and ``x_p``'s class (:class:`ClassCounts`);
+            ``None``: an unconditional model.
     """
 
     n: int
@@ -86,6 +91,12 @@ class AuditResult:
     cid_on_x_p: bool | None = None
     saf_accuracy: float | None = None
     quality: SampleQuality | None = None
+    classes: ClassCounts | None = None
+
+    @property
+    def class_label(self) -> int | None:
+        """``x_p``'s class of a class-conditional audit (``None``: unconditional)."""
+        return None if self.classes is None else self.classes.label
 
     @property
     def missed_copies(self) -> tuple[int, ...]:
@@ -156,6 +167,9 @@ class AuditResult:
             "MAE": self.mae,
             "MSE": self.mse,
         }
+        if self.classes is not None:
+            k = self.classes
+            row |= {"class": k.label, "n_class": k.n_class, "N_class": k.n_dataset_class, "|q| in class": k.n_q}
         if self.copies is not None:
             c = self.copies
             row |= {
@@ -178,6 +192,8 @@ class AuditResult:
             f"|c_id+| {self.n_cid:>6} | |q| {self.n_q:>6} | p {self.p_value:.3g} | "
             f"P(x_p) ≤ {self.q_upper():.3g} | MAE {self.mae:.3g} | MSE {self.mse:.3g}"
         )
+        if self.classes is not None:
+            text += f"\n{self.classes}"
         if self.copies is not None:
             c = self.copies
             saf = "" if c.xp_copies_with_saf is None else f", {len(c.xp_copies_with_saf)} with a visible SAF"
@@ -213,6 +229,9 @@ def audit(
     saf_accuracy: float | None = None,
     control: torch.Tensor | None = None,
     quality: SampleQuality | None = None,
+    sample_labels=None,
+    dataset_labels=None,
+    x_p_label: int | None = None,
 ) -> AuditResult:
     """Count ``|c_p+|``, ``|c_id+|``, ``|q|`` on generated images and test ``|q|`` against ``E|q| = n/N_D``.
 
@@ -234,6 +253,9 @@ def audit(
             copy count is reported beside theirs. Without it the rule is Carlini's uncalibrated 0.5.
         quality: the sample-quality gate on these images (:func:`safcore.measures.quality.sample_quality`): when it
             fails, the verdict leads with it.
+        sample_labels, dataset_labels, x_p_label: a class-conditional model's audit (all three or none): the class
+            each image was drawn for ``(n,)``, ``D_p``'s labels ``(N_D,)`` and ``x_p``'s class; ``|q|`` of x_p's class
+            is then tested against ``E|q| = n_c / N_c`` (:mod:`safcore.audit.classes`).
     Raises:
         ValueError: no images, images not ``(n, C, H, W)`` or not matching ``x_p``'s shape, values
             outside ``[0, 1]`` or NaN, ``n_dataset < 1``, a classifier returning the wrong shape, or a
@@ -288,14 +310,20 @@ def audit(
         copies = copy_check(images, train_images, int(x_p_index), cp, cid, control=control, saf_mask=saf_mask,
                             saf_grey=saf_grey)
     n_q = int(q.sum())
+    classes = _class_counts(q, sample_labels, dataset_labels, x_p_label, n, int(n_dataset))
+    if classes is None:
+        expected, p_value = n / n_dataset, binomial_p_value(n_q, n, int(n_dataset))
+    else:  # Binomial(n_c, 1/N_c) within x_p's class; no sample of it: nothing to test (p = 1)
+        expected = classes.expected_q
+        p_value = (binomial_p_value(classes.n_q, classes.n_class, classes.n_dataset_class) if classes.n_class else 1.0)
     return AuditResult(
         n=n,
         n_dataset=int(n_dataset),
-        expected_q=n / n_dataset,
+        expected_q=expected,
         n_cp=int(cp.sum()),
         n_cid=int(cid.sum()),
         n_q=n_q,
-        p_value=binomial_p_value(n_q, n, int(n_dataset)),
+        p_value=p_value,
         q_indices=tuple(int(i) for i in q_idx),
         cp_indices=tuple(int(i) for i in torch.nonzero(cp).flatten()),
         cid_indices=tuple(int(i) for i in torch.nonzero(cid).flatten()),
@@ -306,4 +334,29 @@ def audit(
         cid_on_x_p=cid_on_x_p,
         saf_accuracy=None if saf_accuracy is None else float(saf_accuracy),
         quality=quality,
+        classes=classes,
     )
+
+
+def _class_counts(q: torch.Tensor, sample_labels, dataset_labels, x_p_label, n: int, n_dataset: int) -> ClassCounts | None:
+    """:class:`ClassCounts` of a class-conditional audit (``None`` when none of the three is given)."""
+    given = [v is not None for v in (sample_labels, dataset_labels, x_p_label)]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError("sample_labels, dataset_labels and x_p_label go together (a class-conditional audit); "
+                         "give all three or none")
+    drawn = class_labels(torch.as_tensor(sample_labels).cpu().numpy(), "sample_labels")
+    labels = class_labels(dataset_labels, "dataset_labels")
+    if drawn.shape != (n,) or labels.shape != (n_dataset,):
+        raise ValueError(f"sample_labels has {drawn.size} entries for {n} images, dataset_labels {labels.size} for "
+                         f"N_D = {n_dataset}; allowed: one label per image")
+    classes, sizes = np.unique(labels, return_counts=True)
+    stray = sorted(set(drawn.tolist()) - set(classes.tolist()))
+    if stray or x_p_label not in set(classes.tolist()):
+        raise ValueError(f"sample classes {stray or ''} / x_p's class {x_p_label!r}: allowed: D_p's classes "
+                         f"{classes.tolist()}")
+    in_class = torch.as_tensor(drawn == int(x_p_label))
+    return ClassCounts(label=int(x_p_label), classes=tuple(int(c) for c in classes),
+                       n_dataset=tuple(int(s) for s in sizes),
+                       n_samples=tuple(int((drawn == c).sum()) for c in classes), n_q=int((q & in_class).sum()))

@@ -20,6 +20,9 @@ and a network that predicts the noise, ``ε̂(x_t, t)``. A :class:`Generator` ex
   :class:`~safcore.generators.latent_model.LatentModel`), :meth:`~Generator.encode` (images → that space) and
   :meth:`~Generator.decode` (back). ``coefficients``, ``eps``, ``diffuse`` and ``reverse`` work in that space (the
   "model space"); ``sample`` returns decoded images; ``channels`` and ``image_size`` are the images'.
+- its classes: :attr:`~Generator.num_classes` (``K`` of a class-conditional network, ``None``: unconditional) and
+  :meth:`~Generator.conditioned` (the same model with its class fixed: every ``eps``/``reverse``/``sample`` call
+  passes that label for each row).
 
 Two implementations: :class:`SDEGenerator` (any score function of an :class:`~safcore.generators.sde.SDE`:
 safcore's own :class:`~safcore.generators.score_model.ScoreModel`, the exact
@@ -43,7 +46,7 @@ import torch
 
 from safcore.generators.sde import SDE
 
-__all__ = ["Generator", "SDEGenerator", "Draws", "steps_for", "SDE_T_MIN"]
+__all__ = ["Generator", "SDEGenerator", "Draws", "steps_for", "check_label", "SDE_T_MIN"]
 
 #: Smallest time a safcore score model is trained at (score_sde's training ε; TrainConfig.eps).
 SDE_T_MIN = 1e-5
@@ -123,6 +126,31 @@ class Generator(Protocol):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Back from that space to images ``(B, C, H, W)`` model range (pixel: ``z`` itself)."""
         ...
+
+    @property
+    def num_classes(self) -> int | None:
+        """``K`` of a class-conditional network (labels ``0 … K − 1``); ``None``: unconditional."""
+        ...
+
+    def conditioned(self, label: int | None) -> Generator:
+        """The same model with its class fixed to ``label`` (:func:`check_label`); ``None``: unconditioned."""
+        ...
+
+
+def check_label(label: int | None, num_classes: int | None) -> int | None:
+    """``label`` checked for a model of ``num_classes`` classes: an integer in ``[0, K)``, or ``None`` for an
+    unconditional model (``num_classes`` ``None``), which takes no label.
+
+    Raises:
+        ValueError: one line naming the label and what is allowed."""
+    if label is None:
+        return None
+    if num_classes is None:
+        raise ValueError(f"class label {label!r} given to an unconditional model; allowed: None (it has no classes)")
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= int(label) < num_classes:
+        raise ValueError(f"class label {label!r}; allowed: an integer in [0, {num_classes}) (the model's "
+                         f"num_class_embeds = {num_classes})")
+    return int(label)
 
 
 def steps_for(t: float, steps_full: int, eps: float) -> int:
@@ -269,6 +297,16 @@ class SDEGenerator:
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z
+
+    @property
+    def num_classes(self) -> None:
+        """An SDE score function is unconditional."""
+        return None
+
+    def conditioned(self, label: int | None) -> SDEGenerator:
+        """``self`` for ``None``; a label is refused (:func:`check_label`)."""
+        check_label(label, None)
+        return self
 
     def identity(self) -> dict:
         if self._identity is None:

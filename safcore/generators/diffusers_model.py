@@ -35,7 +35,7 @@ from safcore.generators.score_model import UNetBacked
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin, UNet2DModel
 
-__all__ = ["SCHEDULERS", "DiffusersModel", "ModelLoadError", "SampleOutput", "model_identity"]
+__all__ = ["SCHEDULERS", "DiffusersModel", "ModelLoadError", "SampleOutput", "model_identity", "check_class_embedding"]
 
 #: Schedulers whose ``step`` safcore drives (class names as diffusers saves them in ``scheduler_config.json``).
 SCHEDULERS: tuple[str, ...] = ("DDPMScheduler", "DDIMScheduler")
@@ -49,6 +49,24 @@ def _scheduler_class(name: str) -> type:
     if name not in SCHEDULERS:
         raise ModelLoadError(f"scheduler {name!r} is not supported; allowed: {', '.join(SCHEDULERS)}")
     return getattr(diffusers, name)
+
+
+def check_class_embedding(config, where: str) -> int | None:
+    """``num_class_embeds`` of a ``UNet2DModel`` config (a dict or diffusers' ``FrozenDict``): ``None``
+    (unconditional) or ``K`` with ``class_embed_type`` ``None`` (``nn.Embedding(K, ·)`` of a class label, called with
+    ``class_labels``). Any other class embedding (``"timestep"``, ``"identity"``, ``"projection"``,
+    ``"simple_projection"``) is not a class label and is refused.
+
+    Raises:
+        ModelLoadError: one line naming ``where`` and the entry."""
+    get = config.get if hasattr(config, "get") else lambda key, default=None: getattr(config, key, default)
+    kind, k = get("class_embed_type", None), get("num_class_embeds", None)
+    if kind is not None:
+        raise ModelLoadError(f"{where}: class_embed_type = {kind!r} is not a class-label embedding; allowed: null "
+                             "(with num_class_embeds = K: a class-conditional UNet2DModel called with class_labels)")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ModelLoadError(f"{where}: num_class_embeds = {k!r}; allowed: null or an integer ≥ 1")
+    return k
 
 
 class DiffusersModel(ScheduledModel, UNetBacked):
@@ -79,14 +97,22 @@ class DiffusersModel(ScheduledModel, UNetBacked):
         self.source = str(source)
         self.eta = float(eta)
         self.prediction_type = str(scheduler.config.prediction_type)
+        self._num_classes = check_class_embedding(getattr(unet, "config", {}), f"{type(unet).__name__} config")
 
     def __repr__(self) -> str:
         cfg = self.scheduler.config
         return (f"DiffusersModel({self.source or 'in memory'!s}: {type(self.scheduler).__name__}, "
                 f"{cfg.beta_schedule}, {self.prediction_type}, T={cfg.num_train_timesteps}, "
-                f"{self.channels}×{self.image_size}×{self.image_size})")
+                f"{self.channels}×{self.image_size}×{self.image_size}"
+                + (f", {self._num_classes} classes" if self._num_classes is not None else "")
+                + (f", class {self.label}" if self.label is not None else "") + ")")
 
     # ------------------------------------------------------------------ what it is
+    @property
+    def num_classes(self) -> int | None:
+        """``num_class_embeds`` of the U-Net (``class_embed_type`` ``None``); ``None``: unconditional."""
+        return self._num_classes
+
     @property
     def num_train_timesteps(self) -> int:
         return int(self.scheduler.config.num_train_timesteps)
@@ -102,11 +128,14 @@ class DiffusersModel(ScheduledModel, UNetBacked):
         ``"ddim"`` on a DDPM-trained network is DDIM sampling of that model (Song et al. 2021), as
         ``DDIMScheduler.from_config(ddpm.config)`` gives it in diffusers."""
         if choice == "model":
-            return self if eta is None else DiffusersModel(self.unet, self.scheduler, source=self.source, eta=eta)
+            if eta is None:
+                return self
+            return DiffusersModel(self.unet, self.scheduler, source=self.source, eta=eta).conditioned(self.label)
         if choice not in _CHOICE_CLASS:
             raise ValueError(f"scheduler choice {choice!r}; allowed: 'model', 'ddpm', 'ddim'")
         scheduler = _scheduler_class(_CHOICE_CLASS[choice]).from_config(self.scheduler.config)
-        return DiffusersModel(self.unet, scheduler, source=self.source, eta=self.eta if eta is None else eta)
+        return DiffusersModel(self.unet, scheduler, source=self.source,
+                              eta=self.eta if eta is None else eta).conditioned(self.label)
 
     # ------------------------------------------------------------------ how diffusers runs it (ScheduledModel)
     @property
@@ -117,7 +146,8 @@ class DiffusersModel(ScheduledModel, UNetBacked):
         return type(self.scheduler).from_config(self.scheduler.config)
 
     def _network(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        out = self.unet(x, k)
+        labels = self._class_labels(x)  # None: unconditional, called exactly as before
+        out = self.unet(x, k) if labels is None else self.unet(x, k, class_labels=labels)
         return out.sample if hasattr(out, "sample") else out
 
     def _step(self, scheduler, out: torch.Tensor, k: torch.Tensor, x: torch.Tensor, generator) -> torch.Tensor:
@@ -135,7 +165,7 @@ class DiffusersModel(ScheduledModel, UNetBacked):
 
     def identity(self) -> dict:
         """What the run store keys this model's samples and probes by: its weights' and configs' hashes."""
-        return model_identity(self.unet, self.scheduler, eta=self.eta)
+        return model_identity(self.unet, self.scheduler, eta=self.eta, **self._label_key())
 
 
 def model_identity(unet, scheduler=None, **extra) -> dict:

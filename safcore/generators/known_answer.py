@@ -9,6 +9,9 @@ Two kinds of known answer:
 * :class:`PointMassDenoiser` — the same for a diffusers model: the exact ε / x_0 / v prediction of
   data that is one point, for the scheduler it is driven by (DDPM, DDIM; any prediction type). Every
   reverse run of that scheduler lands on the point.
+* :class:`ClassPointMassDenoiser` (and :class:`MonaiClassPointMassDenoiser`) — a class-conditional one: labelled
+  training images, each class a mixture of its images' point masses; conditioned on class ``c`` every run
+  lands on one of the class-``c`` training images.
 * Simulated curves: a known ``q(t)`` on a grid (:func:`sharp_curve`, :func:`logistic_tail_curve`,
   :func:`two_level_curve`, :func:`slow_logistic_curve`) and :class:`BernoulliDraws`, which answers
   the probe's own search code (:func:`safcore.probe.search.topdown_search`) with Bernoulli draws instead of
@@ -37,6 +40,8 @@ __all__ = [
     "PointMassDenoiser",
     "MonaiPointMassDenoiser",
     "SpaceToDepthAutoencoder",
+    "ClassPointMassDenoiser",
+    "MonaiClassPointMassDenoiser",
     "sharp_curve",
     "logistic_tail_curve",
     "two_level_curve",
@@ -167,14 +172,18 @@ class PointMassDenoiser(torch.nn.Module):
         k = torch.as_tensor(timestep, device=x.device).long().reshape(-1)
         a = self.alphas_cumprod.to(x.device)[k].reshape(-1, 1, 1, 1)
         x0 = self.target.to(x.device, x.dtype).expand_as(x)
-        eps = (x - a.sqrt() * x0) / (1.0 - a).sqrt()
-        if self.prediction_type == "epsilon":
-            out = eps
-        elif self.prediction_type == "sample":
-            out = x0
-        else:
-            out = a.sqrt() * eps - (1.0 - a).sqrt() * x0
-        return _Output(out)
+        return _Output(_exact_prediction(self.prediction_type, x, x0, a))
+
+
+def _exact_prediction(prediction_type: str, x: torch.Tensor, x0: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """What a scheduler of ``prediction_type`` expects of an exact denoiser whose ``E[x_0 | x_k]`` is ``x0``, at
+    ``ᾱ_k = a``: ``ε = (x − sqrt(a) x0) / sqrt(1 − a)``, ``x0``, or ``v = sqrt(a) ε − sqrt(1 − a) x0``."""
+    eps = (x - a.sqrt() * x0) / (1.0 - a).sqrt()
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "sample":
+        return x0
+    return a.sqrt() * eps - (1.0 - a).sqrt() * x0
 
 
 class MonaiPointMassDenoiser(PointMassDenoiser):
@@ -207,6 +216,71 @@ class SpaceToDepthAutoencoder(torch.nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.pixel_shuffle(z / self.gain, 2)
+
+
+class ClassPointMassDenoiser(PointMassDenoiser):
+    """The exact denoiser of labelled point masses, in a class-conditional diffusers U-Net's place.
+
+    Conditioned on class ``c`` the data is ``p_0(x | c) = (1/N_c) Σ_{j: y_j = c} δ(x − x_j)``; under
+    ``x_k = sqrt(ᾱ_k) x_0 + sqrt(1 − ᾱ_k) ε`` its exact posterior mean is ``E[x_0 | x_k, c] = Σ_j r_j x_j`` with
+    ``r = softmax_j(−||x_k − sqrt(ᾱ_k) x_j||² / (2 (1 − ᾱ_k)))`` over the class-``c`` images only, and the prediction
+    the scheduler expects follows from it (:class:`PointMassDenoiser`). A DDPM/DDIM run's last step (``ᾱ_prev = 1``)
+    returns that posterior mean, which at ``k = 0`` is one class-``c`` training image: every sample conditioned on
+    ``c`` is a class-``c`` training image, never one of another class.
+
+    Args:
+        images: ``(N, C, H, W)`` unit range, the labelled training images.
+        labels: ``(N,)`` integer labels in ``[0, num_classes)``.
+        scheduler: the DDPM/DDIM scheduler whose ``alphas_cumprod`` and ``prediction_type`` it follows.
+        num_classes: ``K`` (default ``max(labels) + 1``); recorded as ``config.num_class_embeds``.
+
+    Called as ``denoiser(x (B, C, H, W) model range, timestep, class_labels=(B,))`` → an object with ``.sample``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels, scheduler, num_classes: int | None = None) -> None:
+        labels = torch.as_tensor(np.asarray(labels).reshape(-1), dtype=torch.long)
+        if images.ndim != 4 or labels.shape != (images.shape[0],):
+            raise ValueError(f"images {tuple(images.shape)} and labels {tuple(labels.shape)}; allowed: (N, C, H, W) "
+                             "and (N,)")
+        super().__init__(images[0], scheduler)
+        k = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+        if int(labels.min()) < 0 or int(labels.max()) >= k:
+            raise ValueError(f"labels lie in [{int(labels.min())}, {int(labels.max())}]; allowed: [0, {k})")
+        self.register_buffer("images", to_model_range(images.float()))
+        self.register_buffer("labels", labels)
+        self.config.num_class_embeds, self.config.class_embed_type = k, None
+
+    def posterior_mean(self, x: torch.Tensor, a: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        """``E[x_0 | x_k, c]`` ``(B, C, H, W)`` for ``x`` ``(B, C, H, W)``, ``ᾱ_k`` ``a`` ``(B or 1, 1, 1, 1)``."""
+        if class_labels is None:
+            raise ValueError("class_labels is required: this denoiser is class-conditional")
+        c = torch.as_tensor(class_labels, device=x.device).long().reshape(-1).expand(x.shape[0])
+        own = self.labels.to(x.device)[None, :] == c[:, None]  # (B, N)
+        if not bool(own.any(1).all()):
+            raise ValueError(f"class labels {sorted(set(c.tolist()))}: some class has no training image")
+        xs = self.images.to(x.device, x.dtype)
+        d2 = (x.unsqueeze(1) - a.sqrt().unsqueeze(1) * xs.unsqueeze(0)).flatten(2).pow(2).sum(-1)  # (B, N)
+        r = torch.softmax((-d2 / (2 * (1.0 - a.reshape(-1, 1)))).masked_fill(~own, -math.inf), dim=1)
+        return torch.einsum("bn,nchw->bchw", r, xs)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor | int, class_labels: torch.Tensor | None = None) -> _Output:
+        k = torch.as_tensor(timestep, device=x.device).long().reshape(-1)
+        a = self.alphas_cumprod.to(x.device)[k].reshape(-1, 1, 1, 1)
+        return _Output(_exact_prediction(self.prediction_type, x, self.posterior_mean(x, a, class_labels), a))
+
+
+class MonaiClassPointMassDenoiser(ClassPointMassDenoiser):
+    """:class:`ClassPointMassDenoiser` called as MONAI calls a class-conditional ``DiffusionModelUNet``:
+    ``unet(x, timesteps=k, class_labels=c)`` → the prediction itself; ``num_class_embeds`` as MONAI's attribute."""
+
+    def __init__(self, images: torch.Tensor, labels, scheduler, num_classes: int | None = None) -> None:
+        super().__init__(images, labels, scheduler, num_classes)
+        self.in_channels = self.out_channels = self.config.in_channels
+        self.num_class_embeds = self.config.num_class_embeds
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x, timesteps, class_labels).sample
 
 
 def _grid_array(grid: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -228,6 +228,18 @@ class LatentModel:
         return LatentModel(self.autoencoder, self.diffusion.with_scheduler(choice, eta), scale_factor=self.scale_factor,
                            source=self.source)
 
+    @property
+    def num_classes(self) -> int | None:
+        """The inner network's classes (``None``: unconditional)."""
+        return self.diffusion.num_classes
+
+    def conditioned(self, label: int | None) -> LatentModel:
+        """The same autoencoder with the inner network's class fixed to ``label`` (``inner.conditioned``)."""
+        inner = self.diffusion.conditioned(label)
+        if inner is self.diffusion:
+            return self
+        return LatentModel(self.autoencoder, inner, scale_factor=self.scale_factor, source=self.source)
+
     def identity(self) -> dict:
         """The inner model's identity, the autoencoder's weights hash and class, the scale factor."""
         return {**self.diffusion.identity(), "space": "latent",

@@ -20,6 +20,8 @@ from safcore.generators.base import Generator, SDEGenerator
 from safcore.generators.diffusers_model import SCHEDULERS, DiffusersModel, _scheduler_class, model_identity
 from safcore.generators.latent_model import (AutoencoderAdapter, DiffusersKL, DiffusersVQ, LatentModel, MonaiKL,
                                              MonaiVQ, TensorAutoencoder)
+from safcore.generators.diffusers_model import (SCHEDULERS, DiffusersModel, _scheduler_class, check_class_embedding,
+                                                model_identity)
 from safcore.generators.model_files import ModelLoadError, read_json
 from safcore.generators.monai_bundle import is_monai_folder, load_monai
 from safcore.generators.monai_model import MonaiModel
@@ -228,7 +230,8 @@ def _load_unet(folder: Path) -> UNet2DModel:
     config = read_json(folder / "config.json")
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise ModelLoadError(f"{str(folder)!r} holds a {config.get('_class_name')!r}; allowed: UNet2DModel "
-                             "(an unconditional image diffusion network)")
+                             "(an unconditional or class-conditional image diffusion network)")
+    check_class_embedding(config, repr(str(folder / "config.json")))  # a class label (num_class_embeds) or none
     _check_weights(folder)
     return UNet2DModel.from_pretrained(folder, use_safetensors=True, low_cpu_mem_usage=False)
 

@@ -144,8 +144,13 @@ def _network(spec, where: str):
     name, kwargs = _target(spec, where, NETWORK_TARGETS, "DiffusionModelUNet")
     if kwargs.get("spatial_dims") != 2:
         raise ModelLoadError(f"{where}.spatial_dims = {kwargs.get('spatial_dims')!r}; allowed: 2 (2-D images)")
-    if kwargs.get("with_conditioning") or kwargs.get("num_class_embeds") is not None:
-        raise ModelLoadError(f"{where} is a conditional network; allowed: an unconditional DiffusionModelUNet")
+    for key in ("with_conditioning", "cross_attention_dim"):  # a context (text, image) by cross-attention
+        if kwargs.get(key):
+            raise ModelLoadError(f"{where}.{key} = {kwargs[key]!r}: conditioning by cross-attention is not a class "
+                                 "label; allowed: an unconditional DiffusionModelUNet or one with num_class_embeds")
+    k = kwargs.get("num_class_embeds")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ModelLoadError(f"{where}.num_class_embeds = {k!r}; allowed: null or an integer ≥ 1 (class labels 0 … K − 1)")
     return _build(getattr(nets, name), kwargs, where)
 
 

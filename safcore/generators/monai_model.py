@@ -90,7 +90,15 @@ class MonaiModel(ScheduledModel):
 
     def __repr__(self) -> str:
         return (f"MonaiModel({self.source or 'in memory'!s}: {self.scheduler_name}, {self.prediction_type}, "
-                f"T={self.num_train_timesteps}, {self.channels}×{self.image_size}×{self.image_size})")
+                f"T={self.num_train_timesteps}, {self.channels}×{self.image_size}×{self.image_size}"
+                + (f", {self.num_classes} classes" if self.num_classes is not None else "")
+                + (f", class {self.label}" if self.label is not None else "") + ")")
+
+    @property
+    def num_classes(self) -> int | None:
+        """The network's ``num_class_embeds`` (MONAI's class conditioning, ``class_labels``); ``None``: unconditional."""
+        k = getattr(self.unet, "num_class_embeds", None)
+        return None if k is None else int(k)
 
     # ------------------------------------------------------------------ what it is
     @property
@@ -126,7 +134,8 @@ class MonaiModel(ScheduledModel):
             scheduler = convert_scheduler(self.scheduler, _CHOICE_CLASS[choice])
         else:
             raise ValueError(f"scheduler choice {choice!r}; allowed: 'model', 'ddpm', 'ddim'")
-        return MonaiModel(self.unet, scheduler, image_size=self.image_size, source=self.source, eta=eta)
+        return MonaiModel(self.unet, scheduler, image_size=self.image_size, source=self.source,
+                          eta=eta).conditioned(self.label)
 
     def settings(self) -> dict:
         """The scheduler's settings that change what the model generates (its ``ᾱ`` by hash)."""
@@ -144,7 +153,7 @@ class MonaiModel(ScheduledModel):
         """What the run store keys this model's samples and probes by: its weights' and settings' hashes."""
         return {"weights_sha256": weights_sha256(self.unet), "class": type(self.unet).__name__,
                 "scheduler": self.scheduler_name, "scheduler_sha256": settings_sha256(self.settings()),
-                "image_size": self.image_size, "eta": self.eta}
+                "image_size": self.image_size, "eta": self.eta, **self._label_key()}
 
     # ------------------------------------------------------------------ how MONAI runs it (ScheduledModel)
     @property
@@ -156,8 +165,13 @@ class MonaiModel(ScheduledModel):
 
     def _network(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """``unet(x, timesteps=k)``: ``k`` ``(B,)`` per row, or one timestep for the batch as
-        ``DiffusionInferer.sample`` passes it (``torch.Tensor((k,))``, float ``(1,)``)."""
-        return self.unet(x, timesteps=k.reshape(-1).to(x.device, torch.float32))
+        ``DiffusionInferer.sample`` passes it (``torch.Tensor((k,))``, float ``(1,)``); a conditioned model adds
+        ``class_labels`` ``(B,)`` (how a class-conditional ``DiffusionModelUNet`` is called: MONAI's inferer has no
+        label argument, its users call the network with ``class_labels``)."""
+        labels = self._class_labels(x)  # None: unconditional, called exactly as before
+        if labels is None:
+            return self.unet(x, timesteps=k.reshape(-1).to(x.device, torch.float32))
+        return self.unet(x, timesteps=k.reshape(-1).to(x.device, torch.float32), class_labels=labels)
 
     def _step(self, scheduler, out: torch.Tensor, k: torch.Tensor, x: torch.Tensor, generator) -> torch.Tensor:
         if type(scheduler).__name__ == "DDIMScheduler":

@@ -18,6 +18,7 @@ Shapes: images ``(B, C, H, W)`` in the model range ``[-1, 1]``; times ``(B,)`` i
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from safcore.generators.base import check_label
 from safcore.runtime.device import bf16_autocast
 from safcore.runtime.progress import progress_bar
 
@@ -63,6 +65,8 @@ class ScheduledModel:
     ``"v_prediction"``) and provides ``num_train_timesteps``, ``scheduler_name``, ``_alphas_cumprod`` (``ᾱ``, ``(T,)``),
     ``_new_scheduler`` (a fresh copy of its scheduler), ``_network`` (the raw prediction ``(B, C, H, W)``),
     ``_step`` (one reverse step, the previous sample) and ``_prior`` (the first sample of a run from ``t = 1``).
+    A class-conditional network (``num_classes`` not ``None``) is run through :meth:`conditioned`: ``_network`` then
+    passes :meth:`_class_labels` (the fixed ``label`` for each row, ``(B,)`` int64) as the library's ``class_labels``.
     """
 
     sde = None  # no SDE: the scheduler defines forward and reverse
@@ -70,6 +74,36 @@ class ScheduledModel:
     unet: torch.nn.Module
     eta: float
     prediction_type: str
+    label: int | None = None  # the class every call passes (conditioned); None: unconditioned
+
+    # ------------------------------------------------------------------ classes
+    @property
+    def num_classes(self) -> int | None:
+        """``K`` of a class-conditional network (its ``num_class_embeds``); ``None``: unconditional."""
+        return None
+
+    def conditioned(self, label: int | None):
+        """The same network and scheduler with every call passing class ``label`` (an integer in ``[0, K)``;
+        ``None``: unconditioned); an unconditional model returns ``self`` for ``None`` and refuses a label."""
+        label = check_label(label, self.num_classes)
+        if label == self.label:
+            return self
+        out = copy.copy(self)  # shares the network and the scheduler template (each call copies the scheduler)
+        out.label = label
+        return out
+
+    def _class_labels(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``(B,)`` int64 of :attr:`label` for the rows of ``x``; ``None`` for an unconditional model."""
+        if self.label is None:
+            if self.num_classes is not None:
+                raise ValueError(f"{type(self).__name__} is class-conditional ({self.num_classes} classes) but no class "
+                                 f"is fixed; allowed: model.conditioned(label) with label in [0, {self.num_classes})")
+            return None
+        return torch.full((x.shape[0],), self.label, dtype=torch.long, device=x.device)
+
+    def _label_key(self) -> dict:
+        """What :meth:`identity` adds for a conditioned model (nothing for an unconditioned one)."""
+        return {} if self.label is None else {"class_label": self.label}
 
     # ------------------------------------------------------------------ what a subclass provides
     @property

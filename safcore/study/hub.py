@@ -37,6 +37,7 @@ from safcore.runtime.device import resolve_device
 from safcore.data.fingerprint import PrivateDataset, SAFConfig, make_private_dataset
 from safcore.generators.score_model import ScoreModel
 from safcore.probe import ProbeConfig, ProbeResult
+from safcore.study import conditional
 from safcore.study.profiles import Profile, get_profile
 from safcore.study.stages import without_device as _without_device
 from safcore.measures.quality import SampleQuality
@@ -408,13 +409,13 @@ class Study:
 
     # ------------------------------------------------------------------ sampling and the audit
     def samples(self, n: int | None = None, *, step: int | None = None, seed: int = 0) -> torch.Tensor:
-        """``n`` generated images ``(n, C, S, S)`` in ``[0, 1]`` (cached), from the model at ``step``."""
+        """``n`` generated images ``(n, C, S, S)`` in ``[0, 1]`` (cached), from the model at ``step`` (per class)."""
         n = self.profile.n_samples if n is None else n
         step = (None if self.model is not None else self.profile.train.steps) if step is None else step
         how = self._sampling(self.profile.sample_steps)
         config = {"model": self.model_config(), "step": step, "method": how.method, "steps": how.steps, "n": n,
                   "seed": seed}
-        return self._stored_samples(config, lambda: self.model_at(step), n, how, seed)
+        return self._stored_samples(config, lambda: self.model_at(step), n, how, seed, conditional.class_plan(self, n))
 
     def _sampling(self, steps: int) -> Sampling:
         """How the model under audit is sampled with ``steps`` steps: the profile's sampler and bf16, or a
@@ -423,12 +424,12 @@ class Study:
         return sampling_for(self.model, method=self.profile.sampler, steps=steps, chosen_steps=self.sample_steps,
                             bf16=self.profile.train.bf16)
 
-    def _stored_samples(self, config: dict, load_model, n: int, how: Sampling, seed: int) -> torch.Tensor:
+    def _stored_samples(self, config: dict, load_model, n: int, how: Sampling, seed: int, per_class=None) -> torch.Tensor:
         """``n`` samples ``(n, C, S, S)`` in [0, 1] of ``load_model()`` kept in the run store under ``("samples",
-        config)`` (:func:`safcore.study.stages.stored_samples`)."""
+        config)`` (:func:`safcore.study.stages.stored_samples`; ``per_class``: a class-conditional model's plan)."""
         from safcore.study.stages import stored_samples
 
-        return stored_samples(self.store, config, load_model, n, how, seed, profile=self.profile,
+        return stored_samples(self.store, config, load_model, n, how, seed, profile=self.profile, per_class=per_class,
                               shape=(self.channels, *self.private.images.shape[-2:]), progress=self.progress)
 
     def audit(self, n: int | None = None, *, step: int | None = None, seed: int = 0,
@@ -438,8 +439,8 @@ class Study:
         split, so that :meth:`AuditResult.verdict` can judge the adversary.
 
         ``images``: audit these instead of sampling — ``(n, C, H, W)`` in [0, 1], e.g. generated elsewhere
-        and read with :func:`safcore.data.images.load_images`."""
-        if images is None:
+        and read with :func:`safcore.data.images.load_images`. A class-conditional model: :mod:`~safcore.study.conditional`."""
+        if own := images is None:
             images = self.samples(n, step=step, seed=seed)
         else:
             data_lib.check_unit_images(images, "the images to audit")  # before c_p / c_id are trained
@@ -450,7 +451,8 @@ class Study:
         quality = self.quality(images)  # before c_p / c_id: a broken model is the first thing to know
         return audit(images, self.c_p, self.c_id, self.private.x_p, self.n_dataset, train_images=self.private.images,
                      x_p_index=self.private.index, saf_mask=self.private.mask, saf_grey=self.private.grey,
-                     saf_accuracy=self._accuracies["saf_accuracy"], control=self.control.images, quality=quality)
+                     saf_accuracy=self._accuracies["saf_accuracy"], control=self.control.images, quality=quality,
+                     **(conditional.audit_labels(self, len(images)) if own else {}))
 
     @functools.cached_property
     def domain_extractor(self):
@@ -564,8 +566,8 @@ class Study:
                # version 2: the exhaustive search runs each t with its own step count (issue 20); the top-down
                # search and diffusers models are unchanged, so their stored probes stay valid
                "version": 2 if config.search == "exhaustive" and not scheduled else 1}
-
-        return stored_probe(self.store, key, config, lambda: self.model_at(step), lambda: self.private.x_p,
+        key, load_model = conditional.probe_key(self, key, step)  # a class-conditional model: x_p's label
+        return stored_probe(self.store, key, config, load_model, lambda: self.private.x_p,
                             lambda: (self.c_p, self.c_id), split=self.profile.split_seeds, progress=self.progress)
 
     # ------------------------------------------------------------------ figures

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from safcore.study import distributed
+from safcore.study import conditional, distributed
 from safcore.study import plotting
 from safcore.audit.autoencoder import AutoencoderCheck, autoencoder_check, with_autoencoder_finding
 from safcore.audit.sample_audit import AuditResult
@@ -85,6 +85,8 @@ def check_audit_inputs(study: Study, out_dir: str | Path, *, images=None, n: int
     if n is not None:
         check_int(n, "n (samples to audit)", 1)
     check_seed(study.seed, "the study's seed")
+    if conditional.num_classes(study) is not None:
+        conditional.dp_labels(study)  # D_p's labels fit the model's K classes, before any stage
     if images is not None:
         check_unit_images(images, "the images to audit")
         size = study.fingerprint.image_size if study.fingerprint is not None else study.image_size
@@ -244,6 +246,19 @@ def _quality_section(quality) -> list[str]:
             "", *[f"- {line}." for line in quality.findings()], ""]
 
 
+def _classes_lines(classes) -> list[str]:
+    """The report's bullet on a class-conditional model's per-class sampling and test (none for an unconditional
+    model)."""
+    if classes is None:
+        return []
+    per = ", ".join(f"class {c}: n_c = {k} of N_c = {N}" for c, N, k in zip(classes.classes, classes.n_dataset,
+                                                                          classes.n_samples))
+    return [f"- Class-conditional model: sampled per class in proportion to D_p's labels ({classes.scheme}): {per}. "
+            f"x_p's class is {classes.label}: |q| = {classes.n_q} of its n_c = {classes.n_class} samples against "
+            f"E|q| = n_c/N_c = {classes.n_class}/{classes.n_dataset_class} = {classes.expected_q:.3g} (the p above "
+            "tests this class: H0 every sample of the class copies one of its N_c training images, each equally often)."]
+
+
 def _model_line(study: Study, images_given: bool) -> str:
     if images_given:
         return "images generated elsewhere (given to the audit), " + (repr(study.model) if study.model is not None else "no model")
@@ -288,7 +303,8 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
     plotting.save_figure(figure, out_dir / "copies_per_image.png")
     need = audit_result.samples_to_bound()
     tab1 = {k: v for k, v in audit_result.to_row().items()
-            if k in ("N_D", "n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "x_p handed back", "P(x_p) ≤", "MAE", "MSE")}
+            if k in ("N_D", "n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "x_p handed back", "P(x_p) ≤", "MAE", "MSE",
+                     "class", "n_class", "N_class", "|q| in class")}
     ctl = check.control
     ctl_n = ctl["n"] if ctl else 0
     vs = lambda key: f" (held-out {ctl[key]}/{ctl_n})" if ctl else ""  # noqa: E731
@@ -325,8 +341,9 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         *_md_table([tab1]),
         "",
         f"- |q| = {audit_result.n_q} of {audit_result.n} samples are x_p with its SAF by the adversary (c_p ∧ c_id); "
-        f"E|q| = n/N_D = {audit_result.expected_q:.3g}; one-sided binomial p = {audit_result.p_value:.3g} (H0: "
+        f"E|q| = {'n/N_D' if audit_result.classes is None else 'n_c/N_c'} = {audit_result.expected_q:.3g}; one-sided binomial p = {audit_result.p_value:.3g} (H0: "
         "every sample copies a training image, each equally often — the paper's test).",
+        *_classes_lines(audit_result.classes),
         f"- x_p handed back: {k_back} of {audit_result.n} samples, the larger of |q| and the nearest-neighbour copies "
         f"of x_p (SAF visible or not). With 95 % confidence the model generates x_p in at most **{u:.2%}** of its "
         f"samples (exact Clopper–Pearson); 1/N_D = {1 / study.n_dataset:.2%}. "
@@ -391,6 +408,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
                        "threshold": check.threshold, "threshold_rule": check.calibration.describe(),
                        "control": check.control, "control_set": control.to_dict()},
         "x_p_handed_back": k_back,
+        **({"classes": audit_result.classes.to_dict()} if audit_result.classes is not None else {}),
         "quality": audit_result.quality.to_dict() if audit_result.quality is not None else None,
         "c_p_on_x_p": audit_result.cp_on_x_p, "c_id_on_x_p": audit_result.cid_on_x_p,
         "model": _model_line(study, images_given),

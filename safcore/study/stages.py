@@ -33,6 +33,7 @@ from safcore.generators.score_model import ScoreModel
 from safcore.generators.loader import Sampling, as_generator
 from safcore.generators.train import TrainResult, train
 from safcore.probe import ProbeConfig, ProbeResult, find_t_prime
+from safcore.runtime.parallel import derived_seed
 from safcore.runtime.runs import RunStore, atomic_save_safetensors, atomic_write
 from safcore.study import distributed
 from safcore.study.profiles import Profile
@@ -124,7 +125,8 @@ def _train_on_ranks(store: RunStore, config: dict, images: torch.Tensor, train_c
 
 
 def stored_samples(store: RunStore, config: dict, load_model: Callable[[], object], n: int, how: Sampling, seed: int,
-                   *, profile: Profile, shape: tuple[int, int, int], progress: bool = True) -> torch.Tensor:
+                   *, profile: Profile, shape: tuple[int, int, int], progress: bool = True,
+                   per_class: tuple[tuple[int, int], ...] | None = None) -> torch.Tensor:
     """``n`` samples ``(n, C, H, W)`` in [0, 1] of ``load_model()``, drawn once and kept in the run store under
     ``("samples", config)``.
 
@@ -138,25 +140,41 @@ def stored_samples(store: RunStore, config: dict, load_model: Callable[[], objec
         load_model: gives the model (called on every rank: it may train the score model with DDP first).
         how: the sampler, its steps and bf16 (:func:`safcore.generators.loader.sampling_for`).
         shape: ``(C, H, W)`` of one sample.
+        per_class: a class-conditional model's ``((label, n_c), …)`` in ascending label order
+            (:func:`safcore.audit.classes.class_sample_counts`): class ``c``'s ``n_c`` samples are drawn by
+            ``model.conditioned(c)`` as above with the seed ``derived_seed(seed, c + 1)``, one block per class in
+            label order (the key records both); ``None``: an unconditional model (its key and draws unchanged).
     """
     split = profile.split_seeds
     if split:
         config = {**config, "seeding": "chunk c: derived_seed(seed, c)", "chunk_size": profile.sample_batch}
+    if per_class is not None:
+        if sum(k for _, k in per_class) != n:
+            raise ValueError(f"per_class {per_class} holds {sum(k for _, k in per_class)} samples; n = {n}")
+        config = {**config, "classes": [[int(c), int(k)] for c, k in per_class],
+                  "class_seeding": "class c: its n_c samples with seed derived_seed(seed, c + 1)"}
 
-    def compute() -> torch.Tensor | None:
-        model = load_model()
+    def draw(model, count: int, seed: int) -> torch.Tensor | None:
         if split:
             settings = distributed.SplitSampling(chunk_size=profile.sample_batch, method=profile.sampler,
                                                  steps=how.steps, autocast_bf16=how.autocast_bf16)
-            return distributed.sample_split(model, n, seed, settings, accelerator=distributed.process_accelerator(),
+            return distributed.sample_split(model, count, seed, settings, accelerator=distributed.process_accelerator(),
                                             shape=shape, progress=progress)
         if not distributed.is_main_process():
             return None
         generator_model = as_generator(model, method=profile.sampler)
         generator = torch.Generator(device=generator_model.device).manual_seed(seed)
-        result = generator_model.sample(n, steps=how.steps, generator=generator, batch_size=profile.sample_batch,
+        result = generator_model.sample(count, steps=how.steps, generator=generator, batch_size=profile.sample_batch,
                                         autocast_bf16=how.autocast_bf16, progress=progress)
         return data_lib.from_model_range(result.images.float().cpu()).clamp(0.0, 1.0)
+
+    def compute() -> torch.Tensor | None:
+        model = load_model()
+        if per_class is None:
+            return draw(model, n, seed)
+        conditional = as_generator(model, method=profile.sampler)
+        parts = [draw(conditional.conditioned(c), k, derived_seed(seed, c + 1)) for c, k in per_class if k]
+        return None if parts[0] is None else torch.cat(parts)
 
     def write(tmp: Path, images: torch.Tensor) -> None:
         atomic_save_safetensors({"images": images.contiguous()}, tmp / "samples.safetensors")
