@@ -16,7 +16,7 @@ from safcore.probe import ProbeConfig
 from safcore.generators.train import TrainConfig
 
 ProfileName = Literal["smoke", "cpu", "paper"]
-SamplerMethod = Literal["euler_maruyama", "pc", "ode"]
+SamplerMethod = Literal["euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde"]
 
 
 @dataclasses.dataclass(frozen=True)
