@@ -186,3 +186,67 @@ def test_probe_q_curve_with_the_fast_solver_equals_the_exact_one(method, images)
     assert res.nfe == score.rows == 16 * sum(logsnr_steps(sde, t, 20, cfg.eps) for t in GRID)
     ref = dataclasses.replace(cfg, method="euler_maruyama", steps_full=200)
     assert res.nfe <= 0.15 * ref.nfe_exhaustive
+
+
+# ------------------------------------------------------------------------------------------------
+# diffusers models: their own multistep schedulers (--scheduler dpm | unipc)
+# ------------------------------------------------------------------------------------------------
+
+
+def _tiny_unet():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       layers_per_block=1, norm_num_groups=4)
+
+
+def test_dpm_view_samples_as_the_pipeline_loop_step_for_step():
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from safcore.generators.diffusers_model import DiffusersModel
+
+    unet = _tiny_unet()
+    model = DiffusersModel(unet, DDPMScheduler(num_train_timesteps=100)).with_scheduler("dpm")
+    assert model.scheduler_name == "DPMSolverMultistepScheduler" and not model.full_schedule_only
+    assert model.scheduler.config.algorithm_type == "dpmsolver++" and model.scheduler.config.solver_order == 2
+    ours = model.sample(3, steps=10, generator=torch.Generator().manual_seed(5), progress=False)
+    theirs = DDPMPipeline(unet=unet, scheduler=model.scheduler)(
+        batch_size=3, generator=torch.Generator().manual_seed(5), num_inference_steps=10, output_type="pt").images
+    theirs = torch.as_tensor(np.asarray(theirs))
+    if theirs.shape[-1] == 1:
+        theirs = theirs.permute(0, 3, 1, 2)
+    assert ours.nfe == 10 and torch.allclose((ours.images / 2 + 0.5).clamp(0, 1), theirs, atol=1e-6)
+    # a reverse run from t = 1 is the same run from the same x_T
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    out, nfe = model.reverse(x_T, torch.ones(2), 10)
+    scheduler = type(model.scheduler).from_config(model.scheduler.config)
+    scheduler.set_timesteps(10)
+    x = x_T.clone()
+    with torch.no_grad():
+        for k in scheduler.timesteps:
+            x = scheduler.step(unet(x, k).sample, k, x).prev_sample
+    assert nfe.tolist() == [10, 10] and torch.allclose(out, x, atol=1e-6)
+
+
+@pytest.mark.parametrize("choice", ["dpm", "unipc"])
+def test_multistep_views_start_on_the_tail_and_land_on_a_point_mass(choice):
+    """The exact denoiser of one point: every reverse run of DPM-Solver++ / UniPC from any t lands on it, with NFE =
+    the tail's length; a run from t < 1 takes the full grid's timesteps ≤ k(t) and starts there first-order (a
+    fresh multistep state, begin index set as diffusers' img2img pipelines set it)."""
+    from diffusers import DDPMScheduler
+
+    from safcore.generators.diffusers_model import DiffusersModel
+    from safcore.generators.known_answer import PointMassDenoiser
+
+    target = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ddpm = DDPMScheduler(num_train_timesteps=100)
+    model = DiffusersModel(PointMassDenoiser(target, ddpm), ddpm).with_scheduler(choice)
+    assert not model.full_schedule_only
+    t_vec = torch.tensor([1.0, 0.55, 0.55, 0.2])
+    x_t = model.diffuse(torch.zeros(4, 1, 8, 8), t_vec, 10, torch.Generator().manual_seed(0))
+    out, nfe = model.reverse(x_t, t_vec, 10)
+    full = model.timesteps_from(1.0, 10)
+    assert nfe.tolist() == [int((full <= model.timestep(float(t))).sum()) for t in t_vec] == [10, 5, 5, 1]
+    assert (out - (2 * target - 1)).abs().max() < 1e-4
