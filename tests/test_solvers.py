@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -250,3 +251,31 @@ def test_multistep_views_start_on_the_tail_and_land_on_a_point_mass(choice):
     full = model.timesteps_from(1.0, 10)
     assert nfe.tolist() == [int((full <= model.timestep(float(t))).sum()) for t in t_vec] == [10, 5, 5, 1]
     assert (out - (2 * target - 1)).abs().max() < 1e-4
+
+
+def test_bench_solvers_quick_runs_and_writes_its_table(tmp_path):
+    """benchmarks/bench_solvers.py --quick on the exact point-mixture score: every row, the equivalence tests and
+    the fastest indistinguishable setting, as text and JSON."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_solvers.py"
+    spec = importlib.util.spec_from_file_location("bench_solvers", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_solvers"] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--n-samples", "32", "--out", str(tmp_path / "b")]) == 0
+    data = json.loads((tmp_path / "b.json").read_text())
+    rows = data["rows"]
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("euler_maruyama", 200), ("dpm2m", 10), ("dpm2m", 20),
+                                                          ("dpm2m_sde", 10), ("dpm2m_sde", 20)]
+    assert [r["nfe"] for r in rows] == [200, 10, 20, 10, 20]
+    assert all(r["copies"] == r["n"] == 32 for r in rows)  # every sample of point masses is a copy of one
+    assert rows[0]["indistinguishable"] and rows[0]["p_copies"] == 1.0
+    assert "fastest indistinguishable setting" in (tmp_path / "b.txt").read_text()
+    # a row that differs is called so: |q| 0 of 32 against 16 of 32
+    ref = bench.Row("m", "ref", 1, 1, 1.0, 32, 32, 16, 16, None, 0.5, 4, 8, 1)
+    other = dataclasses.replace(ref, n_q=0, xp_copies=0, t_prime=0.2, k_at_t_prime=1)
+    v = bench.compare(other, ref, 0.1)
+    assert v.p_q < 1e-5 and not v.t_prime_agrees and not v.indistinguishable
