@@ -55,9 +55,14 @@ def _model_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
                              "a folder from safcore train, or a Hub id owner/name")
     parser.add_argument("--fingerprint", required=True, type=Path,
                         help="the folder safcore fingerprint wrote (the model was trained on its D_p)")
-    parser.add_argument("--scheduler", choices=("model", "ddpm", "ddim"), default="model",
-                        help="sample a diffusers or MONAI model with its own scheduler (default) or with DDPM / DDIM built "
-                             "from its config")
+    parser.add_argument("--scheduler", choices=("model", "ddpm", "ddim", "dpm", "unipc"), default="model",
+                        help="sample a diffusers or MONAI model with its own scheduler (default) or with DDPM / DDIM (or, "
+                             "for a diffusers model, the multistep DPM-Solver++ 2M / UniPC) built from its config")
+    parser.add_argument("--sampler", choices=("euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde"), default=None,
+                        help="sampler of a safcore SDE model for the audit's samples and the t' probe (default: the "
+                             "profile's); e.g. --sampler euler_maruyama --sample-steps 200 is the cpu profile's reference")
+    parser.add_argument("--sample-steps", type=int, default=None,
+                        help="steps of a full reverse run of --sampler (default: the profile's sample_steps)")
     parser.add_argument("--steps", type=int, default=None,
                         help="inference steps of a full reverse run of a diffusers model, 1 … T (its scheduler's "
                              "num_train_timesteps; default: the profile's, at most T)")
@@ -181,7 +186,10 @@ def _load(args):
         raise ValueError(f"--scheduler {args.scheduler} applies to a diffusers model; {args.model!r} is a safcore sub-VP model")
     elif args.steps is not None:
         raise ValueError(f"--steps applies to a diffusers model; {args.model!r} is a safcore sub-VP model (its sampler "
-                         "steps are the profile's)")
+                         "steps are the profile's, or --sample-steps)")
+    if T is not None and (args.sampler is not None or args.sample_steps is not None):
+        raise ValueError(f"--sampler / --sample-steps apply to a safcore SDE model; {args.model!r} is driven by its "
+                         "scheduler (--scheduler, --steps)")
     return model.to(resolve_device(args.device))
 
 
@@ -205,10 +213,22 @@ def _samples(args):
     return images
 
 
+def _profile(args):
+    """``--profile``, with ``--sampler`` / ``--sample-steps`` (audit, probe) switching all its sampling settings."""
+    from safcore.study.profiles import get_profile
+
+    sampler, steps = getattr(args, "sampler", None), getattr(args, "sample_steps", None)
+    if sampler is None and steps is None:
+        return args.profile
+    _positive("--sample-steps", steps)
+    profile = get_profile(args.profile)
+    return profile.with_sampler(sampler or profile.sampler, steps or profile.sample_steps)
+
+
 def _study(args, model=None):
     from safcore.study.hub import Study
 
-    return Study.from_fingerprint(args.fingerprint, model=model, profile=args.profile, data_root=args.data_root,
+    return Study.from_fingerprint(args.fingerprint, model=model, profile=_profile(args), data_root=args.data_root,
                                   progress=not args.no_progress, sample_steps=getattr(args, "steps", None),
                                   device=args.device)
 

@@ -175,7 +175,7 @@ class SDEGenerator:
             ``ε̂ = −σ_t · s(x, t)`` (score_sde's ``get_score_fn`` read backwards), computed in the dtype of the
             images it is given (float64 keeps the exact scores of point masses exact).
         method: the reverse sampler of :func:`safcore.generators.sampling.sample` (``"euler_maruyama"``,
-            ``"pc"``, ``"ode"``).
+            ``"pc"``, ``"ode"``, ``"dpm2m"``, ``"dpm2m_sde"``).
         eps: end of the reverse time grid (score_sde: 1e-3).
         channels, image_size, device, dtype: what the score model is (``None`` where a function has no such
             property, e.g. an analytic score).
@@ -269,10 +269,12 @@ class SDEGenerator:
     def reverse(self, x_t: torch.Tensor, t_vec: torch.Tensor, steps: int, generator: torch.Generator | None = None,
                 *, autocast_bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row from its ``t`` down to ``eps`` on its own grid of :func:`steps_for` steps (the step size of a
-        full run of ``steps``), with :func:`safcore.generators.sampling.sample`."""
-        from safcore.generators.sampling import sample
+        full run of ``steps``; a λ-grid solver: :func:`safcore.generators.solvers.logsnr_steps`), with
+        :func:`safcore.generators.sampling.sample`."""
+        from safcore.generators.sampling import reverse_steps, sample
 
-        per_row = torch.tensor([steps_for(float(t), steps, self.eps_end) for t in t_vec.tolist()], dtype=torch.int64)
+        per_row = torch.tensor([reverse_steps(self.sde, self.method, float(t), steps, self.eps_end)
+                                for t in t_vec.tolist()], dtype=torch.int64)
         res = sample(self.score, self.sde, x_t=x_t, t_start=t_vec, method=self.method, steps=per_row, eps=self.eps_end,
                      generator=generator, autocast_bf16=autocast_bf16, progress=False)
         return res.images, res.nfe_per_sample.to(torch.int64)

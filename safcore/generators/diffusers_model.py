@@ -35,12 +35,19 @@ from safcore.generators.score_model import UNetBacked
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin, UNet2DModel
 
-__all__ = ["SCHEDULERS", "DiffusersModel", "ModelLoadError", "SampleOutput", "model_identity", "check_class_embedding"]
+__all__ = ["SCHEDULERS", "SCHEDULER_CHOICES", "DiffusersModel", "ModelLoadError", "SampleOutput", "model_identity",
+           "check_class_embedding"]
 
 #: Schedulers whose ``step`` safcore drives (class names as diffusers saves them in ``scheduler_config.json``).
-SCHEDULERS: tuple[str, ...] = ("DDPMScheduler", "DDIMScheduler")
-SchedulerChoice = Literal["model", "ddpm", "ddim"]
-_CHOICE_CLASS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler"}
+SCHEDULERS: tuple[str, ...] = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+SchedulerChoice = Literal["model", "ddpm", "ddim", "dpm", "unipc"]
+#: ``--scheduler`` choices: the class and what it is built with from the model's scheduler config. ``dpm``:
+#: DPM-Solver++ (2M) (Lu et al. 2022b, data prediction, order 2); ``unipc``: UniPC (Zhao et al. 2023, its
+#: default bh2 / order 2); both with diffusers' defaults otherwise (grid uniform in the timesteps, last step to σ = 0).
+_CHOICE_CLASS = {"ddpm": ("DDPMScheduler", {}), "ddim": ("DDIMScheduler", {}),
+                 "dpm": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+                 "unipc": ("UniPCMultistepScheduler", {"solver_order": 2})}
+SCHEDULER_CHOICES: tuple[str, ...] = ("model", *_CHOICE_CLASS)
 
 
 def _scheduler_class(name: str) -> type:
@@ -126,14 +133,17 @@ class DiffusersModel(ScheduledModel, UNetBacked):
         """The same network under another scheduler built from this one's config (``"model"``: unchanged).
 
         ``"ddim"`` on a DDPM-trained network is DDIM sampling of that model (Song et al. 2021), as
-        ``DDIMScheduler.from_config(ddpm.config)`` gives it in diffusers."""
+        ``DDIMScheduler.from_config(ddpm.config)`` gives it in diffusers; ``"dpm"`` / ``"unipc"`` are the multistep
+        solvers ``DPMSolverMultistepScheduler`` (dpmsolver++, order 2) / ``UniPCMultistepScheduler`` built the same
+        way (a reverse run from ``t < 1`` starts them on the tail of the full grid: :meth:`ScheduledModel.reverse`)."""
         if choice == "model":
             if eta is None:
                 return self
             return DiffusersModel(self.unet, self.scheduler, source=self.source, eta=eta).conditioned(self.label)
         if choice not in _CHOICE_CLASS:
-            raise ValueError(f"scheduler choice {choice!r}; allowed: 'model', 'ddpm', 'ddim'")
-        scheduler = _scheduler_class(_CHOICE_CLASS[choice]).from_config(self.scheduler.config)
+            raise ValueError(f"scheduler choice {choice!r}; allowed: {', '.join(map(repr, SCHEDULER_CHOICES))}")
+        name, settings = _CHOICE_CLASS[choice]
+        scheduler = _scheduler_class(name).from_config(self.scheduler.config, **settings)
         return DiffusersModel(self.unet, scheduler, source=self.source,
                               eta=self.eta if eta is None else eta).conditioned(self.label)
 
@@ -151,7 +161,10 @@ class DiffusersModel(ScheduledModel, UNetBacked):
         return out.sample if hasattr(out, "sample") else out
 
     def _step(self, scheduler, out: torch.Tensor, k: torch.Tensor, x: torch.Tensor, generator) -> torch.Tensor:
-        extra = {"eta": self.eta} if type(scheduler).__name__ == "DDIMScheduler" else {}
+        name = type(scheduler).__name__
+        if name == "UniPCMultistepScheduler":  # deterministic: its step takes no generator
+            return scheduler.step(out, k, x).prev_sample
+        extra = {"eta": self.eta} if name == "DDIMScheduler" else {}
         return scheduler.step(out, k, x, generator=generator, **extra).prev_sample
 
     def _prior(self, shape: tuple[int, ...], scheduler, generator) -> torch.Tensor:

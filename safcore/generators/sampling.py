@@ -25,10 +25,13 @@ from safcore.runtime.device import bf16_autocast
 from safcore.runtime.progress import progress_bar
 from safcore.generators.sde import SDE, VPSDE, ReverseSDE
 
-__all__ = ["SampleResult", "sample", "tweedie_denoise", "METHODS", "Method", "FINAL_STEPS", "FinalStep"]
+__all__ = ["SampleResult", "sample", "tweedie_denoise", "METHODS", "Method", "FINAL_STEPS", "FinalStep", "LOGSNR_METHODS",
+           "reverse_steps"]
 
-Method = Literal["euler_maruyama", "pc", "ode"]
-METHODS: tuple[str, ...] = ("euler_maruyama", "pc", "ode")
+Method = Literal["euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde"]
+METHODS: tuple[str, ...] = ("euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde")
+#: Methods whose grid is uniform in the half log-SNR λ (:mod:`safcore.generators.solvers`), not in t.
+LOGSNR_METHODS: tuple[str, ...] = ("dpm2m", "dpm2m_sde")
 FinalStep = Literal["tweedie", "noise_free"]
 FINAL_STEPS: tuple[str, ...] = ("tweedie", "noise_free")
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -291,6 +294,19 @@ def _sample_ode(
     return out, int(sol.nfev), int(len(sol.t) - 1)
 
 
+def reverse_steps(sde: SDE, method: str, t: float, steps_full: int, eps: float) -> int:
+    """Steps of a reverse run of ``method`` from ``t`` with the step size of a full run of ``steps_full`` steps:
+    :func:`safcore.generators.base.steps_for` (a grid uniform in t) or, for :data:`LOGSNR_METHODS`,
+    :func:`safcore.generators.solvers.logsnr_steps` (a grid uniform in λ)."""
+    if method in LOGSNR_METHODS:
+        from safcore.generators.solvers import logsnr_steps
+
+        return logsnr_steps(sde, t, steps_full, eps)
+    from safcore.generators.base import steps_for
+
+    return steps_for(t, steps_full, eps)
+
+
 def _chunks(n: int, batch_size: int | None) -> Iterator[slice]:
     size = n if batch_size is None else batch_size
     for start in range(0, n, size):
@@ -330,7 +346,9 @@ def sample(
         method: ``"euler_maruyama"`` (Song Eq. 6, NFE = steps), ``"pc"`` (reverse-diffusion
             predictor + Langevin corrector, NFE = steps·(1 + corrector_steps)) or ``"ode"``
             (probability-flow ODE, Song Eq. 13, RK45 with ``rtol``/``atol``; NFE = nfev; ``steps``
-            is not used).
+            is not used), ``"dpm2m"`` (DPM-Solver++ (2M) of the probability-flow ODE, NFE = steps) or
+            ``"dpm2m_sde"`` (its SDE variant, NFE = steps); these two run on a grid uniform in λ from each
+            ``t_start_i`` (:mod:`safcore.generators.solvers`) and end with ``x̂_0`` (``final_step`` does not apply).
         steps: time steps of every trajectory (an int), or per sample (an integer tensor or sequence
             of shape ``(B,)``). Per-sample counts keep one call for trajectories of different lengths
             (Algorithm 1 batches several t, each with its own ``steps(t)``): a batch runs
@@ -420,6 +438,15 @@ def sample(
                     out, nfev, n_steps = _sample_ode(score, sde, x, ts, eps=eps, rtol=rtol, atol=atol, bar=bar)
                     nfe_parts.append(torch.full((m,), nfev, dtype=torch.int64))
                     taken.append(n_steps)
+                elif method in LOGSNR_METHODS:
+                    from safcore.generators.solvers import dpm_solver_2m
+
+                    st = chunk_steps(sl)
+                    out = dpm_solver_2m(score, sde, x, ts, steps=st, eps=eps, stochastic=method == "dpm2m_sde",
+                                        generator=generator, bar=bar)
+                    st_vec = torch.full((m,), st, dtype=torch.int64) if isinstance(st, int) else st.clone()
+                    nfe_parts.append(st_vec)
+                    taken.append(iterations(sl))
                 else:
                     st = chunk_steps(sl)
                     out = _sample_sde(

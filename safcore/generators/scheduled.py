@@ -288,6 +288,8 @@ class ScheduledModel:
             rows = (ts == t).nonzero(as_tuple=True)[0]
             scheduler = self._fresh(steps)
             tail = self._tail(scheduler.timesteps, t)
+            if hasattr(scheduler, "set_begin_index"):  # a multistep scheduler starts on the tail, as img2img pipelines
+                scheduler.set_begin_index(int(scheduler.timesteps.numel() - tail.numel()))
             x = x_t[rows.to(x_t.device)].to(self.device, torch.float32)
             out[rows.to(out.device)] = self._run(x, tail, scheduler, generator, autocast_bf16).to(out.device)
             nfe[rows] = int(tail.numel())

@@ -26,7 +26,7 @@ __all__ = ["DEFAULT_GRID", "ProbeConfig", "as_single_image", "check_grid", "step
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 Search = Literal["exhaustive", "topdown"]
-SamplerMethod = Literal["euler_maruyama", "pc", "ode"]
+SamplerMethod = Literal["euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde"]
 
 #: The paper's grid (the author's code): t = 0.99, 0.98, ..., 0.01 (99 values, step 0.01).
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.99 - 0.01 * i, 2) for i in range(99))

@@ -16,7 +16,7 @@ from safcore.probe import ProbeConfig
 from safcore.generators.train import TrainConfig
 
 ProfileName = Literal["smoke", "cpu", "paper"]
-SamplerMethod = Literal["euler_maruyama", "pc", "ode"]
+SamplerMethod = Literal["euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +71,13 @@ class Profile:
         if kind not in ("c_p", "c_id"):
             raise ValueError(f"kind = {kind!r}; allowed: 'c_p', 'c_id'")
         return self.saf_classifier if kind == "c_p" and self.saf_classifier is not None else self.classifier
+
+    def with_sampler(self, method: SamplerMethod, steps: int) -> Profile:
+        """This profile with every sampling setting switched together: the audit's ``sampler`` / ``sample_steps``
+        and the probe's ``method`` / ``steps_full`` (e.g. ``CPU.with_sampler("euler_maruyama", 200)``, today's
+        reference, or a fast solver ``("dpm2m", 20)``, :mod:`safcore.generators.solvers`)."""
+        probe = dataclasses.replace(self.probe, method=method, steps_full=steps)
+        return dataclasses.replace(self, sampler=method, sample_steps=steps, probe=probe)
 
     def __post_init__(self) -> None:
         if self.channels is not None and (isinstance(self.channels, bool) or self.channels not in (1, 3)):

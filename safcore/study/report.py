@@ -267,6 +267,14 @@ def _model_line(study: Study, images_given: bool) -> str:
     return f"safcore's sub-VP score model, trained by this study ({study.profile.train.preset} U-Net, {study.profile.train.steps} steps)"
 
 
+def _sampler(study: Study) -> dict:
+    """The sampler of the audit's samples and of the probe, and their network evaluations per full run."""
+    how = study._sampling(study.profile.sample_steps)  # noqa: SLF001 — the study's own sampling rule
+    per_step = {"pc": 2, "ode": None}.get(how.method, 1)  # pc: one corrector step per predictor step
+    return {"method": how.method, "steps": how.steps, "nfe_per_sample": None if per_step is None else how.steps * per_step,
+            "probe_method": study.profile.probe.method, "probe_steps_full": study.profile.probe.steps_full}
+
+
 def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds,
                   stage_seconds, images_given: bool = False, autoencoder: AutoencoderCheck | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -420,6 +428,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         "t_prime_runs": list(spread.t_prime_runs) if spread is not None else None,
         "eq9_indicator": probe_result.eq9_indicator if probe_result else None,
         "nfe": probe_result.nfe if probe_result else None, "copies": copies, **accuracies,
+        "sampler": None if images_given else _sampler(study),
         "seconds": seconds, "stage_seconds": stage_seconds,
     }
     atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2, default=float))
