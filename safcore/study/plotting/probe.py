@@ -34,6 +34,7 @@ def q_curve(
     n: Any = None,
     title: str | None = None,
     stop_at_t_prime: bool = True,
+    xlabel: str = "diffusion time t (0 = image, 1 = noise)",
 ) -> Figure:
     """Paper Fig. 6/9: ``q_M(t)`` against the diffusion time t, with 95 % Clopper–Pearson bands and t'.
 
@@ -52,6 +53,7 @@ def q_curve(
             t' is annotated with the count it rests on, ``k/n`` at t'.
         title: the headline; default: the finding, e.g. "x_p comes back from t' = 0.90 (1/8)".
         stop_at_t_prime: like the paper, stop each curve after its ``t'`` (the grid beyond is q = 0).
+        xlabel: the x axis (a latent model's t is a time of its latent diffusion).
 
     Returns:
         The figure with one axes.
@@ -114,7 +116,7 @@ def q_curve(
             title = f"$x_p$ did not come back from any probed t (t ≥ {lowest[0]:.2f})"
         else:
             title = "$x_p$ comes back from t' = " + ", ".join(findings)
-    ax.set(xlabel="diffusion time t (0 = image, 1 = noise)", ylim=(-0.02, 1.05), title=title)
+    ax.set(xlabel=xlabel, ylim=(-0.02, 1.05), title=title)
     ax.set_ylabel("$q_M(t)$: fraction of the M reverse samples\nthat are $x_p$ with its SAF", fontsize=9)
     ax.title.set_fontsize(10)
     band = Rectangle((0, 0), 1, 1, color="0.5", alpha=0.3, linewidth=0)
