@@ -26,3 +26,4 @@ pm 03_training_length -p N_D 16 -p N_SAMPLES 128
 pm 08_audit_your_model -p N_D 16 -p TRAIN_STEPS 2000 -y "WIDTHS: [32, 64, 64]"
 pm 09_defences -p N_D 16 -y "CADP_EPSILONS: [.inf, 10000, 1000, 10, 1, 0.1]" -y "DPSGD_EPSILONS: [.inf, 10, 1]"
 pm 10_peers -y "N_DS: [16, 64, 546]"
+pm 11_audit_monai_and_latent -p N_D 16 -p AE_STEPS 1000 -p DM_STEPS 3000
