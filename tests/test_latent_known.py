@@ -223,6 +223,8 @@ def test_latent_class_conditional_model_audits_per_class_and_probes_x_p_s_label(
     assert all(_same(summary["audit"][k], v) for k, v in row.items()), (summary["audit"], row)
     key, load = conditional.probe_key(study, {"model": "m"}, None)
     assert key["class_label"] == 1 and isinstance(load(), LatentModel) and load().label == 1
+    probed = study.probe(study.probe_config(M=2))  # Algorithm 1 in latent space, conditioned on class 1
+    assert len(probed.k) == len(probed.ts) and max(probed.n) == 2
 
 
 def test_exact_latent_class_point_mass_hands_back_x_p_only_within_its_class(fingerprint):  # noqa: F811

@@ -4,7 +4,8 @@ Given ``n`` generated images, count ``|c_p+|`` (carry the SAF), ``|c_id+|`` (ide
 ``|q| = |c_p+ ∩ c_id+|``; compare ``|q|`` with its expectation ``E|q| = n / N_D`` under the null
 hypothesis that ``x_p`` is generated as often as any training image, with a one-sided binomial test
 (H0: p = 1/N_D, H1: p < 1/N_D); and measure how close the q-positives are to ``x_p`` (MAE, MSE). A class-conditional
-model's samples, drawn per class, are tested within ``x_p``'s class: ``E|q| = n_c / N_c`` (:mod:`safcore.audit.classes`). The
+model's samples, drawn per class, are tested within ``x_p``'s class: ``E|q| = n_c / N_c`` (:mod:`safcore.audit.classes`), and
+the count handed back, its interval and bounds are of those ``n_c`` samples against ``1/N_c`` (:attr:`AuditResult.n_tested`). The
 result keeps every index so galleries can show the q-positives and each classifier's false positives
 (Fig. 8).
 
