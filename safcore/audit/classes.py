@@ -71,6 +71,8 @@ class ClassCounts:
         n_samples: ``n_c``, samples drawn conditioned on each class (:func:`class_sample_counts`).
         n_q: q-positives among the ``n_c`` samples of ``x_p``'s class.
         scheme: how ``n_c`` was chosen (:data:`SCHEME`).
+        n_xp_copies: nearest-neighbour copies of ``x_p`` among the ``n_c`` samples of ``x_p``'s class (``None``:
+            no copy count, the training set was not given).
     """
 
     label: int
@@ -79,6 +81,7 @@ class ClassCounts:
     n_samples: tuple[int, ...]
     n_q: int
     scheme: str = SCHEME
+    n_xp_copies: int | None = None
 
     def __post_init__(self) -> None:
         if not len(self.classes) == len(self.n_dataset) == len(self.n_samples) or self.label not in self.classes:
@@ -86,6 +89,8 @@ class ClassCounts:
                              f"{self.n_samples}: one count per class, x_p's class among them")
         if not 0 <= self.n_q <= self.n_class:
             raise ValueError(f"|q| in class {self.label} = {self.n_q}; allowed: 0 … n_c = {self.n_class}")
+        if self.n_xp_copies is not None and not 0 <= self.n_xp_copies <= self.n_class:
+            raise ValueError(f"x_p copies in class {self.label} = {self.n_xp_copies}; allowed: 0 … n_c = {self.n_class}")
 
     @property
     def n_class(self) -> int:
@@ -105,7 +110,7 @@ class ClassCounts:
     def to_dict(self) -> dict:
         """Plain JSON: x_p's class, its counts, and ``{class: {"N_c", "n_c"}}``."""
         return {"label": self.label, "n_class": self.n_class, "N_class": self.n_dataset_class, "|q| in class": self.n_q,
-                "E|q|": self.expected_q, "scheme": self.scheme,
+                "E|q|": self.expected_q, "scheme": self.scheme, "x_p copies in class": self.n_xp_copies,
                 "per_class": {str(c): {"N_c": N, "n_c": k} for c, N, k in zip(self.classes, self.n_dataset,
                                                                               self.n_samples)}}
 

@@ -4,7 +4,8 @@ Given ``n`` generated images, count ``|c_p+|`` (carry the SAF), ``|c_id+|`` (ide
 ``|q| = |c_p+ ∩ c_id+|``; compare ``|q|`` with its expectation ``E|q| = n / N_D`` under the null
 hypothesis that ``x_p`` is generated as often as any training image, with a one-sided binomial test
 (H0: p = 1/N_D, H1: p < 1/N_D); and measure how close the q-positives are to ``x_p`` (MAE, MSE). A class-conditional
-model's samples, drawn per class, are tested within ``x_p``'s class: ``E|q| = n_c / N_c`` (:mod:`safcore.audit.classes`). The
+model's samples, drawn per class, are tested within ``x_p``'s class: ``E|q| = n_c / N_c`` (:mod:`safcore.audit.classes`), and
+the count handed back, its interval and bounds are of those ``n_c`` samples against ``1/N_c`` (:attr:`AuditResult.n_tested`). The
 result keeps every index so galleries can show the q-positives and each classifier's false positives
 (Fig. 8).
 
@@ -71,7 +72,10 @@ class AuditResult:
         quality: the sample-quality gate (:class:`safcore.measures.quality.SampleQuality`), when held-out images and
             a feature extractor were given; a failed gate leads the verdict.
         classes: a class-conditional model's per-class counts and ``x_p``'s class (:class:`ClassCounts`);
-            ``None``: an unconditional model.
+            ``None``: an unconditional model, or images that carry no class.
+        unlabelled_classes: ``K`` when the images come from a class-conditional model with ``K`` classes but carry no
+            class (samples given as files): they are tested over all classes against ``n/N_D``, and the verdict
+            says so; ``None`` otherwise.
     """
 
     n: int
@@ -92,6 +96,7 @@ class AuditResult:
     saf_accuracy: float | None = None
     quality: SampleQuality | None = None
     classes: ClassCounts | None = None
+    unlabelled_classes: int | None = None
 
     @property
     def class_label(self) -> int | None:
@@ -121,29 +126,71 @@ class AuditResult:
         return self.p_value < alpha
 
     # ---------------------------------------------------------------- bounds
+    @property
+    def n_tested(self) -> int:
+        """The samples the test and the bounds are over: ``n``, or a class-conditional model's ``n_c`` of ``x_p``'s
+        class (Binomial(n_c, 1/N_c), :mod:`safcore.audit.classes`)."""
+        return self.n if self.classes is None else self.classes.n_class
+
+    @property
+    def n_dataset_tested(self) -> int:
+        """The training images the rate is compared with: ``N_D``, or ``N_c`` of ``x_p``'s class."""
+        return self.n_dataset if self.classes is None else self.classes.n_dataset_class
+
+    @property
+    def rate_name(self) -> str:
+        """``"1/N_D"``, or ``"1/N_c"`` for a class-conditional model: the rate every bound is compared with."""
+        return "1/N_D" if self.classes is None else "1/N_c"
+
+    @property
+    def scope(self) -> str:
+        """Where the bounds count: ``""`` (all ``n`` samples), or ``" among the n_c samples of x_p's class c"``."""
+        k = self.classes
+        return "" if k is None else f" among the {k.n_class} samples of x_p's class {k.label}"
+
     def q_upper(self, confidence: float = 0.95) -> float:
-        """Exact (Clopper–Pearson) upper bound on P(sample is ``x_p`` with its SAF) from ``|q|``."""
-        return upper_bound(self.n_q, self.n, confidence)
+        """Exact (Clopper–Pearson) upper bound on P(sample is ``x_p`` with its SAF) from ``|q|`` (a class-conditional
+        model: the ``|q|`` of ``x_p``'s class among its ``n_c`` samples; 1 when ``n_c = 0``)."""
+        if self.classes is None:
+            return upper_bound(self.n_q, self.n, confidence)
+        return upper_bound(self.classes.n_q, self.n_tested, confidence) if self.n_tested else 1.0
 
     def copies_upper(self, confidence: float = 0.95) -> float | None:
-        """The same bound from the nearest-neighbour count of ``x_p`` copies (None without it)."""
+        """The same bound from the nearest-neighbour count of ``x_p`` copies over all ``n`` samples (None without it)."""
         return None if self.copies is None else upper_bound(self.copies.n_xp_copies, self.n, confidence)
 
     def samples_to_bound(self, confidence: float = 0.95) -> int | None:
         """Samples needed to bound P(``x_p``) below ``1/N_D`` at the rate seen here (None: never —
-        the observed rate is at or above ``1/N_D``). Uses the larger of ``|q|`` and the NN copy count."""
-        k = self.n_handed_back
-        return samples_to_bound(k, self.n, 1.0 / self.n_dataset, confidence) if self.n_dataset > 1 else None
+        the observed rate is at or above ``1/N_D``). Uses the larger of ``|q|`` and the NN copy count.
+        A class-conditional model: samples of ``x_p``'s class, below ``1/N_c``, at the rate among its ``n_c``."""
+        k, n, n_dataset = self.n_handed_back, self.n_tested, self.n_dataset_tested
+        if n_dataset <= 1:
+            return None
+        return samples_to_bound(k, max(n, 1), 1.0 / n_dataset, confidence)  # n_c = 0 means k = 0: n does not enter
 
     @property
     def n_handed_back(self) -> int:
         """Samples that are ``x_p``, as far as this audit can tell: the larger of ``|q|`` (the adversary's
-        count, SAF visible) and the nearest-neighbour copies of ``x_p`` (SAF visible or not)."""
-        return self.n_q if self.copies is None else max(self.n_q, self.copies.n_xp_copies)
+        count, SAF visible) and the nearest-neighbour copies of ``x_p`` (SAF visible or not). A class-conditional
+        model: the same among the ``n_c`` samples of ``x_p``'s class (:attr:`n_handed_back_other_classes`: the rest)."""
+        k = self.classes
+        if k is None:
+            return self.n_q if self.copies is None else max(self.n_q, self.copies.n_xp_copies)
+        return k.n_q if k.n_xp_copies is None else max(k.n_q, k.n_xp_copies)
+
+    @property
+    def n_handed_back_other_classes(self) -> int:
+        """A class-conditional model's samples drawn for another class than ``x_p``'s that are ``x_p`` (as
+        :attr:`n_handed_back` counts); 0 for an unconditional model."""
+        k = self.classes
+        if k is None:
+            return 0
+        return max(self.n_q - k.n_q, 0 if self.copies is None else self.copies.n_xp_copies - (k.n_xp_copies or 0))
 
     def handed_back_interval(self, confidence: float = 0.95) -> tuple[float, float]:
-        """Exact (Clopper–Pearson) interval of P(sample is ``x_p``) from :attr:`n_handed_back`."""
-        return proportion_interval(self.n_handed_back, self.n, confidence)
+        """Exact (Clopper–Pearson) interval of P(sample is ``x_p``) from :attr:`n_handed_back` of :attr:`n_tested`
+        samples (``(0, 1)`` when ``x_p``'s class got no sample)."""
+        return proportion_interval(self.n_handed_back, self.n_tested, confidence) if self.n_tested else (0.0, 1.0)
 
     # ---------------------------------------------------------------- the verdict
     def verdict(self, requirements: AdversaryRequirements = AdversaryRequirements()) -> Verdict:
@@ -169,7 +216,8 @@ class AuditResult:
         }
         if self.classes is not None:
             k = self.classes
-            row |= {"class": k.label, "n_class": k.n_class, "N_class": k.n_dataset_class, "|q| in class": k.n_q}
+            row |= {"class": k.label, "n_class": k.n_class, "N_class": k.n_dataset_class, "|q| in class": k.n_q,
+                    "x_p handed back, other classes": self.n_handed_back_other_classes}
         if self.copies is not None:
             c = self.copies
             row |= {
@@ -232,6 +280,7 @@ def audit(
     sample_labels=None,
     dataset_labels=None,
     x_p_label: int | None = None,
+    unlabelled_classes: int | None = None,
 ) -> AuditResult:
     """Count ``|c_p+|``, ``|c_id+|``, ``|q|`` on generated images and test ``|q|`` against ``E|q| = n/N_D``.
 
@@ -256,6 +305,8 @@ def audit(
         sample_labels, dataset_labels, x_p_label: a class-conditional model's audit (all three or none): the class
             each image was drawn for ``(n,)``, ``D_p``'s labels ``(N_D,)`` and ``x_p``'s class; ``|q|`` of x_p's class
             is then tested against ``E|q| = n_c / N_c`` (:mod:`safcore.audit.classes`).
+        unlabelled_classes: ``K`` when the images come from a class-conditional model of ``K`` classes but carry no
+            class (e.g. samples given as files): tested against ``n/N_D`` over all classes, the verdict says so.
     Raises:
         ValueError: no images, images not ``(n, C, H, W)`` or not matching ``x_p``'s shape, values
             outside ``[0, 1]`` or NaN, ``n_dataset < 1``, a classifier returning the wrong shape, or a
@@ -290,6 +341,10 @@ def audit(
             raise ValueError(f"train_images has shape {tuple(train_images.shape)}; expected (N_D = {n_dataset}, C, H, W)")
         if x_p_index is None:
             raise ValueError("x_p_index is required with train_images: where is x_p in the training set?")
+    if unlabelled_classes is not None and (isinstance(unlabelled_classes, bool) or sample_labels is not None
+                                           or not isinstance(unlabelled_classes, (int, np.integer)) or unlabelled_classes < 1):
+        raise ValueError(f"unlabelled_classes = {unlabelled_classes!r}; allowed: None, or the model's number of classes "
+                         "(an integer ≥ 1) for images that carry no class (then no sample_labels)")
     n = int(images.shape[0])
     if quality is not None and quality.n != n:
         raise ValueError(f"quality judged {quality.n} samples but {n} images are audited; judge the audited images")
@@ -310,7 +365,7 @@ def audit(
         copies = copy_check(images, train_images, int(x_p_index), cp, cid, control=control, saf_mask=saf_mask,
                             saf_grey=saf_grey)
     n_q = int(q.sum())
-    classes = _class_counts(q, sample_labels, dataset_labels, x_p_label, n, int(n_dataset))
+    classes = _class_counts(q, sample_labels, dataset_labels, x_p_label, n, int(n_dataset), copies)
     if classes is None:
         expected, p_value = n / n_dataset, binomial_p_value(n_q, n, int(n_dataset))
     else:  # Binomial(n_c, 1/N_c) within x_p's class; no sample of it: nothing to test (p = 1)
@@ -335,10 +390,12 @@ def audit(
         saf_accuracy=None if saf_accuracy is None else float(saf_accuracy),
         quality=quality,
         classes=classes,
+        unlabelled_classes=None if unlabelled_classes is None else int(unlabelled_classes),
     )
 
 
-def _class_counts(q: torch.Tensor, sample_labels, dataset_labels, x_p_label, n: int, n_dataset: int) -> ClassCounts | None:
+def _class_counts(q: torch.Tensor, sample_labels, dataset_labels, x_p_label, n: int, n_dataset: int,
+                  copies: CopyCheck | None) -> ClassCounts | None:
     """:class:`ClassCounts` of a class-conditional audit (``None`` when none of the three is given)."""
     given = [v is not None for v in (sample_labels, dataset_labels, x_p_label)]
     if not any(given):
@@ -357,6 +414,8 @@ def _class_counts(q: torch.Tensor, sample_labels, dataset_labels, x_p_label, n: 
         raise ValueError(f"sample classes {stray or ''} / x_p's class {x_p_label!r}: allowed: D_p's classes "
                          f"{classes.tolist()}")
     in_class = torch.as_tensor(drawn == int(x_p_label))
+    xp_copies = None if copies is None else sum(bool(in_class[i]) for i in copies.xp_copy_indices)
     return ClassCounts(label=int(x_p_label), classes=tuple(int(c) for c in classes),
                        n_dataset=tuple(int(s) for s in sizes),
-                       n_samples=tuple(int((drawn == c).sum()) for c in classes), n_q=int((q & in_class).sum()))
+                       n_samples=tuple(int((drawn == c).sum()) for c in classes), n_q=int((q & in_class).sum()),
+                       n_xp_copies=xp_copies)

@@ -7,6 +7,11 @@ least ``max(|q|, copies)`` of ``n`` samples, with its exact (Clopper–Pearson) 
 (:mod:`safcore.measures.bounds`); an adversary that misses copies, fires on most samples, does not see
 ``x_p``'s own fingerprint or detects the SAF poorly (:class:`AdversaryRequirements`) makes a claim of absence
 *inconclusive*; samples unlike the data (:mod:`safcore.measures.quality`) lead the headline.
+
+A class-conditional model's audit (``result.classes``, :mod:`safcore.audit.classes`) is judged within ``x_p``'s class
+``c``: the rate and its interval are of the samples that are ``x_p`` among the ``n_c`` samples drawn for ``c``,
+compared with ``1/N_c`` (``E|q| = n_c/N_c``), and the headline says so ("among the n_c samples of x_p's class c");
+a copy of ``x_p`` drawn for another class is a finding too. With ``n_c = 0`` absence cannot be claimed.
 """
 
 from __future__ import annotations
@@ -128,7 +133,14 @@ def judge(result: AuditResult, requirements: AdversaryRequirements = AdversaryRe
     lead = result.quality.describe() + " " if unlike else ""
     reasons = adversary_reasons(result, req)
     warnings: list[str] = []
-    one = _pct(1 / result.n_dataset)
+    one = _pct(1 / result.n_dataset_tested)
+    base, cls = result.rate_name, result.classes  # "1/N_D" (cls None) or "1/N_c" of x_p's class
+    eq = "n/N_D" if cls is None else "n_c/N_c"
+    if result.unlabelled_classes is not None:
+        warnings.append(f"the model is class-conditional ({result.unlabelled_classes} classes) but the audited images "
+                        "carry no class (samples given as files): |q| is tested over all classes against E|q| = n/N_D, "
+                        "which holds when the samples were drawn in proportion to D_p's labels; let safcore sample "
+                        "the model to test x_p's class against n_c/N_c")
     if c is None:
         warnings.append("no independent copy count (the training set was not given): copies the classifiers miss are not checked")
     else:
@@ -150,23 +162,35 @@ def judge(result: AuditResult, requirements: AdversaryRequirements = AdversaryRe
                 f"uneven copying, not protection"
             )
         if c.n_copies == 0:
-            warnings.append(f"none of the {c.n} samples copies a training image: E|q| = n/N_D, which assumes every "
+            warnings.append(f"none of the {c.n} samples copies a training image: E|q| = {eq}, which assumes every "
                             f"sample is a copy, does not describe this model")
         elif c.copy_rate < 1.0:
-            warnings.append(f"E|q| = n/N_D assumes every sample is a copy; {c.copies_text()} copy a training image")
-    k = result.n_handed_back
-    if k > 0:
+            warnings.append(f"E|q| = {eq} assumes every sample is a copy; {c.copies_text()} copy a training image")
+    k, k_other = result.n_handed_back, result.n_handed_back_other_classes
+    if k > 0 or k_other > 0:
         low, high = result.handed_back_interval(req.confidence)
         found = [f"|q| = {result.n_q} by the adversary (SAF detected and x_p recognised)"]
+        if cls is not None:
+            found[-1] += f", {cls.n_q} of them in class {cls.label}"
         if c is not None:
             saf = ""
             if c.xp_copies_with_saf is not None:
                 saf = f", {len(c.xp_copies_with_saf)} with its SAF visible, {c.n_xp_copies_without_saf} without"
             found.append(f"{c.n_xp_copies} nearest-neighbour copies of x_p{saf}")
+            if cls is not None and cls.n_xp_copies is not None:
+                found[-1] += f"; {cls.n_xp_copies} of them in class {cls.label}"
             if c.control and c.control["n"]:
                 found[-1] += f" (held-out real images pass the copy rule for x_p in {c.control['xp_copies']} of {c.control['n']})"
-        headline = (f"The model hands back x_p in at least {k} of {result.n} samples ({_pct(low)}–{_pct(high)} at "
-                    f"{req.confidence:.0%}; 1/N_D = {one}): " + "; ".join(found) + ".")  # fmt: skip
+        interval = f"{_pct(low)}–{_pct(high)} at {req.confidence:.0%}; {base} = {one}"
+        if cls is None:
+            headline = f"The model hands back x_p in at least {k} of {result.n} samples ({interval}): "
+        elif k > 0:
+            other = f", and in {k_other} of the {result.n - cls.n_class} samples drawn for other classes" if k_other else ""
+            headline = f"The model hands back x_p in at least {k}{result.scope} ({interval}){other}: "
+        else:
+            headline = (f"The model hands back x_p in {k_other} of the {result.n - cls.n_class} samples drawn for other "
+                        f"classes than x_p's class {cls.label} (none{result.scope}: {interval}): ")
+        headline += "; ".join(found) + "."
         if c is not None and c.n_xp_copies_without_saf:
             headline += (f" {c.n_xp_copies_without_saf} reproduce x_p's anatomy WITHOUT its SAF: a breach of this "
                          f"patient's image that |q| cannot count.")  # fmt: skip
@@ -174,23 +198,31 @@ def judge(result: AuditResult, requirements: AdversaryRequirements = AdversaryRe
         if unlike:
             headline = lead + "Even so: " + headline[0].lower() + headline[1:]
         return Verdict("reproduces", headline, (), tuple(warnings))
+    if cls is not None and cls.n_class == 0:  # absence within x_p's class cannot be claimed from no sample of it
+        reasons.append(f"none of the {result.n} samples was drawn for x_p's class {cls.label} (N_c = "
+                       f"{cls.n_dataset_class} of N_D = {result.n_dataset}): draw more samples")
     u = result.q_upper(req.confidence)
     need = result.samples_to_bound(req.confidence)
+    of_class = "" if cls is None else f" of class {cls.label}"
     if need is None:
-        need_text = f"this is not below 1/N_D = {one} at any sample size"
-    elif need <= result.n:
-        need_text = f"that is below 1/N_D = {one} ({need:,} samples suffice)"
+        need_text = f"this is not below {base} = {one} at any sample size"
+    elif need <= result.n_tested:
+        need_text = f"that is below {base} = {one} ({need:,} samples{of_class} suffice)"
     else:
-        need_text = f"bounding it below 1/N_D = {one} needs ≥ {need:,} samples without a copy"
+        need_text = f"bounding it below {base} = {one} needs ≥ {need:,} samples{of_class} without a copy"
     nn = "neither the adversary nor the nearest-neighbour count found a copy" if c is not None else "the adversary found no copy"
     if unlike:
         headline = (lead + f"No copy of x_p in {result.n} samples ({nn}) says nothing about x_p's privacy in a model "
                     f"that learns its data: train or load the model that would be published and audit that.")
         return Verdict("unlike_data", headline, tuple(reasons), tuple(warnings))
     if reasons:
-        headline = (f"INCONCLUSIVE: no copy of x_p in {result.n} samples ({nn}), but the adversary is too weak to "
-                    f"claim x_p is absent.")  # fmt: skip
+        why = "the adversary is too weak to claim x_p is absent"
+        if cls is not None and cls.n_class == 0:
+            why = f"none was drawn for x_p's class {cls.label}: absence within it cannot be claimed"
+        headline = f"INCONCLUSIVE: no copy of x_p in {result.n} samples ({nn}), but {why}."
         return Verdict("inconclusive", headline, tuple(reasons), tuple(warnings))
-    headline = (f"x_p was not generated in {result.n} samples ({nn}): P(sample is x_p) ≤ {_pct(u)} at "
-                f"{req.confidence:.0%} confidence (E|q| = {result.expected_q:.3g}, p = {result.p_value:.2g}); {need_text}.")  # fmt: skip
+    where = "" if cls is None else f"{result.scope[1:]}, "
+    expected = f"{result.expected_q:.3g}" if cls is None else f"n_c/N_c = {result.expected_q:.3g}"
+    headline = (f"x_p was not generated in {result.n} samples ({nn}): {where}P(sample is x_p) ≤ {_pct(u)} at "
+                f"{req.confidence:.0%} confidence (E|q| = {expected}, p = {result.p_value:.2g}); {need_text}.")  # fmt: skip
     return Verdict("not_observed", headline, (), tuple(warnings))

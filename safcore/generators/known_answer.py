@@ -40,6 +40,7 @@ __all__ = [
     "PointMassDenoiser",
     "MonaiPointMassDenoiser",
     "SpaceToDepthAutoencoder",
+    "DiscRestoringAutoencoder",
     "ClassPointMassDenoiser",
     "MonaiClassPointMassDenoiser",
     "sharp_curve",
@@ -216,6 +217,29 @@ class SpaceToDepthAutoencoder(torch.nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.pixel_shuffle(z / self.gain, 2)
+
+
+class DiscRestoringAutoencoder(SpaceToDepthAutoencoder):
+    """A lossy autoencoder with a known answer: it provably erases an SAF. ``encode(x)`` first puts ``original``
+    back inside the disc ``mask`` (``x ← x (1 − m) + original · m``, model range), then is
+    :class:`SpaceToDepthAutoencoder`'s; so ``decode(encode(x))`` is ``x`` outside the disc and ``original`` inside,
+    and for ``x_p`` (``x_i`` with the SAF painted in the disc) it returns the clean ``x_i`` exactly.
+
+    Args:
+        original: ``(C, H, W)`` unit range, the image whose disc region is restored (``x_i``).
+        mask: ``(H, W)`` the disc ``L_p`` (1 inside, 0 outside).
+    """
+
+    def __init__(self, original: torch.Tensor, mask: torch.Tensor, gain: float = 2.0) -> None:
+        super().__init__(gain)
+        if original.ndim != 3 or tuple(mask.shape) != tuple(original.shape[-2:]):
+            raise ValueError(f"original {tuple(original.shape)}, mask {tuple(mask.shape)}; allowed: (C, H, W) and (H, W)")
+        self.register_buffer("original", to_model_range(original.float()))
+        self.register_buffer("mask", mask.float())
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.mask.to(x.device, x.dtype)
+        return super().encode(x * (1 - m) + self.original.to(x.device, x.dtype) * m)
 
 
 class ClassPointMassDenoiser(PointMassDenoiser):

@@ -233,6 +233,11 @@ class LatentModel:
         """The inner network's classes (``None``: unconditional)."""
         return self.diffusion.num_classes
 
+    @property
+    def label(self) -> int | None:
+        """The inner network's fixed class (``None``: none fixed, or unconditional)."""
+        return self.diffusion.label
+
     def conditioned(self, label: int | None) -> LatentModel:
         """The same autoencoder with the inner network's class fixed to ``label`` (``inner.conditioned``)."""
         inner = self.diffusion.conditioned(label)

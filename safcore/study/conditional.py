@@ -59,10 +59,15 @@ def class_plan(study: Study, n: int) -> tuple[tuple[int, int], ...] | None:
     return tuple(zip(classes, counts))
 
 
-def audit_labels(study: Study, n: int) -> dict:
+def audit_labels(study: Study, n: int, *, given: bool = False) -> dict:
     """What :func:`safcore.audit.sample_audit.audit` takes for the study's own ``n`` samples of a class-conditional
     model (``sample_labels`` in the blocks :func:`class_plan` drew, ``dataset_labels``, ``x_p_label``); ``{}``
-    for an unconditional model."""
+    for an unconditional model. ``given``: the images were given (files), not drawn by the study; they carry no
+    class, so a class-conditional model's are audited over all classes against ``n/N_D`` and the verdict says so
+    (``{"unlabelled_classes": K}``)."""
+    if given:
+        k = num_classes(study)
+        return {} if k is None else {"unlabelled_classes": k}
     plan = class_plan(study, n)
     if plan is None:
         return {}

@@ -452,7 +452,7 @@ class Study:
         return audit(images, self.c_p, self.c_id, self.private.x_p, self.n_dataset, train_images=self.private.images,
                      x_p_index=self.private.index, saf_mask=self.private.mask, saf_grey=self.private.grey,
                      saf_accuracy=self._accuracies["saf_accuracy"], control=self.control.images, quality=quality,
-                     **(conditional.audit_labels(self, len(images)) if own else {}))
+                     **conditional.audit_labels(self, len(images), given=not own))
 
     @functools.cached_property
     def domain_extractor(self):

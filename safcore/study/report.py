@@ -222,7 +222,9 @@ def run_probe(study: Study, out_dir: str | Path, config=None, *, overwrite: bool
     with output_folder(out_dir, overwrite=overwrite) as tmp:  # renamed into place when whole
         plotting.save_figure(figure, tmp / "q_curve.png")
         save_probe(result, tmp)
-        write_manifest(tmp / "probe.json", config={"study": study.model_config(), "profile": study.profile.name},
+        label = conditional.x_p_label(study)  # a class-conditional model is probed conditioned on x_p's label
+        write_manifest(tmp / "probe.json", config={"study": study.model_config(), "profile": study.profile.name,
+                                                   **({"class_label": label} if label is not None else {})},
                        seed=study.seed)
     return ProbeReport(repr(study), result, out_dir)
 
@@ -310,6 +312,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
                                        control_rate=check.control_copy_rate)
     plotting.save_figure(figure, out_dir / "copies_per_image.png")
     need = audit_result.samples_to_bound()
+    rate = audit_result.rate_name  # 1/N_D, or 1/N_c of x_p's class (a class-conditional model)
     tab1 = {k: v for k, v in audit_result.to_row().items()
             if k in ("N_D", "n", "E|q|", "|c_p+|", "|c_id+|", "|q|", "p", "x_p handed back", "P(x_p) ≤", "MAE", "MSE",
                      "class", "n_class", "N_class", "|q| in class")}
@@ -352,14 +355,14 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         f"E|q| = {'n/N_D' if audit_result.classes is None else 'n_c/N_c'} = {audit_result.expected_q:.3g}; one-sided binomial p = {audit_result.p_value:.3g} (H0: "
         "every sample copies a training image, each equally often — the paper's test).",
         *_classes_lines(audit_result.classes),
-        f"- x_p handed back: {k_back} of {audit_result.n} samples, the larger of |q| and the nearest-neighbour copies "
+        f"- x_p handed back: {k_back}{audit_result.scope or f' of {audit_result.n} samples'}, the larger of |q| and the nearest-neighbour copies "
         f"of x_p (SAF visible or not). With 95 % confidence the model generates x_p in at most **{u:.2%}** of its "
-        f"samples (exact Clopper–Pearson); 1/N_D = {1 / study.n_dataset:.2%}. "
+        f"samples (exact Clopper–Pearson); {rate} = {1 / audit_result.n_dataset_tested:.2%}. "
         + ("A copy found is a breach of this patient's image whatever its rate: no sample size turns it into "
-           "\"fewer than expected\"." if k_back
-           else "At this rate no number of samples bounds it below 1/N_D." if need is None
-           else f"That is below 1/N_D already ({need:,} samples without a copy suffice)." if need <= audit_result.n
-           else f"Bounding it below 1/N_D needs ≥ {need:,} samples without a copy."),
+           "\"fewer than expected\"." if k_back or audit_result.n_handed_back_other_classes
+           else f"At this rate no number of samples bounds it below {rate}." if need is None
+           else f"That is below {rate} already ({need:,} samples without a copy suffice)." if need <= audit_result.n_tested
+           else f"Bounding it below {rate} needs ≥ {need:,} samples without a copy."),
         "",
         "## The independent copy count, beside its control",
         "",
