@@ -188,3 +188,25 @@ def test_cli_dpm_on_a_monai_folder_is_the_python_api_s(fingerprint, data_root, t
                                    data_root=data_root, progress=False, device="cpu", sample_steps=10)
     row = json.loads(json.dumps(study.audit(8).to_row()))
     assert all(_same(summary["audit"][k], v) for k, v in row.items()), (summary["audit"], row)
+
+
+@pytest.mark.parametrize("method, steps, nfe, probe_nfe", [("ode", 50, "adaptive", "adaptive"), ("pc", 30, 60, 60),
+                                                          ("dpm2m", 20, 20, 20)])
+def test_report_names_an_sde_model_s_sampler_and_its_nfe(method, steps, nfe, probe_nfe, data_root):
+    """The report's sampler entry for safcore's own SDE model (no stage runs): the ODE's NFE is said to be adaptive,
+    never null; PC counts its corrector step; the probe runs the profile's method and steps."""
+    from safcore.probe import ProbeResult
+    from safcore.study import Study
+    from safcore.study.profiles import SMOKE
+    from safcore.study.report import _sampler, _sampler_lines
+
+    study = Study("breastmnist", 8, profile=SMOKE.with_sampler(method, steps), data_root=data_root, progress=False)
+    got = _sampler(study)
+    assert got == {"method": method, "steps": steps, "nfe_per_sample": nfe, "probe_method": method,
+                   "probe_steps_full": steps, "probe_nfe_per_full_run": probe_nfe}
+    probe = type("Probed", (), {"nfe": 1234})()  # only its total NFE is read
+    lines = _sampler_lines(got, probe)
+    assert lines[0] == f"Sampler of the audit's samples: {method}, {steps} steps, NFE {nfe} per sample."
+    assert lines[1].startswith(f"t' probe (Algorithm 1): {method}, {steps} steps per full run (NFE {probe_nfe} per run")
+    assert lines[1].endswith("NFE 1,234 in all.") and _sampler_lines(None, None) == []
+    assert isinstance(ProbeResult.nfe, property)  # what the report reads of a real result
