@@ -142,7 +142,7 @@ def test_cli_dpm_on_a_diffusers_model_is_the_python_api_s(fingerprint, data_root
                                   "probe_nfe_per_full_run": 10}
     report = (out / "report.md").read_text()
     assert "Sampler of the audit's samples: DPMSolverMultistepScheduler, 10 steps, NFE 10 per sample." in report
-    assert (f"t' probe (Algorithm 1): DPMSolverMultistepScheduler, 10 steps per full run (NFE 10 per run from t = 1"
+    assert ("t' probe (Algorithm 1): DPMSolverMultistepScheduler, 10 steps per full run (NFE 10 per run from t = 1"
             in report and f"NFE {summary['nfe']:,} in all." in report)
     model = load_model(pipe).with_scheduler("dpm")
     study = Study.from_fingerprint(fingerprint, model=model, profile="smoke", data_root=data_root, progress=False,
