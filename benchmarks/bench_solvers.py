@@ -290,15 +290,16 @@ def report(rows: list[Row], grid_step: float) -> tuple[str, dict]:
     for model in dict.fromkeys(r.model for r in rows):
         group = [r for r in rows if r.model == model]
         ref = group[0]
+        w = max(16, *(len(r.sampler) + 2 for r in group))  # a scheduler's class name is longer than a method's
         lines += [f"## {model} (reference: {ref.sampler}, {ref.steps} steps)", "",
-                  f"{'sampler':<16}{'steps':>6}{'NFE':>6}{'img/s':>9}  {'copies':<24}{'x_p copies':<24}"
+                  f"{'sampler':<{w}}{'steps':>6}{'NFE':>6}{'img/s':>9}  {'copies':<24}{'x_p copies':<24}"
                   f"{'|q|':<24}{'FID':>8}  {'t′ (k/M)':<14}{'probe NFE':>10}  {'p copies':>8}{'p |q|':>7}  same?"]
         best = None
         for r in group:
             v = compare(r, ref, grid_step)
             tp = "none" if r.t_prime is None else f"{r.t_prime:g} ({r.k_at_t_prime}/{r.M})"
             fid_s = "-" if r.fid is None else f"{r.fid:.2f}"
-            lines.append(f"{r.sampler:<16}{r.steps:>6}{r.nfe:>6}{r.images_per_s:>9.1f}  {r.rate(r.copies):<24}"
+            lines.append(f"{r.sampler:<{w}}{r.steps:>6}{r.nfe:>6}{r.images_per_s:>9.1f}  {r.rate(r.copies):<24}"
                          f"{r.rate(r.xp_copies):<24}{r.rate(r.n_q):<24}{fid_s:>8}  {tp:<14}{r.probe_nfe:>10}  "
                          f"{v.p_copies:>8.3f}{v.p_q:>7.3f}  {'yes' if v.indistinguishable else 'NO'}")
             out["rows"].append({**dataclasses.asdict(r), **dataclasses.asdict(v)})
