@@ -210,3 +210,48 @@ def test_report_names_an_sde_model_s_sampler_and_its_nfe(method, steps, nfe, pro
     assert lines[1].startswith(f"t' probe (Algorithm 1): {method}, {steps} steps per full run (NFE {probe_nfe} per run")
     assert lines[1].endswith("NFE 1,234 in all.") and _sampler_lines(None, None) == []
     assert isinstance(ProbeResult.nfe, property)  # what the report reads of a real result
+
+
+def _bench(name: str):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_scale_projects_the_fast_solver_beside_today_s():
+    """The paper profile's NFE: EM 1000 steps per sample and M · Σ_t steps_for(t) per exhaustive probe, beside
+    DPM-Solver++ at 20 steps (its probe: the λ tails); the same seconds per evaluation, so time scales with NFE."""
+    from safcore.generators.base import steps_for
+    from safcore.generators.sde import SubVPSDE
+    from safcore.generators.solvers import logsnr_steps
+    from safcore.study.profiles import get_profile
+
+    bench = _bench("bench_scale")
+    probe = get_profile("paper").probe
+    ref, fast = bench.solver_setting("euler_maruyama", 1000), bench.solver_setting("dpm2m", 20)
+    assert ref.sample_nfe == 1000 and ref.probe_nfe == probe.nfe_exhaustive == probe.M * sum(
+        steps_for(t, 1000, probe.eps) for t in probe.grid)
+    assert fast.sample_nfe == 20 and fast.probe_nfe == probe.M * sum(logsnr_steps(SubVPSDE(), t, 20, probe.eps)
+                                                                     for t in probe.grid)
+    assert fast.probe_nfe <= 0.1 * ref.probe_nfe
+    lines = bench.solver_lines(0.5, 16, "dpm2m", 20)
+    assert lines[-1].startswith(f"  ratio today / fast: audit 50.0x, exhaustive probe {ref.probe_nfe / fast.probe_nfe:.1f}x")
+    assert "euler_maruyama 1000 steps" in lines[2] and "dpm2m 20 steps" in lines[3]
+
+
+def test_bench_solvers_stops_before_a_stage_would_train(tmp_path, data_root, monkeypatch):
+    from safcore.runtime.runs import RunStore
+    from safcore.study import Study
+
+    monkeypatch.delenv("SAFCORE_BENCH_TRAIN", raising=False)
+    bench = _bench("bench_solvers")
+    study = Study("breastmnist", 16, profile="cpu", data_root=data_root, store=RunStore(tmp_path), progress=False)
+    with pytest.raises(SystemExit, match="score_model, c_p, c_id not in the run store"):
+        bench._check_trained(study)
