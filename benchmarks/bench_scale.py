@@ -11,6 +11,13 @@ steps): a few paper-preset steps and sampler network evaluations are timed in on
 linearly (a projection, not a run: no data-loading, checkpoint or classifier time; on a busy machine the
 measured rates are lower than on an idle one).
 
+Beside today's setting (Euler–Maruyama, 1000 steps for the samples and for each full reverse run of the exhaustive
+t' probe: M = 16 runs from each t of the paper grid, each ``steps_for(t)`` steps) it projects the fast-solver setting
+(``--sampler dpm2m --steps 20``: DPM-Solver++ 2M, 20 network evaluations per sample; the probe with the same solver,
+a run from t the λ tail of a full run, :func:`safcore.generators.solvers.logsnr_steps`) with the SAME measured
+seconds per network evaluation: only the number of evaluations changes, so the ratio is exact for the network's
+share of the time.
+
     .venv/bin/python benchmarks/bench_scale.py --budget medium --out benchmarks/results/bench_scale_cpu.txt
 """
 
@@ -66,12 +73,12 @@ def _worker(args) -> None:
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        for _ in range(args.steps):
+        for _ in range(args.worker_steps):
             trainer.step()
         if device == "cuda":
             torch.cuda.synchronize()
         acc.wait_for_everyone()
-        out["seconds_per_step"] = (time.perf_counter() - start) / args.steps
+        out["seconds_per_step"] = (time.perf_counter() - start) / args.worker_steps
     else:
         torch.manual_seed(0)
         model = ScoreModel(build_unet(args.preset, channels=args.channels, image_size=28)).to(acc.device).eval()
@@ -105,10 +112,10 @@ def _paper_worker(args) -> None:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(args.worker_steps):
         trainer.step()
     sync()
-    step_s = (time.perf_counter() - start) / args.steps
+    step_s = (time.perf_counter() - start) / args.worker_steps
     model = trainer.ema_model()
     x = torch.randn(args.chunk, 3, 28, 28, device=device)
     t = torch.full((args.chunk,), 0.5, device=device)
@@ -151,6 +158,49 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
+@dataclasses.dataclass(frozen=True)
+class SolverSetting:
+    """Network evaluations of the paper profile's audit under one sampler: ``sample_nfe`` per sample (a full reverse
+    run) and ``probe_nfe`` per exhaustive t' probe (``M · Σ_t steps(t)`` over the paper grid)."""
+
+    sampler: str
+    steps: int
+    sample_nfe: int
+    probe_nfe: int
+
+
+def solver_setting(sampler: str, steps: int) -> SolverSetting:
+    """The paper profile's NFE with ``sampler`` at ``steps`` steps per full run (EM and DPM-Solver++: one network
+    evaluation per step; a run of the probe from t: :func:`safcore.generators.sampling.reverse_steps`, the t-tail
+    of EM's grid or the λ-tail of DPM-Solver++'s, on the paper's sub-VP SDE)."""
+    from safcore.generators.sampling import reverse_steps
+    from safcore.generators.sde import SubVPSDE
+    from safcore.study.profiles import get_profile
+
+    probe = get_profile("paper").probe
+    sde = SubVPSDE()
+    per_t = [reverse_steps(sde, sampler, t, steps, probe.eps) for t in probe.grid]
+    return SolverSetting(sampler, steps, steps, probe.M * sum(per_t))
+
+
+def solver_lines(seconds_per_nfe: float, sample_batch: int, sampler: str, steps: int) -> list[str]:
+    """Today's EM 1000-step audit and exhaustive probe beside the fast setting, from ONE measured seconds per
+    network evaluation of ``sample_batch`` images (only the NFE differs), and their ratio."""
+    ref, fast = solver_setting("euler_maruyama", PAPER_SAMPLE_STEPS), solver_setting(sampler, steps)
+    per_image = seconds_per_nfe / sample_batch
+    out = [f"FAST SOLVER beside today's (the same {seconds_per_nfe:.4f} s per evaluation of {sample_batch} images; "
+           "only the NFE changes):",
+           f"  {'setting':<26} {'NFE/sample':>10} {'audit (150000)':>15} {'probe NFE':>10} {'probe':>10}"]
+    for s in (ref, fast):
+        out.append(f"  {s.sampler + ' ' + str(s.steps) + ' steps':<26} {s.sample_nfe:>10} "
+                   f"{_hours(PAPER_SAMPLES * s.sample_nfe * per_image):>15} {s.probe_nfe:>10,} "
+                   f"{_hours(s.probe_nfe * per_image):>10}")
+    out.append(f"  ratio today / fast: audit {ref.sample_nfe / fast.sample_nfe:.1f}x, exhaustive probe "
+               f"{ref.probe_nfe / fast.probe_nfe:.1f}x (fast uses {fast.sample_nfe / ref.sample_nfe:.1%} and "
+               f"{fast.probe_nfe / ref.probe_nfe:.1%} of the evaluations)")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=("short", "medium", "full"), default="short",
@@ -162,12 +212,16 @@ def main() -> None:
                         help="torch threads PER PROCESS (default 1: on a loaded 2-core machine two threads of one "
                              "process spin and lose ~30x, so 1 vs 2 processes is compared at one thread each)")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto", help="cpu: hide CUDA from the workers")
+    parser.add_argument("--sampler", choices=("dpm2m", "dpm2m_sde", "euler_maruyama"), default="dpm2m",
+                        help="the fast setting's sampler projected beside today's Euler–Maruyama (default dpm2m)")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="the fast setting's steps per full reverse run (default 20)")
     parser.add_argument("--out", default=None, help="also write the printed report here")
     parser.add_argument("--timeout", type=float, default=1800)
     # worker-only
     parser.add_argument("--worker", choices=("train", "sample", "paper"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-steps", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--chunk", type=int, default=None, help=argparse.SUPPRESS)
@@ -177,6 +231,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker == "paper":
         return _paper_worker(args)
+    if args.worker is None and args.steps < 1:
+        parser.error(f"--steps {args.steps}; allowed: an integer ≥ 1")
     if args.worker:
         return _worker(args)
 
@@ -196,7 +252,7 @@ def main() -> None:
         threads = args.threads
         common = ["--threads", str(threads), "--preset", args.preset]
         env_w = {**env, "OMP_NUM_THREADS": str(threads)}
-        trained = _run(["--worker", "train", *common, "--batch", str(args.batch), "--steps", str(steps)], world, env_w,
+        trained = _run(["--worker", "train", *common, "--batch", str(args.batch), "--worker-steps", str(steps)], world, env_w,
                        args.timeout)
         sampled = _run(["--worker", "sample", *common, "--n", str(n), "--chunk", str(chunk), "--sample-steps",
                         str(sample_steps)], world, env_w, args.timeout)
@@ -216,7 +272,7 @@ def main() -> None:
         print(line, flush=True)
 
     paper_steps, paper_chunk, paper_nfe = (20, 1024, 20) if args.budget == "full" else (2, 16, 3)
-    paper = _run(["--worker", "paper", "--threads", str(args.threads), "--steps", str(paper_steps), "--chunk",
+    paper = _run(["--worker", "paper", "--threads", str(args.threads), "--worker-steps", str(paper_steps), "--chunk",
                   str(paper_chunk), "--sample-steps", str(paper_nfe)], 1,
                  {**env, "OMP_NUM_THREADS": str(args.threads)}, args.timeout)
     train_s = PAPER_STEPS * paper["seconds_per_step"]
@@ -232,6 +288,7 @@ def main() -> None:
     if 2 in rows:
         more.append(f"  with 2 processes at the measured ratios: training {_hours(train_s * rows[1]['steps_per_s'] / rows[2]['steps_per_s'])}, "
                     f"audit {_hours(audit_s * rows[1]['images_per_s'] / rows[2]['images_per_s'])} (ratios of preset {args.preset})")
+    more += solver_lines(paper["seconds_per_nfe"], paper["sample_batch"], args.sampler, args.steps)
     for line in more:
         print(line, flush=True)
     if args.out:

@@ -14,9 +14,17 @@ that is indistinguishable on every count.
 
     .venv/bin/python benchmarks/bench_solvers.py --out benchmarks/results/bench_solvers_cpu   # the cpu-profile models
     .venv/bin/python benchmarks/bench_solvers.py --quick --out /tmp/q                         # known-answer smoke test
+    .venv/bin/python benchmarks/bench_solvers.py --models sde --n-dataset 16 --n-samples 16 --step-counts 10  # small
 
 ``--quick`` uses an exact point-mixture score (no run store, no training): copy = nearest-centre RMS < 0.1,
 ``|q|`` = copies of x_p, no FID.
+
+The diffusers DDPM group (``--models ddpm``) audits the DDPM a user trains as notebook 08 does at the cpu profile
+(breastmnist, ``N_D = 16``, ``UNet2DModel`` of widths 32/64/64, 2000 AdamW steps): the notebook's pipeline in the run
+store (``runs/notebook08/cpu_breastmnist_ND16/ddpm_pipeline``) when it is there and was trained on this study's
+``D_p``, else one trained here the same way and kept in the run store (kind ``bench_ddpm``, keyed by its recipe), so
+a second run reuses it. Reference: its own DDPM scheduler at 1000 steps; fast: ``ddim``, ``dpm`` and ``unipc`` views
+(:meth:`~safcore.generators.diffusers_model.DiffusersModel.with_scheduler`) at the step counts, samples and probe.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ from scipy import stats
 from safcore.measures.bounds import proportion_interval
 
 STEP_COUNTS = (10, 20, 50)
+#: notebook 08's cpu-profile DDPM recipe (what a user trains without safcore), the run-store key of one trained here.
+DDPM_RECIPE = {"dataset": "breastmnist", "seed": 0, "train_steps": 2000, "widths": [32, 64, 64], "batch": 32,
+               "lr": 2e-4, "scheduler": "DDPMScheduler linear epsilon T=1000", "notebook": "08_audit_your_model"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,23 +145,143 @@ def quick_rows(n: int, settings: list[tuple[str, int]]) -> tuple[list[Row], floa
 
 
 def study_rows(n_dataset: int, n: int | None, settings: list[tuple[str, int]]) -> tuple[list[Row], float]:
-    from safcore.measures.fid import fid
     from safcore.study.hub import Study
     from safcore.study.profiles import CPU
 
-    rows, ref_images = [], None
+    rows: list[Row] = []
     for method, steps in settings:
         study = Study("breastmnist", n_dataset, profile=CPU.with_sampler(method, steps), progress=False)
-        n_s = n or study.profile.n_samples
-        images, secs = _timed(lambda: study.samples(n_s))
-        result = study.audit(n_s)
-        ref_images = images if ref_images is None else ref_images
-        f = None if images is ref_images else float(fid(ref_images, images, "auto", dataset=study.data).fid)
-        pr = study.probe()
-        rows.append(Row(f"cpu breastmnist N_D={n_dataset}", method, steps, steps * (2 if method == "pc" else 1),
-                        n_s / secs, n_s, result.copies.n_copies, result.copies.n_xp_copies, result.n_q, f,
-                        pr.t_prime, pr.k_at_t_prime, study.profile.probe.M, pr.nfe))
-    return rows, study.profile.probe.grid_step
+        rows.append(_measure(study, n, f"cpu breastmnist N_D={n_dataset}", method, steps,
+                             steps * (2 if method == "pc" else 1), rows[0] if rows else None))
+    return rows, CPU.probe.grid_step
+
+
+def _measure(study, n: int | None, model: str, sampler: str, steps: int, nfe: int, ref: Row | None) -> Row:
+    """One row: ``study``'s samples (timed), its audit, FID against the reference's samples, its exhaustive probe."""
+    from safcore.measures.fid import fid
+
+    _check_trained(study)
+    n_s = n or study.profile.n_samples
+    images = study.samples(n_s)  # kept in the run store: a second run reads them back
+    result = study.audit(n_s)
+    images_per_s = _images_per_second(study, min(n_s, study.profile.sample_batch))
+    if ref is None:
+        _REFERENCE[model] = images
+    f = None if ref is None else float(fid(_REFERENCE[model], images, "auto", dataset=study.data,  # as Study.fid
+                                           cache_dir=study.store.root / "fid_extractors", device=study.device).value)
+    pr = study.probe()
+    return Row(model, sampler, steps, nfe, images_per_s, n_s, result.copies.n_copies, result.copies.n_xp_copies,
+               result.n_q, f, pr.t_prime, pr.k_at_t_prime, study.profile.probe.M, pr.nfe)
+
+
+def _images_per_second(study, n: int) -> float:
+    """Images/s of one fresh batch of ``n`` samples drawn as the study draws them (its sampler, steps, bf16), outside
+    the run store: the stored samples may have been read back, not drawn."""
+    from safcore.generators.loader import as_generator
+
+    how = study._sampling(study.profile.sample_steps)  # noqa: SLF001 — the study's own sampling rule
+    model = as_generator(study.score_model, method=study.profile.sampler)
+    generator = torch.Generator(device=model.device).manual_seed(0)
+    _, secs = _timed(lambda: model.sample(n, steps=how.steps, generator=generator, batch_size=n,
+                                          autocast_bf16=how.autocast_bf16, progress=False))
+    return n / secs
+
+
+_REFERENCE: dict[str, torch.Tensor] = {}  # the reference sampler's samples of each model (FID's reference side)
+
+
+def _check_trained(study) -> None:
+    """Stop before a stage trains: the benchmark compares samplers of trained models (``SAFCORE_BENCH_TRAIN=1``
+    allows the study to train its score model and classifiers first)."""
+    import os
+
+    if os.environ.get("SAFCORE_BENCH_TRAIN") == "1":
+        return
+    missing = [kind for kind, config in (("score_model", study.model_config() if study.model is None else None),
+                                         ("c_p", study.classifier_config("c_p")), ("c_id", study.classifier_config("c_id")))
+               if config is not None and study.store.find(kind, config) is None]
+    if missing:
+        raise SystemExit(f"{study!r}: {', '.join(missing)} not in the run store {study.store.root}; train them first "
+                         "(or set SAFCORE_BENCH_TRAIN=1)")
+
+
+def _train_ddpm(dp_npz: Path, out: Path) -> None:
+    """notebook 08's training at the cpu profile (a plain diffusers loop, seeded), saved as a DDPM pipeline."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    r = DDPM_RECIPE
+    with np.load(dp_npz) as archive:
+        x0 = torch.from_numpy(archive["train_images"]).float()[:, None] / 127.5 - 1.0  # (N, 1, 28, 28)
+    torch.manual_seed(r["seed"])
+    w = tuple(r["widths"])
+    unet = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=w, layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=w[0] // 2)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=r["lr"])
+    for _ in range(r["train_steps"]):
+        batch = x0[torch.randint(0, len(x0), (r["batch"],))]
+        noise = torch.randn_like(batch)
+        k = torch.randint(0, 1000, (len(batch),))
+        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(batch, noise, k), k).sample, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    DDPMPipeline(unet=unet.eval(), scheduler=scheduler).save_pretrained(out)
+
+
+def ddpm_pipeline(n_dataset: int) -> tuple[Path, str]:
+    """The cpu-profile DDPM pipeline folder of notebook 08 for ``N_D = n_dataset`` and where it came from: the
+    notebook's own in the run store if it was trained on this D_p, else one trained here once (run store kind
+    ``bench_ddpm``; a second run reuses it)."""
+    from safcore.data.fingerprint_io import export_fingerprint, read_fingerprint
+    from safcore.runtime.runs import RunStore
+
+    store = RunStore()
+    key = {**DDPM_RECIPE, "n_dataset": n_dataset}
+    run = store.find("bench_ddpm", key)
+    if run is not None:
+        return run.path / "ddpm_pipeline", f"trained by bench_solvers ({run.path.name})"
+    work = store.root / "notebook08" / f"cpu_breastmnist_ND{n_dataset}"
+    if (work / "ddpm_pipeline" / "model_index.json").is_file() and (work / "fingerprint" / "fingerprint.json").is_file():
+        import tempfile
+
+        theirs = read_fingerprint(work / "fingerprint")
+        with tempfile.TemporaryDirectory() as tmp:  # the D_p a fresh export draws, beside the notebook's
+            ours = export_fingerprint("breastmnist", n_dataset, Path(tmp) / "fp", seed=DDPM_RECIPE["seed"])
+        if ours.meta["dp_sha256"] == theirs.meta.get("dp_sha256"):
+            return work / "ddpm_pipeline", "notebook 08's, from the run store"
+
+    def make(tmp: Path) -> dict:
+        fp = export_fingerprint("breastmnist", n_dataset, tmp / "fingerprint", seed=DDPM_RECIPE["seed"])
+        began = time.perf_counter()
+        _train_ddpm(fp.folder / "dp.npz", tmp / "ddpm_pipeline")
+        return {"train_seconds": time.perf_counter() - began}
+
+    run = store.get_or_create("bench_ddpm", key, make, seed=DDPM_RECIPE["seed"])
+    return run.path / "ddpm_pipeline", f"trained by bench_solvers ({run.path.name})"
+
+
+def ddpm_rows(n_dataset: int, n: int | None, step_counts: tuple[int, ...],
+              reference_steps: int | None = None) -> tuple[list[Row], float]:
+    """The DDPM group: its own DDPM scheduler at ``reference_steps`` (default all its T = 1000 steps) as the
+    reference, then ``ddim`` / ``dpm`` / ``unipc`` at each
+    step count, each audited and probed by a cpu-profile :class:`~safcore.study.hub.Study` with ``model=`` that view
+    and ``sample_steps=`` its steps (samples and the probe's full runs)."""
+    from safcore.generators.loader import load_model
+    from safcore.study.hub import Study
+    from safcore.study.profiles import CPU
+
+    folder, origin = ddpm_pipeline(n_dataset)
+    base = load_model(folder)
+    rows: list[Row] = []
+    settings = [("model", reference_steps or base.num_train_timesteps), *[(c, k) for c in ("ddim", "dpm", "unipc") for k in step_counts]]
+    for choice, steps in settings:
+        model = base.with_scheduler(choice)
+        study = Study("breastmnist", n_dataset, profile=CPU, model=model, sample_steps=steps, progress=False)
+        rows.append(_measure(study, n, f"diffusers DDPM breastmnist N_D={n_dataset} ({origin})", model.scheduler_name,
+                             steps, steps, rows[0] if rows else None))
+    return rows, CPU.probe.grid_step
 
 
 def report(rows: list[Row], grid_step: float) -> tuple[str, dict]:
@@ -159,15 +290,16 @@ def report(rows: list[Row], grid_step: float) -> tuple[str, dict]:
     for model in dict.fromkeys(r.model for r in rows):
         group = [r for r in rows if r.model == model]
         ref = group[0]
+        w = max(16, *(len(r.sampler) + 2 for r in group))  # a scheduler's class name is longer than a method's
         lines += [f"## {model} (reference: {ref.sampler}, {ref.steps} steps)", "",
-                  f"{'sampler':<16}{'steps':>6}{'NFE':>6}{'img/s':>9}  {'copies':<24}{'x_p copies':<24}"
+                  f"{'sampler':<{w}}{'steps':>6}{'NFE':>6}{'img/s':>9}  {'copies':<24}{'x_p copies':<24}"
                   f"{'|q|':<24}{'FID':>8}  {'t′ (k/M)':<14}{'probe NFE':>10}  {'p copies':>8}{'p |q|':>7}  same?"]
         best = None
         for r in group:
             v = compare(r, ref, grid_step)
             tp = "none" if r.t_prime is None else f"{r.t_prime:g} ({r.k_at_t_prime}/{r.M})"
             fid_s = "-" if r.fid is None else f"{r.fid:.2f}"
-            lines.append(f"{r.sampler:<16}{r.steps:>6}{r.nfe:>6}{r.images_per_s:>9.1f}  {r.rate(r.copies):<24}"
+            lines.append(f"{r.sampler:<{w}}{r.steps:>6}{r.nfe:>6}{r.images_per_s:>9.1f}  {r.rate(r.copies):<24}"
                          f"{r.rate(r.xp_copies):<24}{r.rate(r.n_q):<24}{fid_s:>8}  {tp:<14}{r.probe_nfe:>10}  "
                          f"{v.p_copies:>8.3f}{v.p_q:>7.3f}  {'yes' if v.indistinguishable else 'NO'}")
             out["rows"].append({**dataclasses.asdict(r), **dataclasses.asdict(v)})
@@ -186,19 +318,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="exact point-mixture score, tiny sizes (a smoke test)")
     ap.add_argument("--n-samples", type=int, default=None, help="samples per setting (default: the profile's; quick 64)")
     ap.add_argument("--n-dataset", type=int, nargs="+", default=[16, 64], help="N_D of the cpu-profile models")
+    ap.add_argument("--models", nargs="+", choices=("sde", "ddpm"), default=["sde", "ddpm"],
+                    help="row groups: sde (safcore's cpu-profile score models, one per --n-dataset), ddpm (notebook "
+                         "08's diffusers DDPM at --ddpm-n-dataset)")
+    ap.add_argument("--ddpm-n-dataset", type=int, default=16, help="N_D of the diffusers DDPM (default 16)")
+    ap.add_argument("--ddpm-reference-steps", type=int, default=None,
+                    help="the DDPM's own scheduler's steps for the reference row (default: all its T = 1000)")
+    ap.add_argument("--step-counts", type=int, nargs="+", default=list(STEP_COUNTS),
+                    help=f"steps of each fast solver (default {' '.join(map(str, STEP_COUNTS))})")
     ap.add_argument("--out", type=Path, default=None, help="write OUT.txt and OUT.json (atomically)")
     args = ap.parse_args(argv)
     if args.n_samples is not None and args.n_samples < 1:
         raise SystemExit("--n-samples must be ≥ 1")
-    fast = [(m, s) for m in ("dpm2m", "dpm2m_sde") for s in STEP_COUNTS]
+    if min(args.step_counts) < 1:
+        raise SystemExit("--step-counts must be ≥ 1")
+    counts = tuple(args.step_counts)
+    fast = [(m, s) for m in ("dpm2m", "dpm2m_sde") for s in counts]
     if args.quick:
         rows, step = quick_rows(args.n_samples or 64, [("euler_maruyama", 200), *[(m, s) for m, s in fast if s <= 20]])
     else:
         from safcore.study.profiles import CPU
 
-        rows, step = [], 0.05
-        for n_d in args.n_dataset:
+        rows, step = [], CPU.probe.grid_step
+        for n_d in args.n_dataset if "sde" in args.models else ():
             got, step = study_rows(n_d, args.n_samples, [(CPU.sampler, CPU.sample_steps), *fast])
+            rows += got
+        if "ddpm" in args.models:
+            got, step = ddpm_rows(args.ddpm_n_dataset, args.n_samples, counts, args.ddpm_reference_steps)
             rows += got
     text, data = report(rows, step)
     print(text)

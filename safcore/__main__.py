@@ -56,15 +56,15 @@ def _model_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--fingerprint", required=True, type=Path,
                         help="the folder safcore fingerprint wrote (the model was trained on its D_p)")
     parser.add_argument("--scheduler", choices=("model", "ddpm", "ddim", "dpm", "unipc"), default="model",
-                        help="sample a diffusers or MONAI model with its own scheduler (default) or with DDPM / DDIM (or, "
-                             "for a diffusers model, the multistep DPM-Solver++ 2M / UniPC) built from its config")
+                        help="sample a diffusers or MONAI model with its own scheduler (default), with DDPM / DDIM, or with "
+                             "diffusers' multistep DPM-Solver++ 2M (dpm) / UniPC (unipc), built from its noise schedule")
     parser.add_argument("--sampler", choices=("euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde"), default=None,
                         help="sampler of a safcore SDE model for the audit's samples and the t' probe (default: the "
                              "profile's); e.g. --sampler euler_maruyama --sample-steps 200 is the cpu profile's reference")
     parser.add_argument("--sample-steps", type=int, default=None,
                         help="steps of a full reverse run of --sampler (default: the profile's sample_steps)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="inference steps of a full reverse run of a diffusers model, 1 … T (its scheduler's "
+                        help="inference steps of a full reverse run of a diffusers or MONAI model, 1 … T (its scheduler's "
                              "num_train_timesteps; default: the profile's, at most T)")
 
 

@@ -14,7 +14,9 @@ through the loops of :class:`~safcore.generators.scheduled.ScheduledModel` (same
   ``generator``; ``None``: the global generator, as the inferer, which passes none). MONAI's DDPM ``step`` always
   steps ``k → k − 1``, whatever the inference grid, so a DDPM run of fewer than ``T`` steps never reaches ``x_0``:
   :meth:`sample` reproduces it as MONAI runs it, but the audit and the probe sample a MONAI DDPM model on all ``T``
-  steps (:attr:`MonaiModel.full_schedule_only`; fewer steps: ``with_scheduler("ddim")``).
+  steps (:attr:`MonaiModel.full_schedule_only`; fewer steps: ``with_scheduler("ddim")``, or a fast solver:
+``with_scheduler("dpm")`` / ``"unipc"``, diffusers' ``DPMSolverMultistepScheduler`` / ``UniPCMultistepScheduler``
+built from MONAI's noise schedule, :func:`solver_scheduler`).
 
 Only MONAI's names are used; ``monai`` is imported when a scheduler is built (the optional extra
 ``safcore[monai]``). Images: model range ``[-1, 1]`` inside, as for every generator.
@@ -31,11 +33,13 @@ import torch
 from safcore.generators.model_files import ModelLoadError
 from safcore.generators.scheduled import ScheduledModel, settings_sha256, weights_sha256
 
-__all__ = ["MONAI_SCHEDULERS", "MonaiModel"]
+__all__ = ["MONAI_SCHEDULERS", "MonaiModel", "solver_scheduler"]
 
 #: MONAI schedulers whose ``step`` safcore drives (class names in ``monai.networks.schedulers``).
 MONAI_SCHEDULERS: tuple[str, ...] = ("DDPMScheduler", "DDIMScheduler")
 _CHOICE_CLASS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler"}
+#: Fast multistep solvers a MONAI model runs through diffusers (the same choices and settings as a diffusers model's).
+SOLVER_CHOICES: tuple[str, ...] = ("dpm", "unipc")
 
 
 def _value(option) -> str:
@@ -59,6 +63,36 @@ def convert_scheduler(scheduler, name: str):
     return out
 
 
+def solver_scheduler(scheduler, choice: str):
+    """Diffusers' multistep solver ``choice`` (``"dpm"``: ``DPMSolverMultistepScheduler``, DPM-Solver++ 2M;
+    ``"unipc"``: ``UniPCMultistepScheduler``, bh2 order 2; the settings of
+    :meth:`~safcore.generators.diffusers_model.DiffusersModel.with_scheduler`) on MONAI ``scheduler``'s noise
+    schedule: its ``β`` as ``trained_betas`` (so ``ᾱ_k = Π_{j ≤ k}(1 − β_j)`` is MONAI's), ``T`` and prediction
+    type; diffusers' defaults otherwise (grid uniform in the timesteps, ``linspace``, last step to σ = 0).
+
+    Clipping: MONAI clips ``x̂_0`` to ``[lo, hi]`` when ``clip_sample``; the solvers then threshold ``x̂_0`` with
+    ``sample_max_value = 1``, which is exactly ``clamp(x̂_0, −1, 1)`` (diffusers' dynamic threshold
+    ``s = clamp(quantile, 1, 1) = 1``), so only MONAI's default ``[−1, 1]`` is allowed; no clipping otherwise.
+
+    Raises:
+        ValueError: another ``choice``, or clipping to a range other than ``[−1, 1]``."""
+    import diffusers
+
+    from safcore.generators.diffusers_model import _CHOICE_CLASS as DIFFUSERS_CHOICES
+
+    if choice not in SOLVER_CHOICES:
+        raise ValueError(f"solver choice {choice!r}; allowed: {', '.join(map(repr, SOLVER_CHOICES))}")
+    clip = bool(scheduler.clip_sample)
+    if clip and [float(v) for v in scheduler.clip_sample_values] != [-1.0, 1.0]:
+        raise ValueError(f"MONAI clip_sample_values = {tuple(scheduler.clip_sample_values)!r} with --scheduler {choice}; "
+                         "allowed: (-1, 1), the range diffusers' solvers clip x̂_0 to, or clip_sample = False")
+    name, settings = DIFFUSERS_CHOICES[choice]
+    return getattr(diffusers, name)(num_train_timesteps=int(scheduler.num_train_timesteps),
+                                    trained_betas=scheduler.betas.double().cpu().tolist(),
+                                    prediction_type=_value(scheduler.prediction_type), thresholding=clip,
+                                    sample_max_value=1.0, **settings)
+
+
 class MonaiModel(ScheduledModel):
     """A MONAI ``DiffusionModelUNet`` (``spatial_dims=2``) driven by its own MONAI DDPM or DDIM scheduler.
 
@@ -72,10 +106,13 @@ class MonaiModel(ScheduledModel):
             not record it.
         source: where the model came from (shown in reports).
         eta: DDIM's η (0: deterministic DDIM, as ``DiffusionInferer.sample``; ignored by DDPM).
+        solver: ``None`` (MONAI's scheduler steps) or ``"dpm"`` / ``"unipc"``: diffusers' multistep solver on
+            ``scheduler``'s noise schedule steps instead (:func:`solver_scheduler`; ``scheduler`` still defines
+            ``T``, ``ᾱ``, the prediction type and the forward process; the network is called MONAI's way).
     """
 
     def __init__(self, unet: torch.nn.Module, scheduler, *, image_size: int, source: str = "",
-                 eta: float = 0.0) -> None:
+                 eta: float = 0.0, solver: str | None = None) -> None:
         name = type(scheduler).__name__
         if name not in MONAI_SCHEDULERS or not type(scheduler).__module__.startswith("monai."):
             raise ModelLoadError(f"scheduler {type(scheduler).__module__}.{name} is not supported; allowed: MONAI's "
@@ -87,6 +124,8 @@ class MonaiModel(ScheduledModel):
         self.unet, self.scheduler = unet, scheduler
         self._image_size, self.source, self.eta = int(image_size), str(source), float(eta)
         self.prediction_type = _value(scheduler.prediction_type)
+        self.solver = None if solver is None else solver_scheduler(scheduler, solver)  # a diffusers template
+        self.solver_choice = solver
 
     def __repr__(self) -> str:
         return (f"MonaiModel({self.source or 'in memory'!s}: {self.scheduler_name}, {self.prediction_type}, "
@@ -116,26 +155,33 @@ class MonaiModel(ScheduledModel):
 
     @property
     def scheduler_name(self) -> str:
-        """``"monai.DDPMScheduler"`` / ``"monai.DDIMScheduler"``, as run keys record it."""
-        return f"monai.{type(self.scheduler).__name__}"
+        """``"monai.DDPMScheduler"`` / ``"monai.DDIMScheduler"``, as run keys record it; a solver view:
+        ``"diffusers.DPMSolverMultistepScheduler[monai.DDPMScheduler]"`` (the solver on that noise schedule)."""
+        name = f"monai.{type(self.scheduler).__name__}"
+        return name if self.solver is None else f"diffusers.{type(self.solver).__name__}[{name}]"
 
     @property
     def full_schedule_only(self) -> bool:
         """MONAI's ``DDPMScheduler.step`` always steps ``k → k − 1`` (whatever ``set_timesteps`` chose), so a DDPM run
-        of fewer than ``T`` steps stops far from ``x_0``: the audit runs it on all ``T`` (fewer steps: its DDIM view)."""
-        return type(self.scheduler).__name__ == "DDPMScheduler"
+        of fewer than ``T`` steps stops far from ``x_0``: the audit runs it on all ``T`` (fewer steps: its DDIM view
+        or a solver view, which steps its own grid)."""
+        return self.solver is None and type(self.scheduler).__name__ == "DDPMScheduler"
 
-    def with_scheduler(self, choice: Literal["model", "ddpm", "ddim"], eta: float | None = None) -> MonaiModel:
-        """The same network under MONAI's other scheduler with this one's noise schedule (``"model"``: unchanged)."""
+    def with_scheduler(self, choice: Literal["model", "ddpm", "ddim", "dpm", "unipc"],
+                       eta: float | None = None) -> MonaiModel:
+        """The same network under MONAI's other scheduler with this one's noise schedule (``"model"``: unchanged),
+        or under diffusers' multistep solver ``"dpm"`` / ``"unipc"`` on it (:func:`solver_scheduler`)."""
         eta = self.eta if eta is None else eta
-        if choice == "model":
+        solver = self.solver_choice if choice == "model" else None
+        if choice == "model" or choice in SOLVER_CHOICES:
             scheduler = self.scheduler
+            solver = choice if choice in SOLVER_CHOICES else solver
         elif choice in _CHOICE_CLASS:
             scheduler = convert_scheduler(self.scheduler, _CHOICE_CLASS[choice])
         else:
-            raise ValueError(f"scheduler choice {choice!r}; allowed: 'model', 'ddpm', 'ddim'")
+            raise ValueError(f"scheduler choice {choice!r}; allowed: 'model', 'ddpm', 'ddim', 'dpm', 'unipc'")
         return MonaiModel(self.unet, scheduler, image_size=self.image_size, source=self.source,
-                          eta=eta).conditioned(self.label)
+                          eta=eta, solver=solver).conditioned(self.label)
 
     def settings(self) -> dict:
         """The scheduler's settings that change what the model generates (its ``ᾱ`` by hash)."""
@@ -150,10 +196,13 @@ class MonaiModel(ScheduledModel):
                 "alphas_cumprod_sha256": settings_sha256({"abar": s.alphas_cumprod.double().tolist()})}
 
     def identity(self) -> dict:
-        """What the run store keys this model's samples and probes by: its weights' and settings' hashes."""
+        """What the run store keys this model's samples and probes by: its weights' and settings' hashes (a solver
+        view adds its diffusers config's hash; MONAI's own schedulers are keyed as before)."""
+        solver = {} if self.solver is None else {"solver_sha256": settings_sha256(
+            {k: v for k, v in dict(self.solver.config).items() if not k.startswith("_")})}
         return {"weights_sha256": weights_sha256(self.unet), "class": type(self.unet).__name__,
                 "scheduler": self.scheduler_name, "scheduler_sha256": settings_sha256(self.settings()),
-                "image_size": self.image_size, "eta": self.eta, **self._label_key()}
+                "image_size": self.image_size, "eta": self.eta, **solver, **self._label_key()}
 
     # ------------------------------------------------------------------ how MONAI runs it (ScheduledModel)
     @property
@@ -161,6 +210,9 @@ class MonaiModel(ScheduledModel):
         return self.scheduler.alphas_cumprod
 
     def _new_scheduler(self):
+        """A deep copy of MONAI's scheduler, or a fresh diffusers solver (its multistep state empty)."""
+        if self.solver is not None:
+            return type(self.solver).from_config(self.solver.config)
         return copy.deepcopy(self.scheduler)
 
     def _network(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -174,6 +226,8 @@ class MonaiModel(ScheduledModel):
         return self.unet(x, timesteps=k.reshape(-1).to(x.device, torch.float32), class_labels=labels)
 
     def _step(self, scheduler, out: torch.Tensor, k: torch.Tensor, x: torch.Tensor, generator) -> torch.Tensor:
+        if self.solver is not None:  # diffusers' multistep solver: deterministic (DPM-Solver++ 2M, UniPC)
+            return scheduler.step(out, k, x).prev_sample
         if type(scheduler).__name__ == "DDIMScheduler":
             return scheduler.step(out, k, x, eta=self.eta, generator=generator)[0]
         return scheduler.step(out, k, x, generator=generator)[0]

@@ -269,18 +269,50 @@ def _model_line(study: Study, images_given: bool) -> str:
     return f"safcore's sub-VP score model, trained by this study ({study.profile.train.preset} U-Net, {study.profile.train.steps} steps)"
 
 
+def _nfe_per_run(method: str, steps: int, scheduled: bool) -> int | str:
+    """Network evaluations of one full reverse run of ``steps`` steps: a scheduler-driven model's ``steps`` (one per
+    inference step, DDPM / DDIM / DPM-Solver++ / UniPC alike), an SDE sampler's ``steps`` (EM, DPM-Solver++), twice
+    that for PC (one corrector step per predictor step), ``"adaptive"`` for the ODE (RK45 chooses its steps)."""
+    if scheduled:
+        return int(steps)
+    if method == "ode":
+        return "adaptive"
+    return int(steps) * (2 if method == "pc" else 1)
+
+
 def _sampler(study: Study) -> dict:
-    """The sampler of the audit's samples and of the probe, and their network evaluations per full run."""
+    """The sampler of the audit's samples and of the probe, and their network evaluations per full run (a
+    scheduler-driven model: its scheduler, for both)."""
+    from safcore.generators.loader import max_inference_steps
+
     how = study._sampling(study.profile.sample_steps)  # noqa: SLF001 — the study's own sampling rule
-    per_step = {"pc": 2, "ode": None}.get(how.method, 1)  # pc: one corrector step per predictor step
-    return {"method": how.method, "steps": how.steps, "nfe_per_sample": None if per_step is None else how.steps * per_step,
-            "probe_method": study.profile.probe.method, "probe_steps_full": study.profile.probe.steps_full}
+    probe = study._sampling(study.profile.probe.steps_full)  # noqa: SLF001 — as Study.probe runs it
+    scheduled = max_inference_steps(study.model) is not None
+    probe_method = probe.method if scheduled else study.profile.probe.method
+    probe_steps = probe.steps if scheduled else study.profile.probe.steps_full
+    return {"method": how.method, "steps": how.steps, "nfe_per_sample": _nfe_per_run(how.method, how.steps, scheduled),
+            "probe_method": probe_method, "probe_steps_full": probe_steps,
+            "probe_nfe_per_full_run": _nfe_per_run(probe_method, probe_steps, scheduled)}
+
+
+def _sampler_lines(sampler: dict | None, probe_result) -> list[str]:
+    """The report's lines naming the sampler (or solver) and its NFE, and the probe's method, steps and NFE."""
+    lines = []
+    if sampler is not None:
+        lines.append(f"Sampler of the audit's samples: {sampler['method']}, {sampler['steps']} steps, "
+                     f"NFE {sampler['nfe_per_sample']} per sample.")
+    if sampler is not None and probe_result is not None:
+        lines.append(f"t' probe (Algorithm 1): {sampler['probe_method']}, {sampler['probe_steps_full']} steps per full "
+                     f"run (NFE {sampler['probe_nfe_per_full_run']} per run from t = 1; a run from t < 1 takes the "
+                     f"tail of that grid), NFE {probe_result.nfe:,} in all.")
+    return [*lines, ""] if lines else []
 
 
 def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies, copies, samples, seconds,
                   stage_seconds, images_given: bool = False, autoencoder: AutoencoderCheck | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     x_p = study.private.x_p
+    sampler = None if images_given else _sampler(study)
     verdict = with_autoencoder_finding(audit_result.verdict(), autoencoder)
     check = audit_result.copies
     u = audit_result.handed_back_interval()[1]
@@ -340,6 +372,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         "",
         f"Model under audit: {_model_line(study, images_given)}.",
         "",
+        *_sampler_lines(sampler, probe_result),
         f"**{verdict.headline}**",
         "",
         *[f"- **Not conclusive:** {r}." for r in verdict.reasons],
@@ -431,7 +464,7 @@ def _write_report(study, out_dir, audit_result, probe_result, spread, accuracies
         "t_prime_runs": list(spread.t_prime_runs) if spread is not None else None,
         "eq9_indicator": probe_result.eq9_indicator if probe_result else None,
         "nfe": probe_result.nfe if probe_result else None, "copies": copies, **accuracies,
-        "sampler": None if images_given else _sampler(study),
+        "sampler": sampler,
         "seconds": seconds, "stage_seconds": stage_seconds,
     }
     atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2, default=float))
