@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from safcore.generators.solvers import SOLVERS
 from safcore.measures.bounds import proportion_interval
 
 STEP_COUNTS = (10, 20, 50)
@@ -326,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the DDPM's own scheduler's steps for the reference row (default: all its T = 1000)")
     ap.add_argument("--step-counts", type=int, nargs="+", default=list(STEP_COUNTS),
                     help=f"steps of each fast solver (default {' '.join(map(str, STEP_COUNTS))})")
+    ap.add_argument("--solvers", nargs="+", choices=SOLVERS, default=list(SOLVERS),
+                    help="the SDE models' fast solvers (default: all of safcore.generators.solvers.SOLVERS)")
     ap.add_argument("--out", type=Path, default=None, help="write OUT.txt and OUT.json (atomically)")
     args = ap.parse_args(argv)
     if args.n_samples is not None and args.n_samples < 1:
@@ -333,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.step_counts) < 1:
         raise SystemExit("--step-counts must be ≥ 1")
     counts = tuple(args.step_counts)
-    fast = [(m, s) for m in ("dpm2m", "dpm2m_sde") for s in counts]
+    fast = [(m, s) for m in args.solvers for s in counts]
     if args.quick:
         rows, step = quick_rows(args.n_samples or 64, [("euler_maruyama", 200), *[(m, s) for m, s in fast if s <= 20]])
     else:

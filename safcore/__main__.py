@@ -16,11 +16,12 @@ import argparse
 import errno
 import os
 import sys
+import typing
 from pathlib import Path
 
 import safcore
 from safcore.runtime import paths
-from safcore.study.profiles import PROFILES
+from safcore.study.profiles import PROFILES, SamplerMethod
 
 EPILOG = ("Each command has its own --help. Reports are written to runs/reports/ unless --out is given; an --out that "
           "is not new or empty is refused unless --overwrite is given.")
@@ -58,7 +59,7 @@ def _model_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--scheduler", choices=("model", "ddpm", "ddim", "dpm", "unipc"), default="model",
                         help="sample a diffusers or MONAI model with its own scheduler (default), with DDPM / DDIM, or with "
                              "diffusers' multistep DPM-Solver++ 2M (dpm) / UniPC (unipc), built from its noise schedule")
-    parser.add_argument("--sampler", choices=("euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde"), default=None,
+    parser.add_argument("--sampler", choices=typing.get_args(SamplerMethod), default=None,
                         help="sampler of a safcore SDE model for the audit's samples and the t' probe (default: the "
                              "profile's); e.g. --sampler euler_maruyama --sample-steps 200 is the cpu profile's reference")
     parser.add_argument("--sample-steps", type=int, default=None,

@@ -17,7 +17,7 @@ import torch
 
 from safcore.generators.base import SDEGenerator, steps_for
 from safcore.generators.known_answer import PointMixtureScore
-from safcore.generators.sampling import METHODS, reverse_steps, sample
+from safcore.generators.sampling import LOGSNR_METHODS, METHODS, reverse_steps, sample
 from safcore.generators.sde import VPSDE, GaussianDataScore, SubVPSDE
 from safcore.generators.solvers import SOLVERS, log_snr, logsnr_grid, logsnr_steps
 from safcore.probe import ProbeConfig, find_t_prime
@@ -141,14 +141,19 @@ def test_per_row_steps_batch_equals_separate_runs():
 
 
 @pytest.mark.parametrize("method", SOLVERS)
-def test_sde_generator_reverse_takes_the_lambda_tail(method):
+def test_sde_generator_reverse_takes_the_tail_of_its_grid(method):
+    """A λ-grid solver's run from t takes the λ tail of a full run (40, 30, 16 steps); a t-grid solver's
+    Euler–Maruyama's ceil((t − eps)/(1 − eps) · 40) (40, 20, 2)."""
     sde = SubVPSDE()
     score = Counting(_f64(GaussianDataScore(sde, 0.0, 0.5)))
     gen = SDEGenerator(score, sde, method=method)
     t_vec = torch.tensor([1.0, 0.5, 0.05])
     _, nfe = gen.reverse(torch.zeros(3, 1, 2, 2), t_vec, 40, torch.Generator().manual_seed(0))
-    assert nfe.tolist() == [logsnr_steps(sde, t, 40, 1e-3) for t in t_vec.tolist()] == [40, 30, 16]
-    assert score.rows == 40 + 30 + 16
+    if method in LOGSNR_METHODS:
+        assert nfe.tolist() == [logsnr_steps(sde, t, 40, 1e-3) for t in t_vec.tolist()] == [40, 30, 16]
+    else:
+        assert nfe.tolist() == [steps_for(t, 40, 1e-3) for t in t_vec.tolist()] == [40, 20, 2]
+    assert score.rows == sum(nfe.tolist())
 
 
 @pytest.fixture(scope="module")
@@ -183,10 +188,11 @@ def test_probe_q_curve_with_the_fast_solver_equals_the_exact_one(method, images)
     assert np.abs(res.q - q_exact).max() < 0.3
     assert res.t_prime in (0.5, 0.55)
     assert res.q[res.ts <= 0.45].min() == 1.0 and res.q[res.ts >= 0.6].max() == 0.0
-    # NFE: M reverse runs from each grid t, each of logsnr_steps(t) evaluations
-    assert res.nfe == score.rows == 16 * sum(logsnr_steps(sde, t, 20, cfg.eps) for t in GRID)
+    # NFE: M reverse runs from each grid t, each of logsnr_steps(t) (λ grid) or steps_for(t) (t grid) evaluations
+    tail = logsnr_steps if method in LOGSNR_METHODS else (lambda _sde, t, n, eps: steps_for(t, n, eps))
+    assert res.nfe == score.rows == 16 * sum(tail(sde, t, 20, cfg.eps) for t in GRID)
     ref = dataclasses.replace(cfg, method="euler_maruyama", steps_full=200)
-    assert res.nfe <= 0.15 * ref.nfe_exhaustive
+    assert res.nfe <= (0.15 if method in LOGSNR_METHODS else 0.1) * ref.nfe_exhaustive
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,9 +274,9 @@ def test_bench_solvers_quick_runs_and_writes_its_table(tmp_path):
     assert bench.main(["--quick", "--n-samples", "32", "--out", str(tmp_path / "b")]) == 0
     data = json.loads((tmp_path / "b.json").read_text())
     rows = data["rows"]
-    assert [(r["sampler"], r["steps"]) for r in rows] == [("euler_maruyama", 200), ("dpm2m", 10), ("dpm2m", 20),
-                                                          ("dpm2m_sde", 10), ("dpm2m_sde", 20)]
-    assert [r["nfe"] for r in rows] == [200, 10, 20, 10, 20]
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("euler_maruyama", 200)] + [
+        (m, s) for m in SOLVERS for s in (10, 20)]
+    assert [r["nfe"] for r in rows] == [200] + [10, 20] * len(SOLVERS)
     assert all(r["copies"] == r["n"] == 32 for r in rows)  # every sample of point masses is a copy of one
     assert rows[0]["indistinguishable"] and rows[0]["p_copies"] == 1.0
     assert "fastest indistinguishable setting" in (tmp_path / "b.txt").read_text()

@@ -26,12 +26,14 @@ from safcore.runtime.progress import progress_bar
 from safcore.generators.sde import SDE, VPSDE, ReverseSDE
 
 __all__ = ["SampleResult", "sample", "tweedie_denoise", "METHODS", "Method", "FINAL_STEPS", "FinalStep", "LOGSNR_METHODS",
-           "reverse_steps"]
+           "TIME_SOLVER_METHODS", "reverse_steps"]
 
-Method = Literal["euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde"]
-METHODS: tuple[str, ...] = ("euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde")
+Method = Literal["euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde", "dpm2m_t", "dpm2m_sde_t"]
+METHODS: tuple[str, ...] = ("euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde", "dpm2m_t", "dpm2m_sde_t")
 #: Methods whose grid is uniform in the half log-SNR λ (:mod:`safcore.generators.solvers`), not in t.
 LOGSNR_METHODS: tuple[str, ...] = ("dpm2m", "dpm2m_sde")
+#: DPM-Solver++ (2M) on a grid uniform in t (as Euler–Maruyama's; a run from t takes ``steps_for`` steps).
+TIME_SOLVER_METHODS: tuple[str, ...] = ("dpm2m_t", "dpm2m_sde_t")
 FinalStep = Literal["tweedie", "noise_free"]
 FINAL_STEPS: tuple[str, ...] = ("tweedie", "noise_free")
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -438,11 +440,12 @@ def sample(
                     out, nfev, n_steps = _sample_ode(score, sde, x, ts, eps=eps, rtol=rtol, atol=atol, bar=bar)
                     nfe_parts.append(torch.full((m,), nfev, dtype=torch.int64))
                     taken.append(n_steps)
-                elif method in LOGSNR_METHODS:
+                elif method in LOGSNR_METHODS + TIME_SOLVER_METHODS:
                     from safcore.generators.solvers import dpm_solver_2m
 
                     st = chunk_steps(sl)
-                    out = dpm_solver_2m(score, sde, x, ts, steps=st, eps=eps, stochastic=method == "dpm2m_sde",
+                    out = dpm_solver_2m(score, sde, x, ts, steps=st, eps=eps, stochastic="_sde" in method,
+                                        spacing="time" if method in TIME_SOLVER_METHODS else "logsnr",
                                         generator=generator, bar=bar)
                     st_vec = torch.full((m,), st, dtype=torch.int64) if isinstance(st, int) else st.clone()
                     nfe_parts.append(st_vec)

@@ -23,7 +23,8 @@ linear part,
 
 **Time grid**: uniform in λ ("logSNR" spacing, which DPM-Solver recommends for pixel-space models of low
 resolution; diffusers' ``DPMSolverMultistepScheduler`` defaults to a grid uniform in its discrete timesteps
-instead). A run of ``N`` steps from ``t`` evaluates the network at ``λ_j = λ_t + j (λ_eps − λ_t) / N``,
+instead; the methods ``dpm2m_t`` / ``dpm2m_sde_t`` take that grid uniform in t, Euler–Maruyama's, with
+:func:`time_grid`). A run of ``N`` steps from ``t`` evaluates the network at ``λ_j = λ_t + j (λ_eps − λ_t) / N``,
 ``j = 0 … N−1``, and its last step goes to ``σ = 0`` — it returns ``x̂_0`` of its last evaluation, as diffusers'
 ``final_sigmas_type="zero"`` and DPM-Solver's ``denoise_to_zero`` do (NFE = N, the same as Euler–Maruyama with
 its Tweedie last step). Algorithm 1 reverses from ``t < 1`` with the step size of a full run: a run from ``t``
@@ -42,10 +43,10 @@ import torch
 from safcore.generators.sampling import ScoreFn, _bcast, _randn, tweedie_denoise
 from safcore.generators.sde import SDE
 
-__all__ = ["SOLVERS", "log_snr", "time_for_log_snr", "logsnr_steps", "logsnr_grid", "dpm_solver_2m"]
+__all__ = ["SOLVERS", "log_snr", "time_for_log_snr", "logsnr_steps", "logsnr_grid", "time_grid", "dpm_solver_2m"]
 
 #: The multistep solvers of this module, as :func:`safcore.generators.sampling.sample` names them.
-SOLVERS: tuple[str, ...] = ("dpm2m", "dpm2m_sde")
+SOLVERS: tuple[str, ...] = ("dpm2m", "dpm2m_sde", "dpm2m_t", "dpm2m_sde_t")
 
 
 def log_snr(sde: SDE, t: torch.Tensor) -> torch.Tensor:
@@ -94,6 +95,19 @@ def logsnr_grid(sde: SDE, ts: torch.Tensor, steps: torch.Tensor, eps: float) -> 
     return grid
 
 
+def time_grid(ts: torch.Tensor, steps: torch.Tensor, eps: float) -> torch.Tensor:
+    """Each row's time grid uniform in t (Euler–Maruyama's: ``t_j = t − j (t − eps) / steps_i``), float64
+    ``(B, K + 1)``, right-aligned as :func:`logsnr_grid`."""
+    ts64 = ts.detach().to("cpu", torch.float64)
+    steps = steps.to("cpu", torch.int64)
+    n_iter = int(steps.max())
+    j = (torch.arange(n_iter + 1, dtype=torch.int64).unsqueeze(0) - (n_iter - steps).unsqueeze(1)).clamp_min(0)
+    frac = j.to(torch.float64) / steps.unsqueeze(1).to(torch.float64)
+    grid = ts64.unsqueeze(1) + frac * (eps - ts64).unsqueeze(1)
+    grid[:, -1] = eps
+    return grid
+
+
 def _kernel(sde: SDE, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(a_t, σ_t, λ_t)`` in float64, each ``(B,)``."""
     a, s = sde.marginal_prob(torch.ones_like(t), t)
@@ -101,8 +115,8 @@ def _kernel(sde: SDE, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 def dpm_solver_2m(score: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, *, steps: int | torch.Tensor,
-                  eps: float, stochastic: bool = False, generator: torch.Generator | None = None,
-                  bar=None) -> torch.Tensor:
+                  eps: float, stochastic: bool = False, spacing: str = "logsnr",
+                  generator: torch.Generator | None = None, bar=None) -> torch.Tensor:
     """DPM-Solver++ (2M) (``stochastic=False``) or its SDE variant from each row's ``t`` down to ``x̂_0``.
 
     Args:
@@ -116,6 +130,8 @@ def dpm_solver_2m(score: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, *
             draw, so it is a run of ``steps_i`` steps alone; every row takes its last step at iteration ``K − 1``.
         eps: the end of the grid.
         stochastic: the SDE variant (noise drawn from ``generator``).
+        spacing: ``"logsnr"`` (a grid uniform in λ, :func:`logsnr_grid`) or ``"time"`` (uniform in t,
+            :func:`time_grid`; the steps of a run from ``t`` are then ``steps_for``'s).
         bar: a progress bar updated once per iteration.
 
     Returns:
@@ -124,7 +140,9 @@ def dpm_solver_2m(score: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, *
     b = x.shape[0]
     st = torch.full((b,), steps, dtype=torch.int64) if isinstance(steps, int) else steps.to("cpu", torch.int64)
     n_iter = int(st.max())
-    grid = logsnr_grid(sde, ts, st, eps)  # (B, K + 1) float64 on the CPU
+    if spacing not in ("logsnr", "time"):
+        raise ValueError(f"spacing = {spacing!r}; allowed: 'logsnr', 'time'")
+    grid = logsnr_grid(sde, ts, st, eps) if spacing == "logsnr" else time_grid(ts, st, eps)  # (B, K + 1) float64
     start = n_iter - st  # the iteration at which each row takes its first step
     grid_dev = grid.to(x.device)
     d_prev = torch.zeros_like(x)  # x̂_0 of each row's previous evaluation

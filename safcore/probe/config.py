@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from safcore.generators.base import steps_for
+from safcore.generators.sampling import Method
 from safcore.runtime.checks import check_seed
 
 __all__ = ["DEFAULT_GRID", "ProbeConfig", "as_single_image", "check_grid", "steps_for"]
@@ -26,7 +27,7 @@ __all__ = ["DEFAULT_GRID", "ProbeConfig", "as_single_image", "check_grid", "step
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 Search = Literal["exhaustive", "topdown"]
-SamplerMethod = Literal["euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde"]
+SamplerMethod = Method  # the samplers of safcore.generators.sampling.sample
 
 #: The paper's grid (the author's code): t = 0.99, 0.98, ..., 0.01 (99 values, step 0.01).
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.99 - 0.01 * i, 2) for i in range(99))

@@ -13,10 +13,11 @@ from typing import Literal
 from safcore.adversary.classifiers import ClassifierConfig
 from safcore.defences.cadp import INNConfig
 from safcore.probe import ProbeConfig
+from safcore.generators.sampling import Method
 from safcore.generators.train import TrainConfig
 
 ProfileName = Literal["smoke", "cpu", "paper"]
-SamplerMethod = Literal["euler_maruyama", "pc", "ode", "dpm2m", "dpm2m_sde"]
+SamplerMethod = Method  # the samplers of safcore.generators.sampling.sample
 
 
 @dataclasses.dataclass(frozen=True)
