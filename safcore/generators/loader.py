@@ -145,18 +145,19 @@ class Sampling:
     autocast_bf16: bool
 
 
-def sampling_for(model, *, method: str, steps: int, chosen_steps: int | None = None, bf16: bool = False) -> Sampling:
-    """How ``model`` is sampled with a profile's ``method``, ``steps`` and ``bf16``.
+def sampling_for(model, *, method: str, steps: int, chosen_steps: int | None = None, bf16: bool = False,
+                 model_steps: int | None = None) -> Sampling:
+    """How ``model`` is sampled with a profile's ``method``, ``steps``, ``model_steps`` and ``bf16``.
 
     A scheduler-driven model (:func:`max_inference_steps` not ``None``) runs its own scheduler for
-    ``chosen_steps`` (the user's choice, else ``steps``) inference steps, at most ``T`` (all ``T`` for a scheduler
-    that reaches ``x_0`` only on its full grid, ``full_schedule_only``), in fp32; an SDE model
-    (or ``None``, the score model a study trains) runs ``method`` for ``steps`` steps (``chosen_steps`` does
-    not apply) with ``bf16``."""
+    ``chosen_steps`` (the user's choice, else the profile's ``model_steps``, else ``steps``) inference steps, at
+    most ``T`` (all ``T`` for a scheduler that reaches ``x_0`` only on its full grid, ``full_schedule_only``), in
+    fp32; an SDE model (or ``None``, the score model a study trains) runs ``method`` for ``steps`` steps
+    (``chosen_steps`` and ``model_steps`` do not apply) with ``bf16``."""
     limit = max_inference_steps(model)
     if limit is None:
         return Sampling(method, steps, bf16)
-    chosen = chosen_steps if chosen_steps is not None else steps
+    chosen = chosen_steps if chosen_steps is not None else (model_steps if model_steps is not None else steps)
     if model.full_schedule_only:  # its scheduler reaches x_0 only on the full grid
         chosen = limit
     return Sampling(model.scheduler_name, min(int(chosen), limit), False)

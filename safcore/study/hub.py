@@ -422,7 +422,7 @@ class Study:
         diffusers model's scheduler for ``sample_steps=`` (else ``steps``) steps, at most its ``T``
         (:func:`safcore.generators.loader.sampling_for`)."""
         return sampling_for(self.model, method=self.profile.sampler, steps=steps, chosen_steps=self.sample_steps,
-                            bf16=self.profile.train.bf16)
+                            bf16=self.profile.train.bf16, model_steps=self.profile.model_steps)
 
     def _stored_samples(self, config: dict, load_model, n: int, how: Sampling, seed: int, per_class=None) -> torch.Tensor:
         """``n`` samples ``(n, C, S, S)`` in [0, 1] of ``load_model()`` kept in the run store under ``("samples",

@@ -28,7 +28,11 @@ class Profile:
         name: the profile's name.
         n_dataset: the default ``N_D``.
         train: score-model training (:class:`safcore.generators.train.TrainConfig`).
-        sampler, sample_steps: how audit samples are drawn (:func:`safcore.generators.sampling.sample`).
+        sampler, sample_steps: how an SDE model's audit samples are drawn (:func:`safcore.generators.sampling.sample`).
+        model_steps: inference steps of a scheduler-driven model's own scheduler (a diffusers or MONAI model;
+            ``--steps`` overrides it), for its samples and its probe's full run; ``None``: ``sample_steps``. Kept
+            apart because a fast SDE solver's few steps are not a DDPM scheduler's (its fast views, ``--scheduler
+            dpm|unipc``, are the user's choice).
         n_samples: images sampled for the audit (paper: 150 000 for Tab. 1, 50 000 for Tab. 2).
         sample_batch: images per sampler call.
         classifier: ``c_p`` and ``c_id`` settings (:class:`safcore.adversary.classifiers.ClassifierConfig`). AugMix is
@@ -66,6 +70,7 @@ class Profile:
     channels: int | None = None
     inn: INNConfig = INNConfig()
     split_seeds: bool = False
+    model_steps: int | None = None
 
     def classifier_for(self, kind: Literal["c_p", "c_id"]) -> ClassifierConfig:
         """The settings of ``c_p`` (``saf_classifier`` when set) or ``c_id`` (``classifier``)."""
@@ -78,13 +83,17 @@ class Profile:
         and the probe's ``method`` / ``steps_full`` (e.g. ``CPU.with_sampler("euler_maruyama", 200)``, today's
         reference, or a fast solver ``("dpm2m", 20)``, :mod:`safcore.generators.solvers`)."""
         probe = dataclasses.replace(self.probe, method=method, steps_full=steps)
-        return dataclasses.replace(self, sampler=method, sample_steps=steps, probe=probe)
+        model_steps = self.model_steps if self.model_steps is not None else self.sample_steps  # scheduled models: as before
+        return dataclasses.replace(self, sampler=method, sample_steps=steps, probe=probe, model_steps=model_steps)
 
     def __post_init__(self) -> None:
         if self.channels is not None and (isinstance(self.channels, bool) or self.channels not in (1, 3)):
             raise ValueError(f"Profile.channels = {self.channels!r}: allowed None (follow the data), 1 or 3")
         if not isinstance(self.split_seeds, bool):
             raise ValueError(f"Profile.split_seeds = {self.split_seeds!r}: allowed True or False")
+        if self.model_steps is not None and (isinstance(self.model_steps, bool) or not isinstance(self.model_steps, int)
+                                             or self.model_steps < 1):
+            raise ValueError(f"Profile.model_steps = {self.model_steps!r}: must be None or an integer ≥ 1")
         for name in ("n_dataset", "sample_steps", "n_samples", "sample_batch", "n_fid"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
