@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from safcore.generators.base import check_label
+from safcore.runtime.batching import in_micro_batches
 from safcore.runtime.device import bf16_autocast
 from safcore.runtime.progress import progress_bar
 
@@ -258,8 +259,9 @@ class ScheduledModel:
         return scheduler.add_noise(x0, noise, starts.to(x0.device))
 
     def _unet(self, x: torch.Tensor, timestep: torch.Tensor, autocast_bf16: bool) -> torch.Tensor:
-        with bf16_autocast(x.device, autocast_bf16):
-            out = self._network(x, timestep)
+        with bf16_autocast(x.device, autocast_bf16):  # micro-batches inside runtime.batching.forward_batch
+            out = in_micro_batches(lambda rows: self._network(x[rows], timestep if timestep.ndim == 0 else
+                                                               timestep[rows]), x.shape[0])
         return out.float()
 
     def _run(self, x: torch.Tensor, timesteps: torch.Tensor, scheduler, generator, autocast_bf16: bool,
