@@ -220,3 +220,24 @@ def test_probe_reverse_batched_across_t(model):
     calls.clear()
     alone = curve(waste=0.0)  # no t may wait: one call per t, the same NFE
     assert len(calls) == sum(steps) and alone.nfe == result.nfe
+
+
+def test_bench_gpu_path_quick(tmp_path):
+    """benchmarks/bench_gpu_path.py --quick: every lever's row at the first batch size, plain fp32 at the others,
+    the plain row of each batch at ratio 1."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu_path.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu_path", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_gpu_path"] = bench
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path / "g")]) == 0
+    rows = json.loads((tmp_path / "g.json").read_text())["rows"]
+    settings = [(r["batch"], r["bf16"], r["channels_last"], r["compile"]) for r in rows]
+    assert settings == [(8, False, False, False), (8, True, False, False), (8, False, True, False),
+                        (8, True, True, False), (4, False, False, False)]
+    assert rows[0]["ratio"] == rows[-1]["ratio"] == 1.0 and all(r["images_per_s"] > 0 for r in rows)
+    assert "ratio: to plain fp32" in (tmp_path / "g.txt").read_text()
