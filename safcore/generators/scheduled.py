@@ -279,6 +279,9 @@ class ScheduledModel:
         """Run the scheduler's reverse steps from each sample's start ``t`` down to timestep 0.
 
         Samples that share a ``t`` run together (one scheduler, one timestep at a time, as the pipelines do).
+        Rows of different t are not batched into one network call: a stochastic scheduler's ``step`` draws its
+        noise from ``generator`` inside the library, one t's whole run after another's, and interleaving the t
+        would reorder those draws (other images for the stored probes); the SDE path batches across t.
 
         Returns:
             ``(images (B, C, H, W) model range, nfe (B,) int64)``, the network evaluations per trajectory.
