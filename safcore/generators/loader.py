@@ -163,6 +163,14 @@ def sampling_for(model, *, method: str, steps: int, chosen_steps: int | None = N
     return Sampling(model.scheduler_name, min(int(chosen), limit), False)
 
 
+def network_input_shape(model) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` of one input of ``model``'s network (a :class:`~safcore.generators.base.Generator`): a latent
+    model's latents, else its images; ``None`` when the model does not say (a bare score function)."""
+    inner = model.diffusion if isinstance(model, LatentModel) else model
+    channels, size = getattr(inner, "channels", None), getattr(inner, "image_size", None)
+    return None if channels is None or size is None else (int(channels), int(size), int(size))
+
+
 def network(model) -> torch.nn.Module:
     """The module that holds ``model``'s weights: a scheduler-driven model's U-Net (a latent model's U-Net and
     autoencoder), else ``model`` itself."""

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from safcore.generators.base import check_label
+from safcore.runtime.batching import in_micro_batches
 from safcore.runtime.device import bf16_autocast
 from safcore.runtime.progress import progress_bar
 
@@ -258,8 +259,9 @@ class ScheduledModel:
         return scheduler.add_noise(x0, noise, starts.to(x0.device))
 
     def _unet(self, x: torch.Tensor, timestep: torch.Tensor, autocast_bf16: bool) -> torch.Tensor:
-        with bf16_autocast(x.device, autocast_bf16):
-            out = self._network(x, timestep)
+        with bf16_autocast(x.device, autocast_bf16):  # micro-batches inside runtime.batching.forward_batch
+            out = in_micro_batches(lambda rows: self._network(x[rows], timestep if timestep.ndim == 0 else
+                                                               timestep[rows]), x.shape[0])
         return out.float()
 
     def _run(self, x: torch.Tensor, timesteps: torch.Tensor, scheduler, generator, autocast_bf16: bool,
@@ -277,6 +279,9 @@ class ScheduledModel:
         """Run the scheduler's reverse steps from each sample's start ``t`` down to timestep 0.
 
         Samples that share a ``t`` run together (one scheduler, one timestep at a time, as the pipelines do).
+        Rows of different t are not batched into one network call: a stochastic scheduler's ``step`` draws its
+        noise from ``generator`` inside the library, one t's whole run after another's, and interleaving the t
+        would reorder those draws (other images for the stored probes); the SDE path batches across t.
 
         Returns:
             ``(images (B, C, H, W) model range, nfe (B,) int64)``, the network evaluations per trajectory.

@@ -181,3 +181,55 @@ def intra_op_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+CompileMode = str  # torch.compile's modes: "default", "reduce-overhead", "max-autotune"
+
+
+@contextlib.contextmanager
+def faster_network(module: torch.nn.Module, *, channels_last: bool = False, compile: bool = False,
+                   compile_mode: CompileMode = "default") -> Iterator[torch.nn.Module]:
+    """Inside the block ``module`` (e.g. ``safcore.generators.loader.network(model)``, a U-Net) runs with its
+    weights in ``channels_last`` memory format (its 4-D input converted too: NHWC convolutions, the tensor
+    cores' layout) and/or its ``forward`` wrapped by ``torch.compile(mode=compile_mode)``; on exit its memory
+    format and ``forward`` are restored. Neither changes what is computed: the outputs equal the plain ones up
+    to float rounding (``tests/test_batching.py``: within 1e-5 on the CPU), and no random draw moves.
+
+    Both are OFF by default, on every device: neither has been measured to pay on a GPU in this project
+    (``benchmarks/bench_gpu_path.py`` measures them side by side; turn one on where its ratio shows it pays).
+    On the CPU channels_last rarely helps a small U-Net, and ``torch.compile`` costs tens of seconds of
+    compilation per input shape (the probe's varying batch sizes recompile; ``dynamic`` shapes are left to
+    torch's default).
+
+    Raises:
+        ValueError: ``compile_mode`` not one of torch.compile's modes.
+    """
+    if compile_mode not in ("default", "reduce-overhead", "max-autotune"):
+        raise ValueError(f"compile_mode = {compile_mode!r}; allowed: 'default', 'reduce-overhead', 'max-autotune'")
+    if not (channels_last or compile):
+        yield module
+        return
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError(f"channels_last / compile need a torch.nn.Module; got {type(module).__name__}")
+    own = module.__dict__.get("forward")  # an instance-level forward (already wrapped) to restore
+    plain = module.forward
+    forward = plain
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+
+        def forward(x, *args, **kwargs):  # noqa: F811 — the NHWC input for the NHWC weights
+            if isinstance(x, torch.Tensor) and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return plain(x, *args, **kwargs)
+    if compile:
+        forward = torch.compile(forward, mode=compile_mode)
+    module.forward = forward
+    try:
+        yield module
+    finally:
+        if own is not None:
+            module.forward = own
+        else:
+            del module.forward
+        if channels_last:
+            module.to(memory_format=torch.contiguous_format)

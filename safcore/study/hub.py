@@ -567,8 +567,8 @@ class Study:
                # search and diffusers models are unchanged, so their stored probes stay valid
                "version": 2 if config.search == "exhaustive" and not scheduled else 1}
         key, load_model = conditional.probe_key(self, key, step)  # a class-conditional model: x_p's label
-        return stored_probe(self.store, key, config, load_model, lambda: self.private.x_p,
-                            lambda: (self.c_p, self.c_id), split=self.profile.split_seeds, progress=self.progress)
+        return stored_probe(self.store, key, config, load_model, lambda: self.private.x_p, lambda: (self.c_p, self.c_id),
+                            split=self.profile.split_seeds, forward_batch=self.profile.forward_batch, progress=self.progress)
 
     # ------------------------------------------------------------------ figures
     def save_figure(self, figure, name: str) -> Path:

@@ -54,6 +54,13 @@ class Profile:
             process or any number under ``accelerate launch``, which split them. ``False`` (cpu): one generator
             through all batches, as the committed cpu reports were drawn (kept so that their stored samples
             stay valid); under a launcher these stages then run on one process while the others wait.
+        forward_batch: most images per network call while sampling and probing (the sampler chunk is then
+            evaluated in micro-batches; no draw changes, so it is not in any run key). ``None``: on CUDA the most
+            that fit the free memory (:func:`safcore.study.stages.forward_choice`), capped by ``sample_batch`` /
+            ``probe.batch_size``; on the CPU no micro-batching. The choice is recorded in the run's manifest.
+        channels_last, compile: run the U-Net in ``channels_last`` memory format / under ``torch.compile`` while
+            sampling (:func:`safcore.runtime.device.faster_network`); off in every profile: neither has been
+            measured to pay on a GPU here (``benchmarks/bench_gpu_path.py`` measures them).
     """
 
     name: ProfileName
@@ -71,6 +78,9 @@ class Profile:
     inn: INNConfig = INNConfig()
     split_seeds: bool = False
     model_steps: int | None = None
+    forward_batch: int | None = None
+    channels_last: bool = False
+    compile: bool = False
 
     def classifier_for(self, kind: Literal["c_p", "c_id"]) -> ClassifierConfig:
         """The settings of ``c_p`` (``saf_classifier`` when set) or ``c_id`` (``classifier``)."""
@@ -89,11 +99,13 @@ class Profile:
     def __post_init__(self) -> None:
         if self.channels is not None and (isinstance(self.channels, bool) or self.channels not in (1, 3)):
             raise ValueError(f"Profile.channels = {self.channels!r}: allowed None (follow the data), 1 or 3")
-        if not isinstance(self.split_seeds, bool):
-            raise ValueError(f"Profile.split_seeds = {self.split_seeds!r}: allowed True or False")
-        if self.model_steps is not None and (isinstance(self.model_steps, bool) or not isinstance(self.model_steps, int)
-                                             or self.model_steps < 1):
-            raise ValueError(f"Profile.model_steps = {self.model_steps!r}: must be None or an integer ≥ 1")
+        for flag in ("split_seeds", "channels_last", "compile"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"Profile.{flag} = {getattr(self, flag)!r}: allowed True or False")
+        for name in ("model_steps", "forward_batch"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"Profile.{name} = {value!r}: allowed None or an integer ≥ 1")
         for name in ("n_dataset", "sample_steps", "n_samples", "sample_batch", "n_fid"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

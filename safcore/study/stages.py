@@ -30,9 +30,12 @@ from safetensors.torch import load_file
 from safcore.data import datasets as data_lib
 from safcore.generators.loader import sampling_for
 from safcore.generators.score_model import ScoreModel
-from safcore.generators.loader import Sampling, as_generator
+from safcore.generators.loader import Sampling, as_generator, network, network_input_shape
 from safcore.generators.train import TrainResult, train
 from safcore.probe import ProbeConfig, ProbeResult, find_t_prime
+from safcore.runtime import batching
+from safcore.runtime.batching import BatchChoice, fitting_batch_size
+from safcore.runtime.device import faster_network
 from safcore.runtime.parallel import derived_seed
 from safcore.runtime.runs import RunStore, atomic_save_safetensors, atomic_write
 from safcore.study import distributed
@@ -124,6 +127,25 @@ def _train_on_ranks(store: RunStore, config: dict, images: torch.Tensor, train_c
     return result
 
 
+def forward_choice(model, fixed: int | None, cap: int, *, method: str) -> BatchChoice | None:
+    """The network micro-batch of a sampling or probe stage (:mod:`safcore.runtime.batching`): ``fixed`` (the
+    profile's ``forward_batch``) as given; else on CUDA the most images that fit the free memory
+    (:func:`~safcore.runtime.batching.fitting_batch_size`, one trial ``ε̂`` call), at most ``cap`` (the sampler
+    chunk or the probe's ``batch_size``); else (the CPU, or a network input of unknown shape) ``None``: no
+    micro-batching, as before. It changes no draw, so it is recorded in the manifest's ``extra``, not the key."""
+    if fixed is not None:
+        return BatchChoice(int(fixed), int(cap), "any", None, None, "fixed by Profile.forward_batch")
+    gen = as_generator(model, method=method)
+    shape = network_input_shape(gen)
+    if gen.device.type != "cuda" or shape is None:
+        return None
+
+    def trial(n: int) -> None:
+        gen.eps(torch.zeros((n, *shape), device=gen.device), torch.full((n,), 0.5, device=gen.device))
+
+    return fitting_batch_size(trial, gen.device, int(cap))
+
+
 def stored_samples(store: RunStore, config: dict, load_model: Callable[[], object], n: int, how: Sampling, seed: int,
                    *, profile: Profile, shape: tuple[int, int, int], progress: bool = True,
                    per_class: tuple[tuple[int, int], ...] | None = None) -> torch.Tensor:
@@ -154,7 +176,15 @@ def stored_samples(store: RunStore, config: dict, load_model: Callable[[], objec
         config = {**config, "classes": [[int(c), int(k)] for c, k in per_class],
                   "class_seeding": "class c: its n_c samples with seed derived_seed(seed, c + 1)"}
 
+    chosen: list[BatchChoice | None] = []  # the network micro-batch, chosen on the first draw
+
     def draw(model, count: int, seed: int) -> torch.Tensor | None:
+        if not chosen:
+            chosen.append(forward_choice(model, profile.forward_batch, profile.sample_batch, method=profile.sampler))
+        with batching.forward_batch(chosen[0].batch_size if chosen[0] is not None else None):
+            return draw_batched(model, count, seed)
+
+    def draw_batched(model, count: int, seed: int) -> torch.Tensor | None:
         if split:
             settings = distributed.SplitSampling(chunk_size=profile.sample_batch, method=profile.sampler,
                                                  steps=how.steps, autocast_bf16=how.autocast_bf16)
@@ -170,14 +200,16 @@ def stored_samples(store: RunStore, config: dict, load_model: Callable[[], objec
 
     def compute() -> torch.Tensor | None:
         model = load_model()
-        if per_class is None:
-            return draw(model, n, seed)
-        conditional = as_generator(model, method=profile.sampler)
-        parts = [draw(conditional.conditioned(c), k, derived_seed(seed, c + 1)) for c, k in per_class if k]
+        with faster_network(network(model), channels_last=profile.channels_last, compile=profile.compile):
+            if per_class is None:
+                return draw(model, n, seed)
+            conditional = as_generator(model, method=profile.sampler)
+            parts = [draw(conditional.conditioned(c), k, derived_seed(seed, c + 1)) for c, k in per_class if k]
         return None if parts[0] is None else torch.cat(parts)
 
-    def write(tmp: Path, images: torch.Tensor) -> None:
+    def write(tmp: Path, images: torch.Tensor) -> dict | None:
         atomic_save_safetensors({"images": images.contiguous()}, tmp / "samples.safetensors")
+        return chosen[0].record() if chosen and chosen[0] is not None else None
 
     run = distributed.collective_stage(store, "samples", config, compute, write, seed=seed)
     return load_file(run.file("samples.safetensors"))["images"]
@@ -185,7 +217,7 @@ def stored_samples(store: RunStore, config: dict, load_model: Callable[[], objec
 
 def stored_probe(store: RunStore, key: dict, config: ProbeConfig, load_model: Callable[[], object],
                  x_p: Callable[[], torch.Tensor], classifiers: Callable[[], tuple], *, split: bool,
-                 progress: bool = True) -> ProbeResult:
+                 forward_batch: int | None = None, progress: bool = True) -> ProbeResult:
     """Algorithm 1 for ``x_p()`` ``(C, S, S)`` in [0, 1] under ``load_model()`` with ``classifiers() = (c_p, c_id)``,
     computed once (seeded by ``config.seed``) and kept in the run store under ``("probe", key)``.
 
@@ -193,15 +225,23 @@ def stored_probe(store: RunStore, key: dict, config: ProbeConfig, load_model: Ca
     unit (a t and a chunk of its M samples) (:func:`safcore.study.distributed.probe_split`; the key records
     it): either is shared by the processes of an ``accelerate launch`` and gives the same result for any
     number of them. Without it the search runs on the main process while the others wait. The callables are
-    called on every rank (the model may be trained with DDP first)."""
+    called on every rank (the model may be trained with DDP first). ``forward_batch``: the network micro-batch
+    (:func:`forward_choice`; ``None``: chosen for a CUDA device's memory, none on the CPU)."""
     from safcore.probe.io import load_probe, save_probe
 
     if split:  # one generator per sampler call / search unit: the same q_M(t) and t' for 1 or N processes
         key = {**key, "seeding": ("call j of run k: derived_seed(run_seed(seed, k), j)" if config.search == "exhaustive"
                                   else "unit u of run k: derived_seed(run_seed(seed, k), u)")}
 
+    chosen: list[BatchChoice | None] = []
+
     def compute() -> ProbeResult | None:
         model = load_model()
+        chosen.append(forward_choice(model, forward_batch, config.batch_size, method=config.method))
+        with batching.forward_batch(chosen[0].batch_size if chosen[0] is not None else None):
+            return search(model)
+
+    def search(model) -> ProbeResult | None:
         image = x_p().to(model.device)
         c_p, c_id = classifiers()
         if split:
@@ -213,7 +253,8 @@ def stored_probe(store: RunStore, key: dict, config: ProbeConfig, load_model: Ca
 
     def write(tmp: Path, result: ProbeResult) -> dict:
         save_probe(result, tmp / "probe")
-        return {"t_prime": result.t_prime, "nfe": result.nfe}
+        extra = chosen[0].record() if chosen and chosen[0] is not None else {}
+        return {"t_prime": result.t_prime, "nfe": result.nfe, **extra}
 
     run = distributed.collective_stage(store, "probe", key, compute, write, seed=config.seed)
     return load_probe(run.path / "probe")
