@@ -212,10 +212,15 @@ def main() -> None:
                         help="torch threads PER PROCESS (default 1: on a loaded 2-core machine two threads of one "
                              "process spin and lose ~30x, so 1 vs 2 processes is compared at one thread each)")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto", help="cpu: hide CUDA from the workers")
-    parser.add_argument("--sampler", choices=("dpm2m", "dpm2m_sde", "euler_maruyama"), default="dpm2m",
-                        help="the fast setting's sampler projected beside today's Euler–Maruyama (default dpm2m)")
-    parser.add_argument("--steps", type=int, default=20,
-                        help="the fast setting's steps per full reverse run (default 20)")
+    from safcore.generators.sampling import METHODS
+    from safcore.study.profiles import PAPER
+
+    parser.add_argument("--sampler", choices=METHODS, default=PAPER.sampler,
+                        help="the fast setting's sampler projected beside the Euler–Maruyama 1000-step reference "
+                             f"(default: the paper profile's, {PAPER.sampler})")
+    parser.add_argument("--steps", type=int, default=PAPER.sample_steps,
+                        help=f"the fast setting's steps per full reverse run (default: the paper profile's, "
+                             f"{PAPER.sample_steps})")
     parser.add_argument("--out", default=None, help="also write the printed report here")
     parser.add_argument("--timeout", type=float, default=1800)
     # worker-only

@@ -45,6 +45,8 @@ from safcore.generators.solvers import SOLVERS
 from safcore.measures.bounds import proportion_interval
 
 STEP_COUNTS = (10, 20, 50)
+#: The reference sampler of the SDE models: the cpu profile's sampler before the fast default (Euler–Maruyama, 200).
+REFERENCE = ("euler_maruyama", 200)
 #: notebook 08's cpu-profile DDPM recipe (what a user trains without safcore), the run-store key of one trained here.
 DDPM_RECIPE = {"dataset": "breastmnist", "seed": 0, "train_steps": 2000, "widths": [32, 64, 64], "batch": 32,
                "lr": 2e-4, "scheduler": "DDPMScheduler linear epsilon T=1000", "notebook": "08_audit_your_model"}
@@ -276,7 +278,7 @@ def ddpm_rows(n_dataset: int, n: int | None, step_counts: tuple[int, ...],
     folder, origin = ddpm_pipeline(n_dataset)
     base = load_model(folder)
     rows: list[Row] = []
-    settings = [("model", reference_steps or base.num_train_timesteps), *[(c, k) for c in ("ddim", "dpm", "unipc") for k in step_counts]]
+    settings = [("model", reference_steps or base.num_train_timesteps), *[(c, k) for c in ("ddim", "dpm", "dpm_sde", "unipc") for k in step_counts]]
     for choice, steps in settings:
         model = base.with_scheduler(choice)
         study = Study("breastmnist", n_dataset, profile=CPU, model=model, sample_steps=steps, progress=False)
@@ -344,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rows, step = [], CPU.probe.grid_step
         for n_d in args.n_dataset if "sde" in args.models else ():
-            got, step = study_rows(n_d, args.n_samples, [(CPU.sampler, CPU.sample_steps), *fast])
+            got, step = study_rows(n_d, args.n_samples, [REFERENCE, *fast])
             rows += got
         if "ddpm" in args.models:
             got, step = ddpm_rows(args.ddpm_n_dataset, args.n_samples, counts, args.ddpm_reference_steps)

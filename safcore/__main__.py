@@ -56,9 +56,10 @@ def _model_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
                              "a folder from safcore train, or a Hub id owner/name")
     parser.add_argument("--fingerprint", required=True, type=Path,
                         help="the folder safcore fingerprint wrote (the model was trained on its D_p)")
-    parser.add_argument("--scheduler", choices=("model", "ddpm", "ddim", "dpm", "unipc"), default="model",
+    parser.add_argument("--scheduler", choices=("model", "ddpm", "ddim", "dpm", "dpm_sde", "unipc"), default="model",
                         help="sample a diffusers or MONAI model with its own scheduler (default), with DDPM / DDIM, or with "
-                             "diffusers' multistep DPM-Solver++ 2M (dpm) / UniPC (unipc), built from its noise schedule")
+                             "diffusers' multistep DPM-Solver++ 2M (dpm), its SDE variant (dpm_sde) or UniPC (unipc), built from its "
+                             "noise schedule")
     parser.add_argument("--sampler", choices=typing.get_args(SamplerMethod), default=None,
                         help="sampler of a safcore SDE model for the audit's samples and the t' probe (default: the "
                              "profile's); e.g. --sampler euler_maruyama --sample-steps 200 is the cpu profile's reference")

@@ -6,6 +6,7 @@ code 2 with nothing written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -74,7 +75,7 @@ def test_monai_views_differ_in_run_keys_and_keep_monai_s_own_paths():
     assert not _point_mass(clip_sample=False)[0].with_scheduler("unipc").solver.config.thresholding
     with pytest.raises(ValueError, match=r"clip_sample_values = \(-2.0, 2.0\) with --scheduler dpm; allowed: \(-1, 1\)"):
         solver_scheduler(DDPMScheduler(num_train_timesteps=10, clip_sample_min=-2.0, clip_sample_max=2.0), "dpm")
-    with pytest.raises(ValueError, match="scheduler choice 'heun'; allowed: 'model', 'ddpm', 'ddim', 'dpm', 'unipc'"):
+    with pytest.raises(ValueError, match="scheduler choice 'heun'; allowed: 'model', 'ddpm', 'ddim', 'dpm', 'dpm_sde', 'unipc'"):
         base.with_scheduler("heun")
 
 
@@ -235,6 +236,7 @@ def test_bench_scale_projects_the_fast_solver_beside_today_s():
 
     bench = _bench("bench_scale")
     probe = get_profile("paper").probe
+    probe = dataclasses.replace(probe, method="euler_maruyama", steps_full=1000)  # the reference it is projected beside
     ref, fast = bench.solver_setting("euler_maruyama", 1000), bench.solver_setting("dpm2m", 20)
     assert ref.sample_nfe == 1000 and ref.probe_nfe == probe.nfe_exhaustive == probe.M * sum(
         steps_for(t, 1000, probe.eps) for t in probe.grid)

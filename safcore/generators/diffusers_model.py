@@ -40,12 +40,14 @@ __all__ = ["SCHEDULERS", "SCHEDULER_CHOICES", "DiffusersModel", "ModelLoadError"
 
 #: Schedulers whose ``step`` safcore drives (class names as diffusers saves them in ``scheduler_config.json``).
 SCHEDULERS: tuple[str, ...] = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
-SchedulerChoice = Literal["model", "ddpm", "ddim", "dpm", "unipc"]
+SchedulerChoice = Literal["model", "ddpm", "ddim", "dpm", "dpm_sde", "unipc"]
 #: ``--scheduler`` choices: the class and what it is built with from the model's scheduler config. ``dpm``:
-#: DPM-Solver++ (2M) (Lu et al. 2022b, data prediction, order 2); ``unipc``: UniPC (Zhao et al. 2023, its
+#: DPM-Solver++ (2M) (Lu et al. 2022b, data prediction, order 2); ``dpm_sde``: its stochastic variant (diffusers'
+#: ``sde-dpmsolver++``, which draws fresh noise each step as DDPM does); ``unipc``: UniPC (Zhao et al. 2023, its
 #: default bh2 / order 2); both with diffusers' defaults otherwise (grid uniform in the timesteps, last step to σ = 0).
 _CHOICE_CLASS = {"ddpm": ("DDPMScheduler", {}), "ddim": ("DDIMScheduler", {}),
                  "dpm": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+                 "dpm_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
                  "unipc": ("UniPCMultistepScheduler", {"solver_order": 2})}
 SCHEDULER_CHOICES: tuple[str, ...] = ("model", *_CHOICE_CLASS)
 

@@ -39,7 +39,7 @@ __all__ = ["MONAI_SCHEDULERS", "MonaiModel", "solver_scheduler"]
 MONAI_SCHEDULERS: tuple[str, ...] = ("DDPMScheduler", "DDIMScheduler")
 _CHOICE_CLASS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler"}
 #: Fast multistep solvers a MONAI model runs through diffusers (the same choices and settings as a diffusers model's).
-SOLVER_CHOICES: tuple[str, ...] = ("dpm", "unipc")
+SOLVER_CHOICES: tuple[str, ...] = ("dpm", "dpm_sde", "unipc")
 
 
 def _value(option) -> str:
@@ -167,7 +167,7 @@ class MonaiModel(ScheduledModel):
         or a solver view, which steps its own grid)."""
         return self.solver is None and type(self.scheduler).__name__ == "DDPMScheduler"
 
-    def with_scheduler(self, choice: Literal["model", "ddpm", "ddim", "dpm", "unipc"],
+    def with_scheduler(self, choice: Literal["model", "ddpm", "ddim", "dpm", "dpm_sde", "unipc"],
                        eta: float | None = None) -> MonaiModel:
         """The same network under MONAI's other scheduler with this one's noise schedule (``"model"``: unchanged),
         or under diffusers' multistep solver ``"dpm"`` / ``"unipc"`` on it (:func:`solver_scheduler`)."""
@@ -179,7 +179,7 @@ class MonaiModel(ScheduledModel):
         elif choice in _CHOICE_CLASS:
             scheduler = convert_scheduler(self.scheduler, _CHOICE_CLASS[choice])
         else:
-            raise ValueError(f"scheduler choice {choice!r}; allowed: 'model', 'ddpm', 'ddim', 'dpm', 'unipc'")
+            raise ValueError(f"scheduler choice {choice!r}; allowed: 'model', 'ddpm', 'ddim', {', '.join(map(repr, SOLVER_CHOICES))}")
         return MonaiModel(self.unet, scheduler, image_size=self.image_size, source=self.source,
                           eta=eta, solver=solver).conditioned(self.label)
 
