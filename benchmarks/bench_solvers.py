@@ -282,7 +282,8 @@ def ddpm_rows(n_dataset: int, n: int | None, step_counts: tuple[int, ...],
     for choice, steps in settings:
         model = base.with_scheduler(choice)
         study = Study("breastmnist", n_dataset, profile=CPU, model=model, sample_steps=steps, progress=False)
-        rows.append(_measure(study, n, f"diffusers DDPM breastmnist N_D={n_dataset} ({origin})", model.scheduler_name,
+        label = model.scheduler_name if choice == "model" else f"{choice} ({model.scheduler_name})"
+        rows.append(_measure(study, n, f"diffusers DDPM breastmnist N_D={n_dataset} ({origin})", label,
                              steps, steps, rows[0] if rows else None))
     return rows, CPU.probe.grid_step
 
