@@ -98,6 +98,20 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def images():
+    """Algorithm 1's known-answer pair: ``x_p`` a binary 28 px pattern ``(1, 1, 28, 28)`` with a grey SAF disk,
+    ``y = 1 − x_p`` (the disk stays grey), and the disk ``(28, 28)`` bool."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x_p = (torch.rand(1, 1, 28, 28, generator=g) > 0.5).float()
+    yy, xx = torch.meshgrid(torch.arange(28), torch.arange(28), indexing="ij")
+    disk = ((yy - 9) ** 2 + (xx - 18) ** 2) <= 16
+    x_p[0, 0][disk] = 0.5
+    return x_p, 1.0 - x_p, disk
+
+
 def half_images(n: int = 4) -> torch.Tensor:
     """(n ≤ 4, 1, 28, 28) unit-range training images a tiny score model learns in a few steps: left/right and
     top/bottom halves bright (0.9) on dark (0.1). Shared by the training and checkpoint tests."""

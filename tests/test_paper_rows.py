@@ -24,8 +24,10 @@ def test_projection_scales_timed_steps_to_the_paper_profile(timed):
 
     assert p.train_s == pytest.approx(p.train_step_s * PAPER.train.steps)
     assert p.sample_s == pytest.approx(p.nfe_image_s * PAPER_TAB2_SAMPLES * PAPER.sample_steps)
-    # M = 16 reverse runs from each t = 0.01 … 0.99, a run from t taking ⌈1000 (t − ε)/(1 − ε)⌉ = 10·100 t steps
-    assert p.probe_nfe == 16 * sum(10 * k for k in range(1, 100)) == 792_000
+    # M = 16 reverse runs from each t = 0.01 … 0.99 with the profile's dpm2m_sde_t at 100 steps per full run (a grid
+    # uniform in t): a run from t takes ⌈100 (t − ε)/(1 − ε)⌉ = 100 t steps, a tenth of Euler–Maruyama 1000's
+    assert PAPER.probe.method == "dpm2m_sde_t" and PAPER.probe.steps_full == 100
+    assert p.probe_nfe == 16 * sum(range(1, 100)) == 79_200
     assert p.total_s > 3600 and "≈" in p.describe() and "training" in p.describe()
     with pytest.raises(ValueError, match="has no row in the paper's Tab. 2; allowed: retinamnist"):
         projection("dermamnist")

@@ -52,17 +52,6 @@ def sde():
 
 
 @pytest.fixture(scope="module")
-def images():
-    """x_p: a binary pattern with a grey SAF disk; y = 1 - x_p (the disk stays grey)."""
-    g = torch.Generator().manual_seed(0)
-    x_p = (torch.rand(1, 1, 28, 28, generator=g) > 0.5).float()
-    yy, xx = torch.meshgrid(torch.arange(28), torch.arange(28), indexing="ij")
-    disk = ((yy - 9) ** 2 + (xx - 18) ** 2) <= 16
-    x_p[0, 0][disk] = 0.5
-    return x_p, 1.0 - x_p, disk
-
-
-@pytest.fixture(scope="module")
 def classifiers(images):
     x_p, _, disk = images
 

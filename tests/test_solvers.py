@@ -26,12 +26,7 @@ SDES = [SubVPSDE(), VPSDE()]
 GRID = tuple(round(0.05 * i, 2) for i in range(19, 0, -1))  # 0.95 … 0.05, as tests/test_probe.py
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Counting:
@@ -154,17 +149,6 @@ def test_sde_generator_reverse_takes_the_tail_of_its_grid(method):
     else:
         assert nfe.tolist() == [steps_for(t, 40, 1e-3) for t in t_vec.tolist()] == [40, 20, 2]
     assert score.rows == sum(nfe.tolist())
-
-
-@pytest.fixture(scope="module")
-def images():
-    """x_p: a binary pattern with a grey SAF disk; y = 1 − x_p (as tests/test_probe.py)."""
-    g = torch.Generator().manual_seed(0)
-    x_p = (torch.rand(1, 1, 28, 28, generator=g) > 0.5).float()
-    yy, xx = torch.meshgrid(torch.arange(28), torch.arange(28), indexing="ij")
-    disk = ((yy - 9) ** 2 + (xx - 18) ** 2) <= 16
-    x_p[0, 0][disk] = 0.5
-    return x_p, 1.0 - x_p, disk
 
 
 @pytest.mark.parametrize("method", SOLVERS)
