@@ -184,3 +184,21 @@ class Recording:
         self.calls += 1
         self.ts += t.tolist()
         return self.fn(x, t)
+
+
+def assert_model_refused(model, expected: str, fingerprint, data_root, out, capsys) -> None:
+    """A model folder safcore refuses to read: ``load_model`` raises one line containing ``expected``, and
+    ``safcore audit --model`` stops with that line, exit code 2, writing nothing at ``out``."""
+    import pytest
+
+    from safcore.__main__ import main
+    from safcore.generators.loader import ModelLoadError, load_model
+
+    with pytest.raises(ModelLoadError) as info:
+        load_model(model)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+    code = main(["audit", "--model", str(model), "--fingerprint", str(fingerprint), "--profile", "smoke",
+                 "--data-root", str(data_root), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("safcore audit: error: ") and expected in err, err
+    assert not out.exists()  # nothing written

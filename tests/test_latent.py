@@ -19,12 +19,12 @@ pytest.importorskip("monai")
 from monai.inferers import LatentDiffusionInferer  # noqa: E402
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet  # noqa: E402
 from monai.networks.schedulers import DDPMScheduler  # noqa: E402
+from conftest import assert_model_refused  # noqa: E402
 from test_cli import fingerprint  # noqa: E402,F401 — the module-scoped fingerprint folder of D_p
 
 from safcore.__main__ import main  # noqa: E402
 from safcore.generators.latent_model import LatentModel, MonaiKL  # noqa: E402
 from safcore.generators.loader import autoencoder_adapter, load_model, network, sampling_for  # noqa: E402
-from safcore.generators.model_files import ModelLoadError  # noqa: E402
 from safcore.generators.monai_model import MonaiModel  # noqa: E402
 
 AE = dict(spatial_dims=2, in_channels=1, out_channels=1, channels=[8, 8], latent_channels=2, num_res_blocks=1,
@@ -291,12 +291,4 @@ def test_a_latent_model_safcore_cannot_read_is_one_line_and_exit_code_2(case, ex
     else:
         shutil.copytree(ldm_folder, model)
         shutil.rmtree(model / "vqvae")
-    with pytest.raises(ModelLoadError) as info:
-        load_model(model)
-    assert expected in str(info.value) and "\n" not in str(info.value)
-    out = tmp_path / "out"
-    code = main(["audit", "--model", str(model), "--fingerprint", str(fingerprint), "--profile", "smoke",
-                 "--data-root", str(data_root), "--out", str(out), "--no-progress"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and err.startswith("safcore audit: error: ") and expected in err, err
-    assert not out.exists()  # nothing written
+    assert_model_refused(model, expected, fingerprint, data_root, tmp_path / "out", capsys)

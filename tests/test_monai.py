@@ -20,11 +20,11 @@ from monai.inferers import DiffusionInferer  # noqa: E402
 from monai.networks.nets import DiffusionModelUNet  # noqa: E402
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+from conftest import assert_model_refused  # noqa: E402
 from test_cli import fingerprint  # noqa: E402,F401 — the module-scoped fingerprint folder of D_p
 
 from safcore.__main__ import main  # noqa: E402
 from safcore.generators.loader import load_model, max_inference_steps, network, sampling_for  # noqa: E402
-from safcore.generators.model_files import ModelLoadError  # noqa: E402
 from safcore.generators.monai_model import MonaiModel  # noqa: E402
 
 NETWORK = dict(spatial_dims=2, in_channels=1, out_channels=1, channels=[8, 16], attention_levels=[False, False],
@@ -175,15 +175,7 @@ def test_what_safcore_refuses_to_read_is_one_line_and_exit_code_2(case, expected
         config = json.loads((model / "config.json").read_text())
         del config["image_size"]
         (model / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match=None) as info:
-        load_model(model)
-    assert expected in str(info.value) and "\n" not in str(info.value)
-    out = tmp_path / "out"
-    code = main(["audit", "--model", str(model), "--fingerprint", str(fingerprint), "--profile", "smoke",
-                 "--data-root", str(data_root), "--out", str(out), "--no-progress"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and err.startswith("safcore audit: error: ") and expected in err, err
-    assert not out.exists()  # nothing written
+    assert_model_refused(model, expected, fingerprint, data_root, tmp_path / "out", capsys)
 
 
 def test_probe_of_a_monai_model_is_the_study_s(monai_unet, fingerprint, data_root, tmp_path, capsys):  # noqa: F811
