@@ -31,6 +31,8 @@ class AutoencoderCheck:
 
     Attributes:
         c_p: whether ``c_p`` fires on the reconstruction ``x̂_p`` (the adversary still sees the SAF).
+        c_p_on_clean: the control: whether ``c_p`` fires on ``decode(encode(x_i))``, the reconstruction of the same
+            image without its SAF (a ``c_p`` that fires there too does not see the SAF on ``x̂_p``).
         c_id: whether ``c_id`` recognises ``x̂_p`` as ``x_p``.
         mae: mean ``|x̂_p − x_p|`` over the image, unit range.
         disc_mae: the same inside the disc ``L_p``.
@@ -39,6 +41,7 @@ class AutoencoderCheck:
     """
 
     c_p: bool
+    c_p_on_clean: bool
     c_id: bool
     mae: float
     disc_mae: float
@@ -46,11 +49,13 @@ class AutoencoderCheck:
 
     @property
     def saf_survives(self) -> bool:
-        """Whether the adversary can see the SAF on what the model can at best hand back (``c_p`` on ``x̂_p``)."""
-        return self.c_p
+        """Whether the adversary can see the SAF on what the model can at best hand back: ``c_p`` fires on ``x̂_p``
+        and not on the SAF-free control ``decode(encode(x_i))``."""
+        return self.c_p and not self.c_p_on_clean
 
     def describe(self) -> str:
-        return (f"decode(encode(x_p)): c_p {'fires' if self.c_p else 'does NOT fire'}, c_id "
+        return (f"decode(encode(x_p)): c_p {'fires' if self.c_p else 'does NOT fire'} (on decode(encode(x_i)), the same "
+                f"image without the SAF: {'fires' if self.c_p_on_clean else 'does not fire'}), c_id "
                 f"{'recognises x_p' if self.c_id else 'does NOT recognise x_p'}; the disc keeps {self.saf_kept:.0%} of the "
                 f"SAF's contrast (mean |error| {self.disc_mae:.3f} in the disc, {self.mae:.3f} over the image, unit range)")
 
@@ -71,13 +76,15 @@ def autoencoder_check(gen, x_p: torch.Tensor, x_i: torch.Tensor, mask: torch.Ten
     if x_p.ndim != 3 or x_i.shape != x_p.shape or mask.shape != x_p.shape[-2:]:
         raise ValueError(f"x_p {tuple(x_p.shape)}, x_i {tuple(x_i.shape)}, mask {tuple(mask.shape)}; allowed: x_p and "
                          "x_i (C, H, W), mask (H, W)")
-    x = to_model_range(x_p.float()).unsqueeze(0).to(gen.device)
-    recon = from_model_range(gen.decode(gen.encode(x)).float().cpu()).clamp(0.0, 1.0)
+    x = to_model_range(torch.stack([x_p.float(), x_i.float()])).to(gen.device)  # x_p and its SAF-free control
+    both = from_model_range(gen.decode(gen.encode(x)).float().cpu()).clamp(0.0, 1.0)
+    recon, recon_clean = both[:1], both[1:]
     x_p, x_i, inside = x_p.float().cpu(), x_i.float().cpu(), mask.cpu().bool().expand_as(x_p)
     err = (recon[0] - x_p).abs()
     contrast = float((x_p - x_i).abs()[inside].mean())
     kept = float((recon[0] - x_i).abs()[inside].mean()) / contrast if contrast > 0 else float("nan")
     return AutoencoderCheck(c_p=bool(torch.as_tensor(c_p(recon)).reshape(-1)[0]),
+                            c_p_on_clean=bool(torch.as_tensor(c_p(recon_clean)).reshape(-1)[0]),
                             c_id=bool(torch.as_tensor(c_id(recon)).reshape(-1)[0]),
                             mae=float(err.mean()), disc_mae=float(err[inside].mean()), saf_kept=kept)
 
