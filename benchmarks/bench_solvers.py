@@ -70,6 +70,7 @@ class Row:
     k_at_t_prime: int | None
     M: int
     probe_nfe: int
+    control: tuple[int, int] | None = None  # held-out real images passing the same copy rule: (k, n); None: quick
 
     def rate(self, k: int) -> str:
         lo, hi = proportion_interval(k, self.n)
@@ -174,7 +175,8 @@ def _measure(study, n: int | None, model: str, sampler: str, steps: int, nfe: in
                                            cache_dir=study.store.root / "fid_extractors", device=study.device).value)
     pr = study.probe()
     return Row(model, sampler, steps, nfe, images_per_s, n_s, result.copies.n_copies, result.copies.n_xp_copies,
-               result.n_q, f, pr.t_prime, pr.k_at_t_prime, study.profile.probe.M, pr.nfe)
+               result.n_q, f, pr.t_prime, pr.k_at_t_prime, study.profile.probe.M, pr.nfe,
+               (int(result.copies.control["copies"]), int(result.copies.control["n"])))
 
 
 def _images_per_second(study, n: int) -> float:
@@ -295,7 +297,9 @@ def report(rows: list[Row], grid_step: float) -> tuple[str, dict]:
         group = [r for r in rows if r.model == model]
         ref = group[0]
         w = max(16, *(len(r.sampler) + 2 for r in group))  # a scheduler's class name is longer than a method's
-        lines += [f"## {model} (reference: {ref.sampler}, {ref.steps} steps)", "",
+        control = ("" if ref.control is None else f"; control: {ref.control[0]} of {ref.control[1]} held-out real "
+                   "images pass the same copy rule")
+        lines += [f"## {model} (reference: {ref.sampler}, {ref.steps} steps{control})", "",
                   f"{'sampler':<{w}}{'steps':>6}{'NFE':>6}{'img/s':>9}  {'copies':<24}{'x_p copies':<24}"
                   f"{'|q|':<24}{'FID':>8}  {'t′ (k/M)':<14}{'probe NFE':>10}  {'p copies':>8}{'p |q|':>7}  same?"]
         best = None
