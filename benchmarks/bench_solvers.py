@@ -8,9 +8,14 @@ samples (:mod:`safcore.measures.fid`) and t' with ``k/M`` (the exhaustive probe)
 95 % intervals (:func:`safcore.measures.bounds.proportion_interval`).
 
 Equivalence with the reference, per row: a two-sided Fisher exact test (``scipy.stats.fisher_exact``) for the
-copy rate and for ``|q|`` (indistinguishable: p ≥ 0.05 in both), and t' within one grid step of the reference's
-with overlapping Clopper–Pearson intervals of ``k/M`` at t'. The script prints the fastest (fewest NFE) setting
-that is indistinguishable on every count.
+copy rate and for ``|q|``; for t', with ``--repeats R ≥ 3`` independent probe runs per setting, a two-sided
+Mann–Whitney U test of the R runs' t' against the reference's (``scipy.stats.mannwhitneyu``, exact permutation
+null; no t' counts as 0) and, on the R·M samples pooled per t, a Fisher exact test of ``q_M(t)`` at every grid t
+with Holm's correction (the curve t' is read from); indistinguishable: every p ≥ 0.05. With fewer runs t' must lie
+within one grid step of the reference's with overlapping Clopper–Pearson intervals of ``k/M`` at t' (one run's t'
+is the largest of ~20 rare events: for a model that copies x_p at rate ρ from pure noise, each high t has a
+positive with probability 1 − (1 − ρ)^M, so single runs scatter over the upper grid). The script prints the
+fastest (fewest NFE) setting that is indistinguishable on every count.
 
     .venv/bin/python benchmarks/bench_solvers.py --out benchmarks/results/bench_solvers_cpu   # the cpu-profile models
     .venv/bin/python benchmarks/bench_solvers.py --quick --out /tmp/q                         # known-answer smoke test
@@ -71,6 +76,20 @@ class Row:
     M: int
     probe_nfe: int
     control: tuple[int, int] | None = None  # held-out real images passing the same copy rule: (k, n); None: quick
+    t_prime_runs: tuple[float | None, ...] = ()  # each probe run's t' (R runs; () : not recorded)
+    curve: tuple[tuple[float, int, int], ...] = ()  # (t, k, n) per grid t, pooled over the runs, ascending t
+
+    def t_prime_text(self) -> str:
+        """``t' (k/n at t')`` of the pooled runs, and the runs' range when there are several."""
+        if self.t_prime is None:
+            head = "none"
+        else:
+            n_at = next((n for t, _, n in self.curve if abs(t - self.t_prime) < 1e-9), self.M)
+            head = f"{self.t_prime:g} ({self.k_at_t_prime}/{n_at})"
+        if len(self.t_prime_runs) > 1:
+            runs = [0.0 if t is None else t for t in self.t_prime_runs]
+            head += f" [{min(runs):g}–{max(runs):g}]"
+        return head
 
     def rate(self, k: int) -> str:
         lo, hi = proportion_interval(k, self.n)
@@ -85,19 +104,60 @@ class Verdict:
     p_q: float
     t_prime_agrees: bool
     indistinguishable: bool
+    p_t_prime: float | None = None  # Mann–Whitney U on the runs' t' (None: fewer than MIN_RUNS runs)
+    p_curve: float | None = None  # Holm-adjusted smallest per-t Fisher p of q_M(t) (None: no curve)
+
+
+#: Runs per setting from which t' is compared by its runs' distribution (Mann–Whitney U) instead of one run's value.
+MIN_RUNS = 3
+
+
+def holm_min(p_values: list[float]) -> float:
+    """The smallest Holm-adjusted p value of a family of ``m`` tests (Holm 1979), ``min(1, m · min p)``: Holm's
+    procedure rejects some hypothesis of the family at level α iff this is below α."""
+    return 1.0 if not p_values else min(1.0, len(p_values) * min(p_values))
+
+
+def curve_p(row: Row, ref: Row) -> float | None:
+    """Holm-adjusted smallest two-sided Fisher p of ``q_M(t)`` over the grid t both curves hold (None: no curve)."""
+    theirs = {round(t, 6): (k, n) for t, k, n in ref.curve}
+    ps = [float(stats.fisher_exact([[k, n - k], [theirs[round(t, 6)][0], theirs[round(t, 6)][1] - theirs[round(t, 6)][0]]])[1])
+          for t, k, n in row.curve if round(t, 6) in theirs]
+    return holm_min(ps) if ps else None
+
+
+def t_prime_p(row: Row, ref: Row) -> float:
+    """Two-sided Mann–Whitney U p of the runs' t' (no t' counts as 0), with its exact permutation null."""
+    a = [0.0 if t is None else t for t in row.t_prime_runs]
+    b = [0.0 if t is None else t for t in ref.t_prime_runs]
+    if len(set(a + b)) == 1:  # every run gave the same t': nothing to tell apart
+        return 1.0
+    return float(stats.mannwhitneyu(a, b, alternative="two-sided",
+                                    method=stats.PermutationMethod(n_resamples=100_000, random_state=0)).pvalue)
 
 
 def compare(row: Row, ref: Row, grid_step: float) -> Verdict:
-    """Two-sided Fisher exact tests (copy rate, |q|) and t' within one grid step with overlapping k/M intervals."""
+    """Two-sided Fisher exact tests (copy rate, |q|); t' by Mann–Whitney U on the runs and the q_M(t) curve by
+    Holm-corrected Fisher tests when both rows have ``MIN_RUNS`` runs, else t' within one grid step with overlapping
+    k/M intervals."""
     p_c = float(stats.fisher_exact([[row.copies, row.n - row.copies], [ref.copies, ref.n - ref.copies]])[1])
     p_q = float(stats.fisher_exact([[row.n_q, row.n - row.n_q], [ref.n_q, ref.n - ref.n_q]])[1])
-    if row.t_prime is None or ref.t_prime is None:
+    p_t = p_curve = None
+    if min(len(row.t_prime_runs), len(ref.t_prime_runs)) >= MIN_RUNS:
+        p_t, p_curve = t_prime_p(row, ref), curve_p(row, ref)
+        agrees = p_t >= 0.05 and (p_curve is None or p_curve >= 0.05)
+    elif row.t_prime is None or ref.t_prime is None:
         agrees = row.t_prime is None and ref.t_prime is None
     else:
         near = abs(row.t_prime - ref.t_prime) <= grid_step + 1e-9
         a, b = proportion_interval(row.k_at_t_prime, row.M), proportion_interval(ref.k_at_t_prime, ref.M)
         agrees = near and a[0] <= b[1] and b[0] <= a[1]
-    return Verdict(p_c, p_q, agrees, p_c >= 0.05 and p_q >= 0.05 and agrees)
+    return Verdict(p_c, p_q, agrees, p_c >= 0.05 and p_q >= 0.05 and agrees, p_t, p_curve)
+
+
+def _curve(pr) -> tuple[tuple[float, int, int], ...]:
+    """A probe result's pooled ``(t, k, n)`` per evaluated t, ascending."""
+    return tuple((round(float(t), 6), int(k), int(n)) for t, k, n in zip(pr.ts, pr.k, pr.n))
 
 
 def _timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
@@ -111,7 +171,7 @@ def _timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def quick_rows(n: int, settings: list[tuple[str, int]]) -> tuple[list[Row], float]:
+def quick_rows(n: int, settings: list[tuple[str, int]], repeats: int = 1) -> tuple[list[Row], float]:
     from safcore.generators.known_answer import PointMixtureScore
     from safcore.generators.sampling import sample
     from safcore.generators.sde import SubVPSDE
@@ -136,10 +196,10 @@ def quick_rows(n: int, settings: list[tuple[str, int]]) -> tuple[list[Row], floa
         d = torch.cdist(unit.flatten(1), centres.flatten(1)) / math.sqrt(64)
         copies = int((d.min(1).values < 0.1).sum())
         xp = int(is_xp(unit).sum())
-        cfg = ProbeConfig(M=8, grid=grid, steps_full=steps, method=method, seed=0)
+        cfg = ProbeConfig(M=8, grid=grid, steps_full=steps, method=method, seed=0, repeats=repeats)
         pr = find_t_prime(score, sde, x_p, is_xp, is_xp, cfg, progress=False)
         rows.append(Row("point mixture (exact score)", method, steps, steps, n / secs, n, copies, xp, xp, None,
-                        pr.t_prime, pr.k_at_t_prime, cfg.M, pr.nfe))
+                        pr.t_prime, pr.k_at_t_prime, cfg.M, pr.nfe // repeats, None, pr.t_prime_runs, _curve(pr)))
     return rows, 0.1
 
 
@@ -148,7 +208,8 @@ def quick_rows(n: int, settings: list[tuple[str, int]]) -> tuple[list[Row], floa
 # --------------------------------------------------------------------------------------------------------------
 
 
-def study_rows(n_dataset: int, n: int | None, settings: list[tuple[str, int]]) -> tuple[list[Row], float]:
+def study_rows(n_dataset: int, n: int | None, settings: list[tuple[str, int]], repeats: int = 1,
+               timing_batch: int | None = None) -> tuple[list[Row], float]:
     from safcore.study.hub import Study
     from safcore.study.profiles import CPU
 
@@ -156,27 +217,29 @@ def study_rows(n_dataset: int, n: int | None, settings: list[tuple[str, int]]) -
     for method, steps in settings:
         study = Study("breastmnist", n_dataset, profile=CPU.with_sampler(method, steps), progress=False)
         rows.append(_measure(study, n, f"cpu breastmnist N_D={n_dataset}", method, steps,
-                             steps * (2 if method == "pc" else 1), rows[0] if rows else None))
+                             steps * (2 if method == "pc" else 1), rows[0] if rows else None, repeats, timing_batch))
     return rows, CPU.probe.grid_step
 
 
-def _measure(study, n: int | None, model: str, sampler: str, steps: int, nfe: int, ref: Row | None) -> Row:
-    """One row: ``study``'s samples (timed), its audit, FID against the reference's samples, its exhaustive probe."""
+def _measure(study, n: int | None, model: str, sampler: str, steps: int, nfe: int, ref: Row | None,
+             repeats: int = 1, timing_batch: int | None = None) -> Row:
+    """One row: ``study``'s samples (timed on ``timing_batch`` fresh images, default the profile's sample batch),
+    its audit, FID against the reference's samples, its exhaustive probe (``repeats`` runs, pooled)."""
     from safcore.measures.fid import fid
 
     _check_trained(study)
     n_s = n or study.profile.n_samples
     images = study.samples(n_s)  # kept in the run store: a second run reads them back
     result = study.audit(n_s)
-    images_per_s = _images_per_second(study, min(n_s, study.profile.sample_batch))
+    images_per_s = _images_per_second(study, min(n_s, timing_batch or study.profile.sample_batch))
     if ref is None:
         _REFERENCE[model] = images
     f = None if ref is None else float(fid(_REFERENCE[model], images, "auto", dataset=study.data,  # as Study.fid
                                            cache_dir=study.store.root / "fid_extractors", device=study.device).value)
-    pr = study.probe()
+    pr = study.probe(study.probe_config(repeats=repeats))
     return Row(model, sampler, steps, nfe, images_per_s, n_s, result.copies.n_copies, result.copies.n_xp_copies,
-               result.n_q, f, pr.t_prime, pr.k_at_t_prime, study.profile.probe.M, pr.nfe,
-               (int(result.copies.control["copies"]), int(result.copies.control["n"])))
+               result.n_q, f, pr.t_prime, pr.k_at_t_prime, study.profile.probe.M, pr.nfe // repeats,
+               (int(result.copies.control["copies"]), int(result.copies.control["n"])), pr.t_prime_runs, _curve(pr))
 
 
 def _images_per_second(study, n: int) -> float:
@@ -267,12 +330,18 @@ def ddpm_pipeline(n_dataset: int) -> tuple[Path, str]:
     return run.path / "ddpm_pipeline", f"trained by bench_solvers ({run.path.name})"
 
 
+#: The DDPM group's fast views (``--ddpm-views``): a ``--scheduler`` choice, optionally ``:eta`` for DDIM's η.
+DDPM_VIEWS = ("ddpm", "ddim", "ddim:1", "dpm", "dpm_sde", "unipc")
+
+
 def ddpm_rows(n_dataset: int, n: int | None, step_counts: tuple[int, ...],
-              reference_steps: int | None = None) -> tuple[list[Row], float]:
+              reference_steps: int | None = None, views: tuple[str, ...] = DDPM_VIEWS, repeats: int = 1,
+              timing_batch: int | None = None) -> tuple[list[Row], float]:
     """The DDPM group: its own DDPM scheduler at ``reference_steps`` (default all its T = 1000 steps) as the
-    reference, then ``ddim`` / ``dpm`` / ``unipc`` at each
-    step count, each audited and probed by a cpu-profile :class:`~safcore.study.hub.Study` with ``model=`` that view
-    and ``sample_steps=`` its steps (samples and the probe's full runs)."""
+    reference, then each view (``ddpm``: its own scheduler on a coarser grid; ``ddim`` (η = 0, or ``ddim:1``, η = 1:
+    DDPM's posterior noise); ``dpm`` / ``dpm_sde`` / ``unipc``) at each step count, each audited and probed by a
+    cpu-profile :class:`~safcore.study.hub.Study` with ``model=`` that view and ``sample_steps=`` its steps (samples
+    and the probe's full runs)."""
     from safcore.generators.loader import load_model
     from safcore.study.hub import Study
     from safcore.study.profiles import CPU
@@ -280,13 +349,14 @@ def ddpm_rows(n_dataset: int, n: int | None, step_counts: tuple[int, ...],
     folder, origin = ddpm_pipeline(n_dataset)
     base = load_model(folder)
     rows: list[Row] = []
-    settings = [("model", reference_steps or base.num_train_timesteps), *[(c, k) for c in ("ddim", "dpm", "dpm_sde", "unipc") for k in step_counts]]
-    for choice, steps in settings:
-        model = base.with_scheduler(choice)
+    settings = [("model", reference_steps or base.num_train_timesteps), *[(v, k) for v in views for k in step_counts]]
+    for view, steps in settings:
+        choice, _, eta = view.partition(":")
+        model = base.with_scheduler(choice, eta=float(eta) if eta else None)
         study = Study("breastmnist", n_dataset, profile=CPU, model=model, sample_steps=steps, progress=False)
-        label = model.scheduler_name if choice == "model" else f"{choice} ({model.scheduler_name})"
+        label = model.scheduler_name if choice == "model" else f"{choice}{f' η={eta}' if eta else ''} ({model.scheduler_name})"
         rows.append(_measure(study, n, f"diffusers DDPM breastmnist N_D={n_dataset} ({origin})", label,
-                             steps, steps, rows[0] if rows else None))
+                             steps, steps, rows[0] if rows else None, repeats, timing_batch))
     return rows, CPU.probe.grid_step
 
 
@@ -301,23 +371,34 @@ def report(rows: list[Row], grid_step: float) -> tuple[str, dict]:
                    "images pass the same copy rule")
         lines += [f"## {model} (reference: {ref.sampler}, {ref.steps} steps{control})", "",
                   f"{'sampler':<{w}}{'steps':>6}{'NFE':>6}{'img/s':>9}  {'copies':<24}{'x_p copies':<24}"
-                  f"{'|q|':<24}{'FID':>8}  {'t′ (k/M)':<14}{'probe NFE':>10}  {'p copies':>8}{'p |q|':>7}  same?"]
+                  f"{'|q|':<24}{'FID':>8}  {'t′ (k/n) [runs]':<24}{'probe NFE':>10}  {'p copies':>8}{'p |q|':>7}"
+                  f"{'p t′':>7}{'p q(t)':>7}  same?"]
         best = None
         for r in group:
             v = compare(r, ref, grid_step)
-            tp = "none" if r.t_prime is None else f"{r.t_prime:g} ({r.k_at_t_prime}/{r.M})"
             fid_s = "-" if r.fid is None else f"{r.fid:.2f}"
+            p_t = "-" if v.p_t_prime is None else f"{v.p_t_prime:.3f}"
+            p_curve = "-" if v.p_curve is None else f"{v.p_curve:.3f}"
             lines.append(f"{r.sampler:<{w}}{r.steps:>6}{r.nfe:>6}{r.images_per_s:>9.1f}  {r.rate(r.copies):<24}"
-                         f"{r.rate(r.xp_copies):<24}{r.rate(r.n_q):<24}{fid_s:>8}  {tp:<14}{r.probe_nfe:>10}  "
-                         f"{v.p_copies:>8.3f}{v.p_q:>7.3f}  {'yes' if v.indistinguishable else 'NO'}")
+                         f"{r.rate(r.xp_copies):<24}{r.rate(r.n_q):<24}{fid_s:>8}  {r.t_prime_text():<24}"
+                         f"{r.probe_nfe:>10}  {v.p_copies:>8.3f}{v.p_q:>7.3f}{p_t:>7}{p_curve:>7}  "
+                         f"{'yes' if v.indistinguishable else 'NO'}")
             out["rows"].append({**dataclasses.asdict(r), **dataclasses.asdict(v)})
             if r is not ref and v.indistinguishable and (best is None or r.nfe < best.nfe):
                 best = r
         pick = f"{best.sampler}, {best.steps} steps (NFE {best.nfe} vs {ref.nfe})" if best else "none (keep the reference)"
         lines += ["", f"fastest indistinguishable setting: {pick}", ""]
         out["fastest"][model] = None if best is None else {"sampler": best.sampler, "steps": best.steps}
-    lines.append("tests: two-sided Fisher exact (copy rate, |q|; p ≥ 0.05), t′ within one grid step with overlapping "
-                 "Clopper–Pearson intervals of k/M")
+    runs = min((len(r.t_prime_runs) for r in rows), default=0)
+    if runs >= MIN_RUNS:
+        lines.append(f"t′: {runs} independent probe runs per setting, M = {rows[0].M} each; t′ (k/n) is the pooled "
+                     f"curve's (n = {runs}·M per t), [min–max] the runs' t′; probe NFE is one run's")
+        lines.append("tests (indistinguishable: every p ≥ 0.05): two-sided Fisher exact on the copy rate and |q|; "
+                     "p t′: two-sided Mann–Whitney U of the runs' t′ (permutation null; no t′ = 0); p q(t): Fisher "
+                     "exact of q_M(t) at each grid t on the pooled counts, Holm-corrected over the grid")
+    else:
+        lines.append("tests: two-sided Fisher exact (copy rate, |q|; p ≥ 0.05), t′ within one grid step with "
+                     "overlapping Clopper–Pearson intervals of k/M")
     return "\n".join(lines), out
 
 
@@ -336,8 +417,25 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"steps of each fast solver (default {' '.join(map(str, STEP_COUNTS))})")
     ap.add_argument("--solvers", nargs="+", choices=SOLVERS, default=list(SOLVERS),
                     help="the SDE models' fast solvers (default: all of safcore.generators.solvers.SOLVERS)")
+    ap.add_argument("--ddpm-views", nargs="+", default=list(DDPM_VIEWS),
+                    help=f"the DDPM's fast views, a --scheduler choice or ddim:ETA (default {' '.join(DDPM_VIEWS)})")
+    ap.add_argument("--ddpm-step-counts", type=int, nargs="+", default=None,
+                    help="steps of the DDPM's fast views (default: --step-counts)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help=f"independent probe runs per setting (≥ {MIN_RUNS}: t′ compared by the runs' distribution "
+                         "and the pooled q(t) curve; default 1)")
+    ap.add_argument("--timing-batch", type=int, default=None,
+                    help="fresh images drawn to time img/s (default: the profile's sample batch)")
     ap.add_argument("--out", type=Path, default=None, help="write OUT.txt and OUT.json (atomically)")
     args = ap.parse_args(argv)
+    if args.repeats < 1 or (args.timing_batch is not None and args.timing_batch < 1):
+        raise SystemExit("--repeats and --timing-batch must be ≥ 1")
+    for view in args.ddpm_views:
+        from safcore.generators.diffusers_model import SCHEDULER_CHOICES
+
+        choice, _, eta = view.partition(":")
+        if choice not in SCHEDULER_CHOICES or (eta and not eta.replace(".", "", 1).isdigit()):
+            raise SystemExit(f"--ddpm-views {view!r}: allowed: {', '.join(SCHEDULER_CHOICES)}, optionally :ETA (ddim)")
     if args.n_samples is not None and args.n_samples < 1:
         raise SystemExit("--n-samples must be ≥ 1")
     if min(args.step_counts) < 1:
@@ -345,16 +443,18 @@ def main(argv: list[str] | None = None) -> int:
     counts = tuple(args.step_counts)
     fast = [(m, s) for m in args.solvers for s in counts]
     if args.quick:
-        rows, step = quick_rows(args.n_samples or 64, [("euler_maruyama", 200), *[(m, s) for m, s in fast if s <= 20]])
+        rows, step = quick_rows(args.n_samples or 64, [("euler_maruyama", 200), *[(m, s) for m, s in fast if s <= 20]],
+                                args.repeats)
     else:
         from safcore.study.profiles import CPU
 
         rows, step = [], CPU.probe.grid_step
         for n_d in args.n_dataset if "sde" in args.models else ():
-            got, step = study_rows(n_d, args.n_samples, [REFERENCE, *fast])
+            got, step = study_rows(n_d, args.n_samples, [REFERENCE, *fast], args.repeats, args.timing_batch)
             rows += got
         if "ddpm" in args.models:
-            got, step = ddpm_rows(args.ddpm_n_dataset, args.n_samples, counts, args.ddpm_reference_steps)
+            got, step = ddpm_rows(args.ddpm_n_dataset, args.n_samples, tuple(args.ddpm_step_counts or counts),
+                                  args.ddpm_reference_steps, tuple(args.ddpm_views), args.repeats, args.timing_batch)
             rows += got
     text, data = report(rows, step)
     print(text)
