@@ -269,3 +269,18 @@ def test_bench_solvers_quick_runs_and_writes_its_table(tmp_path):
     other = dataclasses.replace(ref, n_q=0, xp_copies=0, t_prime=0.2, k_at_t_prime=1)
     v = bench.compare(other, ref, 0.1)
     assert v.p_q < 1e-5 and not v.t_prime_agrees and not v.indistinguishable
+    # with >= MIN_RUNS runs t' is judged by the runs' distribution and the pooled q(t) curve, not one run's value
+    curve = ((0.2, 24, 48), (0.5, 12, 48), (0.9, 3, 48))
+    ref6 = dataclasses.replace(ref, t_prime_runs=(0.9, 0.5, 0.9, 0.5, 0.9, 0.5), curve=curve)
+    same = dataclasses.replace(ref6, t_prime=0.2, t_prime_runs=(0.5, 0.9, 0.5, 0.9, 0.5, 0.9))
+    v = bench.compare(same, ref6, 0.1)  # one grid step would call 0.2 vs 0.5 different; the runs agree
+    assert v.t_prime_agrees and v.p_t_prime == 1.0 and v.p_curve == 1.0 and v.indistinguishable
+    lower = dataclasses.replace(ref6, t_prime_runs=(0.2,) * 6, curve=((0.2, 24, 48), (0.5, 0, 48), (0.9, 0, 48)))
+    v = bench.compare(lower, ref6, 0.1)
+    assert v.p_t_prime < 0.01 and v.p_curve < 0.05 and not v.indistinguishable
+    assert bench.holm_min([0.02, 0.5, 0.9]) == pytest.approx(0.06) and bench.holm_min([]) == 1.0
+    assert "[0.5–0.9]" in ref6.t_prime_text()
+    assert bench.main(["--quick", "--n-samples", "16", "--repeats", "3", "--step-counts", "10", "--solvers",
+                       "dpm2m_sde_t", "--out", str(tmp_path / "r")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert all(len(r["t_prime_runs"]) == 3 and r["p_t_prime"] is not None for r in rows)
