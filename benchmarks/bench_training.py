@@ -4,8 +4,10 @@ Prints seconds per step of
   * the bare U-Net step: forward at labels 999·t, MSE to the noise, backward, Adam step (fp32);
   * ``safcore.generators.train.Trainer.step`` (fp32): generator draws, sub-VP perturbation, warm-up lr,
     clipping, EMA, loss bookkeeping — the training loop's step;
-  * ``Trainer.step`` with bf16 autocast;
-and the ratios: overhead = Trainer/bare − 1 (target ≤ 10 %), bf16 speed-up = fp32/bf16.
+  * ``Trainer.step`` with bf16 autocast (attention by ``runtime.device.training_attention_kernel``: on a CPU
+    PyTorch's math kernel) and the same with PyTorch's default attention dispatch (the fused flash kernel);
+and the ratios: overhead = Trainer/bare − 1 (target ≤ 10 %), bf16 speed-up = fp32/bf16, and the attention
+kernel's speed-up = default / chosen (bf16).
 The variants alternate in rounds of ``--steps`` steps so that load from other processes hits them
 alike; each time is the median over rounds. Finally one ``safcore.generators.train.train`` call (with its
 checkpoint writes) reports its own seconds per step.
@@ -16,6 +18,7 @@ checkpoint writes) reports its own seconds per step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import tempfile
@@ -23,7 +26,9 @@ import time
 
 import torch
 
+import safcore.generators.train as train_module
 from safcore.generators.train import TrainConfig, Trainer, train
+from safcore.runtime.device import training_attention_kernel
 
 
 def _bare_step(unet, optimizer, x0, t, z, sde) -> None:
@@ -67,10 +72,22 @@ def main() -> None:
     print(f"preset {args.preset} ({n_params / 1e6:.2f} M params), batch {args.batch}, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds × {args.steps} steps")
 
+    bf16_default = Trainer(images, TrainConfig(**{**config.to_dict(), "keep_steps": (), "bf16": True}))
+
+    def default_kernel_step() -> None:  # the same step with PyTorch's own attention dispatch
+        chosen = train_module.training_attention
+        train_module.training_attention = lambda device, bf16: contextlib.nullcontext()
+        try:
+            bf16_default.step()
+        finally:
+            train_module.training_attention = chosen
+
+    kernel = training_attention_kernel("cpu", True)
     variants = {
         "bare U-Net fwd+bwd+Adam (fp32)": lambda: _bare_step(unet, optimizer, x0, t, z, fp32.sde),
         "safcore Trainer.step (fp32)": fp32.step,
-        "safcore Trainer.step (bf16)": bf16.step,
+        f"safcore Trainer.step (bf16, {kernel} attn)": bf16.step,
+        "safcore Trainer.step (bf16, default attn)": default_kernel_step,
     }
     for fn in variants.values():  # warm-up: allocator, oneDNN primitive caches
         fn()
@@ -81,12 +98,13 @@ def main() -> None:
     median = {name: statistics.median(v) for name, v in times.items()}
     for name, value in median.items():
         spread = ", ".join(f"{v:.3f}" for v in times[name])
-        print(f"  {name:34s} {value:.4f} s/step   (rounds: {spread})")
-    bare, ours, ours_bf16 = median.values()
+        print(f"  {name:42s} {value:.4f} s/step   (rounds: {spread})")
+    bare, ours, ours_bf16, bf16_default_kernel = median.values()
     overhead = ours / bare - 1.0
     print(f"overhead of the safcore step vs bare: {100 * overhead:+.1f} %  (target ≤ 10 %) "
           f"{'OK' if overhead <= 0.10 else 'ABOVE TARGET'}")
     print(f"bf16 autocast speed-up (fp32 / bf16 s/step): {ours / ours_bf16:.2f}×")
+    print(f"attention kernel speed-up under bf16 (default / {kernel} s/step): {bf16_default_kernel / ours_bf16:.2f}×")
 
     steps = args.steps * 2
     with tempfile.TemporaryDirectory() as work:

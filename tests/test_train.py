@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -221,3 +222,34 @@ def test_rgb_models_get_the_mean_head_grey_and_dp_models_do_not(tmp_path, data_r
     assert retina.model_config()["train"]["mean_head"] is True and "mean_head" not in breast.model_config()["train"]
     private = Study("retinamnist", 8, profile="smoke", data_root=data_root, progress=False, defence=DPSGD(epsilon=1.0))
     assert private.train_config.mean_head is False and "mean_head" not in private.model_config()["train"]
+
+
+def test_cpu_bf16_training_runs_attention_through_the_math_kernel(tmp_path, monkeypatch):
+    """Under bf16 autocast on a CPU a training step's attention runs PyTorch's math kernel (the flash kernel's
+    backward is the slow part there: benchmarks/bench_training.py); fp32 keeps PyTorch's own dispatch. Both give the
+    same first loss as the default kernel to bf16 rounding."""
+    import safcore.generators.train as train_module
+    from safcore.runtime.device import bf16_supported, training_attention_kernel
+
+    if not bf16_supported("cpu"):
+        pytest.skip("this CPU has no native bf16")
+    assert training_attention_kernel("cpu", True) == "math"
+    assert training_attention_kernel("cpu", False) == "default"
+    assert training_attention_kernel(torch.device("cuda"), True) == "default"  # a GPU keeps flash attention
+
+    seen: list[bool] = []
+    original = train_module.Trainer.eps_hat
+
+    def spy(self, xt, t):  # is the fused flash kernel allowed while the network runs?
+        seen.append(torch.backends.cuda.flash_sdp_enabled())
+        return original(self, xt, t)
+
+    monkeypatch.setattr(train_module.Trainer, "eps_hat", spy)
+    config = _config(steps=1, keep_steps=(), checkpoint_every=1, bf16=True)
+    math_kernel = train(half_images(), config, tmp_path / "math", progress=False)
+    fp32 = train(half_images(), dataclasses.replace(config, bf16=False), tmp_path / "fp32", progress=False)
+    assert seen == [False, True]
+    monkeypatch.setattr(train_module, "training_attention", lambda device, bf16: contextlib.nullcontext())
+    default = train(half_images(), config, tmp_path / "default", progress=False)
+    assert seen == [False, True, True]
+    assert abs(math_kernel.losses[0] - default.losses[0]) < 0.02 and abs(math_kernel.losses[0] - fp32.losses[0]) < 0.05

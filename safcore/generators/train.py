@@ -57,7 +57,7 @@ from safcore.generators.checkpoints import (
 )
 from safcore.generators.score_model import UNET_PRESETS, MeanPrior, ScoreModel, build_unet
 from safcore.generators.sde import SubVPSDE
-from safcore.runtime.device import bf16_autocast, check_device_name, resolve_device
+from safcore.runtime.device import bf16_autocast, check_device_name, resolve_device, training_attention
 from safcore.runtime.parallel import DDP_FORMAT, DataParallel, rank_seeds
 from safcore.runtime.progress import progress_bar
 from safcore.runtime.runs import atomic_save_safetensors, remove_stale_temporaries
@@ -299,7 +299,8 @@ class Trainer:
         """
         mean, std = self.sde.marginal_prob(x0, t)
         xt = mean + std.reshape(-1, *([1] * (x0.ndim - 1))) * z
-        with bf16_autocast(self.device, self.config.bf16):
+        # the attention kernel that pays on this device (runtime.device.training_attention_kernel; in the manifest)
+        with bf16_autocast(self.device, self.config.bf16), training_attention(self.device, self.config.bf16):
             eps_hat = self.eps_hat(xt, t)
         return torch.mean((eps_hat.float() - z) ** 2)
 

@@ -171,6 +171,27 @@ def bf16_autocast(device: str | torch.device, enabled: bool = True):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def training_attention_kernel(device: str | torch.device, bf16: bool) -> str:
+    """The scaled-dot-product attention kernel a training step runs on ``device``: ``"math"`` (PyTorch's
+    reference composition ``softmax(Q Kᵀ / √d) V`` of matmuls) under bf16 autocast on a CPU, where the fused flash
+    kernel's backward takes about a third of a cpu-profile U-Net step and the math kernel is ~1.4× faster per step
+    (``benchmarks/bench_training.py``); ``"default"`` (PyTorch's own dispatch: flash / memory-efficient on a GPU)
+    everywhere else, fp32 CPU included, where the two measured the same."""
+    device = torch.device(device)
+    return "math" if device.type == "cpu" and bf16 and bf16_supported(device) else "default"
+
+
+def training_attention(device: str | torch.device, bf16: bool):
+    """A context running attention with :func:`training_attention_kernel`'s kernel (the same function, another
+    kernel: results agree to bf16 rounding, not bit for bit). The kernel is chosen at the forward pass; its
+    backward follows the recorded graph, so only the forward needs the context."""
+    if training_attention_kernel(device, bf16) == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 @contextlib.contextmanager
 def intra_op_threads(n: int) -> Iterator[None]:
     """Use ``n`` torch intra-op threads inside the block (0 = unchanged), restoring the old count."""

@@ -35,7 +35,7 @@ from safcore.generators.train import TrainResult, train
 from safcore.probe import ProbeConfig, ProbeResult, find_t_prime
 from safcore.runtime import batching
 from safcore.runtime.batching import BatchChoice, fitting_batch_size
-from safcore.runtime.device import faster_network
+from safcore.runtime.device import faster_network, resolve_device, training_attention_kernel
 from safcore.runtime.parallel import derived_seed
 from safcore.runtime.runs import RunStore, atomic_save_safetensors, atomic_write
 from safcore.study import distributed
@@ -85,7 +85,9 @@ def train_into_store(store: RunStore, config: dict, images: torch.Tensor, train_
 
 def _publish(store: RunStore, config: dict, train_config, result: TrainResult, *, processes: int) -> None:
     """Write a finished training into the run ``("score_model", config)`` (the caller holds its lock)."""
-    extra = {"seconds_per_step": result.seconds_per_step, "processes": processes, **result.record}
+    extra = {"seconds_per_step": result.seconds_per_step, "processes": processes, **result.record,
+             # a kernel, not a setting: the same attention, agreeing to bf16 rounding (kept out of the key)
+             "attention_kernel": training_attention_kernel(resolve_device(train_config.device), train_config.bf16)}
     with store.create("score_model", config, seed=train_config.seed, extra=extra) as tmp:
         result.model.save_pretrained(tmp / "model")
         (tmp / "kept").mkdir()
