@@ -31,8 +31,10 @@ class Profile:
         sampler, sample_steps: how an SDE model's audit samples are drawn (:func:`safcore.generators.sampling.sample`).
         model_steps: inference steps of a scheduler-driven model's own scheduler (a diffusers or MONAI model;
             ``--steps`` overrides it), for its samples and its probe's full run; ``None``: ``sample_steps``. Kept
-            apart because a fast SDE solver's few steps are not a DDPM scheduler's (its fast views, ``--scheduler
-            dpm|unipc``, are the user's choice).
+            apart because a fast SDE solver's few steps are not a DDPM scheduler's. cpu and paper: 100, a tenth of
+            the usual T = 1000, measured indistinguishable from all T steps on notebook 08's DDPM
+            (``benchmarks/results/bench_solvers_cpu.txt``); its fast views (``--scheduler dpm_sde|ddim|dpm|unipc``)
+            are the user's choice. A MONAI DDPM still runs all T (its scheduler reaches x_0 only on its full grid).
         n_samples: images sampled for the audit (paper: 150 000 for Tab. 1, 50 000 for Tab. 2).
         sample_batch: images per sampler call.
         classifier: ``c_p`` and ``c_id`` settings (:class:`safcore.adversary.classifiers.ClassifierConfig`). AugMix is
@@ -142,10 +144,11 @@ CPU = Profile(
     # DPM-Solver++ (2M) SDE on a t-uniform grid, 20 steps: a tenth of the Euler–Maruyama 200-step reference's network
     # evaluations for the samples and for the probe, with copy rate, |q| and t' indistinguishable from it on the cpu
     # models (benchmarks/results/bench_solvers_cpu.txt); the reference: --sampler euler_maruyama --sample-steps 200
-    # (Profile.with_sampler). A scheduler-driven model keeps its own scheduler at model_steps = 200.
+    # (Profile.with_sampler). A scheduler-driven model keeps its own scheduler, at model_steps = 100: a tenth of a
+    # 1000-step DDPM's reference, indistinguishable from it on notebook 08's DDPM (same file; --steps 1000 for all T).
     sampler="dpm2m_sde_t",
     sample_steps=20,
-    model_steps=200,
+    model_steps=100,
     n_samples=256,
     sample_batch=128,
     classifier=ClassifierConfig(arch="resnet18", stem_stride=2, norm="batch", epochs=25, patience=8, epoch_size=256,
@@ -170,7 +173,7 @@ PAPER = Profile(
     # equivalent at the cpu scale only; the reference: --sampler euler_maruyama --sample-steps 1000)
     sampler="dpm2m_sde_t",
     sample_steps=100,
-    model_steps=1000,
+    model_steps=100,  # a scheduler-driven model: its own scheduler at a tenth of T = 1000 (as cpu; --steps 1000)
     n_samples=150_000,
     sample_batch=1024,
     classifier=ClassifierConfig(arch="resnet50", stem_stride=1, norm="batch", epochs=200, patience=20, batch_size=128,
