@@ -15,6 +15,9 @@ pm() {
   .venv/bin/python -c 'import sys; from safcore.runtime.runs import write_manifest; write_manifest(sys.argv[1], config={"notebook": sys.argv[2], "papermill": sys.argv[3:]}, seed=0)' \
     "reports/cpu/$1.ipynb" "$1" -p PROFILE cpu "${@:2}"
 }
+# every report is drawn with the profile's current sampler: the committed demo_breastmnist_ND16 and notebooks
+# 04-10 predate the fast default (Euler–Maruyama 200; README, "Fast solvers") and come back with it, as
+# demo_breastmnist_ND16_dpm2m_sde_t20 was drawn; `safcore audit --sampler euler_maruyama --sample-steps 200` draws the reference
 .venv/bin/python -m safcore demo --profile cpu --out reports/cpu/demo_breastmnist_ND16 --overwrite --no-progress
 pm 04_dataset_size -y "N_DS: [16, 64, 546]" -p N_SAMPLES 256
 .venv/bin/python -m safcore demo --dataset retinamnist --n-dataset 16 --profile cpu --out reports/cpu/demo_retinamnist_ND16 --overwrite --no-progress
