@@ -370,8 +370,8 @@ def report(rows: list[Row], grid_step: float) -> tuple[str, dict]:
         control = ("" if ref.control is None else f"; control: {ref.control[0]} of {ref.control[1]} held-out real "
                    "images pass the same copy rule")
         lines += [f"## {model} (reference: {ref.sampler}, {ref.steps} steps{control})", "",
-                  f"{'sampler':<{w}}{'steps':>6}{'NFE':>6}{'img/s':>9}  {'copies':<24}{'x_p copies':<24}"
-                  f"{'|q|':<24}{'FID':>8}  {'t′ (k/n) [runs]':<24}{'probe NFE':>10}  {'p copies':>8}{'p |q|':>7}"
+                  f"{'sampler':<{w}}{'steps':>6}{'NFE':>6}{'img/s':>9}  {'copies':<26}{'x_p copies':<26}"
+                  f"{'|q|':<26}{'FID':>8}  {'t′ (k/n) [runs]':<24}{'probe NFE':>10}  {'p copies':>8}{'p |q|':>7}"
                   f"{'p t′':>7}{'p q(t)':>7}  same?"]
         best = None
         for r in group:
@@ -379,8 +379,8 @@ def report(rows: list[Row], grid_step: float) -> tuple[str, dict]:
             fid_s = "-" if r.fid is None else f"{r.fid:.2f}"
             p_t = "-" if v.p_t_prime is None else f"{v.p_t_prime:.3f}"
             p_curve = "-" if v.p_curve is None else f"{v.p_curve:.3f}"
-            lines.append(f"{r.sampler:<{w}}{r.steps:>6}{r.nfe:>6}{r.images_per_s:>9.1f}  {r.rate(r.copies):<24}"
-                         f"{r.rate(r.xp_copies):<24}{r.rate(r.n_q):<24}{fid_s:>8}  {r.t_prime_text():<24}"
+            lines.append(f"{r.sampler:<{w}}{r.steps:>6}{r.nfe:>6}{r.images_per_s:>9.1f}  {r.rate(r.copies):<26}"
+                         f"{r.rate(r.xp_copies):<26}{r.rate(r.n_q):<26}{fid_s:>8}  {r.t_prime_text():<24}"
                          f"{r.probe_nfe:>10}  {v.p_copies:>8.3f}{v.p_q:>7.3f}{p_t:>7}{p_curve:>7}  "
                          f"{'yes' if v.indistinguishable else 'NO'}")
             out["rows"].append({**dataclasses.asdict(r), **dataclasses.asdict(v)})
