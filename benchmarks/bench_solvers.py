@@ -429,17 +429,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write OUT.txt and OUT.json (atomically)")
     args = ap.parse_args(argv)
     if args.repeats < 1 or (args.timing_batch is not None and args.timing_batch < 1):
-        raise SystemExit("--repeats and --timing-batch must be ≥ 1")
-    for view in args.ddpm_views:
-        from safcore.generators.diffusers_model import SCHEDULER_CHOICES
+        ap.error("--repeats and --timing-batch must be ≥ 1")
+    from safcore.generators.diffusers_model import SCHEDULER_CHOICES
 
+    for view in args.ddpm_views:
         choice, _, eta = view.partition(":")
-        if choice not in SCHEDULER_CHOICES or (eta and not eta.replace(".", "", 1).isdigit()):
-            raise SystemExit(f"--ddpm-views {view!r}: allowed: {', '.join(SCHEDULER_CHOICES)}, optionally :ETA (ddim)")
+        try:
+            eta_ok = not eta or (choice == "ddim" and 0.0 <= float(eta) <= 1.0)
+        except ValueError:
+            eta_ok = False
+        if choice not in SCHEDULER_CHOICES or not eta_ok:
+            ap.error(f"--ddpm-views {view!r}: allowed: {', '.join(SCHEDULER_CHOICES)}, and ddim:ETA with ETA in [0, 1]")
     if args.n_samples is not None and args.n_samples < 1:
-        raise SystemExit("--n-samples must be ≥ 1")
+        ap.error("--n-samples must be ≥ 1")
     if min(args.step_counts) < 1:
-        raise SystemExit("--step-counts must be ≥ 1")
+        ap.error("--step-counts must be ≥ 1")
     counts = tuple(args.step_counts)
     fast = [(m, s) for m in args.solvers for s in counts]
     if args.quick:

@@ -284,3 +284,22 @@ def test_bench_solvers_quick_runs_and_writes_its_table(tmp_path):
                        "dpm2m_sde_t", "--out", str(tmp_path / "r")]) == 0
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert all(len(r["t_prime_runs"]) == 3 and r["p_t_prime"] is not None for r in rows)
+
+
+def test_bench_solvers_refuses_a_view_it_cannot_build(capsys):
+    """--ddpm-views takes a --scheduler choice, and ddim:ETA with ETA in [0, 1]; anything else stops with exit code 2
+    before a model is loaded, naming the value and what is allowed."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_solvers.py"
+    spec = importlib.util.spec_from_file_location("bench_solvers", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_solvers"] = bench
+    spec.loader.exec_module(bench)
+    for view in ("dpm:1", "ddim:x", "ddim:2", "heun"):
+        with pytest.raises(SystemExit) as info:
+            bench.main(["--quick", "--ddpm-views", view])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--ddpm-views {view!r}: allowed: model, ddpm, ddim, dpm, dpm_sde, unipc, and ddim:ETA" in err
